@@ -1,0 +1,5 @@
+import sys
+
+from edgeseq.cli import main
+
+sys.exit(main())

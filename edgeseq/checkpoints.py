@@ -1,0 +1,322 @@
+"""Loading and saving checkpoints, safely.
+
+``load_model(source)`` accepts
+
+* a zoo name (``edgeseq models`` lists them),
+* an edgeseq folder (``edgeseq.json`` + ``model.safetensors``, written by :func:`save_model`),
+* a foreign checkpoint folder or file, recognised by one of the converters in ``FORMATS``
+  (Hugging Face Mamba, ``state-spaces/mamba``, official SpikeGPT, official LMUFormer),
+* a Hugging Face hub id (``org/name``), downloaded through ``huggingface_hub`` when online.
+
+Weights are read with ``safetensors`` or ``torch.load(weights_only=True)``: no pickled code runs.
+Every problem with a checkpoint is an :class:`InputError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from edgeseq.errors import InputError
+from edgeseq.tokenizer import ByteTokenizer, load_tokenizer
+
+CONFIG_FILE = "edgeseq.json"
+WEIGHTS_FILE = "model.safetensors"
+ZOO_DIR = Path(__file__).parent / "zoo"
+
+# Foreign formats: name -> "module:function". Each module provides
+#   detect(path: Path) -> bool          (cheap: looks at file names / config keys)
+#   load(path: Path) -> LoadedModel
+FORMATS: dict[str, str] = {
+    "hf-mamba": "edgeseq.models.mamba_convert:HF_FORMAT",
+    "state-spaces-mamba": "edgeseq.models.mamba_convert:STATE_SPACES_FORMAT",
+    "spikegpt-official": "edgeseq.models.spikegpt:OFFICIAL_FORMAT",
+    "lmuformer-official": "edgeseq.models.lmuformer:OFFICIAL_FORMAT",
+}
+
+
+@dataclass
+class CheckpointFormat:
+    """A foreign checkpoint layout: how to recognise it and how to load it."""
+
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path], "LoadedModel"]
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # StreamingModel
+    tokenizer: Any = field(default_factory=ByteTokenizer)
+    source: str = ""
+    format: str = "edgeseq"
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# safe tensor readers
+# --------------------------------------------------------------------------------------------
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file; a damaged file is a one-line InputError."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError, ...
+        raise InputError(f"{path}: not a readable safetensors file ({_first_line(exc)}); is it truncated?") from None
+
+
+def read_torch_weights(path: str | Path) -> dict[str, Tensor]:
+    """A pickled state dict read with ``torch.load(weights_only=True)``: code in it never runs."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            f"{path}: refused to load: the pickle holds objects other than tensors "
+            f"(weights-only loading; convert it to safetensors) [{_first_line(exc)}]"
+        ) from None
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    for key in ("state_dict", "model", "module"):  # common wrappers
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise InputError(f"{path}: expected a dict of tensors (a state dict)")
+    return obj
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """A weights file by extension: safetensors, or a weights-only torch pickle."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return read_torch_weights(path)
+
+
+def read_folder_weights(folder: str | Path) -> dict[str, Tensor]:
+    """Weights of a Hugging Face style folder: single or sharded safetensors, else a .bin."""
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return read_safetensors(single)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except Exception as exc:
+            raise InputError(f"{index}: not a valid safetensors index ({_first_line(exc)})") from None
+        tensors: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(read_safetensors(folder / shard))
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise InputError(f"{index}: shards lack {len(missing)} tensor(s), e.g. {missing[0]}")
+        return tensors
+    for name in ("pytorch_model.bin", "model.pt", "model.pth"):
+        if (folder / name).is_file():
+            return read_torch_weights(folder / name)
+    raise InputError(f"{folder}: no weights found (model.safetensors, a sharded index or pytorch_model.bin)")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except Exception as exc:
+        raise InputError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_state_into(model: torch.nn.Module, tensors: dict[str, Tensor], path: str | Path) -> None:
+    """Copy ``tensors`` into ``model`` strictly; mismatches name the file and the tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise InputError(f"{path}: missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
+    if unexpected:
+        raise InputError(f"{path}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]!r}")
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise InputError(
+                f"{path}: tensor {name!r} has shape {tuple(value.shape)}, the config needs {tuple(expected[name].shape)}"
+            )
+        if not torch.isfinite(value).all() if value.is_floating_point() else False:
+            raise InputError(f"{path}: tensor {name!r} holds NaN or Inf")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# the native format
+# --------------------------------------------------------------------------------------------
+
+
+def save_model(model, folder: str | Path, tokenizer=None, meta: dict | None = None) -> Path:
+    """Write ``edgeseq.json`` (family + config + meta) and ``model.safetensors`` atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"family": model.config.family, "config": model.config.to_dict(), "meta": meta or {}}
+    if tokenizer is not None and getattr(tokenizer, "kind", "bytes") == "hf":
+        import shutil
+
+        shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(_untie(state), str(p)))
+    _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(header, indent=2) + "\n"))
+    return folder
+
+
+def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """safetensors refuses shared storage: give tied tensors their own copy."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in state.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.setdefault(ptr, k)
+    return out
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_native(folder: str | Path, source: str | None = None) -> LoadedModel:
+    from edgeseq.models import build_model
+
+    folder = Path(folder)
+    header = read_json(folder / CONFIG_FILE)
+    if "family" not in header or "config" not in header:
+        raise InputError(f"{folder / CONFIG_FILE}: needs 'family' and 'config' keys")
+    model = build_model(header["family"], header["config"])
+    load_state_into(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    model.eval()
+    return LoadedModel(model, load_tokenizer(folder), source or str(folder), "edgeseq", header.get("meta", {}))
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def zoo_names() -> list[str]:
+    if not ZOO_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def _format(name: str) -> CheckpointFormat:
+    module, _, attr = FORMATS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return "edgeseq"
+    for name in FORMATS:
+        try:
+            fmt = _format(name)
+        except (ImportError, AttributeError):
+            continue  # that family is not available in this build
+        if fmt.detect(path):
+            return name
+    raise InputError(
+        f"{path}: not a checkpoint edgeseq recognises (expected an edgeseq folder, a Hugging Face "
+        f"Mamba folder, state-spaces/mamba, or an official SpikeGPT/LMUFormer weights file)"
+    )
+
+
+def load_model(source: str | Path, format: str | None = None) -> LoadedModel:
+    """Load a model from a zoo name, a local folder/file, or a hub id (see module docs)."""
+    source_str = str(source)
+    if source_str in zoo_names():
+        return load_native(ZOO_DIR / source_str, source=source_str)
+    path = Path(source_str).expanduser()
+    if path.exists():
+        name = format or detect_format(path)
+        if name == "edgeseq":
+            return load_native(path)
+        if name not in FORMATS:
+            raise InputError(f"unknown checkpoint format {name!r}; known: edgeseq, {', '.join(FORMATS)}")
+        loaded = _format(name).load(path)
+        loaded.model.eval()
+        return loaded
+    if _looks_like_hub_id(source_str):
+        return load_model(download_from_hub(source_str), format=format)
+    known = ", ".join(zoo_names()) or "none"
+    raise InputError(f"{source_str!r} is neither a zoo model ({known}) nor an existing path")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """Fetch a hub checkpoint's config, weights and tokenizer (online only)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise InputError(f"{repo_id!r} looks like a hub id but huggingface_hub is missing: pip install huggingface_hub") from None
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+            )
+        )
+    except Exception as exc:
+        raise InputError(f"could not download {repo_id!r} from the hub ({_first_line(exc)}); offline? pass a local folder") from None
+
+
+__all__ = [
+    "CheckpointFormat",
+    "FORMATS",
+    "LoadedModel",
+    "detect_format",
+    "load_model",
+    "load_native",
+    "load_state_into",
+    "read_folder_weights",
+    "read_json",
+    "read_safetensors",
+    "read_torch_weights",
+    "read_weights",
+    "save_model",
+    "zoo_names",
+]

@@ -1,0 +1,314 @@
+"""Mamba-1 (Gu & Dao, 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces").
+
+Block: RMSNorm pre-norm residual around the mixer
+
+    (x, z) = in_proj(h)                                   [B, T, 2·d_inner]
+    x      = SiLU(causal depthwise conv1d(x))             kernel d_conv, with bias
+    (dt, B, C) = x_proj(x)                                dt_rank, d_state, d_state
+    dt     = softplus(dt_proj(dt))                        [B, T, d_inner]
+    h_t    = exp(dt·A) ⊙ h_{t-1} + (dt·B_t) x_t            A = -exp(A_log)  [d_inner, d_state]
+    y_t    = C_t · h_t + D ⊙ x_t
+    out    = out_proj(y ⊙ SiLU(z))
+
+Parameter names follow the reference implementation so that Hugging Face and ``state-spaces``
+checkpoints map onto it by renaming only (see ``mamba_convert``).
+
+The parallel form evaluates the linear recurrence with a chunked scan (see ``selective_scan``):
+closed form inside a chunk through cumulative log-decays, a carried state across chunks. The step
+form keeps, per layer, the last ``d_conv - 1`` conv inputs and the SSM state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
+
+
+@dataclass
+class MambaConfig(ModelConfig):
+    family = "mamba"
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layer: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0  # 0 = "auto": ceil(d_model / 16)
+    conv_bias: bool = True
+    bias: bool = False  # in_proj / out_proj bias
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    # initialisation (as the reference implementation)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    scan_chunk: int = 16
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        return self.dt_rank or math.ceil(self.d_model / 16)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return x * torch.rsqrt(variance + self.eps) * self.weight
+
+
+# --------------------------------------------------------------------------------------------
+# the selective scan
+# --------------------------------------------------------------------------------------------
+
+
+def _prefix_scan(decay: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Inclusive Kogge–Stone scan of h_t = decay_t · h_{t-1} + inputs_t along dim 1 (h_{-1} = 0).
+
+    Returns (cumulative decay, h). Shapes ``[B, L, ...]``.
+    """
+    length = decay.shape[1]
+    offset = 1
+    while offset < length:
+        prev_decay = decay[:, :-offset]
+        prev_inputs = inputs[:, :-offset]
+        inputs = torch.cat([inputs[:, :offset], inputs[:, offset:] + decay[:, offset:] * prev_inputs], dim=1)
+        decay = torch.cat([decay[:, :offset], decay[:, offset:] * prev_decay], dim=1)
+        offset *= 2
+    return decay, inputs
+
+
+def _is_tracing() -> bool:
+    return torch.jit.is_tracing() or bool(getattr(torch.compiler, "is_exporting", lambda: False)())
+
+
+# exp(-S) below must stay finite in float32: keep |cumulative log-decay| of a chunk under this
+_MAX_CHUNK_LOG_DECAY = 60.0
+
+
+def selective_scan(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, ssm_state: Tensor | None = None, chunk: int = 16
+) -> tuple[Tensor, Tensor]:
+    """Parallel selective scan.
+
+    x, dt: [B, T, Di]; A: [Di, N] (negative); B, C: [B, T, N]; D: [Di]; ssm_state: [B, Di, N] or None.
+    Returns y [B, T, Di] and the final state [B, Di, N].
+
+    Eager mode: chunks of ``chunk`` steps, each solved in closed form with cumulative log-decays
+    ``S_t`` (``h_t = e^{S_t}(h_0 + Σ_{s<=t} e^{-S_s} b_s)``); the chunk shrinks when the decay is so
+    steep that ``e^{-S}`` could overflow, so the result is exact, never clamped. Under tracing
+    (ONNX/``torch.export``) a static Kogge–Stone prefix scan is used instead.
+    """
+    batch, length, d_inner = x.shape
+    if ssm_state is None:
+        ssm_state = x.new_zeros(batch, d_inner, A.shape[1])
+    if _is_tracing():
+        return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=64)
+    steepest = float((dt.detach().amax() * (-A.detach()).amax()).clamp(min=1e-6))
+    chunk = max(1, min(chunk, int(_MAX_CHUNK_LOG_DECAY / steepest)))
+    ys = []
+    for start in range(0, length, chunk):
+        sl = slice(start, start + chunk)
+        log_decay = (dt[:, sl].unsqueeze(-1) * A).cumsum(1)  # S_t: [B, L, Di, N], <= 0
+        drive = (dt[:, sl] * x[:, sl]).unsqueeze(-1) * B[:, sl].unsqueeze(2)  # b_t: [B, L, Di, N]
+        states = torch.exp(log_decay) * (ssm_state.unsqueeze(1) + (drive * torch.exp(-log_decay)).cumsum(1))
+        ys.append(torch.einsum("bldn,bln->bld", states, C[:, sl]))
+        ssm_state = states[:, -1]
+    return torch.cat(ys, dim=1) + x * D, ssm_state
+
+
+def _selective_scan_prefix(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, ssm_state: Tensor, chunk: int = 64
+) -> tuple[Tensor, Tensor]:
+    """Static-shape scan for tracing: Kogge–Stone inside chunks, a carried state across them."""
+    length = x.shape[1]
+    ys = []
+    for start in range(0, length, chunk):
+        sl = slice(start, start + chunk)
+        decay = torch.exp(dt[:, sl].unsqueeze(-1) * A)  # [B, L, Di, N]
+        drive = (dt[:, sl] * x[:, sl]).unsqueeze(-1) * B[:, sl].unsqueeze(2)
+        cum_decay, local = _prefix_scan(decay, drive)
+        states = local + cum_decay * ssm_state.unsqueeze(1)
+        ys.append(torch.einsum("bldn,bln->bld", states, C[:, sl]))
+        ssm_state = states[:, -1]
+    return torch.cat(ys, dim=1) + x * D, ssm_state
+
+
+def selective_scan_loop(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, ssm_state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The same scan as a Python loop over time: the reference for tests and benchmarks."""
+    batch, length, d_inner = x.shape
+    h = x.new_zeros(batch, d_inner, A.shape[1]) if ssm_state is None else ssm_state
+    ys = []
+    for t in range(length):
+        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * B[:, t, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
+    return torch.stack(ys, 1) + x * D, h
+
+
+# --------------------------------------------------------------------------------------------
+# the mixer and the model
+# --------------------------------------------------------------------------------------------
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        di, n, r = cfg.d_inner, cfg.d_state, cfg.rank
+        self.in_proj = nn.Linear(cfg.d_model, 2 * di, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.ssm_in = ActPoint()  # the SSM input x: quantized once, used by x_proj and the scan
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, di, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.bias)
+        self._init_dt()
+
+    def _init_dt(self) -> None:
+        cfg = self.cfg
+        std = cfg.rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(
+            torch.rand(cfg.d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+        ).clamp(min=cfg.dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def _ssm_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n, r = self.cfg.d_state, self.cfg.rank
+        dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)
+        return F.softplus(self.dt_proj(dt)), B, C
+
+    def forward(self, hidden: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, T, d_model] -> (out, conv_state [B, Di, k-1], ssm_state [B, Di, N])."""
+        k = self.cfg.d_conv
+        length = hidden.shape[1]
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = x.transpose(1, 2)  # [B, Di, T]
+        if state is None:
+            x_padded = F.pad(x, (k - 1, 0))
+            ssm_state = None
+        else:
+            x_padded = torch.cat([state[0], x], dim=-1)
+            ssm_state = state[1]
+        conv_state = x_padded[:, :, -(k - 1):] if k > 1 else x_padded[:, :, :0]
+        conv = F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.d_inner)
+        x = self.ssm_in(F.silu(conv[:, :, :length]).transpose(1, 2))  # [B, T, Di]
+        dt, B, C = self._ssm_params(x)
+        A = -torch.exp(self.A_log.to(x.dtype))
+        y, ssm_state = selective_scan(x, dt, A, B, C, self.D, ssm_state, chunk=self.cfg.scan_chunk)
+        return self.out_proj(y * F.silu(z)), conv_state, ssm_state
+
+    def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, d_model] -> (out, conv_state, ssm_state); constant cost."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, Di, k]
+        conv = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            conv = conv + self.conv1d.bias
+        x = self.ssm_in(F.silu(conv))
+        dt, B, C = self._ssm_params(x)
+        A = -torch.exp(self.A_log.to(x.dtype))
+        ssm_state = torch.exp(dt.unsqueeze(-1) * A) * ssm_state + (dt * x).unsqueeze(-1) * B.unsqueeze(1)
+        y = torch.einsum("bdn,bn->bd", ssm_state, C) + self.D * x
+        return self.out_proj(y * F.silu(z)), window[:, :, 1:], ssm_state
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = MambaMixer(cfg)
+
+
+class Mamba(StreamingModel):
+    """A Mamba-1 language model over token ids, with a tied (by default) LM head."""
+
+    task = "lm"
+
+    def __init__(self, config: MambaConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or MambaConfig()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for block in self.layers:
+            # prenorm residual rescaling of the reference implementation
+            nn.init.kaiming_uniform_(block.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                block.mixer.out_proj.weight /= math.sqrt(self.config.n_layer)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        hidden = self.norm_f(hidden)
+        weight = self.embedding.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        logits, _ = self._parallel(input_ids, None)
+        return logits
+
+    def prefill(self, input_ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        return self._parallel(input_ids, state)
+
+    def _parallel(self, input_ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+        hidden = self.embedding(input_ids)
+        new_state: State = {}
+        for i, block in enumerate(self.layers):
+            layer_state = None if state is None else (state[f"conv_{i}"], state[f"ssm_{i}"])
+            out, conv_state, ssm_state = block.mixer(block.norm(hidden), layer_state)
+            hidden = hidden + out
+            new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
+        return self.head(hidden), new_state
+
+    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        hidden = self.embedding(token)
+        new_state: State = {}
+        for i, block in enumerate(self.layers):
+            out, conv_state, ssm_state = block.mixer.step(block.norm(hidden), state[f"conv_{i}"], state[f"ssm_{i}"])
+            hidden = hidden + out
+            new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
+        return self.head(hidden), new_state
+
+    def state_spec(self) -> list[StateSpec]:
+        cfg = self.config
+        specs = []
+        for i in range(cfg.n_layer):
+            specs.append(StateSpec(f"conv_{i}", (cfg.d_inner, cfg.d_conv - 1)))
+            specs.append(StateSpec(f"ssm_{i}", (cfg.d_inner, cfg.d_state)))
+        return specs
+
+    def quant_points(self) -> list[QuantPoint]:
+        points = []
+        for i in range(self.config.n_layer):
+            p = f"layers.{i}.mixer"
+            points += [
+                QuantPoint(f"{p}.in_proj", "linear", note="input: RMSNorm output"),
+                QuantPoint(f"{p}.ssm_in", "act", clip="percentile", note="SSM input x (Quamba: percentile clip)"),
+                QuantPoint(f"{p}.x_proj", "linear", input_quantized_at=f"{p}.ssm_in", note="input: the SSM input x"),
+                QuantPoint(f"{p}.dt_proj", "linear", note="input: low-rank dt"),
+                QuantPoint(f"{p}.out_proj", "linear", rotatable=True,
+                           note="input y·SiLU(z) has massive outliers: Hadamard-rotate (Quamba)"),
+            ]
+        return points

@@ -1,0 +1,107 @@
+"""Leaky integrate-and-fire neurons with surrogate gradients.
+
+Semantics (SpikeGPT / LMUFormer defaults, Zhu et al. 2023; Liu et al. 2024)::
+
+    v_t = v_{t-1} + (I_t - v_{t-1}) / tau          (charge; decay_input form, v_reset = 0)
+    s_t = H(v_t - threshold)                         (fire; H(0) = 1, i.e. v >= threshold)
+    v_t = v_t * (1 - s_t)            (hard reset)   or   v_t - s_t * threshold   (soft reset)
+
+``fire_on="ge"`` (the default, as the original SpikeGPT/spikingjelly code) fires when
+``v >= threshold``; ``fire_on="gt"`` fires when ``v > threshold`` (snntorch's comparison). The
+backward pass uses the ATan surrogate ``d s / d v = alpha / 2 / (1 + (pi/2 * alpha * (v - thr))^2)``.
+
+The membrane before reset is what the reset acts on; ``state`` holds the membrane *after* reset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+class _ATanSpike(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: float, inclusive: bool) -> Tensor:  # x = v - threshold
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype) if inclusive else (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        alpha = ctx.alpha
+        surrogate = alpha / 2 / (1 + (math.pi / 2 * alpha * x) ** 2)
+        return grad * surrogate, None, None
+
+
+def atan_spike(x: Tensor, alpha: float = 2.0, inclusive: bool = True) -> Tensor:
+    """Heaviside step in the forward pass (``x >= 0`` when inclusive), ATan surrogate backward."""
+    return _ATanSpike.apply(x, alpha, inclusive)
+
+
+def heaviside(x: Tensor, inclusive: bool = True) -> Tensor:
+    return (x >= 0).to(x.dtype) if inclusive else (x > 0).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class LIFConfig:
+    tau: float = 2.0
+    threshold: float = 1.0
+    reset: Literal["hard", "soft"] = "hard"
+    fire_on: Literal["ge", "gt"] = "ge"
+    surrogate_alpha: float = 2.0
+
+
+class LIF(nn.Module):
+    """A population of LIF neurons; ``forward`` runs a sequence ``[B, T, ...]``, ``step`` one time step.
+
+    The time loop of ``forward`` is the neuron's own recurrence (elementwise, cheap); everything
+    around it stays parallel. ``counter``, when set by the spiking simulator, receives
+    ``(self, spikes)`` after every step so that spike rates and neuron updates can be counted.
+    """
+
+    def __init__(self, tau: float = 2.0, threshold: float = 1.0, reset: str = "hard",
+                 fire_on: str = "ge", surrogate_alpha: float = 2.0):
+        super().__init__()
+        if reset not in ("hard", "soft"):
+            raise ValueError(f"reset must be 'hard' or 'soft', not {reset!r}")
+        if fire_on not in ("ge", "gt"):
+            raise ValueError(f"fire_on must be 'ge' or 'gt', not {fire_on!r}")
+        self.cfg = LIFConfig(float(tau), float(threshold), reset, fire_on, float(surrogate_alpha))  # type: ignore[arg-type]
+        self.counter = None
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"tau={c.tau}, threshold={c.threshold}, reset={c.reset}, fire_on={c.fire_on}"
+
+    def step(self, current: Tensor, membrane: Tensor) -> tuple[Tensor, Tensor]:
+        """One time step: ``(I_t, v_{t-1}) -> (s_t, v_t)`` with ``v_t`` after reset."""
+        c = self.cfg
+        v = membrane + (current - membrane) / c.tau
+        spikes = atan_spike(v - c.threshold, c.surrogate_alpha, inclusive=c.fire_on == "ge")
+        if c.reset == "hard":
+            v = v * (1.0 - spikes)
+        else:
+            v = v - spikes * c.threshold
+        if self.counter is not None:
+            self.counter(self, spikes)
+        return spikes, v
+
+    def forward(self, current: Tensor, membrane: Tensor | None = None, time_dim: int = 1) -> Tensor:
+        """Spikes for a whole sequence; ``current`` has time at ``time_dim`` (default ``[B, T, ...]``)."""
+        spikes, _ = self.run(current, membrane, time_dim)
+        return spikes
+
+    def run(self, current: Tensor, membrane: Tensor | None = None, time_dim: int = 1) -> tuple[Tensor, Tensor]:
+        """Spikes for a sequence and the final membrane."""
+        current = current.movedim(time_dim, 0)
+        v = torch.zeros_like(current[0]) if membrane is None else membrane
+        out = []
+        for t in range(current.shape[0]):
+            s, v = self.step(current[t], v)
+            out.append(s)
+        return torch.stack(out, 0).movedim(0, time_dim), v

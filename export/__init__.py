@@ -1,0 +1,1 @@
+"""Verified export of the streaming step/prefill graphs: ONNX (QDQ) and TVM (CPU, Jetson, GPU)."""

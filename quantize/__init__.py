@@ -1,0 +1,1 @@
+"""Quamba-style post-training quantization for edgeseq models (observers, Hadamard rotations, recipes)."""
