@@ -36,6 +36,8 @@ ZOO_DIR = Path(__file__).parent / "zoo"
 #   detect(path: Path) -> bool          (cheap: looks at file names / config keys)
 #   load(path: Path) -> LoadedModel
 FORMATS: dict[str, str] = {
+    "quantized": "quantize.io:QUANTIZED_FORMAT",  # a folder written by `edgeseq quantize`
+    "artifact": "export.artifact:ARTIFACT_FORMAT",  # a folder written by `edgeseq export` (runs in its runtime)
     "hf-mamba": "edgeseq.models.mamba_convert:HF_FORMAT",
     "state-spaces-mamba": "edgeseq.models.mamba_convert:STATE_SPACES_FORMAT",
     "spikegpt-official": "edgeseq.models.spikegpt:OFFICIAL_FORMAT",
