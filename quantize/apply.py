@@ -1,0 +1,211 @@
+"""``quantize_model``: calibrate a copy of a model and replace its declared points in place.
+
+The model says where (``model.quant_points()``), the recipe says how; the result is a copy of
+the model whose layers at those points are :mod:`quantize.modules` (so ``forward``, ``step`` and
+``prefill`` keep working and ``step`` ≡ ``forward`` still holds), and a JSON-able report with the
+per-layer scales, clipping and calibration error.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from edgeseq.errors import InputError
+from edgeseq.streaming import ActPoint, QuantPoint
+from quantize.calibrate import Calibration, calibrate, rotates
+from quantize.gptq import gptq_quantize
+from quantize.hadamard import fuse_rotation
+from quantize.modules import QuantAct, QuantConv1d, QuantConv2d, QuantLinear, is_quantized_module
+from quantize.observers import mse_weight_clip
+from quantize.qdq import dequantize_weight, quantize_weight, relative_error, scale_from_clip, weight_clip
+from quantize.recipes import QuantRecipe, get_recipe
+
+
+def quantize_model(
+    model: nn.Module,
+    recipe: str | QuantRecipe,
+    calib_batches: Iterable[Tensor] | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantized copy of ``model`` under ``recipe`` (a name, a recipe file, or a QuantRecipe).
+
+    ``calib_batches``: an iterable of model inputs (``[B, T]`` token ids for LMs, ``[B, T, F]``
+    frames for classifiers; ``(inputs, targets)`` pairs are accepted). Needed when the recipe
+    quantizes activations or uses GPTQ. Returns ``(qmodel, report)``.
+    """
+    recipe = get_recipe(recipe)
+    start = time.perf_counter()
+    qmodel = copy.deepcopy(model).eval()
+    points = _checked_points(qmodel)
+    if recipe.float_dtype == "float16":
+        _round_floats_to_half(qmodel)
+    layers: list[dict[str, Any]] = []
+    calibration = Calibration()
+    if not recipe.is_float:
+        plans = [_plan(qmodel, point, recipe) for point in points]  # validates group sizes before any work
+        calibration = calibrate(qmodel, points, recipe, calib_batches, progress=progress)
+        for point, plan in zip(points, plans):
+            layer = _replace(qmodel, point, plan, recipe, calibration)
+            if layer:
+                layers.append(layer)
+    report = {
+        "recipe": recipe.name,
+        "recipe_spec": recipe.to_dict(),
+        "family": getattr(getattr(model, "config", None), "family", ""),
+        "calibration": calibration.summary(),
+        "layers": layers,
+        "summary": _summary(layers),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return qmodel, report
+
+
+# --------------------------------------------------------------------------------------------
+# planning and checks
+# --------------------------------------------------------------------------------------------
+
+
+def _checked_points(model: nn.Module) -> list[QuantPoint]:
+    if not hasattr(model, "quant_points"):
+        raise InputError(f"{type(model).__name__} declares no quantization points (quant_points)")
+    points = list(model.quant_points())
+    for point in points:
+        try:
+            module = model.get_submodule(point.path)
+        except AttributeError:
+            raise InputError(f"quantization point {point.path!r} names no module of {type(model).__name__}") from None
+        if is_quantized_module(module):
+            raise InputError(f"{point.path} is already quantized: quantize the float model instead")
+        expected = {"linear": nn.Linear, "conv": (nn.Conv1d, nn.Conv2d), "act": ActPoint}[point.kind]
+        if not isinstance(module, expected):
+            raise InputError(f"quantization point {point.path!r} is a {type(module).__name__}, expected {point.kind}")
+    return points
+
+
+def _plan(model: nn.Module, point: QuantPoint, recipe: QuantRecipe) -> dict[str, Any]:
+    """Granularity and group size a point gets (raises on a group size that does not divide)."""
+    module = model.get_submodule(point.path)
+    if point.kind == "act" or not recipe.quantizes_weights:
+        return {}
+    granularity, group = recipe.weight_granularity, recipe.group_size
+    if granularity == "group":
+        in_features = module.in_features if isinstance(module, nn.Linear) else None
+        if in_features is None:
+            granularity, group = "channel", 0  # conv layers: per-channel scales
+        elif in_features % group:
+            if recipe.group_fallback == "channel":
+                granularity, group = "channel", 0
+            else:
+                raise InputError(
+                    f"group size {group} does not divide {point.path} (input size {in_features}); pick a "
+                    f"group size that divides every quantized layer, or set group_fallback = \"channel\""
+                )
+    else:
+        group = 0
+    return {"granularity": granularity, "group_size": group}
+
+
+def _round_floats_to_half(model: nn.Module) -> None:
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().to(tensor.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# replacing one point
+# --------------------------------------------------------------------------------------------
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecipe, calib: Calibration) -> dict | None:
+    module = model.get_submodule(point.path)
+    observer = calib.observers.get(point.path)
+    info: dict[str, Any] = {"path": point.path, "kind": point.kind, "input": point.input}
+    if point.kind == "act":
+        if observer is None:
+            return None
+        stats = observer.describe()
+        _set_module(model, point.path, QuantAct(recipe.act_bits, stats["scale"]))
+        return {**info, "act_bits": recipe.act_bits, "input_scale": stats["scale"], **_act_info(stats)}
+
+    if not recipe.quantizes_weights:
+        return None
+    rotate = rotates(point, recipe, module)
+    weight = module.weight.detach().float()
+    if rotate:
+        weight = fuse_rotation(weight.double()).float()
+    granularity, group = plan["granularity"], plan["group_size"]
+    clip = weight_clip(weight, granularity, group)
+    if recipe.weight_observer == "mse":
+        clip = mse_weight_clip(weight, clip, recipe.weight_bits, group)
+    weight_scale = scale_from_clip(clip, recipe.weight_bits)
+    hessian = calib.hessians.get(point.path)
+    if recipe.gptq and hessian is not None and weight.dim() == 2:
+        weight_int = gptq_quantize(weight, hessian, weight_scale, recipe.weight_bits, group)
+    else:
+        weight_int = quantize_weight(weight, weight_scale, recipe.weight_bits, group)
+    stats = observer.describe() if observer is not None else None
+    input_scale = torch.tensor(stats["scale"], dtype=torch.float32) if stats else None
+    common = dict(
+        bias=module.bias is not None, weight_bits=recipe.weight_bits, granularity=granularity, group_size=group,
+        act_bits=recipe.act_bits if stats else 0, has_input_scale=stats is not None,
+    )
+    if isinstance(module, nn.Linear):
+        new = QuantLinear(module.in_features, module.out_features, rotate=rotate, **common)
+    else:
+        cls = QuantConv1d if isinstance(module, nn.Conv1d) else QuantConv2d
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                  module.dilation, module.groups, **common)
+    bias = None if module.bias is None else module.bias.detach().float()
+    new.set_quantized(weight_int, weight_scale, bias, input_scale)
+    new.to(module.weight.device)
+    _set_module(model, point.path, new)
+    deq = dequantize_weight(weight_int, weight_scale, group)
+    info.update(
+        weight_bits=recipe.weight_bits,
+        granularity=granularity,
+        group_size=group,
+        rotate=rotate,
+        gptq=bool(recipe.gptq and hessian is not None),
+        weight_scale_min=float(weight_scale.min()),
+        weight_scale_max=float(weight_scale.max()),
+        weight_error=relative_error(weight, deq),
+        act_bits=recipe.act_bits if stats else 0,
+        input_scale=None if stats is None else stats["scale"],
+        input_quantized_at=point.input_quantized_at,
+    )
+    if stats:
+        info.update(_act_info(stats))
+    return info
+
+
+def _act_info(stats: dict) -> dict:
+    keys = ("observer", "amax", "clip", "clip_ratio", "calib_error", "percentile")
+    return {k: stats[k] for k in keys if k in stats}
+
+
+def _summary(layers: list[dict]) -> dict:
+    weights = [layer for layer in layers if "weight_error" in layer]
+    acts = [layer for layer in layers if "calib_error" in layer]
+    return {
+        "quantized_weights": len(weights),
+        "quantized_activations": len(acts),
+        "rotated": sum(1 for layer in weights if layer.get("rotate")),
+        "max_weight_error": max((layer["weight_error"] for layer in weights), default=0.0),
+        "max_calib_error": max((layer["calib_error"] for layer in acts), default=0.0),
+        "clipped_points": sum(1 for layer in acts if layer.get("clip_ratio", 1.0) < 1.0),
+    }
+
+
+__all__ = ["quantize_model"]

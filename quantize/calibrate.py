@@ -1,0 +1,151 @@
+"""Calibration: run the float model over batches and collect what each quantization point needs.
+
+Hooks on the modules at the declared points record
+
+* the input of every ``linear``/``conv`` point whose input is real-valued and quantized by the
+  layer itself (as the layer will see it: Hadamard-rotated at ``rotatable`` points when the recipe
+  rotates), into an :class:`~quantize.observers.Observer`;
+* the value at every ``act`` point;
+* for GPTQ, the Hessian ``Σ xᵀx`` of every linear point's (rotated) input.
+
+Calibration is static and non-sequential, as in Quamba: every point is observed on the float
+model in one pass over the data.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from edgeseq.errors import InputError
+from edgeseq.streaming import QuantPoint
+from quantize.hadamard import hadamard_transform, supports_hadamard
+from quantize.observers import Observer, make_observer
+from quantize.recipes import QuantRecipe
+
+
+@dataclass
+class Calibration:
+    """What a calibration pass collected."""
+
+    observers: dict[str, Observer] = field(default_factory=dict)  # point path -> observer
+    hessians: dict[str, Tensor] = field(default_factory=dict)  # linear path -> Σ xᵀx  [in, in]
+    hessian_rows: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    items: int = 0  # tokens (LMs) or frames (classifiers) seen
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"batches": self.batches, "items": self.items, "seconds": round(self.seconds, 3)}
+
+
+def rotates(point: QuantPoint, recipe: QuantRecipe, module: nn.Module) -> bool:
+    """Whether this point gets the online Hadamard transform under ``recipe``."""
+    return (
+        recipe.rotate
+        and point.kind == "linear"
+        and point.rotatable
+        and isinstance(module, nn.Linear)
+        and supports_hadamard(module.in_features)
+    )
+
+
+def needs_input_observer(point: QuantPoint, recipe: QuantRecipe) -> bool:
+    if not recipe.quantizes_activations:
+        return False
+    if point.kind == "act":
+        return True
+    return point.input == "real" and not point.input_quantized_at
+
+
+def observer_kind(point: QuantPoint, recipe: QuantRecipe) -> str:
+    return recipe.clip_observer if point.clip == "percentile" else recipe.act_observer
+
+
+def needs_calibration(points: list[QuantPoint], recipe: QuantRecipe) -> bool:
+    return recipe.gptq or any(needs_input_observer(p, recipe) for p in points)
+
+
+def check_batch(batch: Tensor, index: int) -> Tensor:
+    """One-line InputError for a calibration batch that is not a finite tensor."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]  # (inputs, targets) pairs: calibration needs the inputs only
+    if not isinstance(batch, Tensor):
+        raise InputError(f"calibration batch {index} is a {type(batch).__name__}, expected a tensor of model inputs")
+    if batch.numel() == 0:
+        raise InputError(f"calibration batch {index} is empty (shape {tuple(batch.shape)})")
+    if batch.is_floating_point() and not torch.isfinite(batch).all():
+        bad = int((~torch.isfinite(batch)).sum())
+        raise InputError(f"calibration batch {index} holds {bad} NaN/Inf value(s); clean the calibration data")
+    return batch
+
+
+def calibrate(
+    model: nn.Module,
+    points: list[QuantPoint],
+    recipe: QuantRecipe,
+    batches: Iterable[Tensor] | None,
+    progress: bool = True,
+) -> Calibration:
+    """Observe every point that ``recipe`` quantizes over ``batches`` (one float forward each)."""
+    result = Calibration()
+    if not needs_calibration(points, recipe):
+        return result
+    if batches is None:
+        raise InputError(f"recipe {recipe.name!r} quantizes activations: calibration data is needed (--calib)")
+    handles = []
+    for point in points:
+        module = model.get_submodule(point.path)
+        rotate = rotates(point, recipe, module)
+        observer = None
+        if needs_input_observer(point, recipe):
+            observer = make_observer(observer_kind(point, recipe), point.path, recipe.act_bits, recipe.percentile)
+            result.observers[point.path] = observer
+        want_hessian = recipe.gptq and point.kind == "linear" and isinstance(module, nn.Linear)
+        if observer is None and not want_hessian:
+            continue
+        handles.append(module.register_forward_pre_hook(_make_hook(point.path, observer, rotate, want_hessian, result)))
+
+    from tqdm import tqdm
+
+    total = len(batches) if hasattr(batches, "__len__") else None
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            bar = tqdm(batches, total=total, desc=f"calibrating ({recipe.name})", unit="batch", file=sys.stderr,
+                       disable=not progress, leave=False)
+            for index, batch in enumerate(bar):
+                batch = check_batch(batch, index)
+                model(batch)
+                result.batches += 1
+                result.items += int(batch.shape[0] * (batch.shape[1] if batch.dim() > 1 else 1))
+    finally:
+        for handle in handles:
+            handle.remove()
+    result.seconds = time.perf_counter() - start
+    if result.batches == 0:
+        raise InputError("the calibration set is empty: give at least one batch (e.g. --calib-samples 64)")
+    return result
+
+
+def _make_hook(path: str, observer: Observer | None, rotate: bool, want_hessian: bool, result: Calibration):
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if rotate:
+            x = hadamard_transform(x)
+        if observer is not None:
+            observer.update(x)
+        if want_hessian:
+            rows = x.detach().reshape(-1, x.shape[-1]).double()
+            result.hessians[path] = result.hessians.get(path, 0) + rows.T @ rows
+            result.hessian_rows[path] = result.hessian_rows.get(path, 0) + rows.shape[0]
+
+    return hook
+
+
+__all__ = ["Calibration", "calibrate", "check_batch", "needs_calibration", "needs_input_observer", "observer_kind", "rotates"]

@@ -1,0 +1,157 @@
+"""Saving and loading quantized models.
+
+A quantized model folder holds
+
+* ``model.safetensors`` — the state dict of the quantized model: ``weight_int`` (int8; 4-bit values
+  one per byte), ``weight_scale``/``input_scale``/``scale`` (float32) of every quantized module, and
+  the float rest (float16 when the recipe stores floats in half precision);
+* ``quantization.json`` — the model family and config, the recipe, one spec per quantized module
+  (enough to rebuild it empty), the calibration report (per-layer scales, clipping, errors) and
+  the source model;
+* ``tokenizer.json`` when the source model has a Hugging Face tokenizer.
+
+Files are written atomically, ``quantization.json`` last: a folder with it is complete.
+:func:`load_quantized` rebuilds the model without any calibration data; ``QUANTIZED_FORMAT``
+plugs it into :func:`edgeseq.checkpoints.load_model` (so ``edgeseq eval QDIR`` works).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from edgeseq.checkpoints import (
+    CheckpointFormat,
+    LoadedModel,
+    _atomic_write,
+    _untie,
+    load_state_into,
+    read_json,
+    read_safetensors,
+)
+from edgeseq.errors import InputError
+from edgeseq.tokenizer import load_tokenizer
+from quantize.modules import is_quantized_module, module_from_spec
+from quantize.recipes import QuantRecipe, get_recipe
+
+QUANT_FILE = "quantization.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+_SCALE_NAMES = ("weight_scale", "input_scale", "scale")
+
+
+def quantized_modules(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Path -> spec of every quantized module in ``model``."""
+    return {name: module.quant_spec() for name, module in model.named_modules() if is_quantized_module(module)}
+
+
+def save_quantized(
+    qmodel: nn.Module,
+    folder: str | Path,
+    recipe: str | QuantRecipe,
+    report: dict[str, Any] | None = None,
+    source: str = "",
+    tokenizer: Any = None,
+) -> Path:
+    """Write a quantized model folder (see module docs) and return its path."""
+    from safetensors.torch import save_file
+
+    recipe = get_recipe(recipe)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; choose another output path (-o)")
+    folder.mkdir(parents=True, exist_ok=True)
+    modules = quantized_modules(qmodel)
+    half = recipe.float_dtype == "float16"
+    state: dict[str, Tensor] = {}
+    for name, tensor in qmodel.state_dict().items():
+        tensor = tensor.detach().contiguous().cpu()
+        if half and tensor.is_floating_point() and name.rpartition(".")[2] not in _SCALE_NAMES:
+            tensor = tensor.half()
+        state[name] = tensor
+    header = {
+        "format": "edgeseq-quantized",
+        "format_version": FORMAT_VERSION,
+        "family": qmodel.config.family,
+        "config": qmodel.config.to_dict(),
+        "recipe": recipe.to_dict(),
+        "modules": modules,
+        "source": str(source),
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None and hasattr(tokenizer, "to_dict") else {"kind": "bytes"},
+        "report": report or {},
+    }
+    if tokenizer is not None and getattr(tokenizer, "kind", "bytes") == "hf":
+        shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
+        header["tokenizer"] = {"kind": "hf", "path": "tokenizer.json"}
+    _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(_untie(state), str(p), metadata={"format": "edgeseq-quantized"}))
+    text = json.dumps(header, indent=2, default=_json_default) + "\n"
+    _atomic_write(folder / QUANT_FILE, lambda p: Path(p).write_text(text))
+    return folder
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def read_header(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    header = read_json(folder / QUANT_FILE)
+    for key in ("family", "config", "recipe", "modules"):
+        if key not in header:
+            raise InputError(f"{folder / QUANT_FILE}: missing {key!r}; was it written by `edgeseq quantize`?")
+    if header.get("format_version", 1) > FORMAT_VERSION:
+        raise InputError(
+            f"{folder / QUANT_FILE}: format version {header['format_version']} is newer than this edgeseq "
+            f"reads ({FORMAT_VERSION}); upgrade edgeseq"
+        )
+    return header
+
+
+def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a quantized model from its folder (no calibration data needed): ``(qmodel, header)``."""
+    from edgeseq.models import build_model
+
+    folder = Path(folder)
+    header = read_header(folder)
+    model = build_model(header["family"], header["config"])
+    for path, spec in header["modules"].items():
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            raise InputError(f"{folder / QUANT_FILE}: module {path!r} does not exist in a {header['family']} model") from None
+        try:
+            module = module_from_spec(spec)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{folder / QUANT_FILE}: bad spec for {path!r} ({exc})") from None
+        parent_path, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
+    load_state_into(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    model.eval()
+    return model, header
+
+
+def _detect(path: Path) -> bool:
+    return path.is_dir() and (path / QUANT_FILE).is_file()
+
+
+def _load(path: Path) -> LoadedModel:
+    model, header = load_quantized(path)
+    meta = {
+        "recipe": header["recipe"].get("name", ""),
+        "recipe_spec": header["recipe"],
+        "source": header.get("source", ""),
+        "summary": header.get("report", {}).get("summary", {}),
+    }
+    return LoadedModel(model=model, tokenizer=load_tokenizer(path), source=str(path), format="quantized", meta=meta)
+
+
+QUANTIZED_FORMAT = CheckpointFormat(name="quantized", detect=_detect, load=_load)
+
+__all__ = ["QUANTIZED_FORMAT", "QUANT_FILE", "load_quantized", "quantized_modules", "read_header", "save_quantized"]

@@ -1,0 +1,222 @@
+"""Quantization recipes: a plain dict from name to :class:`QuantRecipe`, plus custom recipe files.
+
+A recipe says, for every quantization point a model declares (see
+:class:`edgeseq.streaming.QuantPoint`):
+
+* weights: ``weight_bits`` (0 = keep float), ``weight_granularity`` (``tensor`` / ``channel`` /
+  ``group``), ``group_size`` for 4-bit per-group, ``weight_observer`` (``minmax`` or ``mse``), and
+  ``gptq`` (GPTQ error compensation, Frantar et al. 2023);
+* activations: ``act_bits`` (0 = not quantized, e.g. W4A16), ``act_observer`` for points the model
+  marks ``clip="max"`` and ``clip_observer`` for points it marks ``clip="percentile"`` (Quamba's
+  SSM-input clipping), with ``percentile``;
+* ``rotate`` — apply the online Hadamard transform at ``rotatable`` points, with the inverse fused
+  offline into the layer weight (Quamba's ``out_proj`` rotation);
+* ``float_dtype`` — ``float16`` stores every float parameter in half precision (the ``fp16`` recipe).
+
+Custom recipes: a TOML or JSON file with a ``base`` recipe name and any of the fields above, e.g.::
+
+    base = "w4a16"
+    group_size = 64
+    gptq = true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeseq.errors import InputError
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    name: str
+    description: str = ""
+    # weights
+    weight_bits: int = 0  # 0 = keep float
+    weight_granularity: str = "channel"  # tensor | channel | group
+    group_size: int = 0  # for granularity "group"
+    group_fallback: str = "error"  # what a layer the group size does not divide gets: "error" | "channel"
+    weight_observer: str = "minmax"  # minmax | mse
+    gptq: bool = False
+    # activations
+    act_bits: int = 0  # 0 = activations stay float
+    act_observer: str = "minmax"  # for points with clip="max"
+    clip_observer: str = "percentile"  # for points with clip="percentile"
+    percentile: float = 99.999
+    # rotations
+    rotate: bool = False
+    # float storage
+    float_dtype: str = "float32"  # float32 | float16
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QuantRecipe":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"unknown recipe field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        recipe = cls(**data)
+        validate_recipe(recipe)
+        return recipe
+
+    @property
+    def quantizes_weights(self) -> bool:
+        return self.weight_bits > 0
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.act_bits > 0
+
+    @property
+    def is_float(self) -> bool:
+        return not self.quantizes_weights and not self.quantizes_activations
+
+
+_W4_GROUP = 128
+
+RECIPES: dict[str, QuantRecipe] = {
+    "fp32": QuantRecipe("fp32", "no quantization (the reference)"),
+    "fp16": QuantRecipe("fp16", "float parameters stored in float16", float_dtype="float16"),
+    "w8a8-minmax": QuantRecipe(
+        "w8a8-minmax",
+        "naive baseline: int8 per-tensor weights, static int8 activations with min/max scales everywhere",
+        weight_bits=8, weight_granularity="tensor", act_bits=8, act_observer="minmax", clip_observer="minmax",
+    ),
+    "w8a8": QuantRecipe(
+        "w8a8",
+        "Quamba: int8 per-channel weights, static int8 activations, percentile-clipped SSM input, "
+        "Hadamard-rotated out_proj input",
+        weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
+        rotate=True,
+    ),
+    "w8a8-norotate": QuantRecipe(
+        "w8a8-norotate", "ablation: w8a8 without the Hadamard rotation",
+        weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="percentile", rotate=False,
+    ),
+    "w8a8-noclip": QuantRecipe(
+        "w8a8-noclip", "ablation: w8a8 without percentile clipping (min/max everywhere)",
+        weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="minmax", rotate=True,
+    ),
+    "w8a8-noclip-norotate": QuantRecipe(
+        "w8a8-noclip-norotate", "ablation: w8a8 with neither rotation nor percentile clipping",
+        weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="minmax", rotate=False,
+    ),
+    "w4a8": QuantRecipe(
+        "w4a8",
+        f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), static int8 "
+        "activations as w8a8, with the rotation",
+        weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
+        weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True,
+    ),
+    "w4a16": QuantRecipe(
+        "w4a16",
+        f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "
+        "activations, with the rotation",
+        weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
+        weight_observer="mse", rotate=True,
+    ),
+    "w4a16-gptq": QuantRecipe(
+        "w4a16-gptq", "w4a16 with GPTQ error compensation",
+        weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
+        weight_observer="mse", rotate=True, gptq=True,
+    ),
+    "w4a8-gptq": QuantRecipe(
+        "w4a8-gptq", "w4a8 with GPTQ error compensation",
+        weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
+        weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True, gptq=True,
+    ),
+}
+
+
+def validate_recipe(recipe: QuantRecipe) -> None:
+    """One-line InputError for a recipe that cannot work."""
+    where = f"recipe {recipe.name!r}"
+    if recipe.weight_bits not in (0, 2, 3, 4, 5, 6, 7, 8):
+        raise InputError(f"{where}: weight_bits must be 0 (float) or 2..8, got {recipe.weight_bits}")
+    if recipe.act_bits not in (0, 8, 16) and not 2 <= recipe.act_bits <= 16:
+        raise InputError(f"{where}: act_bits must be 0 (float) or 2..16, got {recipe.act_bits}")
+    if recipe.weight_granularity not in ("tensor", "channel", "group"):
+        raise InputError(f"{where}: weight_granularity must be tensor, channel or group, got {recipe.weight_granularity!r}")
+    if recipe.weight_granularity == "group" and recipe.group_size <= 0:
+        raise InputError(f"{where}: per-group weights need group_size > 0 (e.g. 32, 64, 128)")
+    if recipe.group_fallback not in ("error", "channel"):
+        raise InputError(f"{where}: group_fallback must be 'error' or 'channel', got {recipe.group_fallback!r}")
+    for field_name in ("act_observer", "clip_observer"):
+        if getattr(recipe, field_name) not in ("minmax", "percentile", "mse"):
+            raise InputError(f"{where}: {field_name} must be minmax, percentile or mse, got {getattr(recipe, field_name)!r}")
+    if recipe.weight_observer not in ("minmax", "mse"):
+        raise InputError(f"{where}: weight_observer must be minmax or mse, got {recipe.weight_observer!r}")
+    if not 50.0 <= recipe.percentile <= 100.0:
+        raise InputError(f"{where}: percentile must be in [50, 100], got {recipe.percentile}")
+    if recipe.float_dtype not in ("float32", "float16"):
+        raise InputError(f"{where}: float_dtype must be float32 or float16, got {recipe.float_dtype!r}")
+    if recipe.act_bits and not recipe.weight_bits:
+        raise InputError(f"{where}: quantized activations need quantized weights too (set weight_bits)")
+    if recipe.gptq and not recipe.quantizes_weights:
+        raise InputError(f"{where}: gptq needs quantized weights (weight_bits > 0)")
+
+
+def load_recipe_file(path: str | Path) -> QuantRecipe:
+    """A custom recipe from a ``.toml`` or ``.json`` file (``base`` names the recipe it starts from)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: recipe file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise InputError(f"{path}: not a valid {'TOML' if path.suffix == '.toml' else 'JSON'} recipe ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a recipe file holds a table of fields")
+    base_name = data.pop("base", "fp32")
+    base = get_recipe(base_name)
+    merged = {**base.to_dict(), "name": data.pop("name", path.stem), **data}
+    if "group_size" in data and "group_fallback" not in data:
+        merged["group_fallback"] = "error"  # an explicit group size must divide every layer
+    if "group_size" in data and data["group_size"] and "weight_granularity" not in data:
+        merged["weight_granularity"] = "group"
+    try:
+        return QuantRecipe.from_dict(merged)
+    except TypeError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def get_recipe(name_or_path: str | Path | QuantRecipe) -> QuantRecipe:
+    """A named recipe, a recipe file (``.toml``/``.json``), or a recipe object as it is."""
+    if isinstance(name_or_path, QuantRecipe):
+        validate_recipe(name_or_path)
+        return name_or_path
+    text = str(name_or_path)
+    if text in RECIPES:
+        return RECIPES[text]
+    if text.endswith((".toml", ".json")) or Path(text).is_file():
+        return load_recipe_file(text)
+    raise InputError(f"unknown recipe {text!r}; known: {', '.join(RECIPES)} (or a .toml/.json recipe file)")
+
+
+def with_overrides(recipe: QuantRecipe, **overrides: Any) -> QuantRecipe:
+    """A copy of ``recipe`` with some fields changed (None values are ignored), validated."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return recipe
+    if "group_size" in changes:
+        changes.setdefault("group_fallback", "error")
+        if changes["group_size"]:
+            changes.setdefault("weight_granularity", "group")
+    updated = dataclasses.replace(recipe, **changes)
+    validate_recipe(updated)
+    return updated
+
+
+__all__ = ["QuantRecipe", "RECIPES", "get_recipe", "load_recipe_file", "validate_recipe", "with_overrides"]
