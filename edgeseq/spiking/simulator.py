@@ -1,0 +1,576 @@
+"""Event-driven simulation of spiking streaming models, with instrumented operation counts.
+
+A spiking model runs through its own ``step`` code, unchanged. Inside :class:`Simulator`
+(a context manager) every ``nn.Linear`` / ``nn.Conv1d`` of the model has its ``forward``
+temporarily replaced:
+
+* ``mode="event"`` — when the layer's input is binary spikes (all values in {0, 1}, checked at
+  run time on every call), the output is computed address-event style: the weight columns of the
+  inputs that fired are **gathered** and **summed** (``index_add``), no dense matmul. The
+  accumulate count is taken from the gathered tensor itself (columns really gathered × fan-out).
+  Layers whose input is real-valued run dense.
+* ``mode="dense"`` — every layer runs its dense matmul; the same NeuroBench counts are derived
+  from the inputs (non-zero count × fan-out), so the two modes can be compared.
+
+LIF populations report through their ``counter`` hook (neuron updates, spikes, spike rate).
+Every other arithmetic operation the model performs while stepping (LayerNorm, the WKV
+recurrence, gates, matmuls in model code) is counted at the ATen dispatch level by a
+``TorchDispatchMode`` and attributed to the innermost module (or sub-block ``step``) running it,
+so dense non-synaptic work is reported honestly instead of being left out. Counts follow
+NeuroBench (Yik et al. 2023, arXiv:2304.04640); see :mod:`edgeseq.spiking.counts`.
+
+Typical use::
+
+    result = simulate(model, tokens)            # [B, T] ids or [B, T, F] frames
+    result.counts.to_dict()["total"]["eff_acs"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from edgeseq.errors import InputError
+from edgeseq.spiking.counts import Counts, LayerCounts
+from edgeseq.spiking.lif import LIF
+
+Mode = Literal["event", "dense"]
+STATE_BUCKET = "(recurrent state)"
+CODE_BUCKET = "(model step code)"
+ATTRIBUTED_METHODS = ("step", "run")  # sub-module methods whose arithmetic is attributed to that sub-module
+
+# --------------------------------------------------------------------------------------------
+# the gathers: what an address-event synaptic layer computes
+# --------------------------------------------------------------------------------------------
+
+
+def is_binary(x: Tensor) -> bool:
+    """True when every value of ``x`` is exactly 0 or 1 (spikes)."""
+    if x.dtype == torch.bool:
+        return True
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def gather_linear(spikes: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, int]:
+    """``y = W s + b`` for binary ``s``, by gathering the columns of ``W`` whose input fired.
+
+    ``spikes`` ``[..., in]``, ``weight`` ``[out, in]`` -> ``(y [..., out], columns_gathered)``.
+    """
+    rows = spikes.reshape(-1, spikes.shape[-1])  # [N, in]
+    row_idx, in_idx = rows.nonzero(as_tuple=True)  # one address event per spike
+    columns = weight.t()[in_idx]  # [events, out]: the gather
+    out = torch.zeros(rows.shape[0], weight.shape[0], dtype=weight.dtype, device=weight.device)
+    out.index_add_(0, row_idx, columns)  # the accumulates
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*spikes.shape[:-1], weight.shape[0]), int(columns.shape[0])
+
+
+def _conv1d_padding(conv: nn.Conv1d) -> tuple[int, int]:
+    k, dil = conv.kernel_size[0], conv.dilation[0]
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return 0, 0
+        total = dil * (k - 1)  # "same"
+        return total // 2, total - total // 2
+    return conv.padding[0], conv.padding[0]
+
+
+def conv1d_patches(x: Tensor, conv: nn.Conv1d) -> Tensor:
+    """Input patches of a 1-D convolution: ``[B, C, L] -> [B * L_out, groups, C/groups * K]``.
+
+    Zero padding adds zeros, which never fire and are never multiplied in an event-driven layer.
+    """
+    k, dil, stride, groups = conv.kernel_size[0], conv.dilation[0], conv.stride[0], conv.groups
+    left, right = _conv1d_padding(conv)
+    x = F.pad(x, (left, right))
+    span = dil * (k - 1) + 1
+    patches = x.unfold(2, span, stride)[..., ::dil]  # [B, C, L_out, K]
+    b, c, l_out, _ = patches.shape
+    return patches.permute(0, 2, 1, 3).reshape(b * l_out, groups, (c // groups) * k)
+
+
+def gather_conv1d(spikes: Tensor, conv: nn.Conv1d) -> tuple[Tensor, int]:
+    """Event-driven 1-D convolution of binary ``spikes`` ``[B, C, L]`` -> ``([B, C_out, L_out], columns)``.
+
+    Each fired input element of each output position's receptive field gathers the weight column
+    ``W[group's outputs, c, k]`` and adds it into that output position.
+    """
+    b = spikes.shape[0]
+    groups = conv.groups
+    c_out = conv.out_channels
+    patches = conv1d_patches(spikes, conv)  # [B*L_out, g, C_g*K]
+    l_out = patches.shape[0] // b
+    pos_idx, group_idx, tap_idx = patches.nonzero(as_tuple=True)
+    weight_by_group = conv.weight.reshape(groups, c_out // groups, -1).permute(0, 2, 1)  # [g, C_g*K, Cout_g]
+    columns = weight_by_group[group_idx, tap_idx]  # [events, Cout_g]: the gather
+    out = torch.zeros(patches.shape[0] * groups, c_out // groups, dtype=conv.weight.dtype, device=conv.weight.device)
+    out.index_add_(0, pos_idx * groups + group_idx, columns)  # the accumulates
+    out = out.reshape(b, l_out, c_out).permute(0, 2, 1)
+    if conv.bias is not None:
+        out = out + conv.bias[None, :, None]
+    return out, int(columns.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# counting the rest: ATen-level operation counter
+# --------------------------------------------------------------------------------------------
+
+# ops per output element (elementwise arithmetic, comparisons and selections)
+ELEMENTWISE_OPS: dict[str, int] = {
+    name: 1
+    for name in (
+        "add sub rsub mul div neg exp exp2 expm1 log log1p log2 sigmoid tanh relu gelu silu softplus "
+        "pow sqrt rsqrt reciprocal square maximum minimum fmax fmin clamp clamp_min clamp_max abs "
+        "sign sgn where lerp ge gt le lt eq ne logical_not logical_and logical_or heaviside erf "
+        "sin cos floor ceil round trunc hardtanh leaky_relu elu hardsigmoid hardswish masked_fill "
+        "threshold mish"
+    ).split()
+}
+ELEMENTWISE_OPS.update({"addcmul": 2, "addcdiv": 2})
+# ops per *input* element (reductions)
+REDUCTION_OPS = set("sum mean amax amin max min prod logsumexp cumsum cumprod var std var_mean std_mean norm linalg_vector_norm".split())
+# ops per element of normalisations / softmax (textbook formula, see docs/spiking.md)
+PER_ELEMENT_OPS = {
+    "native_layer_norm": 7,  # mean, centre, square-accumulate (2), scale, affine (2)
+    "native_group_norm": 7,
+    "_native_batch_norm_legit_no_training": 2,  # folded scale and shift
+    "native_batch_norm": 2,
+    "_softmax": 5,  # max-subtract, exp, sum, divide (+ max)
+    "_log_softmax": 5,
+}
+MATMUL_OPS = {"mm", "bmm", "addmm", "baddbmm", "mv", "addmv", "dot", "convolution"}
+
+
+def _matmul_counts(name: str, args: tuple, out: Tensor) -> tuple[int, int, bool, int]:
+    """``(dense_macs, nonzero_macs, input_binary, extra_adds)`` of a matmul-like ATen op."""
+    if name in ("addmm", "baddbmm", "addmv"):
+        bias, a, b = args[0], args[1], args[2]
+        extra = out.numel()
+    else:
+        a, b = args[0], args[1]
+        extra = 0
+    if name == "convolution":
+        weight = args[1]
+        per_out = weight[0].numel()  # C_in/groups * K...
+        dense = out.numel() * per_out
+        return dense, dense, False, 0  # inputs of an un-patched conv: counted dense
+    fan_out = b.shape[-1] if b.dim() >= 2 else 1
+    dense = a.numel() * fan_out
+    nonzero = int(torch.count_nonzero(a)) * fan_out
+    return dense, nonzero, is_binary(a), extra
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts arithmetic ATen ops into the simulator's current bucket (unless suppressed)."""
+
+    def __init__(self, sim: "Simulator"):
+        super().__init__()
+        self.sim = sim
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sim = self.sim
+        if sim._suppress:
+            return out
+        name = func.overloadpacket.__name__.rstrip("_")
+        layer = None
+        if name in ELEMENTWISE_OPS and isinstance(out, Tensor):
+            layer = sim._bucket()
+            layer.add_op(name, ELEMENTWISE_OPS[name] * out.numel())
+        elif name in REDUCTION_OPS and args and isinstance(args[0], Tensor):
+            layer = sim._bucket()
+            layer.add_op(name, args[0].numel())
+        elif name in PER_ELEMENT_OPS and args and isinstance(args[0], Tensor):
+            layer = sim._bucket()
+            layer.add_op(name, PER_ELEMENT_OPS[name] * args[0].numel())
+        elif name in MATMUL_OPS and isinstance(out, Tensor):
+            layer = sim._bucket()
+            dense, nonzero, binary, extra = _matmul_counts(name, args, out)
+            layer.dense_macs += dense
+            if binary:
+                layer.eff_acs += nonzero
+            else:
+                layer.eff_macs += nonzero
+            if extra:
+                layer.add_op("bias_add", extra)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# the simulator
+# --------------------------------------------------------------------------------------------
+
+
+def _bytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass
+class _Patch:
+    module: nn.Module
+    attr: str
+    had_own: bool
+    old: Any
+
+
+class Simulator:
+    """Context manager that instruments (and, in event mode, re-routes) a model's layers.
+
+    ``declared_spike_layers``: module paths whose input the model declares binary
+    (``quant_points()`` with ``input="spike"``); defaults to the model's declaration. A declared
+    layer that receives non-binary values is run dense and reported in ``warnings``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: Mode = "event",
+        count_ops: bool = True,
+        record_spikes: bool = False,
+        declared_spike_layers: Iterable[str] | None = None,
+    ):
+        if mode not in ("event", "dense"):
+            raise InputError(f"simulation mode must be 'event' or 'dense', not {mode!r}")
+        self.model = model
+        self.mode = mode
+        self.count_ops = count_ops
+        self.record_spikes = record_spikes
+        if declared_spike_layers is None:
+            points = model.quant_points() if hasattr(model, "quant_points") else []
+            declared_spike_layers = [p.path for p in points if getattr(p, "input", "real") == "spike"]
+        self.declared_spike_layers = set(declared_spike_layers)
+        self.counts = Counts()
+        self.spike_trace: dict[str, list[Tensor]] = {}
+        self.warnings: list[str] = []
+        self._patches: list[_Patch] = []
+        self._hooks: list[Any] = []
+        self._stack: list[str] = []
+        self._suppress = 0
+        self._mode_ctx: _OpCounter | None = None
+
+    # -- buckets ---------------------------------------------------------------------------
+    def _bucket(self) -> LayerCounts:
+        name = self._stack[-1] if self._stack else CODE_BUCKET
+        if name in self.counts.layers:
+            return self.counts.layers[name]
+        module = self._modules.get(name)
+        kind = "norm" if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) else "ops"
+        return self.counts.layer(name, kind)
+
+    # -- patching --------------------------------------------------------------------------
+    def _patch(self, module: nn.Module, attr: str, new: Callable) -> None:
+        had_own = attr in module.__dict__
+        self._patches.append(_Patch(module, attr, had_own, module.__dict__.get(attr)))
+        setattr(module, attr, new)
+
+    def _linear_forward(self, name: str, module: nn.Linear) -> Callable:
+        layer = self.counts.layer(name, "linear")
+        elt = module.weight.element_size()
+
+        def forward(x: Tensor) -> Tensor:
+            self._suppress += 1
+            try:
+                binary = is_binary(x)
+                fan_out = module.out_features
+                rows = x.numel() // module.in_features
+                layer.calls += 1
+                layer.dense_macs += x.numel() * fan_out
+                if x.any():
+                    layer.note_input("spike" if binary else "real")
+                if module.bias is not None:
+                    layer.add_op("bias_add", rows * fan_out)
+                    layer.weight_bytes += _bytes(module.bias)
+                if not binary and name in self.declared_spike_layers:
+                    self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
+                if self.mode == "event" and binary:
+                    y, gathered = gather_linear(x, module.weight, module.bias)
+                    layer.gathered_columns += gathered
+                    layer.eff_acs += gathered * fan_out
+                    layer.weight_bytes += gathered * fan_out * elt
+                    return y
+                nonzero = int(torch.count_nonzero(x))
+                if binary:
+                    layer.eff_acs += nonzero * fan_out
+                else:
+                    layer.eff_macs += nonzero * fan_out
+                layer.weight_bytes += _bytes(module.weight)
+                return F.linear(x, module.weight, module.bias)
+            finally:
+                self._suppress -= 1
+
+        return forward
+
+    def _conv1d_forward(self, name: str, module: nn.Conv1d) -> Callable:
+        layer = self.counts.layer(name, "conv1d")
+        elt = module.weight.element_size()
+        dense_forward = module.forward
+
+        def forward(x: Tensor) -> Tensor:
+            self._suppress += 1
+            try:
+                unbatched = x.dim() == 2
+                xb = x.unsqueeze(0) if unbatched else x
+                if module.padding_mode != "zeros":
+                    raise InputError(f"{name}: event-driven Conv1d supports zero padding only, not {module.padding_mode!r}")
+                binary = is_binary(xb)
+                fan_out = module.out_channels // module.groups
+                layer.calls += 1
+                if xb.any():
+                    layer.note_input("spike" if binary else "real")
+                patches = conv1d_patches(xb, module)  # [B*L_out, g, C_g*K]
+                layer.dense_macs += patches.numel() * fan_out
+                if module.bias is not None:
+                    layer.add_op("bias_add", patches.shape[0] * module.out_channels)
+                    layer.weight_bytes += _bytes(module.bias)
+                if not binary and name in self.declared_spike_layers:
+                    self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
+                if self.mode == "event" and binary:
+                    y, gathered = gather_conv1d(xb, module)
+                    layer.gathered_columns += gathered
+                    layer.eff_acs += gathered * fan_out
+                    layer.weight_bytes += gathered * fan_out * elt
+                else:
+                    nonzero = int(torch.count_nonzero(patches))
+                    if binary:
+                        layer.eff_acs += nonzero * fan_out
+                    else:
+                        layer.eff_macs += nonzero * fan_out
+                    layer.weight_bytes += _bytes(module.weight)
+                    y = dense_forward(xb)
+                return y.squeeze(0) if unbatched else y
+            finally:
+                self._suppress -= 1
+
+        return forward
+
+    def _lif_counter(self, name: str) -> Callable:
+        layer = self.counts.layer(name, "lif")
+
+        def counter(module: LIF, spikes: Tensor) -> None:
+            layer.calls += 1
+            n = spikes.numel()
+            layer.neuron_updates += n
+            layer.neurons += n
+            layer.spikes += int(spikes.sum())
+            if self.record_spikes:
+                self.spike_trace.setdefault(name, []).append(spikes.detach().clone())
+
+        return counter
+
+    def _lif_step(self, module: LIF) -> Callable:
+        original = type(module).step.__get__(module)
+
+        def step(current: Tensor, membrane: Tensor) -> tuple[Tensor, Tensor]:
+            self._suppress += 1  # its arithmetic is the neuron update, counted by the counter
+            try:
+                return original(current, membrane)
+            finally:
+                self._suppress -= 1
+
+        return step
+
+    def _named_method(self, name: str, module: nn.Module, method: str) -> Callable:
+        original = getattr(type(module), method).__get__(module)
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            self._stack.append(name)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._stack.pop()
+
+        return step
+
+    def _pop_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._stack.pop()  # returns None: a forward hook's return value would replace the output
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def __enter__(self) -> "Simulator":
+        self._modules = dict(self.model.named_modules())
+        for name, module in self._modules.items():
+            if not name:
+                continue
+            if type(module) is nn.Linear or (isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward):
+                self._patch(module, "forward", self._linear_forward(name, module))
+            elif isinstance(module, nn.Conv1d) and type(module).forward is nn.Conv1d.forward:
+                self._patch(module, "forward", self._conv1d_forward(name, module))
+            elif isinstance(module, LIF):
+                self._patch(module, "counter", self._lif_counter(name))
+                self._patch(module, "step", self._lif_step(module))
+            else:
+                if isinstance(module, nn.Embedding):
+                    layer = self.counts.layer(name, "embedding")
+
+                    def embed_hook(mod, inputs, output, layer=layer):
+                        layer.calls += 1
+                        layer.weight_bytes += _bytes(output)
+
+                    self._hooks.append(module.register_forward_hook(embed_hook))
+                for method in ATTRIBUTED_METHODS:  # sub-blocks stepped by model code, not by __call__
+                    if callable(getattr(type(module), method, None)):
+                        self._patch(module, method, self._named_method(name, module, method))
+                self._hooks.append(module.register_forward_pre_hook(lambda mod, inp, name=name: self._stack.append(name)))
+                self._hooks.append(module.register_forward_hook(self._pop_hook))
+        if self.count_ops:
+            self._mode_ctx = _OpCounter(self)
+            self._mode_ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._mode_ctx is not None:
+            self._mode_ctx.__exit__(*exc)
+            self._mode_ctx = None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for patch in reversed(self._patches):
+            if patch.had_own:
+                setattr(patch.module, patch.attr, patch.old)
+            else:
+                try:
+                    delattr(patch.module, patch.attr)
+                except AttributeError:
+                    pass
+        self._patches.clear()
+        self._stack.clear()
+
+    def count_state(self, state: dict[str, Tensor]) -> None:
+        """Count one read (or write) of the recurrent state (once per step each way)."""
+        layer = self.counts.layer(STATE_BUCKET, "state")
+        layer.state_bytes += sum(_bytes(t) for t in state.values())
+
+
+# --------------------------------------------------------------------------------------------
+# running a model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimulationResult:
+    outputs: Tensor  # [B, T, ...] the stacked step outputs
+    counts: Counts
+    mode: str
+    spike_trace: dict[str, Tensor] = field(default_factory=dict)  # name -> [T, B, ...] when recorded
+    warnings: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def simulate(
+    model: nn.Module,
+    inputs: Tensor,
+    mode: Mode = "event",
+    record_spikes: bool = False,
+    count_ops: bool = True,
+    state: dict[str, Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimulationResult:
+    """Run ``model.step`` over ``inputs`` ``[B, T, ...]`` in event-driven or dense mode, counting.
+
+    ``progress`` (optional) is called with the number of steps done after each step.
+    """
+    if not hasattr(model, "step") or not hasattr(model, "init_state"):
+        raise InputError("simulate needs a streaming model with step() and init_state(); see edgeseq.streaming")
+    if inputs.dim() < 2:
+        raise InputError(f"inputs must be [batch, time, ...], got shape {tuple(inputs.shape)}")
+    batch, steps = inputs.shape[0], inputs.shape[1]
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        with Simulator(model, mode=mode, count_ops=count_ops, record_spikes=record_spikes) as sim:
+            state = model.init_state(batch) if state is None else state
+            for t in range(steps):
+                sim.count_state(state)  # read
+                y_t, state = model.step(inputs[:, t], state)
+                sim.count_state(state)  # written
+                outputs.append(y_t)
+                if progress is not None:
+                    progress(t + 1)
+    finally:
+        model.train(was_training)
+    sim.counts.steps = batch * steps
+    sim.counts.samples = batch
+    trace = {name: torch.stack(spikes, 0) for name, spikes in sim.spike_trace.items()}
+    return SimulationResult(torch.stack(outputs, 1), sim.counts, mode, trace, sim.warnings)
+
+
+__all__ = [
+    "Simulator",
+    "SimulationResult",
+    "conv1d_patches",
+    "gather_conv1d",
+    "gather_linear",
+    "is_binary",
+    "simulate",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# a minimal spiking streaming model (tests, benchmarks, docs examples, NIR round trips)
+# --------------------------------------------------------------------------------------------
+
+from edgeseq.streaming import ModelConfig, QuantPoint, StateSpec, StreamingModel  # noqa: E402
+
+
+@dataclass
+class SpikingMLPConfig(ModelConfig):
+    family = "spiking-mlp"  # type: ignore[assignment]
+    in_features: int = 16
+    hidden: tuple[int, ...] = (32, 32)
+    n_classes: int = 4
+    tau: float = 2.0
+    threshold: float = 1.0
+    bias: bool = True
+
+
+class SpikingMLP(StreamingModel):
+    """Frames ``[B, T, F]`` -> Linear -> LIF -> (Linear -> LIF)* -> Linear readout ``[B, T, C]``.
+
+    The first layer sees real-valued frames (dense MACs); every later layer sees spikes (ACs).
+    State: one membrane per LIF population.
+    """
+
+    task = "classify"
+
+    def __init__(self, config: SpikingMLPConfig | None = None):
+        super().__init__()
+        self.config = config = config or SpikingMLPConfig()
+        sizes = (config.in_features, *config.hidden)
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=config.bias) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.lifs = nn.ModuleList(LIF(tau=config.tau, threshold=config.threshold) for _ in config.hidden)
+        self.head = nn.Linear(sizes[-1], config.n_classes, bias=config.bias)
+
+    def state_spec(self) -> list[StateSpec]:
+        return [StateSpec(f"membrane{i}", (n,)) for i, n in enumerate(self.config.hidden)]
+
+    def quant_points(self) -> list[QuantPoint]:
+        points = [QuantPoint("layers.0", "linear")]
+        points += [QuantPoint(f"layers.{i}", "linear", input="spike") for i in range(1, len(self.layers))]
+        return points + [QuantPoint("head", "linear", input="spike")]
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, T, F] -> [B, T, C]
+        h = x
+        for layer, lif in zip(self.layers, self.lifs):
+            h = lif(layer(h))
+        return self.head(h)
+
+    def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        h = x_t
+        new_state = {}
+        for i, (layer, lif) in enumerate(zip(self.layers, self.lifs)):
+            h, new_state[f"membrane{i}"] = lif.step(layer(h), state[f"membrane{i}"])
+        return self.head(h), new_state
+
+
+__all__ += ["SpikingMLP", "SpikingMLPConfig"]

@@ -1,0 +1,129 @@
+"""Event-driven execution equals dense execution, and its accumulate count is instrumented.
+
+Oracle: the same layers run densely (``F.linear`` / ``F.conv1d``, i.e. ``mode="dense"``).
+Float64 is used where spikes must be identical: the gather sums the same weights as the matmul in
+a different order, so results differ by rounding only (≤ 1e-12 here); in float32 logits agree to
+1e-5 relative to their scale.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgeseq.spiking.simulator as sim_module
+from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, Simulator, gather_conv1d, gather_linear, simulate
+
+
+def _binary(*shape, rate=0.3, dtype=torch.float64):
+    return (torch.rand(*shape) < rate).to(dtype)
+
+
+def test_gather_linear_equals_matmul():
+    weight, bias = torch.randn(7, 11, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    spikes = _binary(3, 5, 11)
+    y, gathered = gather_linear(spikes, weight, bias)
+    torch.testing.assert_close(y, F.linear(spikes, weight, bias), rtol=0, atol=1e-12)
+    assert gathered == int(spikes.sum())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=4, stride=2, dilation=2),
+        dict(kernel_size=3, groups=4, padding="same"),
+        dict(kernel_size=1, bias=False),
+        dict(kernel_size=5, padding="valid", groups=2),
+    ],
+)
+def test_gather_conv1d_equals_conv(kwargs):
+    conv = nn.Conv1d(8, 12, **kwargs).double()
+    spikes = _binary(2, 8, 13)
+    y, gathered = gather_conv1d(spikes, conv)
+    torch.testing.assert_close(y, conv(spikes), rtol=0, atol=1e-12)
+    patches = sim_module.conv1d_patches(spikes, conv)
+    assert gathered == int(patches.sum())  # every fired input of every receptive field, once
+
+
+def _active_mlp(dtype=torch.float64):
+    model = SpikingMLP(SpikingMLPConfig(in_features=12, hidden=(24, 16), n_classes=5)).to(dtype)
+    with torch.no_grad():  # larger weights so that every population fires now and then
+        for layer in model.layers:
+            layer.weight.mul_(3.0)
+    return model
+
+
+def test_event_equals_dense_spikes_and_logits():
+    model = _active_mlp()
+    frames = torch.randn(3, 10, 12, dtype=torch.float64)
+    event = simulate(model, frames, "event", record_spikes=True)
+    dense = simulate(model, frames, "dense", record_spikes=True)
+    assert set(event.spike_trace) == {"lifs.0", "lifs.1"}
+    for name, spikes in event.spike_trace.items():
+        assert torch.equal(spikes, dense.spike_trace[name]), name
+        assert 0 < spikes.mean() < 1, name  # the comparison is not vacuous
+    torch.testing.assert_close(event.outputs, dense.outputs, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(event.outputs, model(frames), rtol=0, atol=1e-12)  # step ≡ forward
+    for key in ("dense_macs", "eff_macs", "eff_acs", "neuron_updates", "spikes", "other_ops"):
+        assert event.counts.totals()[key] == dense.counts.totals()[key], key
+
+
+def test_event_equals_dense_float32():
+    model = _active_mlp(torch.float32)
+    frames = torch.randn(2, 6, 12)
+    event = simulate(model, frames, "event")
+    dense = simulate(model, frames, "dense")
+    scale = dense.outputs.abs().max()
+    torch.testing.assert_close(event.outputs, dense.outputs, rtol=0, atol=1e-5 * float(scale))
+
+
+def test_accumulates_equal_columns_really_gathered(monkeypatch):
+    """Spy on the gather itself: count the weight columns it indexes, independently of the simulator."""
+    seen = {"columns": 0}
+    real_gather = sim_module.gather_linear
+
+    def spying_gather(spikes, weight, bias):
+        y, gathered = real_gather(spikes, weight, bias)
+        seen["columns"] += int((spikes != 0).sum())  # rows of weight.t() indexed by the gather
+        assert gathered == int((spikes != 0).sum())
+        return y, gathered
+
+    monkeypatch.setattr(sim_module, "gather_linear", spying_gather)
+    model = _active_mlp()
+    result = simulate(model, torch.randn(2, 8, 12, dtype=torch.float64), "event", record_spikes=True)
+    layers = result.counts.layers
+    spike_layers = [layers["layers.1"], layers["head"]]
+    assert sum(layer.gathered_columns for layer in spike_layers) == seen["columns"] > 0
+    for layer, fan_out in zip(spike_layers, (16, 5)):
+        assert layer.eff_acs == layer.gathered_columns * fan_out
+    # and with the spikes recorded at the LIF populations feeding them
+    assert layers["layers.1"].gathered_columns == int(result.spike_trace["lifs.0"].sum())
+    assert layers["head"].gathered_columns == int(result.spike_trace["lifs.1"].sum())
+
+
+def test_patches_are_removed_after_simulation():
+    model = _active_mlp()
+    frames = torch.randn(1, 3, 12, dtype=torch.float64)
+    simulate(model, frames)
+    assert "forward" not in model.layers[0].__dict__
+    assert model.lifs[0].counter is None and "step" not in model.lifs[0].__dict__
+    with torch.no_grad():
+        model(frames)  # plain module again
+
+
+def test_declared_spike_layer_with_real_input_warns():
+    model = _active_mlp()
+    with Simulator(model, declared_spike_layers=["layers.0"]) as sim, torch.no_grad():
+        model.step(torch.randn(2, 12, dtype=torch.float64), model.init_state(2, dtype=torch.float64))
+    assert sim.warnings and "layers.0" in sim.warnings[0]
+
+
+def test_bad_inputs():
+    from edgeseq.errors import InputError
+
+    with pytest.raises(InputError):
+        simulate(_active_mlp(), torch.randn(12, dtype=torch.float64))
+    with pytest.raises(InputError):
+        Simulator(_active_mlp(), mode="sparse")
