@@ -84,25 +84,40 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
 def read_torch_weights(path: str | Path) -> dict[str, Tensor]:
     """A pickled state dict read with ``torch.load(weights_only=True)``: code in it never runs."""
     import pickle
+    import warnings
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: keep stderr to one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(
-            f"{path}: refused to load: the pickle holds objects other than tensors "
-            f"(weights-only loading; convert it to safetensors) [{_first_line(exc)}]"
+            f"{path}: refused to load: the pickle holds objects other than tensors{_unpickling_reason(exc)}; "
+            f"only plain state dicts load (convert the checkpoint to safetensors)"
         ) from None
     except Exception as exc:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated?") from None
     for key in ("state_dict", "model", "module"):  # common wrappers
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise InputError(f"{path}: expected a dict of tensors (a state dict)")
     return obj
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """The informative line of torch's weights-only refusal (e.g. the blocked global), if any."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f" (it would call {found.group(1)})"
+    found = re.search(r"Unsupported (operand|class)[^\n]*", text)
+    return f" ({found.group(0).strip()})" if found else ""
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -243,6 +258,118 @@ def zoo_names() -> list[str]:
     return sorted(p.name for p in ZOO_DIR.iterdir() if (p / CONFIG_FILE).is_file())
 
 
+def safetensors_param_count(path: str | Path) -> int | None:
+    """Number of values stored in a ``.safetensors`` file, read from its header only (no weights)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            total = 0
+            for key in handle.keys():
+                count = 1
+                for size in handle.get_slice(key).get_shape():
+                    count *= size
+                total += count
+            return total
+    except Exception:
+        return None
+
+
+def zoo_entries() -> list[dict]:
+    """One row per zoo model: ``name``, ``family``, ``task``, ``params`` and what its meta records.
+
+    Reads only ``edgeseq.json`` and the safetensors header, so listing is fast whatever the sizes.
+    """
+    from edgeseq.models import MODEL_FAMILIES, model_class
+
+    rows = []
+    for name in zoo_names():
+        folder = ZOO_DIR / name
+        try:
+            header = json.loads((folder / CONFIG_FILE).read_text())
+        except Exception as exc:
+            rows.append({"name": name, "family": None, "task": None, "params": None,
+                         "error": f"unreadable {CONFIG_FILE}: {_first_line(exc)}"})
+            continue
+        meta = header.get("meta") or {}
+        family = header.get("family")
+        task = meta.get("task")
+        if task is None and family in MODEL_FAMILIES:
+            try:
+                task = model_class(family).task
+            except Exception:  # that family's code is not available in this build
+                task = None
+        params = meta.get("params")
+        if params is None:
+            params = safetensors_param_count(folder / WEIGHTS_FILE)
+        weights = folder / WEIGHTS_FILE
+        rows.append({
+            "name": name,
+            "family": family,
+            "task": task,
+            "params": params,
+            "dataset": meta.get("dataset"),
+            "metrics": meta.get("metrics", {}),
+            "file_bytes": weights.stat().st_size if weights.is_file() else None,
+            "train_command": meta.get("train_command"),
+            "path": str(folder),
+        })
+    return rows
+
+
+def family_entries() -> list[dict]:
+    """The registered model families: ``name``, ``task`` and whether their code is available."""
+    from edgeseq.models import MODEL_FAMILIES, model_class
+
+    rows = []
+    for family in MODEL_FAMILIES:
+        try:
+            cls = model_class(family)
+            rows.append({"name": family, "task": cls.task, "available": True, "doc": _doc_line(cls)})
+        except (ImportError, AttributeError):
+            rows.append({"name": family, "task": None, "available": False, "doc": ""})
+    return rows
+
+
+def _doc_line(obj: Any) -> str:
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def model_info(loaded: LoadedModel) -> dict:
+    """What ``edgeseq info`` shows: config, sizes, state spec, tokenizer, meta (JSON-able)."""
+    model = loaded.model
+    config = getattr(model, "config", None)
+    info: dict[str, Any] = {
+        "source": loaded.source,
+        "format": loaded.format,
+        "family": getattr(config, "family", None) or loaded.meta.get("family"),
+        "task": getattr(model, "task", None) or loaded.meta.get("task"),
+        "config": config.to_dict() if hasattr(config, "to_dict") else loaded.meta.get("config", {}),
+    }
+    if isinstance(model, torch.nn.Module):
+        tensors = list(model.parameters()) + list(model.buffers())
+        info["params"] = sum(p.numel() for p in model.parameters())
+        info["model_bytes"] = sum(t.numel() * t.element_size() for t in tensors)
+        info["dtype"] = str(tensors[0].dtype).replace("torch.", "") if tensors else None
+    specs = model.state_spec() if hasattr(model, "state_spec") else []
+    info["state_spec"] = [spec.to_dict() for spec in specs]
+    info["state_bytes"] = sum(_spec_bytes(spec) for spec in specs)  # per sequence
+    if hasattr(model, "quant_points"):
+        info["quant_points"] = len(model.quant_points())
+    tokenizer = loaded.tokenizer
+    info["tokenizer"] = {**tokenizer.to_dict(), "vocab_size": getattr(tokenizer, "vocab_size", None)} if tokenizer else None
+    info["meta"] = loaded.meta
+    return info
+
+
+def _spec_bytes(spec) -> int:
+    count = 1
+    for size in spec.shape:
+        count *= int(size)
+    return count * torch.empty((), dtype=spec.dtype).element_size()
+
+
 def _format(name: str) -> CheckpointFormat:
     module, _, attr = FORMATS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -258,7 +385,32 @@ def detect_format(path: Path) -> str:
             continue  # that family is not available in this build
         if fmt.detect(path):
             return name
-    raise InputError(
+    raise InputError(_unrecognised(path))
+
+
+_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _unrecognised(path: Path) -> str:
+    """Why ``path`` is not a checkpoint, as precisely as the files allow."""
+    folder = path if path.is_dir() else path.parent
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except Exception as exc:
+            return f"{config}: not valid JSON ({_first_line(exc)})"
+        if isinstance(data, dict) and "model_type" in data:
+            kind = data["model_type"]
+            hint = " (Mamba-2 is not supported yet)" if str(kind).startswith("mamba") else ""
+            return f"{config}: model_type is {kind!r}; edgeseq reads Mamba-1 checkpoints (model_type 'mamba'){hint}"
+        return f"{config}: not a config edgeseq knows (no model_type 'mamba', no state-spaces d_model/n_layer)"
+    if path.is_dir() and any((path / n).is_file() for n in (*_WEIGHT_NAMES, WEIGHTS_FILE)):
+        return (
+            f"{path}: weights but no config: add config.json (Hugging Face / state-spaces) "
+            f"or {CONFIG_FILE} (edgeseq, written by save_model)"
+        )
+    return (
         f"{path}: not a checkpoint edgeseq recognises (expected an edgeseq folder, a Hugging Face "
         f"Mamba folder, state-spaces/mamba, or an official SpikeGPT/LMUFormer weights file)"
     )
@@ -311,6 +463,10 @@ __all__ = [
     "FORMATS",
     "LoadedModel",
     "detect_format",
+    "family_entries",
+    "model_info",
+    "safetensors_param_count",
+    "zoo_entries",
     "load_model",
     "load_native",
     "load_state_into",

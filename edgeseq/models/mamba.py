@@ -96,8 +96,10 @@ def _is_tracing() -> bool:
     return torch.jit.is_tracing() or bool(getattr(torch.compiler, "is_exporting", lambda: False)())
 
 
-# exp(-S) below must stay finite in float32: keep |cumulative log-decay| of a chunk under this
+# e^{-S} below must stay finite in float32: keep |cumulative log-decay| of a chunk under this
 _MAX_CHUNK_LOG_DECAY = 60.0
+# below this many steps per chunk the closed form loses to the prefix scan (steep decays)
+_MIN_CLOSED_FORM_CHUNK = 4
 
 
 def selective_scan(
@@ -108,27 +110,39 @@ def selective_scan(
     x, dt: [B, T, Di]; A: [Di, N] (negative); B, C: [B, T, N]; D: [Di]; ssm_state: [B, Di, N] or None.
     Returns y [B, T, Di] and the final state [B, Di, N].
 
-    Eager mode: chunks of ``chunk`` steps, each solved in closed form with cumulative log-decays
-    ``S_t`` (``h_t = e^{S_t}(h_0 + Σ_{s<=t} e^{-S_s} b_s)``); the chunk shrinks when the decay is so
-    steep that ``e^{-S}`` could overflow, so the result is exact, never clamped. Under tracing
-    (ONNX/``torch.export``) a static Kogge–Stone prefix scan is used instead.
+    Eager mode: chunks of ``chunk`` steps, each solved in closed form. Because A does not depend
+    on time, the cumulative log-decay is ``S_t = A ⊙ Σ_{s<=t} dt_s`` and
+
+        h_t = e^{S_t} ⊙ (h_0 + Σ_{s<=t} e^{-S_s} ⊙ b_s),   b_s = (dt_s x_s) ⊗ B_s,
+
+    evaluated with time as the last (contiguous) axis, ``[B, Di, N, L]``. The chunk shrinks when
+    the decay is so steep that ``e^{-S}`` could overflow, so the result is exact, never clamped;
+    when it would have to shrink below a few steps, the Kogge–Stone prefix scan (products of
+    decays only, stable for any decay) is used instead, as it is under tracing
+    (ONNX/``torch.export``), where shapes must be static.
     """
     batch, length, d_inner = x.shape
     if ssm_state is None:
         ssm_state = x.new_zeros(batch, d_inner, A.shape[1])
     if _is_tracing():
         return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=64)
-    steepest = float((dt.detach().amax() * (-A.detach()).amax()).clamp(min=1e-6))
-    chunk = max(1, min(chunk, int(_MAX_CHUNK_LOG_DECAY / steepest)))
+    steepest = float(dt.detach().amax() * (-A.detach()).amax())
+    closed_chunk = int(_MAX_CHUNK_LOG_DECAY / steepest) if 0 < steepest < float("inf") else chunk
+    if closed_chunk < min(chunk, _MIN_CLOSED_FORM_CHUNK) or steepest != steepest:  # steep (or NaN) decay
+        return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=max(chunk, 16))
+    chunk = max(1, min(chunk, closed_chunk))
+    drive_in = (dt * x).transpose(1, 2)  # dt·x: [B, Di, T]
+    dt_t, B_t, C_t = dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)  # [B, Di|N, T]
+    A_col = A.unsqueeze(-1)  # [Di, N, 1]
     ys = []
     for start in range(0, length, chunk):
         sl = slice(start, start + chunk)
-        log_decay = (dt[:, sl].unsqueeze(-1) * A).cumsum(1)  # S_t: [B, L, Di, N], <= 0
-        drive = (dt[:, sl] * x[:, sl]).unsqueeze(-1) * B[:, sl].unsqueeze(2)  # b_t: [B, L, Di, N]
-        states = torch.exp(log_decay) * (ssm_state.unsqueeze(1) + (drive * torch.exp(-log_decay)).cumsum(1))
-        ys.append(torch.einsum("bldn,bln->bld", states, C[:, sl]))
-        ssm_state = states[:, -1]
-    return torch.cat(ys, dim=1) + x * D, ssm_state
+        decay = torch.exp(dt_t[:, :, sl].cumsum(-1).unsqueeze(2) * A_col)  # e^{S_t}: [B, Di, N, L]
+        scaled_drive = drive_in[:, :, None, sl] * B_t[:, None, :, sl] / decay  # e^{-S_s} b_s
+        states = decay * (ssm_state.unsqueeze(-1) + scaled_drive.cumsum(-1))  # h_t: [B, Di, N, L]
+        ys.append((states * C_t[:, None, :, sl]).sum(2))  # C_t · h_t: [B, Di, L]
+        ssm_state = states[..., -1]
+    return torch.cat(ys, dim=-1).transpose(1, 2) + x * D, ssm_state
 
 
 def _selective_scan_prefix(
