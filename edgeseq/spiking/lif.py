@@ -34,8 +34,7 @@ class _ATanSpike(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         alpha = ctx.alpha
-        surrogate = alpha / 2 / (1 + (math.pi / 2 * alpha * x) ** 2)
-        return grad * surrogate, None, None
+        return grad * atan_surrogate(x, alpha), None, None
 
 
 def atan_spike(x: Tensor, alpha: float = 2.0, inclusive: bool = True) -> Tensor:
@@ -97,11 +96,79 @@ class LIF(nn.Module):
         return spikes
 
     def run(self, current: Tensor, membrane: Tensor | None = None, time_dim: int = 1) -> tuple[Tensor, Tensor]:
-        """Spikes for a sequence and the final membrane."""
+        """Spikes for a sequence and the final membrane.
+
+        Without a ``counter`` this runs :func:`lif_sequence` (the same arithmetic as ``step``, bit
+        for bit, with a hand-written backward pass, so a long sequence builds no autograd graph per
+        time step); with a ``counter`` it calls ``step`` at every time step so each one is counted.
+        """
         current = current.movedim(time_dim, 0)
         v = torch.zeros_like(current[0]) if membrane is None else membrane
+        if self.counter is None:
+            spikes, v = lif_sequence(current, v, self.cfg)
+            return spikes.movedim(0, time_dim), v
         out = []
         for t in range(current.shape[0]):
             s, v = self.step(current[t], v)
             out.append(s)
         return torch.stack(out, 0).movedim(0, time_dim), v
+
+
+def atan_surrogate(x: Tensor, alpha: float = 2.0) -> Tensor:
+    """The ATan surrogate derivative ``alpha / 2 / (1 + (pi/2 * alpha * x)^2)`` of the Heaviside step."""
+    return alpha / 2 / (1 + (math.pi / 2 * alpha * x) ** 2)
+
+
+class _LIFSequence(torch.autograd.Function):
+    """A whole LIF sequence ``[T, ...]``; backward propagates through the membrane (reset included:
+    the reset is not detached, as in spikingjelly's default ``detach_reset=False``)."""
+
+    @staticmethod
+    def forward(ctx, current: Tensor, membrane: Tensor, cfg: LIFConfig):  # type: ignore[override]
+        inclusive = cfg.fire_on == "ge"
+        v = membrane
+        charged, spikes = [], []
+        for t in range(current.shape[0]):
+            h = v + (current[t] - v) / cfg.tau  # exactly LIF.step's arithmetic
+            s = heaviside(h - cfg.threshold, inclusive)
+            v = h * (1.0 - s) if cfg.reset == "hard" else h - s * cfg.threshold
+            charged.append(h)
+            spikes.append(s)
+        charged_t, spikes_t = torch.stack(charged), torch.stack(spikes)
+        ctx.save_for_backward(charged_t, spikes_t)
+        ctx.cfg = cfg
+        return spikes_t, v
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor):  # type: ignore[override]
+        charged, spikes = ctx.saved_tensors
+        cfg: LIFConfig = ctx.cfg
+        grad_v = torch.zeros_like(charged[0]) if grad_membrane is None else grad_membrane
+        grad_current = torch.empty_like(charged)
+        for t in range(charged.shape[0] - 1, -1, -1):
+            h, s = charged[t], spikes[t]
+            surrogate = atan_surrogate(h - cfg.threshold, cfg.surrogate_alpha)
+            if cfg.reset == "hard":  # v = h (1 - s(h))
+                dv_dh = (1.0 - s) - h * surrogate
+            else:  # v = h - threshold s(h)
+                dv_dh = 1.0 - cfg.threshold * surrogate
+            grad_h = grad_spikes[t] * surrogate + grad_v * dv_dh
+            grad_current[t] = grad_h / cfg.tau
+            grad_v = grad_h * (1.0 - 1.0 / cfg.tau)
+        return grad_current, grad_v, None
+
+
+def lif_sequence(current: Tensor, membrane: Tensor, cfg: LIFConfig) -> tuple[Tensor, Tensor]:
+    """Run LIF neurons over ``current`` ``[T, ...]`` from ``membrane`` ``[...]``: (spikes ``[T, ...]``, final membrane).
+
+    Same values as calling :meth:`LIF.step` T times, and the same gradients (ATan surrogate).
+    """
+    if torch.jit.is_tracing() or bool(getattr(torch.compiler, "is_exporting", lambda: False)()):
+        v, out = membrane, []
+        for t in range(current.shape[0]):  # plain ops: what tracers can record
+            h = v + (current[t] - v) / cfg.tau
+            s = heaviside(h - cfg.threshold, cfg.fire_on == "ge")
+            v = h * (1.0 - s) if cfg.reset == "hard" else h - s * cfg.threshold
+            out.append(s)
+        return torch.stack(out), v
+    return _LIFSequence.apply(current, membrane, cfg)
