@@ -17,7 +17,8 @@ Neuromorphic Computing Algorithms and Systems", arXiv:2304.04640, 2023; Nature C
   them here instead of dropping them), each elementwise operation counted once per element;
 * ``weight_bytes`` / ``state_bytes`` — memory traffic, kept apart from the compute counts:
   weight bytes read (all of them for a dense layer, the gathered columns for an event-driven one)
-  and recurrent-state bytes read plus written per step.
+  and recurrent-state bytes read plus written per step; ``dense_weight_bytes`` is what a dense
+  execution of the same layers reads.
 
 Counts are plain integers accumulated over a whole simulation; ``per_step`` divides by the number
 of simulated steps (tokens or frames).
@@ -37,6 +38,7 @@ COUNT_FIELDS = (
     "neurons",
     "other_ops",
     "weight_bytes",
+    "dense_weight_bytes",
     "state_bytes",
 )
 
@@ -57,6 +59,7 @@ class LayerCounts:
     neurons: int = 0
     other_ops: int = 0
     weight_bytes: int = 0
+    dense_weight_bytes: int = 0  # what a dense execution reads (every weight, every call)
     state_bytes: int = 0
     gathered_columns: int = 0  # event-driven layers: weight columns actually gathered
     op_breakdown: dict[str, int] = field(default_factory=dict)  # other_ops by operator name

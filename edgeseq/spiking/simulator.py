@@ -285,9 +285,11 @@ class Simulator:
                 layer.dense_macs += x.numel() * fan_out
                 if x.any():
                     layer.note_input("spike" if binary else "real")
+                layer.dense_weight_bytes += _bytes(module.weight)
                 if module.bias is not None:
                     layer.add_op("bias_add", rows * fan_out)
                     layer.weight_bytes += _bytes(module.bias)
+                    layer.dense_weight_bytes += _bytes(module.bias)
                 if not binary and name in self.declared_spike_layers:
                     self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
                 if self.mode == "event" and binary:
@@ -327,9 +329,11 @@ class Simulator:
                     layer.note_input("spike" if binary else "real")
                 patches = conv1d_patches(xb, module)  # [B*L_out, g, C_g*K]
                 layer.dense_macs += patches.numel() * fan_out
+                layer.dense_weight_bytes += _bytes(module.weight)
                 if module.bias is not None:
                     layer.add_op("bias_add", patches.shape[0] * module.out_channels)
                     layer.weight_bytes += _bytes(module.bias)
+                    layer.dense_weight_bytes += _bytes(module.bias)
                 if not binary and name in self.declared_spike_layers:
                     self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
                 if self.mode == "event" and binary:
@@ -415,6 +419,7 @@ class Simulator:
                     def embed_hook(mod, inputs, output, layer=layer):
                         layer.calls += 1
                         layer.weight_bytes += _bytes(output)
+                        layer.dense_weight_bytes += _bytes(output)
 
                     self._hooks.append(module.register_forward_hook(embed_hook))
                 for method in ATTRIBUTED_METHODS:  # sub-blocks stepped by model code, not by __call__
