@@ -208,4 +208,63 @@ def _summary(layers: list[dict]) -> dict:
     }
 
 
-__all__ = ["quantize_model"]
+
+
+
+# --------------------------------------------------------------------------------------------
+# the whole pipeline (what `edgeseq quantize` calls)
+# --------------------------------------------------------------------------------------------
+
+
+def quantize_checkpoint(
+    source: str,
+    recipe: str | QuantRecipe,
+    output: str,
+    *,
+    calib: str | None = None,
+    calib_split: str = "train",
+    calib_samples: int = 64,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    group_size: int | None = None,
+    percentile: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load ``source``, calibrate on ``calib`` (default: the model's own task), quantize, save to
+    ``output``; returns a JSON-able summary (per-layer scales/clipping, sizes, paths)."""
+    from edgeseq.checkpoints import load_model
+    from quantize.calibrate import calibration_batches, needs_calibration
+    from quantize.io import model_bytes, save_quantized
+    from quantize.recipes import with_overrides
+
+    recipe = with_overrides(get_recipe(recipe), group_size=group_size, percentile=percentile)
+    loaded = load_model(source)
+    if loaded.format in ("quantized", "artifact"):
+        raise InputError(f"{source} is already a {loaded.format} model; quantize the float checkpoint it came from")
+    model = loaded.model
+    batches, described = None, {}
+    if needs_calibration(_checked_points(model), recipe):
+        torch.manual_seed(seed)
+        batches, described = calibration_batches(
+            model, calib, tokenizer=loaded.tokenizer, meta=loaded.meta, samples=calib_samples, seq_len=seq_len,
+            batch_size=batch_size, split=calib_split, seed=seed,
+        )
+    qmodel, report = quantize_model(model, recipe, batches, progress=progress)
+    report["calibration"].update(described)
+    folder = save_quantized(qmodel, output, recipe, report, source=str(source), tokenizer=loaded.tokenizer,
+                            source_meta=loaded.meta)
+    return {
+        "output": str(folder),
+        "source": str(source),
+        "family": report["family"],
+        "recipe": recipe.name,
+        "recipe_spec": recipe.to_dict(),
+        "calibration": report["calibration"],
+        "summary": report["summary"],
+        "bytes": {"float": model_bytes(model)["stored"], **{f"quantized_{k}": v for k, v in model_bytes(qmodel).items()}},
+        "layers": report["layers"],
+        "seconds": report["seconds"],
+    }
+
+__all__ = ["quantize_checkpoint", "quantize_model"]

@@ -148,4 +148,69 @@ def _make_hook(path: str, observer: Observer | None, rotate: bool, want_hessian:
     return hook
 
 
-__all__ = ["Calibration", "calibrate", "check_batch", "needs_calibration", "needs_input_observer", "observer_kind", "rotates"]
+
+
+# --------------------------------------------------------------------------------------------
+# calibration data from a data spec
+# --------------------------------------------------------------------------------------------
+
+
+def calibration_batches(
+    model: nn.Module,
+    data: str | None = None,
+    *,
+    tokenizer=None,
+    meta: dict | None = None,
+    samples: int = 64,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    split: str = "train",
+    seed: int = 0,
+) -> tuple[list[Tensor], dict]:
+    """Calibration batches drawn from a data spec (default: the model's own task).
+
+    Language models: ``samples`` random windows of ``seq_len`` tokens from the text split
+    (``shakespeare``, ``stdlib``, or a text file; the train split by default, the validation split
+    where the train split is not available). Classifiers: ``samples`` random sequences of frames
+    from the task (or ``.npz``). Returns ``(batches, description)``.
+    """
+    from edgeseq.evaluate import default_data, model_task
+
+    if samples < 1:
+        raise InputError(f"the calibration set is empty (--calib-samples {samples}); give at least 1 sample")
+    if seq_len < 1 or batch_size < 1:
+        raise InputError(f"--seq-len and --batch-size must be positive, got {seq_len} and {batch_size}")
+    data = default_data(model, meta) if data is None else str(data)
+    generator = torch.Generator().manual_seed(seed)
+    if model_task(model) == "lm":
+        from edgeseq.corpus import encode_text, load_split, random_windows
+        from edgeseq.tokenizer import ByteTokenizer
+
+        try:
+            text = load_split(data, split)
+        except InputError:
+            if split != "train":
+                raise
+            text = load_split(data, "validation")  # e.g. shakespeare ships only its validation split
+        ids = encode_text(tokenizer or ByteTokenizer(), text.text)
+        length = min(seq_len, max(1, ids.numel() - 1))
+        windows = random_windows(ids, samples, length, generator)[:, :-1]  # [N, L]
+        described = {"data": text.dataset, "split": text.split, "samples": samples, "seq_len": length}
+    else:
+        from edgeseq.tasks import load_classification
+
+        options = (meta or {}).get("dataset_options") or getattr(getattr(model, "config", None), "dataset_options", None) or {}
+        try:
+            frames, _ = load_classification(data, split, **options)
+        except InputError:
+            if split != "train":
+                raise
+            frames, _ = load_classification(data, "validation", **options)
+            split = "validation"
+        order = torch.randperm(frames.shape[0], generator=generator)[:samples]
+        windows = frames[order]
+        described = {"data": data, "split": split, "samples": int(windows.shape[0]), "seq_len": int(windows.shape[1])}
+    return list(windows.split(batch_size)), described
+
+
+__all__ = ["Calibration", "calibrate", "calibration_batches", "check_batch", "needs_calibration", "needs_input_observer", "observer_kind", "rotates"]

@@ -57,6 +57,7 @@ def save_quantized(
     report: dict[str, Any] | None = None,
     source: str = "",
     tokenizer: Any = None,
+    source_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write a quantized model folder (see module docs) and return its path."""
     from safetensors.torch import save_file
@@ -82,6 +83,7 @@ def save_quantized(
         "recipe": recipe.to_dict(),
         "modules": modules,
         "source": str(source),
+        "source_meta": source_meta or {},
         "tokenizer": tokenizer.to_dict() if tokenizer is not None and hasattr(tokenizer, "to_dict") else {"kind": "bytes"},
         "report": report or {},
     }
@@ -137,6 +139,21 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, header
 
 
+def model_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the model's tensors: as stored here, and deployed (int weights packed to their bits)."""
+    stored = packed = 0
+    quantized = {name: module for name, module in model.named_modules() if is_quantized_module(module)}
+    for name, tensor in model.state_dict().items():
+        size = tensor.numel() * tensor.element_size()
+        stored += size
+        owner, _, leaf = name.rpartition(".")
+        module = quantized.get(owner)
+        if leaf == "weight_int" and module is not None:
+            size = (tensor.numel() * module.weight_bits + 7) // 8
+        packed += size
+    return {"stored": stored, "packed": packed}
+
+
 def _detect(path: Path) -> bool:
     return path.is_dir() and (path / QUANT_FILE).is_file()
 
@@ -144,6 +161,7 @@ def _detect(path: Path) -> bool:
 def _load(path: Path) -> LoadedModel:
     model, header = load_quantized(path)
     meta = {
+        **header.get("source_meta", {}),  # the source model's dataset etc.: `edgeseq eval QDIR` uses its task
         "recipe": header["recipe"].get("name", ""),
         "recipe_spec": header["recipe"],
         "source": header.get("source", ""),
@@ -154,4 +172,4 @@ def _load(path: Path) -> LoadedModel:
 
 QUANTIZED_FORMAT = CheckpointFormat(name="quantized", detect=_detect, load=_load)
 
-__all__ = ["QUANTIZED_FORMAT", "QUANT_FILE", "load_quantized", "quantized_modules", "read_header", "save_quantized"]
+__all__ = ["QUANTIZED_FORMAT", "QUANT_FILE", "load_quantized", "model_bytes", "quantized_modules", "read_header", "save_quantized"]
