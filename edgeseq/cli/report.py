@@ -1,0 +1,64 @@
+"""edgeseq report: an accuracy-vs-bits report over recipes and targets (resumable sweep)."""
+
+from __future__ import annotations
+
+HELP = "accuracy-vs-bits report: quantize, evaluate (PyTorch and artifact), profile, simulate"
+DESCRIPTION = (
+    "For each recipe: quantize (calibrating once), evaluate in PyTorch and through the exported artifact, "
+    "profile on each target, and for spiking models count operations and energy. Writes report.md, report.json, "
+    "report.csv, PNG plots and report.html into -o DIR. Re-running the same command resumes: finished "
+    "configurations are kept."
+)
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def add_arguments(p) -> None:
+    from edgeseq.report import DEFAULT_RECIPES
+
+    p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names or checkpoint folders")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names or files")
+    p.add_argument("--targets", default="cpu", help="comma-separated targets to profile on ('' for none)")
+    p.add_argument("--data", default=None, help="evaluation data (default: each model's own validation split)")
+    p.add_argument("-o", "--output", required=True, help="report folder (re-use it to resume)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tvm"], help="artifact format to export and evaluate")
+    p.add_argument("--max-bytes", type=int, default=20_000, help="text evaluated per LM configuration")
+    p.add_argument("--max-samples", type=int, default=200, help="samples evaluated per classifier configuration")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences per recipe")
+    p.add_argument("--tokens", type=int, default=64, help="decode steps profiled per target")
+    p.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="run the sweep on a Ray cluster ('local' starts one)")
+
+
+def run(args):
+    from edgeseq.report import build_report
+
+    summary = build_report(
+        args.models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets), data=args.data,
+        jobs=args.jobs, ray_address=args.ray, progress=not args.json, export_format=args.format,
+        max_bytes=args.max_bytes, max_samples=args.max_samples, calib_samples=args.calib_samples,
+        profile_tokens=args.tokens, debug=args.debug,
+    )
+    if not args.json:
+        print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"report → {summary['output']}")
+    for col in ("model", "recipe", "status", "metric", "PyTorch", "artifact"):
+        table.add_column(col)
+    for r in summary["results"]:
+        fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+        status = r["status"] if not r.get("stage_errors") else f"{r['status']} ({len(r['stage_errors'])} stage errors)"
+        table.add_row(r["model"], r["recipe"], status, str(r["metric"]), fmt(r["torch"]), fmt(r["artifact"]))
+    Console().print(table)
+    for r in summary["results"]:
+        for stage, err in (r.get("stage_errors") or {}).items():
+            print(f"  {r['model']} / {r['recipe']} / {stage}: {err}")
+    print(f"report: {summary['files'].get('html')}")

@@ -1,0 +1,218 @@
+"""Accuracy-vs-bits reports: for each recipe, quantize (calibrating once), evaluate in PyTorch and
+through the exported artifact, profile on each target, and for spiking models count operations and
+energy on neuromorphic devices. One sweep unit = one model × one recipe (see ``run_unit``); the
+sweep (``edgeseq.sweep``) stores each unit's result as it finishes, so reports are resumable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeseq.errors import InputError
+
+DEFAULT_RECIPES = ["fp32", "w8a8-minmax", "w8a8", "w4a8", "w4a16"]
+SPIKING_FAMILIES = {"spikegpt", "spiking-lmuformer"}
+DEFAULT_ENERGY_TABLES = ["45nm-fp32", "45nm-int8", "loihi", "spinnaker2"]
+
+
+def _recipe_bits(recipe: str) -> tuple[int, int]:
+    """(weight bits, activation bits) of a recipe; 32/16 for float."""
+    from quantize.recipes import get_recipe
+
+    spec = get_recipe(recipe)
+    float_bits = 16 if spec.float_dtype == "float16" else 32
+    return (spec.weight_bits or float_bits, spec.act_bits or float_bits)
+
+
+def _stage(result: dict, name: str, fn, *args, **kwargs):
+    """Run one stage; a failure is recorded in ``result['stage_errors']`` and the unit goes on."""
+    started = time.perf_counter()
+    try:
+        value = fn(*args, **kwargs)
+        result.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - started, 3)
+        return value
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        result.setdefault("stage_errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def run_unit(
+    config: dict[str, Any],
+    out_dir: str,
+    data: str | None = None,
+    targets: list[str] | None = None,
+    export_format: str = "onnx",
+    max_bytes: int = 20_000,
+    max_samples: int = 200,
+    calib_samples: int = 32,
+    profile_tokens: int = 64,
+    profile_prompt_len: int = 32,
+    energy_tables: list[str] | None = None,
+    simulate_samples: int = 2,
+    debug: bool = False,
+    **_: Any,
+) -> dict[str, Any]:
+    """One model × one recipe: quantize, evaluate, export + evaluate the artifact, profile, simulate."""
+    from edgeseq.checkpoints import load_model
+    from edgeseq.evaluate import evaluate
+    from edgeseq.sweep import config_key
+
+    model_name, recipe = config["model"], config["recipe"]
+    unit_dir = Path(out_dir) / "units" / config_key(config)
+    if unit_dir.exists():
+        shutil.rmtree(unit_dir)  # a unit that did not finish last time starts over
+    unit_dir.mkdir(parents=True)
+    loaded = load_model(model_name)
+    model = loaded.model
+    weight_bits, act_bits = _recipe_bits(recipe)
+    result: dict[str, Any] = {
+        "family": model.config.family, "task": model.task, "params": model.num_parameters(),
+        "weight_bits": weight_bits, "act_bits": act_bits,
+        "metric": "bits_per_byte" if model.task == "lm" else "accuracy",
+        "higher_is_better": model.task != "lm",
+    }
+    eval_kwargs = {"max_bytes": max_bytes} if model.task == "lm" else {"max_samples": max_samples}
+
+    # 1. quantize (calibrating once for this recipe) and save
+    qdir = unit_dir / "quantized"
+    if recipe == "fp32":
+        source = model_name
+        qmodel = model
+    else:
+        from quantize.apply import quantize_checkpoint
+
+        summary = _stage(result, "quantize", quantize_checkpoint, model_name, recipe, str(qdir),
+                         calib_samples=calib_samples, progress=False)
+        if summary is None:
+            raise RuntimeError(f"quantization failed: {result['stage_errors']['quantize']}")
+        result["quantize_summary"] = summary.get("summary")
+        source = str(qdir)
+        qmodel = load_model(source).model
+
+    # 2. accuracy in PyTorch
+    torch_eval = _stage(result, "evaluate", evaluate, qmodel, loaded.tokenizer, data, meta=loaded.meta,
+                        quiet=True, **eval_kwargs)
+    if torch_eval:
+        result["torch_metric"] = torch_eval[result["metric"]]
+        result["eval"] = torch_eval
+    result["model_bytes"] = _stage(result, "model_bytes", _model_bytes, qmodel)
+
+    # 3. export, verify (inside export), evaluate through the artifact's own runtime
+    artifact_dir = unit_dir / f"artifact-{export_format}"
+    manifest = _stage(result, "export", _export, source, export_format, str(artifact_dir))
+    if manifest:
+        result["artifact_format"] = export_format
+        result["artifact_dir"] = str(artifact_dir)
+        result["artifact_max_error"] = _max_error(manifest)
+        artifact = _stage(result, "artifact_load", load_model, str(artifact_dir))
+        if artifact is not None:
+            art_eval = _stage(result, "artifact_evaluate", evaluate, artifact.model, artifact.tokenizer, data,
+                              meta=loaded.meta, quiet=True, **eval_kwargs)
+            if art_eval:
+                result["artifact_metric"] = art_eval[result["metric"]]
+
+    # 4. profile on each target
+    result["targets"] = {}
+    for target in targets or []:
+        prof = _stage(result, f"profile:{target}", _profile, str(artifact_dir) if manifest else source, target,
+                      profile_tokens, profile_prompt_len)
+        if prof:
+            result["targets"][target] = prof
+
+    # 5. spiking models: operation counts and energy per token on neuromorphic devices
+    if model.config.family in SPIKING_FAMILIES:
+        spiking = _stage(result, "simulate", _simulate, qmodel, data, simulate_samples,
+                         energy_tables or DEFAULT_ENERGY_TABLES)
+        if spiking:
+            result["spiking"] = spiking
+    return result
+
+
+def _model_bytes(model) -> int:
+    from quantize.io import model_bytes
+
+    return int(model_bytes(model)["stored"])
+
+
+def _max_error(manifest: dict) -> float | None:
+    verification = manifest.get("verification") or {}
+    for key in ("max_abs_error", "max_error"):
+        if key in verification:
+            return verification[key]
+    return None
+
+
+def _export(source: str, export_format: str, out: str) -> dict:
+    from export import export_artifact  # the library function behind `edgeseq export`
+
+    return export_artifact(source, format=export_format, target="cpu", output=out, force=True, progress=False)
+
+
+def _profile(artifact_or_model: str, target: str, tokens: int, prompt_len: int) -> dict:
+    from targets.profile import profile  # the library function behind `edgeseq profile`
+
+    report = profile(artifact_or_model, target=target, tokens=tokens, prompt_len=prompt_len, progress=False)
+    return {k: report.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "ttft_ms", "tokens_per_s", "peak_mem_bytes",
+                                       "model_bytes", "roofline_ratio", "runtime")}
+
+
+def _simulate(model, data: str | None, samples: int, tables: list[str]) -> dict:
+    from edgeseq.spiking.energy import estimate_energy, table_names
+    from edgeseq.spiking.simulator import simulate, simulation_data
+
+    sim_data = simulation_data(model, data, samples=samples)
+    inputs = getattr(sim_data, "inputs", sim_data)
+    sim = simulate(model, inputs, mode="event")
+    totals = sim.counts.totals()
+    steps = max(sim.counts.steps, 1)
+    energy = {}
+    for name in tables:
+        if name in table_names():
+            energy[name] = estimate_energy(sim.counts, name)["per_step_pj"] * 1e-12
+    return {
+        "steps": steps,
+        "ops_per_token": {k: v / steps for k, v in totals.items() if isinstance(v, (int, float))},
+        "energy_per_token_j": energy,
+    }
+
+
+def build_report(
+    models: list[str],
+    out_dir: str | Path,
+    recipes: list[str] | None = None,
+    targets: list[str] | None = None,
+    data: str | None = None,
+    jobs: int = 1,
+    ray_address: str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep for ``models`` × ``recipes`` and write the report files."""
+    from edgeseq.report_writer import write_report
+    from edgeseq.sweep import run_sweep
+    from quantize.recipes import get_recipe
+
+    recipes = recipes or DEFAULT_RECIPES
+    for recipe in recipes:
+        get_recipe(recipe)  # unknown recipe: one clear error before any work
+    if not models:
+        raise InputError("no model to report on")
+    out_dir = Path(out_dir)
+    configs = [{"model": m, "recipe": r} for m in models for r in recipes]
+    options = {"out_dir": str(out_dir), "data": data, "targets": targets or [], **options}
+    results = run_sweep("edgeseq.report:run_unit", configs, out_dir, options, jobs=jobs, ray_address=ray_address,
+                        progress=progress)
+    preamble = (f"Models: {', '.join(models)}. Recipes: {', '.join(recipes)}. "
+                f"Targets: {', '.join(targets or []) or 'none'}. Data: {data or 'each model’s own validation split'}.")
+    paths = write_report(results, out_dir, title="edgeseq accuracy-vs-bits report", preamble=preamble)
+    failed = [r for r in results if r.get("status") != "ok"]
+    return {"output": str(out_dir), "files": paths, "configs": len(results), "failed": len(failed),
+            "results": [{"model": r["config"]["model"], "recipe": r["config"]["recipe"], "status": r.get("status"),
+                         "metric": r.get("metric"), "torch": r.get("torch_metric"),
+                         "artifact": r.get("artifact_metric"), "error": r.get("error"),
+                         "stage_errors": r.get("stage_errors")} for r in results]}
