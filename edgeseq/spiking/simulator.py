@@ -506,6 +506,8 @@ def simulate(
         model.train(was_training)
     sim.counts.steps = batch * steps
     sim.counts.samples = batch
+    order = {name: i for i, name in enumerate(dict(model.named_modules()))}
+    sim.counts.layers = dict(sorted(sim.counts.layers.items(), key=lambda kv: order.get(kv[0], len(order))))
     trace = {name: torch.stack(spikes, 0) for name, spikes in sim.spike_trace.items()}
     return SimulationResult(torch.stack(outputs, 1), sim.counts, mode, trace, sim.warnings)
 
@@ -579,3 +581,198 @@ class SpikingMLP(StreamingModel):
 
 
 __all__ += ["SpikingMLP", "SpikingMLPConfig"]
+
+
+# --------------------------------------------------------------------------------------------
+# whole-model reports (what `edgeseq simulate` prints)
+# --------------------------------------------------------------------------------------------
+
+SAMPLE_TEXT = (
+    "Streaming sequence models carry a fixed-size state from one token to the next, so the cost of "
+    "each step stays the same however long the stream runs. A spiking model goes further: most of "
+    "its neurons are silent at any step, and a silent input costs nothing on event-driven hardware."
+)
+
+
+@dataclass
+class SimulationData:
+    inputs: Tensor  # [N, T] int64 token ids or [N, T, F] frames
+    source: str
+    kind: str  # tokens | frames
+
+
+def _frame_dim(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for name in ("input_dim", "in_features", "frame_dim", "n_features"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _text_tokens(tokenizer: Any, text: str) -> Tensor:
+    if tokenizer is None or getattr(tokenizer, "kind", "bytes") == "bytes":
+        return torch.tensor(list(text.encode("utf-8")), dtype=torch.int64)
+    return torch.tensor(tokenizer.encode(text), dtype=torch.int64)
+
+
+def _windows(ids: Tensor, samples: int, length: int, source: str) -> Tensor:
+    """``samples`` evenly spaced windows of ``length`` tokens: ``[samples, length]``."""
+    if ids.numel() < length:
+        raise InputError(f"{source} holds {ids.numel()} tokens, fewer than --length {length}; use a shorter --length or more text")
+    last = ids.numel() - length
+    starts = [round(i * last / max(samples - 1, 1)) for i in range(samples)] if samples > 1 else [0]
+    return torch.stack([ids[s:s + length] for s in starts])
+
+
+def simulation_data(model: nn.Module, data: str | None = None, samples: int = 4, length: int | None = None,
+                    tokenizer: Any = None, seed: int = 0) -> SimulationData:
+    """Inputs for a simulation: the model's own task by default (LM: text, classifier: frames).
+
+    ``data``: a text file, a task name (``shakespeare``, ``digits``, …), a ``.npz`` file of frames,
+    or ``random`` (seeded random frames / bytes).
+    """
+    if samples < 1:
+        raise InputError(f"--samples must be >= 1, got {samples}")
+    if length is not None and length < 1:
+        raise InputError(f"--length must be >= 1, got {length}")
+    task = getattr(model, "task", "lm")
+    generator = torch.Generator().manual_seed(seed)
+    if task == "lm":
+        length = length or 64
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 256)
+        if data == "random":
+            ids = torch.randint(0, min(vocab, 256), (samples, length), generator=generator)
+            return SimulationData(ids, f"random tokens (seed {seed})", "tokens")
+        if data is None:
+            try:
+                from edgeseq.corpus import load_split
+
+                split = load_split("shakespeare", "validation")
+                text, source = split.text, "shakespeare (validation)"
+            except Exception:  # the corpus module or its file is not available
+                text, source = SAMPLE_TEXT, "built-in sample text"
+        else:
+            try:
+                from edgeseq.corpus import load_split
+            except ImportError:
+                from pathlib import Path
+
+                path = Path(data).expanduser()
+                if not path.is_file():
+                    raise InputError(f"--data {data!r}: not a text file") from None
+                text, source = path.read_text(errors="replace"), str(path)
+            else:
+                split = load_split(data, "validation")
+                text, source = split.text, f"{split.source} ({split.split})"
+        ids = _text_tokens(tokenizer, text)
+        ids = ids.clamp_max(vocab - 1) if ids.numel() else ids
+        return SimulationData(_windows(ids, samples, length, source), source, "tokens")
+    # classifiers
+    frame_dim = _frame_dim(model)
+    spec = data if data is not None else getattr(getattr(model, "config", None), "dataset", None)
+    if spec is not None and spec != "random":
+        try:
+            from edgeseq.tasks import load_classification
+        except ImportError:
+            raise InputError("classification data needs edgeseq.tasks, which is not available; use --data random") from None
+        options = dict(getattr(model.config, "dataset_options", {}) or {}) if data is None else {}
+        frames, _ = load_classification(spec, "validation", **options)
+        frames = frames[:samples]
+        if length is not None:
+            frames = frames[:, :length]
+        if frame_dim is not None and frames.shape[-1] != frame_dim:
+            raise InputError(f"data {spec!r} has frames of {frames.shape[-1]} features; the model takes {frame_dim}")
+        return SimulationData(frames, f"{spec} (validation, first {frames.shape[0]})", "frames")
+    if frame_dim is None:
+        raise InputError("cannot tell this model's frame size: pass --data FILE.npz or a task name")
+    frames = torch.rand(samples, length or 32, frame_dim, generator=generator)
+    return SimulationData(frames, f"random frames in [0, 1) (seed {seed})", "frames")
+
+
+def _cast_inputs(model: nn.Module, inputs: Tensor) -> Tensor:
+    if inputs.dtype.is_floating_point:
+        ref = next((p for p in model.parameters()), None)
+        if ref is not None:
+            return inputs.to(ref.dtype)
+    return inputs
+
+
+def simulation_report(
+    model: nn.Module,
+    data: SimulationData,
+    table: str = "45nm",
+    mode: Mode = "event",
+    compare_dense: bool = False,
+    progress: Callable[[int], None] | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Simulate ``model`` on ``data`` and return counts, spike rates and energy as one JSON-able dict.
+
+    With ``compare_dense`` the model also runs in dense mode: the report then carries the dense-ANN
+    operation count beside the spiking one (``ops_ratio`` = "N× fewer operations", computed) and
+    checks that both executions emit identical spikes.
+    """
+    import time
+
+    from edgeseq.spiking.counts import dense_comparison
+    from edgeseq.spiking.energy import estimate_energy, load_table
+
+    energy_table = load_table(table)
+    inputs = _cast_inputs(model, data.inputs)
+    start = time.perf_counter()
+    result = simulate(model, inputs, mode=mode, record_spikes=compare_dense, progress=progress)
+    seconds = time.perf_counter() - start
+    counts = result.counts.to_dict()
+    energy = estimate_energy(result.counts, energy_table)
+    energy_by_layer = {layer["name"]: layer for layer in energy["layers"]}
+    for layer in counts["layers"]:
+        layer["energy_pj"] = energy_by_layer[layer["name"]]["total_pj"]
+    warnings = list(result.warnings)
+    if not any(layer.kind == "lif" for layer in result.counts.layers.values()):
+        warnings.append("the model has no LIF populations: it is not a spiking model, so every op is a MAC")
+    if energy["unsupported"]:
+        warnings.append(f"table {energy_table.name!r} cannot price {', '.join(energy['unsupported'])}: "
+                        "those operations are left out of its energy (see 'unsupported')")
+    if energy_table.confidence in ("approximate", "placeholder"):
+        warnings.append(f"table {energy_table.name!r} is {energy_table.confidence}: see its notes before quoting energies")
+    report: dict[str, Any] = {
+        "model": source,
+        "family": getattr(getattr(model, "config", None), "family", type(model).__name__),
+        "task": getattr(model, "task", None),
+        "mode": mode,
+        "data": {"source": data.source, "kind": data.kind, "samples": int(inputs.shape[0]), "steps": int(inputs.shape[1])},
+        "layers": counts["layers"],
+        "total": counts["total"],
+        "per_step": counts["per_step"],
+        "energy": {
+            "table": energy_table.name,
+            "confidence": energy_table.confidence,
+            "total_pj": energy["total"]["total_pj"],
+            "compute_pj": energy["total"]["compute_pj"],
+            "memory_pj": energy["total"]["memory_pj"],
+            "per_step_pj": energy["per_step_pj"],
+            "by_op_pj": energy["total"]["by_op_pj"],
+            "unsupported": energy["unsupported"],
+            "dense_ann_pj": energy["dense_ann"]["total_pj"],
+        },
+        "seconds": seconds,
+        "warnings": warnings,
+    }
+    if compare_dense:
+        other_mode: Mode = "dense" if mode == "event" else "event"
+        other = simulate(model, inputs, mode=other_mode, record_spikes=True)
+        identical = set(other.spike_trace) == set(result.spike_trace) and all(
+            torch.equal(result.spike_trace[k], other.spike_trace[k]) for k in result.spike_trace)
+        comparison = dense_comparison(result.counts)
+        comparison.update({
+            "dense_ann_energy_pj": energy["dense_ann"]["total_pj"],
+            "energy_ratio": energy["dense_ann"].get("ratio"),
+            "spikes_identical": identical,
+            "max_abs_output_diff": float((result.outputs.double() - other.outputs.double()).abs().max()),
+        })
+        report["comparison"] = comparison
+    return report
+
+
+__all__ += ["SimulationData", "simulation_data", "simulation_report"]

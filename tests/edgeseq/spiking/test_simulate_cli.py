@@ -1,0 +1,55 @@
+"""``edgeseq simulate``: JSON output, the dense comparison, and one-line errors."""
+
+import json
+
+import pytest
+
+from edgeseq.cli import main
+
+pytest.importorskip("edgeseq.models.spikegpt")
+
+
+def _run(capsys, *argv):
+    code = main(["simulate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_report_with_dense_comparison(capsys, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 4)
+    report_file = tmp_path / "report.json"
+    code, out, err = _run(capsys, "random:spikegpt", "--data", str(text), "--samples", "2", "--length", "6",
+                          "--compare-dense", "--device-table", "45nm-int8", "-o", str(report_file), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report == json.loads(report_file.read_text())
+    assert report["data"]["samples"] == 2 and report["data"]["steps"] == 6
+    total = report["total"]
+    assert total["dense_macs"] > 0 and total["neuron_updates"] > 0
+    assert report["energy"]["table"] == "45nm-int8" and report["energy"]["total_pj"] > 0
+    cmp = report["comparison"]
+    assert cmp["spikes_identical"] is True
+    assert cmp["ops_ratio"] == pytest.approx(cmp["dense_ops"] / cmp["spiking_ops"])
+    names = [layer["name"] for layer in report["layers"]]
+    assert "blocks.0.lif1" in names and "blocks.0.att" in names  # WKV arithmetic is attributed to TimeMix
+
+
+def test_human_output(capsys):
+    code, out, err = _run(capsys, "random:spikegpt", "--data", "random", "--samples", "1", "--length", "3")
+    assert code == 0, err
+    assert "per step:" in out and "total" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["random:spikegpt", "--device-table", "nope"], "unknown energy table"),
+        (["random:spikegpt", "--samples", "0"], "--samples"),
+        (["random:spikegpt", "--data", "/no/such/file.txt"], "file"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, argv, message):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1
