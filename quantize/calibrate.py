@@ -114,6 +114,7 @@ def calibrate(
     from tqdm import tqdm
 
     total = len(batches) if hasattr(batches, "__len__") else None
+    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
     start = time.perf_counter()
     try:
         with torch.no_grad():
@@ -121,7 +122,7 @@ def calibrate(
                        disable=not progress, leave=False)
             for index, batch in enumerate(bar):
                 batch = check_batch(batch, index)
-                model(batch)
+                model(batch.to(device))
                 result.batches += 1
                 result.items += int(batch.shape[0] * (batch.shape[1] if batch.dim() > 1 else 1))
     finally:

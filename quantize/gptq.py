@@ -23,15 +23,15 @@ def gptq_quantize(
     ``scale``: ``[]``, ``[out]`` or ``[out, in // group_size]``; ``hessian``: ``[in, in]``.
     """
     W = weight.detach().double().clone()  # [out, in]
-    H = hessian.detach().double().clone()
+    H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
     out_features, in_features = W.shape
     limit = qmax(bits)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += damp * torch.diag(H).mean() * torch.eye(in_features, dtype=H.dtype)
+    H += damp * torch.diag(H).mean() * torch.eye(in_features, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    scale = scale.double()
+    scale = scale.to(device=W.device, dtype=torch.float64)
 
     def column_scale(col: int) -> Tensor:
         if scale.dim() == 0:
@@ -40,7 +40,7 @@ def gptq_quantize(
             return scale[:, col // group_size]
         return scale
 
-    Q = torch.zeros(out_features, in_features, dtype=torch.int8)
+    Q = torch.zeros(out_features, in_features, dtype=torch.int8, device=W.device)
     for start in range(0, in_features, block_size):
         end = min(start + block_size, in_features)
         block = W[:, start:end].clone()
