@@ -143,8 +143,9 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         return None
     rotate = rotates(point, recipe, module)
     weight = module.weight.detach().float()
-    if rotate:
-        weight = fuse_rotation(weight.double()).float()
+    if rotate:  # linear [out, in] or pointwise conv [out, in, 1, ...]: fuse W·Hᵀ on the input dimension
+        flat = weight.reshape(weight.shape[0], weight.shape[1])
+        weight = fuse_rotation(flat.double()).float().reshape(weight.shape)
     granularity, group = plan["granularity"], plan["group_size"]
     clip = weight_clip(weight, granularity, group)
     if recipe.weight_observer == "mse":
@@ -166,7 +167,7 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
     else:
         cls = QuantConv1d if isinstance(module, nn.Conv1d) else QuantConv2d
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                  module.dilation, module.groups, **common)
+                  module.dilation, module.groups, rotate=rotate, **common)
     bias = None if module.bias is None else module.bias.detach().float()
     new.set_quantized(weight_int, weight_scale, bias, input_scale)
     new.to(module.weight.device)

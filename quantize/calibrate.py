@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from edgeseq.errors import InputError
 from edgeseq.streaming import QuantPoint
-from quantize.hadamard import hadamard_transform, supports_hadamard
+from quantize.hadamard import supports_hadamard
+from quantize.modules import rotate_channels
 from quantize.observers import Observer, make_observer
 from quantize.recipes import QuantRecipe
 
@@ -45,14 +46,23 @@ class Calibration:
 
 
 def rotates(point: QuantPoint, recipe: QuantRecipe, module: nn.Module) -> bool:
-    """Whether this point gets the online Hadamard transform under ``recipe``."""
-    return (
-        recipe.rotate
-        and point.kind == "linear"
-        and point.rotatable
-        and isinstance(module, nn.Linear)
-        and supports_hadamard(module.in_features)
-    )
+    """Whether this point gets the online Hadamard transform under ``recipe``.
+
+    Linear layers and pointwise (kernel 1, groups 1) convolutions whose input size has a
+    Hadamard matrix; other points the model marks rotatable stay unrotated.
+    """
+    if not (recipe.rotate and point.rotatable and point.input == "real"):
+        return False
+    if isinstance(module, nn.Linear):
+        return supports_hadamard(module.in_features)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        pointwise = module.groups == 1 and all(k == 1 for k in module.kernel_size)
+        return pointwise and supports_hadamard(module.in_channels)
+    return False
+
+
+def channel_dim(module: nn.Module) -> int:
+    return -1 if isinstance(module, nn.Linear) else 1
 
 
 def needs_input_observer(point: QuantPoint, recipe: QuantRecipe) -> bool:
@@ -109,7 +119,8 @@ def calibrate(
         want_hessian = recipe.gptq and point.kind == "linear" and isinstance(module, nn.Linear)
         if observer is None and not want_hessian:
             continue
-        handles.append(module.register_forward_pre_hook(_make_hook(point.path, observer, rotate, want_hessian, result)))
+        hook = _make_hook(point.path, observer, channel_dim(module) if rotate else None, want_hessian, result)
+        handles.append(module.register_forward_pre_hook(hook))
 
     from tqdm import tqdm
 
@@ -134,11 +145,11 @@ def calibrate(
     return result
 
 
-def _make_hook(path: str, observer: Observer | None, rotate: bool, want_hessian: bool, result: Calibration):
+def _make_hook(path: str, observer: Observer | None, rotate_dim: int | None, want_hessian: bool, result: Calibration):
     def hook(module: nn.Module, args: tuple) -> None:
         x = args[0]
-        if rotate:
-            x = hadamard_transform(x)
+        if rotate_dim is not None:
+            x = rotate_channels(x, rotate_dim)
         if observer is not None:
             observer.update(x)
         if want_hessian:

@@ -15,7 +15,8 @@ Every quantized layer holds (as buffers, so they are in the state dict and saved
 
 and the attributes ``weight_bits``, ``group_size`` (0 = not grouped), ``act_bits``, ``rotate``.
 
-``forward``: ``rotate`` → ``x = hadamard_transform(x)`` (the weight already holds ``W·Hᵀ``) →
+``forward``: ``rotate`` → ``x = hadamard_transform(x)`` over the feature dimension (last for linear
+layers, the channel dimension 1 for pointwise convs; the weight already holds ``W·Hᵀ``) →
 ``x = fake_quant(x, input_scale, act_bits)`` → ``linear(x, weight_int · weight_scale) + bias``.
 The arithmetic is :mod:`quantize.qdq` (symmetric, zero point 0, round half to even, activation
 saturation ``[-128, 127]`` as ONNX QuantizeLinear). ``.weight`` returns the dequantized weight, so
@@ -32,6 +33,13 @@ from torch import Tensor, nn
 
 from quantize.hadamard import hadamard_transform
 from quantize.qdq import dequantize_weight, fake_quant
+
+
+def rotate_channels(x: Tensor, channel_dim: int = -1) -> Tensor:
+    """The online Hadamard transform over the feature dimension (last for linear, 1 for conv)."""
+    if channel_dim in (-1, x.dim() - 1):
+        return hadamard_transform(x)
+    return hadamard_transform(x.movedim(channel_dim, -1)).movedim(-1, channel_dim)
 
 
 def _scale_shape(out_features: int, in_features: int, granularity: str, group_size: int) -> tuple[int, ...]:
@@ -117,9 +125,11 @@ class _QuantWeightMixin(nn.Module):
                 self.input_scale.copy_(torch.as_tensor(input_scale, dtype=torch.float32))
         self._cached_weight = None
 
+    channel_dim = -1  # where the input's features are (linear: last; conv: 1)
+
     def quantize_input(self, x: Tensor) -> Tensor:
         if self.rotate:
-            x = hadamard_transform(x)
+            x = rotate_channels(x, self.channel_dim)
         if self.input_scale is not None:
             x = fake_quant(x, self.input_scale.to(x.dtype), self.act_bits)
         return x
@@ -172,7 +182,10 @@ class QuantLinear(_QuantWeightMixin):
 
 
 class _QuantConvNd(_QuantWeightMixin):
+    """Conv with integer weights; ``rotate`` (pointwise convs only) rotates the channel dimension."""
+
     _dims = 1
+    channel_dim = 1
 
     def __init__(
         self,
@@ -194,8 +207,6 @@ class _QuantConvNd(_QuantWeightMixin):
         super().__init__()
         if granularity == "group":
             raise ValueError("per-group weight scales are for linear layers; conv layers use per-channel scales")
-        if rotate:
-            raise ValueError("Hadamard rotation is for linear layers only")
         n = self._dims
 
         def tup(v):
@@ -204,8 +215,10 @@ class _QuantConvNd(_QuantWeightMixin):
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
         self.padding = padding if isinstance(padding, str) else tup(padding)
+        if rotate and not (groups == 1 and all(k == 1 for k in self.kernel_size)):
+            raise ValueError("Hadamard rotation needs a pointwise (kernel 1, groups 1) convolution")
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self._init_quant(shape, bias, weight_bits, granularity, 0, act_bits, has_input_scale, False)
+        self._init_quant(shape, bias, weight_bits, granularity, 0, act_bits, has_input_scale, rotate)
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -311,4 +324,5 @@ __all__ = [
     "granularity_of",
     "is_quantized_module",
     "module_from_spec",
+    "rotate_channels",
 ]
