@@ -127,3 +127,58 @@ def test_bad_inputs():
         simulate(_active_mlp(), torch.randn(12, dtype=torch.float64))
     with pytest.raises(InputError):
         Simulator(_active_mlp(), mode="sparse")
+
+
+# ---------------------------------------------------------------------------------------------
+# the edgeseq spiking models (random weights, scaled so that every LIF population fires)
+# ---------------------------------------------------------------------------------------------
+
+
+def _assert_event_equals_dense(model, inputs, atol):
+    event = simulate(model, inputs, "event", record_spikes=True)
+    dense = simulate(model, inputs, "dense", record_spikes=True)
+    assert set(event.spike_trace) == set(dense.spike_trace) and event.spike_trace
+    fired = 0
+    for name, spikes in event.spike_trace.items():
+        assert torch.equal(spikes, dense.spike_trace[name]), name
+        fired += int(spikes.sum())
+    assert fired > 0
+    torch.testing.assert_close(event.outputs, dense.outputs, rtol=0, atol=atol)
+    with torch.no_grad():
+        reference, _ = model.step_sequence(inputs)  # the model's own step, no simulator
+    torch.testing.assert_close(event.outputs, reference, rtol=0, atol=atol)
+    return event
+
+
+def test_spikegpt_event_equals_dense():
+    spikegpt = pytest.importorskip("edgeseq.models.spikegpt")
+    model = spikegpt.SpikeGPT(spikegpt.SpikeGPTConfig(d_model=16, n_layer=2, vocab_size=64)).double().eval()
+    with torch.no_grad():
+        for block in model.blocks:  # drive the LIF neurons after each mixer
+            block.att.output.weight.mul_(30.0)
+            block.ffn.value.weight.mul_(30.0)
+    tokens = torch.randint(0, 64, (2, 8))
+    event = _assert_event_equals_dense(model, tokens, atol=1e-10)
+    layers = event.counts.layers
+    assert layers["blocks.0.att"].op_breakdown.get("exp", 0) > 0  # the WKV arithmetic is counted, not dropped
+    assert layers["blocks.0.ln1"].other_ops > 0
+
+
+def test_spiking_lmuformer_event_equals_dense():
+    lmuformer = pytest.importorskip("edgeseq.models.lmuformer")
+    cfg = lmuformer.SpikingLMUFormerConfig(input_dim=4, dim=16, depth=1, n_classes=3, embed_layers=2, theta=4.0)
+    model = lmuformer.SpikingLMUFormer(cfg)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.weight.uniform_(1.5, 3.0)
+                module.bias.uniform_(0.0, 0.8)
+    model = model.double().eval()
+    event = _assert_event_equals_dense(model, torch.rand(2, 10, 4, dtype=torch.float64) * 3, atol=1e-10)
+    layers = event.counts.layers
+    fan_outs = {"patch_embed.proj_conv1": 16, "block.0.mlp.fc1_conv": 64, "block.0.attn.lmu.W_h": 16, "head": 3}
+    for name, fan_out in fan_outs.items():
+        assert layers[name].input == "spike", name
+        assert layers[name].gathered_columns > 0, name
+        assert layers[name].eff_acs == layers[name].gathered_columns * fan_out, name
+    assert layers["patch_embed.proj_conv"].input == "real" and layers["patch_embed.proj_conv"].eff_macs > 0
