@@ -68,7 +68,7 @@ class SpikeGPTConfig(ModelConfig):
     lif_fire_on: str = "ge"
     surrogate_alpha: float = 2.0  # ATan surrogate of the LIF neurons and of the binary embedding
     dropout: float = 0.0  # after each block, training only (the official training uses 0.03)
-    wkv_chunk: int = 16  # chunk length of the parallel WKV (memory ∝ chunk²·d_model per sequence)
+    wkv_chunk: int = 8  # chunk length of the parallel WKV (memory ∝ chunk²·d_model per sequence)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layer", "wkv_chunk"):
@@ -115,7 +115,7 @@ def wkv_step(
 
 def wkv_parallel(
     decay: Tensor, bonus: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None,
-    chunk: int = 16,
+    chunk: int = 8,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """WKV over a sequence: k, v ``[B, T, C]``; decay, bonus ``[C]``; state (a, b, p) ``[B, C]`` or None.
 
@@ -131,35 +131,35 @@ def wkv_parallel(
         p = k.new_full((batch, channels), WKV_EMPTY_P)
     else:
         a, b, p = state
+    k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)  # [B, C, T]: time last, per-channel matmuls
     outputs = []
     for start in range(0, length, chunk):
-        k_c, v_c = k[:, start:start + chunk], v[:, start:start + chunk]  # [B, L, C]
-        size = k_c.shape[1]
+        k_c, v_c = k_all[..., start:start + chunk], v_all[..., start:start + chunk]  # [B, C, L]
+        size = k_c.shape[-1]
         steps = torch.arange(size, device=k.device, dtype=k.dtype)
-        # log-weights of key i seen from query t: k_i − (t − 1 − i)·w for i < t, u + k_t for i = t
+        # log-decay of key i seen from query t: −(t − 1 − i)·w for i < t, −inf for i >= t
         lag = steps[:, None] - 1 - steps[None, :]  # [L(t), L(i)]
-        past = (lag >= 0)[None, :, :, None]
-        key_logits = k_c[:, None, :, :] - lag[None, :, :, None] * decay  # [B, L, L, C]
-        diagonal = torch.eye(size, dtype=torch.bool, device=k.device)[None, :, :, None]
-        key_logits = torch.where(diagonal, (bonus + k_c)[:, None, :, :], key_logits)
-        key_logits = torch.where(past | diagonal, key_logits, torch.full_like(key_logits, -math.inf))
-        hist_logits = p[:, None, :] - steps[None, :, None] * decay  # [B, L, C]
-        top = torch.maximum(key_logits.amax(dim=2), hist_logits).detach()  # [B, L, C]
-        key_w = torch.exp(key_logits - top[:, :, None, :])
+        past_decay = torch.where(lag >= 0, -lag * decay[:, None, None], -math.inf)  # [C, L, L]
+        past_logits = k_c[:, :, None, :] + past_decay  # [B, C, L, L]
+        current_logits = bonus[:, None] + k_c  # [B, C, L]
+        hist_logits = p[:, :, None] - steps * decay[:, None]  # [B, C, L]
+        top = torch.maximum(torch.maximum(past_logits.amax(dim=-1), current_logits), hist_logits).detach()
+        past_w = torch.exp(past_logits - top[..., None])
+        current_w = torch.exp(current_logits - top)
         hist_w = torch.exp(hist_logits - top)
-        num = hist_w * a[:, None, :] + (key_w * v_c[:, None, :, :]).sum(dim=2)
-        den = hist_w * b[:, None, :] + key_w.sum(dim=2)
+        num = (past_w @ v_c[..., None]).squeeze(-1) + current_w * v_c + hist_w * a[..., None]
+        den = past_w.sum(dim=-1) + current_w + hist_w * b[..., None]
         outputs.append(num / den)
         # state after the chunk: history decayed L steps, key i decayed (L − 1 − i) steps
-        end_logits = k_c - (size - 1 - steps)[None, :, None] * decay  # [B, L, C]
+        end_logits = k_c - (size - 1 - steps) * decay[:, None]  # [B, C, L]
         hist_end = p - size * decay
-        p_new = torch.maximum(end_logits.amax(dim=1), hist_end).detach()
-        key_end = torch.exp(end_logits - p_new[:, None, :])
+        p_new = torch.maximum(end_logits.amax(dim=-1), hist_end).detach()
+        key_end = torch.exp(end_logits - p_new[..., None])
         hist_scale = torch.exp(hist_end - p_new)
-        a = hist_scale * a + (key_end * v_c).sum(dim=1)
-        b = hist_scale * b + key_end.sum(dim=1)
+        a = hist_scale * a + (key_end * v_c).sum(dim=-1)
+        b = hist_scale * b + key_end.sum(dim=-1)
         p = p_new
-    return torch.cat(outputs, dim=1), (a, b, p)
+    return torch.cat(outputs, dim=-1).transpose(1, 2), (a, b, p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,10 +305,10 @@ class SpikeGPT(StreamingModel):
             for linear in (att.key, att.value, att.receptance, att.output, ffn.key, ffn.receptance, ffn.value):
                 out_f, in_f = linear.weight.shape
                 nn.init.orthogonal_(linear.weight, gain=math.sqrt(out_f / in_f) if out_f > in_f else 1.0)
-            # the mixer outputs drive the LIF neurons: start them small but non-zero so that some
-            # neurons fire from the first step
-            att.output.weight.mul_(0.5)
-            ffn.value.weight.mul_(0.5)
+            # the mixer outputs drive the LIF neurons: scaled so that a few percent fire from the
+            # first step (the official init zeroes them, which starts every neuron silent)
+            att.output.weight.mul_(2.0)
+            ffn.value.weight.mul_(2.0)
         nn.init.normal_(self.emb.weight, std=1e-4 * math.sqrt(c))  # only its sign passes H(·)
         nn.init.orthogonal_(self.head.weight, gain=0.5 * math.sqrt(max(1.0, cfg.vocab_size / c)))
 

@@ -11,6 +11,17 @@ Semantics (SpikeGPT / LMUFormer defaults, Zhu et al. 2023; Liu et al. 2024)::
 backward pass uses the ATan surrogate ``d s / d v = alpha / 2 / (1 + (pi/2 * alpha * (v - thr))^2)``.
 
 The membrane before reset is what the reset acts on; ``state`` holds the membrane *after* reset.
+The reset is not detached from the graph (spikingjelly's default ``detach_reset=False``).
+
+Exact mapping to ``snntorch.Leaky`` (hard reset; proven in ``tests/edgeseq/test_lif.py``)::
+
+    beta = 1 - 1/tau,  input = I / tau,  reset_mechanism = "zero",
+    threshold = threshold                          for fire_on="gt"
+    threshold = nextafter(threshold, -inf)         for fire_on="ge" (as a tensor of the input dtype)
+
+snntorch's ``mem`` is our membrane before reset. Its zero reset acts one step late but before the
+decay, which yields the same spikes. The soft reset differs: snntorch subtracts the threshold after
+the next decay, we (and spikingjelly) right after the spike.
 """
 
 from __future__ import annotations
@@ -143,19 +154,20 @@ class _LIFSequence(torch.autograd.Function):
     def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor):  # type: ignore[override]
         charged, spikes = ctx.saved_tensors
         cfg: LIFConfig = ctx.cfg
+        # everything that does not depend on the carried gradient, for all t at once
+        surrogate = atan_surrogate(charged - cfg.threshold, cfg.surrogate_alpha)  # ds/dh
+        if cfg.reset == "hard":  # v = h (1 - s(h))
+            dv_dh = (1.0 - spikes) - charged * surrogate
+        else:  # v = h - threshold s(h)
+            dv_dh = 1.0 - cfg.threshold * surrogate
+        direct = grad_spikes * surrogate  # dL/dh through s_t
+        keep = 1.0 - 1.0 / cfg.tau  # dh_t / dv_{t-1}
         grad_v = torch.zeros_like(charged[0]) if grad_membrane is None else grad_membrane
-        grad_current = torch.empty_like(charged)
+        grad_h = torch.empty_like(charged)
         for t in range(charged.shape[0] - 1, -1, -1):
-            h, s = charged[t], spikes[t]
-            surrogate = atan_surrogate(h - cfg.threshold, cfg.surrogate_alpha)
-            if cfg.reset == "hard":  # v = h (1 - s(h))
-                dv_dh = (1.0 - s) - h * surrogate
-            else:  # v = h - threshold s(h)
-                dv_dh = 1.0 - cfg.threshold * surrogate
-            grad_h = grad_spikes[t] * surrogate + grad_v * dv_dh
-            grad_current[t] = grad_h / cfg.tau
-            grad_v = grad_h * (1.0 - 1.0 / cfg.tau)
-        return grad_current, grad_v, None
+            grad_h[t] = torch.addcmul(direct[t], grad_v, dv_dh[t])
+            grad_v = grad_h[t] * keep
+        return grad_h / cfg.tau, grad_v, None
 
 
 def lif_sequence(current: Tensor, membrane: Tensor, cfg: LIFConfig) -> tuple[Tensor, Tensor]:
