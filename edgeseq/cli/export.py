@@ -1,0 +1,69 @@
+"""``edgeseq export MODEL|QDIR --format onnx|tvm --target T -o DIR``: a verified artifact."""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "export a model or quantized model to a verified ONNX/TVM artifact"
+DESCRIPTION = (
+    "Export the streaming step graph (and the prefill graph) of MODEL (a zoo name, checkpoint folder or "
+    "quantized folder) to ONNX or a TVM shared library, run it against PyTorch for --steps consecutive "
+    "steps, and write the folder with manifest.json only when it matches. Targets: cpu (alias llvm), "
+    "aarch64, jetson-orin-nano, jetson-agx-orin-32gb, jetson-agx-orin-64gb, cuda-sm80, cuda-sm90."
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL|QDIR", help="zoo name, checkpoint folder or quantized folder")
+    p.add_argument("--format", choices=["onnx", "tvm"], default="onnx", help="artifact format (default onnx)")
+    p.add_argument("--target", default="cpu", help="where it runs (default cpu; see the description)")
+    p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: exports/<model>-<format>-<target>)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 21 for 4-bit weights)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="float dtype (ONNX only for float16)")
+    p.add_argument("--steps", type=int, default=256, help="streaming steps checked against PyTorch (default 256)")
+    p.add_argument("--prefill-length", type=int, default=64, help="positions per prefill-graph call (default 64)")
+    p.add_argument("--no-prefill", action="store_true", help="export the step graph only")
+
+
+def run(args):
+    from pathlib import Path
+
+    from edgeseq.checkpoints import load_model
+    from export.artifact import _progress_printer, export_loaded
+
+    loaded = load_model(args.model)
+    output = args.output or str(Path("exports") / f"{Path(str(args.model)).name}-{args.format}-{args.target}")
+    log = _progress_printer(sys.stderr)
+    manifest = export_loaded(
+        loaded, output, format=args.format, target=args.target, opset=args.opset, dtype=args.dtype,
+        steps=args.steps, prefill=not args.no_prefill, prefill_length=args.prefill_length, force=args.force,
+        log=log,
+    )
+    manifest["path"] = str(output)
+    if args.json:
+        return manifest
+    _print_summary(manifest, output)
+    return None
+
+
+def _print_summary(manifest: dict, output: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    v = manifest["verification"]
+    table = Table(title=f"{output}  ({manifest['format']}, {manifest['target']['name']}, {manifest['recipe']})")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    table.add_column("sha256")
+    for f in manifest["files"]:
+        table.add_row(f["path"], f"{f['bytes']:,}", f["sha256"][:16])
+    console = Console()
+    console.print(table)
+    console.print(
+        f"verified on {v['runtime']}: {v['steps']} steps, max rel. error outputs {v['max_rel_error']:.2e}, "
+        f"state {v['max_rel_state_error']:.2e} (tolerance {v['tolerance']:g})"
+        + (f", top-1 agreement {v['argmax_agreement']:.3f}" if v.get("argmax_agreement") is not None else "")
+    )
+    if v.get("note"):
+        console.print(v["note"])

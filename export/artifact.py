@@ -1,0 +1,238 @@
+"""Verified, atomically written artifacts: ``export_artifact`` and the ``artifact`` checkpoint format.
+
+``export_artifact(model, out, format="onnx"|"tvm", target="cpu")`` builds the step graph (and the
+prefill graph for models with a parallel prefill) into a temporary folder next to ``out``, runs
+them against PyTorch (:mod:`export.verify`), writes ``manifest.json`` and only then renames the
+folder to ``out``. Any failure removes the temporary folder: no partial artifact is ever left.
+
+Cross-compiled TVM builds (Jetson, generic aarch64, CUDA) cannot run here: the same graph is
+compiled for this CPU in a scratch folder and verified there (the Relax module and its lowering
+are shared, only code generation differs), and the written library gets the checks possible
+here: its ELF architecture and the SM of its embedded CUDA code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgeseq.checkpoints import CheckpointFormat, LoadedModel
+from edgeseq.errors import InputError
+from edgeseq.streaming import StreamingModel
+from export import manifest as mf
+from export.graphs import check_state_spec, has_parallel_prefill
+from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opset, export_graph
+from export.qdq import is_quantized, needs_int4
+from export.runtime import MANIFEST, open_artifact, read_manifest
+from export.tvm_build import EXPORT_TARGETS, build_library, get_target
+from export.verify import require_passed, tolerance_for, verify_runner
+
+FORMATS = ("onnx", "tvm")
+
+
+def export_artifact(
+    model: StreamingModel,
+    out: str | Path,
+    format: str = "onnx",
+    target: str = "cpu",
+    opset: int | None = None,
+    dtype: str = "float32",
+    steps: int = 256,
+    batch: int = 2,
+    prefill: bool = True,
+    prefill_length: int = 64,
+    force: bool = False,
+    recipe: str | None = None,
+    source: str = "",
+    tokenizer: Any = None,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export, verify and write an artifact folder; returns its manifest (see the module docs)."""
+    say = log or (lambda message: None)
+    out = Path(out)
+    if format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    export_target = get_target(target)
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if format == "tvm" and dtype != "float32":
+        raise InputError("TVM artifacts are float32 here (float16 exports are ONNX only: --format onnx)")
+    quantized = is_quantized(model)
+    if quantized and dtype != "float32":
+        raise InputError("quantized models export with float32 activations (--dtype float32)")
+    int4 = quantized and needs_int4(model)
+    if opset is None:
+        opset = INT4_MIN_OPSET if int4 else DEFAULT_OPSET
+    if format == "onnx":
+        check_opset(opset, int4)
+    if steps < 1 or batch < 1 or prefill_length < 1:
+        raise InputError("steps, batch and prefill length must be positive")
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    model = model.eval()
+    check_state_spec(model)
+    torch_dtype = DTYPES[dtype]
+    reference = model if torch_dtype == torch.float32 else _copy_to(model, torch_dtype)
+    with_prefill = prefill and has_parallel_prefill(model)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=str(out.parent)))
+    scratch = Path(tempfile.mkdtemp(prefix=".edgeseq-verify-"))
+    try:
+        graphs: dict[str, dict[str, Any]] = {}
+        build: dict[str, Any] = {}
+        kinds = ["step", "prefill"] if with_prefill else ["step"]
+        for kind in kinds:
+            if format == "onnx":
+                say(f"exporting the {kind} graph to ONNX (opset {opset}, {dtype}{', int weights' if quantized else ''})")
+                file = f"{kind}.onnx"
+                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype)
+            else:
+                say(f"compiling the {kind} graph with TVM for {export_target.name}")
+                file = f"{kind}.so"
+                build = build_library(model, staging / file, export_target, kind, prefill_length)
+                io_spec = _io(model, kind, prefill_length, torch_dtype)
+                if not export_target.runs_here:
+                    say(f"compiling the {kind} graph for this CPU to verify the same Relax module")
+                    build_library(model, scratch / file, get_target("cpu"), kind, prefill_length)
+            graphs[kind] = {"file": file, **io_spec.to_dict()}
+            if kind == "prefill":
+                graphs[kind]["length"] = prefill_length
+        manifest: dict[str, Any] = {
+            "edgeseq_artifact": mf.FORMAT_VERSION,
+            "model": mf.model_entry(model, source),
+            "recipe": recipe or ("fp16" if dtype == "float16" else "fp32" if not quantized else "quantized"),
+            "quantization": mf.quantization_summary(model),
+            "format": format,
+            "dtype": dtype,
+            "target": {**export_target.to_dict(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
+            "opset": opset if format == "onnx" else None,
+            "graphs": graphs,
+            "tokenizer": _write_tokenizer(tokenizer, staging),
+            "versions": mf.tool_versions(),
+        }
+        # verification: the written files themselves (ONNX, host TVM) or a host build of the same module
+        run_folder = staging if format == "onnx" or export_target.runs_here else scratch
+        manifest["files"] = mf.file_entries(staging)
+        _write_manifest(run_folder, manifest if run_folder == staging else _host_manifest(manifest, scratch))
+        say(f"verifying {steps} streaming steps against PyTorch")
+        runner = open_artifact(run_folder, threads=threads, verify_files=False)
+        result = verify_runner(reference, runner, steps=steps, batch=batch,
+                               tolerance=tolerance_for(dtype, quantized), float_dtype=torch_dtype)
+        if run_folder is scratch:
+            result.note = f"verified on a build of the same graph for this CPU; {export_target.name} code cannot run here"
+            result.checks.append(f"library is an ELF {build.get('elf_machine')} shared object")
+            if export_target.cuda_arch:
+                result.checks.append(f"embedded CUDA code for {build.get('cuda_arch') or 'unknown SM'} "
+                                     f"(target {export_target.cuda_arch})")
+        require_passed(result)
+        manifest["verification"] = result.to_dict()
+        manifest["created"] = mf.now_utc()
+        manifest["files"] = mf.file_entries(staging)
+        _write_manifest(staging, manifest)
+        _replace(staging, out)
+        say(f"wrote {out}")
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def export_loaded(loaded: LoadedModel, out: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`export_artifact` for a loaded checkpoint (keeps its tokenizer, source and recipe)."""
+    meta = loaded.meta or {}
+    recipe = meta.get("recipe")
+    if isinstance(recipe, dict):
+        recipe = recipe.get("name")
+    kwargs.setdefault("recipe", recipe if isinstance(recipe, str) else None)
+    return export_artifact(loaded.model, out, source=loaded.source, tokenizer=loaded.tokenizer, **kwargs)
+
+
+def _io(model, kind, length, dtype):
+    from export.graphs import prefill_io, step_io
+
+    return step_io(model, dtype) if kind == "step" else prefill_io(model, length, dtype)
+
+
+def _copy_to(model: StreamingModel, dtype: torch.dtype) -> StreamingModel:
+    import copy
+
+    return copy.deepcopy(model).to(dtype).eval()
+
+
+def _host_manifest(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
+    host = dict(manifest)
+    host["target"] = get_target("cpu").to_dict()
+    host["files"] = mf.file_entries(folder)
+    return host
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_tokenizer(tokenizer: Any, folder: Path) -> dict[str, Any]:
+    if tokenizer is not None and getattr(tokenizer, "kind", "bytes") == "hf":
+        shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
+        return {"kind": "hf", "file": "tokenizer.json"}
+    return {"kind": "bytes"}
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing ``out`` (``--force``) goes only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# loading an artifact through edgeseq.checkpoints.load_model
+# --------------------------------------------------------------------------------------------
+
+
+def _detect(path: Path) -> bool:
+    return path.is_dir() and (path / MANIFEST).is_file()
+
+
+def _load(path: Path) -> LoadedModel:
+    from edgeseq.tokenizer import ByteTokenizer, HFTokenizer
+
+    manifest = read_manifest(path)
+    runner = open_artifact(path)
+    tok = manifest.get("tokenizer", {"kind": "bytes"})
+    tokenizer = HFTokenizer(path / tok["file"]) if tok.get("kind") == "hf" else ByteTokenizer()
+    return LoadedModel(model=runner, tokenizer=tokenizer, source=str(path), format="artifact", meta=manifest)
+
+
+ARTIFACT_FORMAT = CheckpointFormat(name="artifact", detect=_detect, load=_load)
+
+
+def _progress_printer(stream=sys.stderr) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        stream.write(f"[export] {message}\n")
+        stream.flush()
+
+    return say
+
+
+__all__ = ["ARTIFACT_FORMAT", "EXPORT_TARGETS", "FORMATS", "export_artifact", "export_loaded"]

@@ -1,0 +1,202 @@
+"""The graphs edgeseq exports: the streaming step and the fixed-length prefill, with their I/O.
+
+Both graphs take the recurrent state as flat, named tensors in ``state_spec()`` order:
+
+* **step** — ``(x_t, *state) -> (y_t, *new_state)``: one token (``token``: int64 ``[B]``) or one
+  frame (``frame``: float ``[B, F]``) to ``logits`` ``[B, V]`` / ``scores`` ``[B, C]``;
+* **prefill** — ``(x, *state) -> (y, *final_state)``: a chunk of ``prefill_length`` tokens or
+  frames starting from any state (the runtime feeds long prompts chunk by chunk and the remainder
+  through ``step``). Only exported for models whose ``prefill`` is a parallel form; for the others
+  the runtime streams the prompt through ``step``.
+
+The batch dimension is symbolic (``batch``); the prefill length is fixed at export time (the
+parallel scans unroll over it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from edgeseq.errors import InputError
+from edgeseq.streaming import StreamingModel, StateSpec
+
+
+@dataclass
+class GraphIO:
+    """Names, shapes (``"batch"``/``"time"`` for symbolic dims) and dtypes of a graph's tensors."""
+
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t["name"] for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t["name"] for t in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "outputs": self.outputs}
+
+
+def input_name(model: StreamingModel) -> str:
+    return "token" if model.task == "lm" else "frame"
+
+
+def output_name(model: StreamingModel) -> str:
+    return "logits" if model.task == "lm" else "scores"
+
+
+def input_features(model: StreamingModel) -> int:
+    """Features per frame of a classifier (``config.input_dim``)."""
+    for name in ("input_dim", "n_features", "in_features", "n_mels"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise InputError(f"{type(model).__name__}: cannot tell the frame size (its config has no input_dim)")
+
+
+def output_size(model: StreamingModel) -> int:
+    cfg = model.config
+    for name in (("vocab_size",) if model.task == "lm" else ("n_classes", "num_classes")):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise InputError(f"{type(model).__name__}: cannot tell the output size from its config")
+
+
+def has_parallel_prefill(model: StreamingModel) -> bool:
+    """True when the model overrides ``prefill`` with a parallel form (worth a graph of its own)."""
+    return type(model).prefill is not StreamingModel.prefill
+
+
+def sample_inputs(model: StreamingModel, batch: int, length: int, seed: int = 0) -> Tensor:
+    """Seeded sample inputs ``[B, T]`` token ids or ``[B, T, F]`` frames (what verification feeds)."""
+    gen = torch.Generator().manual_seed(seed)
+    if model.task == "lm":
+        return torch.randint(0, output_size(model), (batch, length), generator=gen, dtype=torch.int64)
+    return torch.randn(batch, length, input_features(model), generator=gen)
+
+
+def check_state_spec(model: StreamingModel, batch: int = 2) -> list[StateSpec]:
+    """Refuse a model whose ``init_state``/``step`` disagree with its ``state_spec`` (one line)."""
+    specs = model.state_spec()
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"{type(model).__name__}.state_spec() repeats a state name: {names}")
+    state = model.init_state(batch)
+    if list(state) != names:
+        raise InputError(
+            f"{type(model).__name__}: init_state() gives {list(state)} but state_spec() lists {names}; "
+            "they must name the same tensors in the same order"
+        )
+    try:
+        with torch.no_grad():
+            _, new_state = model.step(sample_inputs(model, batch, 1)[:, 0], state)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{type(model).__name__}.step() fails on the zero state its state_spec() describes ({message}); "
+            "state_spec() must list every state tensor with its shape without the batch dimension"
+        ) from None
+    for spec in specs:
+        got = new_state.get(spec.name)
+        if got is None:
+            raise InputError(f"{type(model).__name__}.step() does not return state {spec.name!r} of its state_spec()")
+        if tuple(got.shape) != (batch, *spec.shape):
+            raise InputError(
+                f"{type(model).__name__}.step() returns state {spec.name!r} with shape {tuple(got.shape)}, "
+                f"state_spec() says {(batch, *spec.shape)} (batch first)"
+            )
+    extra = sorted(set(new_state) - set(names))
+    if extra:
+        raise InputError(f"{type(model).__name__}.step() returns state not in state_spec(): {extra}")
+    return specs
+
+
+class StepGraph(nn.Module):
+    """``forward(x_t, *state) -> (y_t, *new_state)`` (flat, in state_spec order)."""
+
+    def __init__(self, model: StreamingModel):
+        super().__init__()
+        self.model = model
+        self.names = model.state_names()
+
+    def forward(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        y_t, new_state = self.model.step(x_t, dict(zip(self.names, state)))
+        return (y_t, *[new_state[n] for n in self.names])
+
+
+class PrefillGraph(nn.Module):
+    """``forward(x, *state) -> (y, *final_state)``: the parallel form from any state."""
+
+    def __init__(self, model: StreamingModel):
+        super().__init__()
+        self.model = model
+        self.names = model.state_names()
+
+    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        y, final = self.model.prefill(x, dict(zip(self.names, state)))
+        return (y, *[final[n] for n in self.names])
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def step_io(model: StreamingModel, float_dtype: torch.dtype = torch.float32) -> GraphIO:
+    x_name, y_name = input_name(model), output_name(model)
+    if model.task == "lm":
+        x = {"name": x_name, "shape": ["batch"], "dtype": "int64"}
+    else:
+        x = {"name": x_name, "shape": ["batch", input_features(model)], "dtype": _dtype_name(float_dtype)}
+    y = {"name": y_name, "shape": ["batch", output_size(model)], "dtype": _dtype_name(float_dtype)}
+    states = [{"name": s.name, "shape": ["batch", *s.shape], "dtype": _state_dtype(s, float_dtype)} for s in model.state_spec()]
+    new_states = [{**s, "name": f"new_{s['name']}"} for s in states]
+    return GraphIO([x, *states], [y, *new_states])
+
+
+def prefill_io(model: StreamingModel, length: int, float_dtype: torch.dtype = torch.float32) -> GraphIO:
+    io = step_io(model, float_dtype)
+    x = dict(io.inputs[0])
+    x["shape"] = ["batch", length, *x["shape"][1:]]
+    y = dict(io.outputs[0])
+    y["shape"] = ["batch", length, *y["shape"][1:]]
+    return GraphIO([x, *io.inputs[1:]], [y, *io.outputs[1:]])
+
+
+def _state_dtype(spec: StateSpec, float_dtype: torch.dtype) -> str:
+    return _dtype_name(float_dtype if spec.dtype.is_floating_point else spec.dtype)
+
+
+def example_args(model: StreamingModel, batch: int, length: int | None, float_dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Example inputs for tracing: ``length=None`` for the step graph."""
+    x = sample_inputs(model, batch, length or 1)
+    if model.task != "lm":
+        x = x.to(float_dtype)
+    if length is None:
+        x = x[:, 0]
+    state = model.init_state(batch, dtype=float_dtype)
+    return (x, *state.values())
+
+
+__all__ = [
+    "GraphIO",
+    "PrefillGraph",
+    "StepGraph",
+    "check_state_spec",
+    "example_args",
+    "has_parallel_prefill",
+    "input_features",
+    "input_name",
+    "output_name",
+    "output_size",
+    "prefill_io",
+    "sample_inputs",
+    "step_io",
+]

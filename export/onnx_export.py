@@ -1,0 +1,130 @@
+"""ONNX export of the step and prefill graphs (float32/float16, and quantized models as QDQ).
+
+edgeseq traces with ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter, still in
+torch 2.13): it keeps parameter names as initializer names (which the QDQ rewrite relies on), maps
+``torch.fake_quantize_per_tensor_affine`` to QuantizeLinear/DequantizeLinear, takes a symbolic
+batch through ``dynamic_axes`` and exports a small model in about a second. The dynamo exporter
+also works on the float step graph but is several times slower and cannot take the flat
+``*state`` signature with dynamic shapes without a wrapper per model.
+
+Quantized models (``quantize.modules``) are swapped for export twins during tracing (see
+:mod:`export.qdq`), then the graph is rewritten so weights are stored as integers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import torch
+
+from edgeseq.errors import EdgeseqError, InputError, require
+from edgeseq.streaming import StreamingModel
+from export.graphs import GraphIO, PrefillGraph, StepGraph, example_args, prefill_io, step_io
+
+MIN_OPSET = 17
+INT4_MIN_OPSET = 21  # int4 DequantizeLinear with blocked (per-group) scales
+TORCHSCRIPT_MAX_OPSET = 20  # the exporter's limit; 21 is reached by a version conversion afterwards
+DEFAULT_OPSET = 18
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def check_opset(opset: int, needs_int4: bool) -> None:
+    if opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is too old: edgeseq exports opset {MIN_OPSET} or newer (--opset {DEFAULT_OPSET})")
+    if needs_int4 and opset < INT4_MIN_OPSET:
+        raise InputError(
+            f"opset {opset} cannot hold 4-bit weights: int4 DequantizeLinear needs opset {INT4_MIN_OPSET} "
+            f"(pass --opset {INT4_MIN_OPSET}, or leave --opset out to get it automatically)"
+        )
+    if opset > 23:
+        raise InputError(f"opset {opset} is newer than edgeseq supports (17..23)")
+
+
+def export_graph(
+    model: StreamingModel,
+    path: str | Path,
+    kind: str = "step",
+    opset: int = DEFAULT_OPSET,
+    prefill_length: int = 64,
+    dtype: torch.dtype = torch.float32,
+) -> GraphIO:
+    """Trace ``model``'s step (``kind="step"``) or prefill graph to an ONNX file at ``path``.
+
+    Quantized models are traced through their export twins and rewritten to integer weights
+    (:func:`export.qdq.quantized_for_export`, :func:`export.qdq.rewrite_integer_weights`).
+    Returns the graph's I/O description. The file is checked with ``onnx.checker`` and strict
+    shape inference.
+    """
+    onnx = require("onnx", "pip install 'edgeseq[onnx]'")
+    from export.qdq import quantized_for_export, rewrite_integer_weights
+
+    path = Path(path)
+    length = None if kind == "step" else prefill_length
+    graph_io = step_io(model, dtype) if kind == "step" else prefill_io(model, prefill_length, dtype)
+    trace_opset = min(opset, TORCHSCRIPT_MAX_OPSET)
+    dynamic_axes = {name: {0: "batch"} for name in graph_io.input_names + graph_io.output_names}
+    with quantized_for_export(model) as (traced_model, weights):
+        wrapper = StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model)
+        wrapper = wrapper.to(dtype) if dtype != torch.float32 else wrapper
+        args = example_args(traced_model, 2, length, dtype)
+        buffer = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(path),
+                    input_names=graph_io.input_names,
+                    output_names=graph_io.output_names,
+                    opset_version=trace_opset,
+                    dynamic_axes=dynamic_axes,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
+        except Exception as exc:
+            raise EdgeseqError(f"ONNX export of the {kind} graph failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    proto = onnx.load(str(path))
+    if weights:
+        proto = rewrite_integer_weights(proto, weights, opset)
+    if opset > trace_opset:
+        proto = upgrade_opset(proto, opset)
+    _check_and_save(proto, path)
+    return graph_io
+
+
+def upgrade_opset(proto, opset: int):
+    """Raise the default-domain opset of a traced graph (only type lists widen from 20 to 21+)."""
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(proto, opset)
+    except Exception:
+        # the converter lacks adapters for a few ops whose semantics did not change between 20
+        # and 21 (they only admit new types): declare the new opset directly
+        for entry in proto.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = opset
+        return proto
+
+
+def _check_and_save(proto, path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise EdgeseqError(f"the exported ONNX graph {path.name} does not pass onnx.checker: {_first_line(exc)}") from exc
+    onnx.save(proto, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+__all__ = ["DEFAULT_OPSET", "DTYPES", "INT4_MIN_OPSET", "MIN_OPSET", "check_opset", "export_graph", "upgrade_opset"]

@@ -1,0 +1,245 @@
+"""Running an exported artifact on its own: ONNX Runtime or the TVM Relax VM.
+
+``open_artifact(folder)`` reads ``manifest.json``, checks the files' sha256, and returns a
+:class:`ArtifactRunner` that behaves like a streaming model for inference:
+
+* ``task``, ``config``, ``family``, ``manifest``, ``state_names()``;
+* ``init_state(batch) -> dict[str, Tensor]`` — zero state;
+* ``step(x_t, state) -> (y_t, new_state)`` — one token/frame through the step graph;
+* ``prefill(x, state=None) -> (y, state)`` — a prompt of any length: chunks of the exported
+  prefill length through the prefill graph, the rest through the step graph;
+* ``forward(x)`` — ``prefill`` from the zero state, outputs only;
+* ``run_step(feed: dict[str, np.ndarray]) -> list[np.ndarray]`` — the raw call (profilers time this).
+
+Tensors in and out are torch tensors (numpy arrays are accepted) so evaluators written for
+``StreamingModel`` work unchanged. Nothing here imports PyTorch model code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edgeseq.errors import EdgeseqError, InputError, require
+
+MANIFEST = "manifest.json"
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{folder}: not an edgeseq artifact (no {MANIFEST}); create one with `edgeseq export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except Exception as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("format", "graphs", "model", "files"):
+        if key not in manifest:
+            raise InputError(f"{path}: missing {key!r}; was it written by `edgeseq export`?")
+    return manifest
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists exists with the recorded size and sha256."""
+    for entry in manifest["files"]:
+        path = folder / entry["path"]
+        if not path.is_file():
+            raise InputError(f"{folder}: {entry['path']} is missing (the artifact is incomplete)")
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            raise InputError(f"{path}: contents differ from manifest.json (sha256 mismatch); re-export the artifact")
+
+
+class _Graph:
+    """One compiled graph: ``call(list of arrays) -> list of arrays`` plus its I/O description."""
+
+    def __init__(self, spec: dict[str, Any], call: Callable[[list[np.ndarray]], list[np.ndarray]]):
+        self.spec = spec
+        self.call = call
+        self.input_names = [t["name"] for t in spec["inputs"]]
+        self.output_names = [t["name"] for t in spec["outputs"]]
+        self.input_dtypes = [_NP_DTYPES[t["dtype"]] for t in spec["inputs"]]
+
+
+def _onnx_graph(path: Path, spec: dict[str, Any], threads: int | None, providers: list[str] | None) -> _Graph:
+    ort = require("onnxruntime", "pip install 'edgeseq[onnx]'")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=chosen)
+    names = [t["name"] for t in spec["inputs"]]
+
+    def call(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, arrays)))
+
+    graph = _Graph(spec, call)
+    graph.session = session  # type: ignore[attr-defined]
+    return graph
+
+
+def _tvm_graph(path: Path, spec: dict[str, Any], device: str) -> _Graph:
+    tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
+    from tvm import relax
+
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+    try:
+        library = tvm.runtime.load_module(str(path))
+    except Exception as exc:
+        raise EdgeseqError(f"{path}: the TVM runtime here cannot load this library ({str(exc).strip().splitlines()[-1][:200]})") from None
+    vm = relax.VirtualMachine(library, dev)
+    main = vm["main"]
+
+    def call(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        outputs = main(*[tvm.runtime.tensor(np.ascontiguousarray(a), device=dev) for a in arrays])
+        return [o.numpy() for o in outputs]
+
+    graph = _Graph(spec, call)
+    graph.vm = vm  # type: ignore[attr-defined]
+    graph.device = dev  # type: ignore[attr-defined]
+    return graph
+
+
+class ArtifactRunner:
+    """A streaming model backed by an exported artifact (see the module docs)."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], graphs: dict[str, _Graph], runtime: str):
+        from edgeseq.models import config_class
+
+        self.folder = folder
+        self.manifest = manifest
+        self.graphs = graphs
+        self.runtime = runtime
+        model = manifest["model"]
+        self.task = model["task"]
+        self.family = model["family"]
+        self.config = config_class(self.family).from_dict(model["config"])
+        step = graphs["step"]
+        self._state_specs = step.spec["inputs"][1:]
+        self.prefill_length = int(manifest["graphs"].get("prefill", {}).get("length", 0)) if "prefill" in graphs else 0
+
+    # -- the streaming-model surface -------------------------------------------------------
+    def eval(self) -> "ArtifactRunner":
+        return self
+
+    def state_names(self) -> list[str]:
+        return [s["name"] for s in self._state_specs]
+
+    def state_spec(self) -> list[dict[str, Any]]:
+        return [dict(s) for s in self._state_specs]
+
+    def init_state(self, batch_size: int, device: Any = None, dtype: Any = None) -> dict[str, Tensor]:
+        state = {}
+        for s in self._state_specs:
+            shape = (batch_size, *s["shape"][1:])
+            state[s["name"]] = torch.zeros(shape, dtype=getattr(torch, s["dtype"]))
+        return state
+
+    def run_step(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One raw call of the step graph: inputs by name → outputs in manifest order."""
+        graph = self.graphs["step"]
+        return graph.call([feed[n] for n in graph.input_names])
+
+    def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        graph = self.graphs["step"]
+        outputs = graph.call(self._arrays(graph, x_t, state))
+        return torch.from_numpy(outputs[0]), dict(zip(self.state_names(), map(torch.from_numpy, outputs[1:])))
+
+    def prefill(self, x: Tensor, state: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        x = torch.as_tensor(x)
+        state = self.init_state(x.shape[0]) if state is None else state
+        outputs = []
+        start, length = 0, x.shape[1]
+        if self.prefill_length:
+            graph = self.graphs["prefill"]
+            while length - start >= self.prefill_length:
+                chunk = x[:, start : start + self.prefill_length]
+                result = graph.call(self._arrays(graph, chunk, state))
+                outputs.append(torch.from_numpy(result[0]))
+                state = dict(zip(self.state_names(), map(torch.from_numpy, result[1:])))
+                start += self.prefill_length
+        for t in range(start, length):
+            y_t, state = self.step(x[:, t], state)
+            outputs.append(y_t.unsqueeze(1))
+        if not outputs:
+            raise InputError("prefill needs at least one token/frame")
+        return torch.cat(outputs, dim=1), state
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.prefill(x)[0]
+
+    __call__ = forward
+
+    def _arrays(self, graph: _Graph, x: Any, state: dict[str, Tensor]) -> list[np.ndarray]:
+        names = self.state_names()
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
+        values = [x, *[state[n] for n in names]]
+        arrays = []
+        for value, dtype in zip(values, graph.input_dtypes):
+            array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+            arrays.append(np.ascontiguousarray(array.astype(dtype, copy=False)))
+        return arrays
+
+
+def open_artifact(
+    folder: str | Path, threads: int | None = None, device: str = "cpu", providers: list[str] | None = None, verify_files: bool = True
+) -> ArtifactRunner:
+    """Open an artifact written by ``edgeseq export`` for running (see the module docs).
+
+    ``threads`` sets ONNX Runtime's intra-op threads; ``device`` is ``cpu`` or ``cuda`` (TVM CUDA
+    builds); ``providers`` overrides ONNX Runtime's execution providers.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if verify_files:
+        check_files(folder, manifest)
+    fmt = manifest["format"]
+    graphs: dict[str, _Graph] = {}
+    for kind, spec in manifest["graphs"].items():
+        path = folder / spec["file"]
+        if fmt == "onnx":
+            graphs[kind] = _onnx_graph(path, spec, threads, providers)
+        elif fmt == "tvm":
+            target = manifest.get("target", {})
+            if target.get("cuda_arch") and device != "cuda":
+                device = "cuda"
+            if target.get("arch") not in (None, _host_arch()):
+                raise InputError(
+                    f"{folder}: built for {target.get('arch')} ({target.get('name')}); copy it to that device "
+                    "and run it there with the TVM runtime"
+                )
+            graphs[kind] = _tvm_graph(path, spec, device)
+        else:
+            raise InputError(f"{folder}: unknown artifact format {fmt!r} (onnx, tvm)")
+    runtime = "onnxruntime" if fmt == "onnx" else f"tvm-{device}"
+    return ArtifactRunner(folder, manifest, graphs, runtime)
+
+
+def _host_arch() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "open_artifact", "read_manifest", "sha256_file"]

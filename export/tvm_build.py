@@ -1,0 +1,238 @@
+"""TVM (Relax) builds of the step and prefill graphs: this CPU, Jetson (cross), CUDA GPUs.
+
+Flow: ``torch.export`` of the graph wrapper (symbolic batch) →
+``tvm.relax.frontend.torch.from_exported_program`` → ``tvm.compile(mod, target)`` →
+``export_library`` to a ``.so`` that needs only the TVM runtime on the device.
+
+Why ``torch.export`` and not the ONNX file: TVM 0.27's ONNX importer stops on the ``Shape``/
+``Gather`` chains the TorchScript exporter emits for a symbolic batch, and on ``Einsum`` fed by an
+un-normalised expression; the exported program carries symbolic shapes natively and imports
+cleanly. Quantized models are compiled with their fake-quant arithmetic (the same function the
+ONNX QDQ graph computes).
+
+Targets are a small dict (``EXPORT_TARGETS``); ``targets/`` holds the richer registry
+(bandwidth, peak throughput, runtimes) and may point here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeseq.errors import EdgeseqError, InputError, MissingDependencyError, require
+from edgeseq.streaming import StreamingModel
+from export.graphs import PrefillGraph, StepGraph, example_args
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """Where an artifact runs: the TVM target, the host architecture, the C compiler to link with."""
+
+    name: str
+    tvm_target: Any  # tag name, or a JSON-style dict; "host" = this CPU with its features
+    arch: str  # ELF machine of the .so: "x86_64" or "aarch64"
+    cuda_arch: str = ""  # "sm_87" ... when the build embeds CUDA kernels
+    cc: str = ""  # cross compiler for export_library ("" = the host's)
+    cc_package: str = ""  # Debian package that provides ``cc``
+    description: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def runs_here(self) -> bool:
+        """A TVM build this machine can execute (host CPU code, no GPU kernels)."""
+        import platform
+
+        return not self.cuda_arch and self.arch == _normalise_arch(platform.machine())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tvm_target": self.tvm_target,
+            "arch": self.arch,
+            "cuda_arch": self.cuda_arch or None,
+            "description": self.description,
+        }
+
+
+_AARCH64_CC = "aarch64-linux-gnu-g++"
+_AARCH64_PKG = "g++-aarch64-linux-gnu"
+
+EXPORT_TARGETS: dict[str, ExportTarget] = {
+    "cpu": ExportTarget("cpu", "host", "x86_64", description="this machine's CPU (LLVM with the host's features)", aliases=("llvm",)),
+    "aarch64": ExportTarget(
+        "aarch64", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, "aarch64",
+        cc=_AARCH64_CC, cc_package=_AARCH64_PKG, description="generic 64-bit Arm Linux CPU (cross-compiled)",
+    ),
+    "jetson-orin-nano": ExportTarget(
+        "jetson-orin-nano", "nvidia/jetson-orin-nano", "aarch64", "sm_87", _AARCH64_CC, _AARCH64_PKG,
+        "NVIDIA Jetson Orin Nano: aarch64 host + CUDA sm_87 (cross-compiled)",
+    ),
+    "jetson-agx-orin-32gb": ExportTarget(
+        "jetson-agx-orin-32gb", "nvidia/jetson-agx-orin-32gb", "aarch64", "sm_87", _AARCH64_CC, _AARCH64_PKG,
+        "NVIDIA Jetson AGX Orin 32GB: aarch64 host + CUDA sm_87 (cross-compiled)",
+    ),
+    "jetson-agx-orin-64gb": ExportTarget(
+        "jetson-agx-orin-64gb", "nvidia/jetson-agx-orin-64gb", "aarch64", "sm_87", _AARCH64_CC, _AARCH64_PKG,
+        "NVIDIA Jetson AGX Orin 64GB: aarch64 host + CUDA sm_87 (cross-compiled)",
+    ),
+    "cuda-sm80": ExportTarget(
+        "cuda-sm80", {"kind": "cuda", "arch": "sm_80"}, "x86_64", "sm_80", description="NVIDIA Ampere GPU (A100) on an x86-64 host",
+    ),
+    "cuda-sm90": ExportTarget(
+        "cuda-sm90", {"kind": "cuda", "arch": "sm_90"}, "x86_64", "sm_90", description="NVIDIA Hopper GPU (H100/H200) on an x86-64 host",
+    ),
+}
+
+
+def _normalise_arch(machine: str) -> str:
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine.lower())
+
+
+def get_target(name: str) -> ExportTarget:
+    """The export target called ``name`` (or an alias such as ``llvm``); unknown → InputError."""
+    for target in EXPORT_TARGETS.values():
+        if name == target.name or name in target.aliases:
+            return target
+    known = ", ".join(sorted([*EXPORT_TARGETS, *(a for t in EXPORT_TARGETS.values() for a in t.aliases)]))
+    raise InputError(f"unknown target {name!r}; known: {known} (edgeseq targets lists device specs)")
+
+
+def tvm_target(target: ExportTarget):
+    """The ``tvm.target.Target`` of an export target (host CPU features for ``cpu``)."""
+    tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
+    if target.tvm_target == "host":
+        from tvm.target import codegen
+
+        return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    spec = target.tvm_target
+    if isinstance(spec, dict) and spec.get("kind") == "cuda" and "host" not in spec:
+        spec = {**spec, "host": {"kind": "llvm"}}
+    return tvm.target.Target(spec)
+
+
+def check_toolchain(target: ExportTarget) -> None:
+    """Missing cross compiler or CUDA compiler → one line saying what to install."""
+    if target.cc and shutil.which(target.cc) is None:
+        raise MissingDependencyError(
+            f"the cross compiler {target.cc} (needed for {target.name})",
+            f"sudo apt-get install {target.cc_package}",
+        )
+    if target.cuda_arch:
+        try:
+            require("cuda.bindings.nvrtc")
+        except MissingDependencyError:
+            if shutil.which("nvcc") is None:
+                raise MissingDependencyError(
+                    f"a CUDA compiler (nvcc or NVRTC, needed for {target.name})",
+                    "install the CUDA toolkit (nvcc) or pip install cuda-python",
+                ) from None
+
+
+def export_program(model: StreamingModel, kind: str, prefill_length: int, dtype: torch.dtype = torch.float32):
+    """``torch.export`` of the step or prefill graph with a symbolic batch dimension."""
+    wrapper = StepGraph(model) if kind == "step" else PrefillGraph(model)
+    args = example_args(model, 2, None if kind == "step" else prefill_length, dtype)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    shapes = {"x_t" if kind == "step" else "x": {0: batch}, "state": tuple({0: batch} for _ in args[1:])}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            return torch.export.export(wrapper, args, dynamic_shapes=shapes)
+    except Exception as exc:
+        raise EdgeseqError(f"torch.export of the {kind} graph failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def build_library(
+    model: StreamingModel, path: str | Path, target: ExportTarget, kind: str = "step", prefill_length: int = 64,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    """Compile one graph for ``target`` and write the shared library at ``path``.
+
+    Returns build facts for the manifest (TVM target, ELF architecture, CUDA arch when any).
+    """
+    tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
+    from tvm.relax.frontend.torch import from_exported_program
+
+    check_toolchain(target)
+    program = export_program(model, kind, prefill_length, dtype)
+    tvm_tgt = tvm_target(target)
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            mod = from_exported_program(program, keep_params_as_input=False)
+            executable = tvm.compile(mod, target=tvm_tgt)
+    except Exception as exc:
+        raise EdgeseqError(f"TVM could not compile the {kind} graph for {target.name}: {_first_line(exc)}") from exc
+    cuda_code = _cuda_arch_of(executable) if target.cuda_arch else None
+    if target.cuda_arch and cuda_code and cuda_code != target.cuda_arch:
+        raise EdgeseqError(f"the {kind} graph's CUDA code is for {cuda_code}, {target.name} needs {target.cuda_arch}")
+    try:
+        if target.cc:
+            from tvm.support import cc
+
+            executable.export_library(str(path), fcompile=cc.cross_compiler(target.cc))
+        else:
+            executable.export_library(str(path))
+    except Exception as exc:
+        raise EdgeseqError(f"linking the {kind} library for {target.name} failed: {_first_line(exc)}") from exc
+    arch = elf_machine(path)
+    if arch != target.arch:
+        raise EdgeseqError(f"{Path(path).name} is a {arch} library, {target.name} needs {target.arch}")
+    return {"tvm_target": str(tvm_tgt), "elf_machine": arch, "cuda_arch": cuda_code}
+
+
+_ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv", 0xBE: "cuda"}
+
+
+def elf_machine(path: str | Path) -> str:
+    """The architecture in an ELF file's header (``e_machine``)."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if header[:4] != b"\x7fELF":
+        raise EdgeseqError(f"{path}: not an ELF file")
+    little = header[5] == 1
+    machine = struct.unpack_from("<H" if little else ">H", header, 18)[0]
+    return _ELF_MACHINES.get(machine, f"machine-{machine:#x}")
+
+
+def _cuda_arch_of(executable) -> str | None:
+    """The SM of the CUDA kernels embedded in a compiled executable (from their source), if found."""
+    import re
+
+    def walk(module):
+        yield module
+        for child in getattr(module, "imports", []):
+            yield from walk(child)
+
+    for module in walk(executable.mod):
+        if getattr(module, "kind", "") != "cuda":
+            continue
+        for fmt in ("ptx", "cubin", "cu", ""):
+            try:
+                source = module.inspect_source(fmt)
+            except Exception:
+                continue
+            found = re.search(r"\.target\s+(sm_\d+a?)", source or "") or re.search(r"(sm_\d+)", source or "")
+            if found:
+                return found.group(1)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    for line in lines:  # TVM errors start with a traceback: prefer the message line
+        if "Error" in line and ("Check failed" in line or ":" in line) and not line.startswith("  File"):
+            return line.strip()[:300]
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
+__all__ = ["EXPORT_TARGETS", "ExportTarget", "build_library", "check_toolchain", "elf_machine", "export_program", "get_target", "tvm_target"]

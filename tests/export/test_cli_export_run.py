@@ -1,0 +1,64 @@
+"""``edgeseq export`` and ``edgeseq run`` end to end, and loading an artifact with load_model."""
+
+import json
+
+import torch
+
+from edgeseq.checkpoints import load_model, save_model
+from edgeseq.cli import main
+
+
+def test_export_then_run_generates_through_the_artifact(tiny_mamba, tmp_path, capsys):
+    save_model(tiny_mamba, tmp_path / "ckpt")
+    out = tmp_path / "art"
+    code = main(["export", str(tmp_path / "ckpt"), "--format", "onnx", "--target", "cpu", "-o", str(out),
+                 "--steps", "8", "--prefill-length", "8", "--json"])
+    manifest = json.loads(capsys.readouterr().out)
+    assert code == 0 and manifest["verification"]["passed"] and manifest["model"]["family"] == "mamba"
+
+    assert main(["run", str(out), "--prompt", "hello world", "--max-new-tokens", "6", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["new_tokens"] == 6 and result["runtime"] == "onnxruntime"
+    # the same greedy continuation in PyTorch
+    ids = list(b"hello world")
+    with torch.no_grad():
+        logits, state = tiny_mamba.prefill(torch.tensor([ids]))
+        token = int(logits[0, -1].argmax())
+        expected = [token]
+        for _ in range(5):
+            logits, state = tiny_mamba.step(torch.tensor([token]), state)
+            token = int(logits[0].argmax())
+            expected.append(token)
+    assert result["tokens"] == expected
+
+    # the existing folder is refused (exit code 2, one line)
+    code = main(["export", str(tmp_path / "ckpt"), "-o", str(out), "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists; pass --force" in err and len(err.strip().splitlines()) == 1
+
+
+def test_load_model_opens_an_artifact(tiny_mamba, tmp_path):
+    from export.artifact import export_artifact
+
+    export_artifact(tiny_mamba, tmp_path / "art", steps=4, prefill_length=8)
+    loaded = load_model(tmp_path / "art")
+    assert loaded.format == "artifact" and loaded.model.task == "lm"
+    tokens = torch.randint(0, 256, (2, 11))
+    with torch.no_grad():
+        ref = tiny_mamba(tokens)
+    out = loaded.model(tokens)
+    assert (out - ref).abs().max() / ref.abs().max() < 1e-4
+
+
+def test_tampered_artifact_is_refused(tiny_mamba, tmp_path):
+    import pytest
+
+    from edgeseq.errors import InputError
+    from export.artifact import export_artifact
+    from export.runtime import open_artifact
+
+    export_artifact(tiny_mamba, tmp_path / "art", steps=2, prefill=False)
+    with open(tmp_path / "art" / "step.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        open_artifact(tmp_path / "art")
