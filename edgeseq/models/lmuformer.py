@@ -30,7 +30,9 @@ Streaming: the published embedding uses centred kernel-3 convolutions (each look
 ahead; four stacked plus the positional conv see ~5 frames of future). Here every convolution is
 causal (left padding, the last k−1 inputs kept in the state) and the residual around the
 positional convolution is delayed by (k−1)/2 frames, so the embedding computes exactly the
-published embedding delayed by (n_layers+1)·(k−1)/2 frames. ``step`` costs the same at frame 1 and
+published embedding delayed by D = (n_layers+1)·(k−1)/2 frames (5 for the published sizes) once a
+warm-up of 2D−1 frames has passed (the published code zero-pads every layer at the sequence
+start; the causal layers see their predecessors' response to the start instead). ``step`` costs the same at frame 1 and
 frame 10,000: the state is the conv windows, the delayed residual, the LMU memories and (spiking)
 the LIF membranes — all of fixed size.
 
@@ -249,7 +251,13 @@ def delay(x: Tensor, buffer: Tensor | None, frames: int) -> tuple[Tensor, Tensor
 
 
 def run_lif(lif: LIF, current: Tensor, membrane: Tensor | None) -> tuple[Tensor, Tensor]:
-    """LIF over ``current [B, C, T]`` from ``membrane [B, C]``: spikes and the final membrane."""
+    """LIF over ``current [B, C, T]`` from ``membrane [B, C]``: spikes and the final membrane.
+
+    One frame (``step``) calls ``LIF.step`` directly: the same arithmetic, less overhead."""
+    if current.shape[2] == 1:
+        membrane = torch.zeros_like(current[:, :, 0]) if membrane is None else membrane
+        spikes, membrane = lif.step(current[:, :, 0], membrane)
+        return spikes[:, :, None], membrane
     return lif.run(current, membrane, time_dim=2)
 
 
@@ -734,8 +742,10 @@ def official_config(tensors: dict[str, Tensor]) -> LMUFormerConfig:
     order = tensors[lmu + "A"].shape[0]
     hint = float(tensors[lmu + "H"].shape[-1]) if lmu + "H" in tensors else 128.0
     theta = _infer_theta(tensors[lmu + "A"], order, hint)
+    first_conv = tensors.get("patch_embed.proj_conv.weight", tensors.get("patch_embed.conv_layers.0.0.weight"))
+    options = {"n_mels": int(first_conv.shape[1])} if first_conv is not None else {}
     common = dict(dim=head.shape[1], depth=depth, n_classes=head.shape[0], memory_size=order, theta=theta,
-                  dataset="speech-commands", dataset_options={})
+                  dataset="speech-commands", dataset_options=options)
     if "patch_embed.proj_conv.weight" in keys:
         if "patch_embed.rpe_bn.weight" in keys or "block.0.mlp.fc1_bn.weight" in keys and "block.0.attn.prev_bn.weight" not in keys:
             raise InputError("this is the published spiking model without membrane shortcuts (slmu_rnn_conv1d); "

@@ -305,3 +305,24 @@ def test_native_save_load_roundtrip(tmp_path):
     x = _frames(length=6, dtype=torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_causal_embedding_is_the_published_embedding_delayed():
+    """Oracle: the published (centred, zero-padded, look-ahead) embedding written with
+    ``F.conv1d(padding=1)`` on the same weights. The causal embedding equals it delayed by
+    D = (layers + 1)·(k − 1)/2 = 5 frames once the warm-up (2D − 1 frames) has passed."""
+    model = _tiny(False, depth=1)
+    embed = model.patch_embed
+    x = _frames(length=30)
+
+    def published(frames):
+        h = frames.transpose(1, 2)
+        for layer in embed.conv_layers:
+            h = layer[3](nn.functional.relu(nn.functional.conv1d(h, layer[0].weight, padding=1)))
+        return h + nn.functional.conv1d(h, embed.rpe_conv.weight, padding=1)
+
+    with torch.no_grad():
+        ours, _ = embed.run(x.transpose(1, 2), None)
+        ref = published(x)
+    D = 5
+    torch.testing.assert_close(ours[:, :, 2 * D - 1 :], ref[:, :, D - 1 : -D], rtol=1e-12, atol=1e-12)
