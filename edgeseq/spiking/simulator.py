@@ -7,8 +7,11 @@ temporarily replaced:
 * ``mode="event"`` — when the layer's input is binary spikes (all values in {0, 1}, checked at
   run time on every call), the output is computed address-event style: the weight columns of the
   inputs that fired are **gathered** and **summed** (``index_add``), no dense matmul. The
-  accumulate count is taken from the gathered tensor itself (columns really gathered × fan-out).
-  Layers whose input is real-valued run dense.
+  accumulate count is taken from the event list handed to the gather kernel (columns really
+  gathered × fan-out).
+  Layers whose input is real-valued run dense. The weights are kept fan-out major (one row of
+  outgoing weights per input, as an event-driven engine stores its synapses) and the gather-and-sum
+  runs as one ``embedding_bag`` kernel over the list of fired inputs.
 * ``mode="dense"`` — every layer runs its dense matmul; the same NeuroBench counts are derived
   from the inputs (non-zero count × fan-out), so the two modes can be compared.
 
@@ -58,19 +61,49 @@ def is_binary(x: Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
-def gather_linear(spikes: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, int]:
+def _bag_offsets(bag_idx: Tensor, n_bags: int) -> Tensor:
+    """Start of each bag in a sorted list of bag ids (``embedding_bag`` offsets)."""
+    counts = torch.bincount(bag_idx, minlength=n_bags)
+    offsets = torch.zeros(n_bags, dtype=torch.long, device=bag_idx.device)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    return offsets
+
+
+def gather_sum(table: Tensor, event_idx: Tensor, bag_idx: Tensor, n_bags: int) -> Tensor:
+    """The address-event accumulate: for each output row (bag), sum the ``table`` rows its events name.
+
+    ``table`` ``[inputs, out]`` holds one weight column per presynaptic input (fan-out major);
+    ``event_idx`` ``[events]`` the inputs that fired, ``bag_idx`` ``[events]`` (sorted) the output
+    row each event belongs to. Runs as one ``embedding_bag(mode="sum")`` kernel: the columns are
+    gathered and summed without materialising them or touching silent inputs.
+    """
+    return F.embedding_bag(event_idx, table, _bag_offsets(bag_idx, n_bags), mode="sum")
+
+
+def gather_linear(spikes: Tensor, weight: Tensor, bias: Tensor | None,
+                  weight_by_input: Tensor | None = None) -> tuple[Tensor, int]:
     """``y = W s + b`` for binary ``s``, by gathering the columns of ``W`` whose input fired.
 
     ``spikes`` ``[..., in]``, ``weight`` ``[out, in]`` -> ``(y [..., out], columns_gathered)``.
+    ``weight_by_input`` is ``W`` stored fan-out major (``[in, out]``, contiguous: one row per
+    presynaptic neuron, as an event-driven engine stores its synapses); built when not given.
     """
+    if weight_by_input is None:
+        weight_by_input = weight.t().contiguous()
     rows = spikes.reshape(-1, spikes.shape[-1])  # [N, in]
-    row_idx, in_idx = rows.nonzero(as_tuple=True)  # one address event per spike
-    columns = weight.t()[in_idx]  # [events, out]: the gather
-    out = torch.zeros(rows.shape[0], weight.shape[0], dtype=weight.dtype, device=weight.device)
-    out.index_add_(0, row_idx, columns)  # the accumulates
+    row_idx, in_idx = rows.nonzero(as_tuple=True)  # one address event per spike, sorted by row
+    out = gather_sum(weight_by_input, in_idx, row_idx, rows.shape[0])  # gather the fired columns, sum
     if bias is not None:
         out = out + bias
-    return out.reshape(*spikes.shape[:-1], weight.shape[0]), int(columns.shape[0])
+    return out.reshape(*spikes.shape[:-1], weight.shape[0]), int(in_idx.numel())
+
+
+def conv_weight_by_input(conv: nn.Conv1d) -> Tensor:
+    """A conv weight fan-out major: ``[groups * C_in/groups * K, C_out/groups]`` contiguous (row =
+    group-major (group, input channel, tap))."""
+    groups, c_out = conv.groups, conv.out_channels
+    per_group = conv.weight.reshape(groups, c_out // groups, -1).permute(0, 2, 1)  # [g, C_g*K, Cout_g]
+    return per_group.reshape(-1, c_out // groups).contiguous()
 
 
 def _conv1d_padding(conv: nn.Conv1d) -> tuple[int, int]:
@@ -97,7 +130,7 @@ def conv1d_patches(x: Tensor, conv: nn.Conv1d) -> Tensor:
     return patches.permute(0, 2, 1, 3).reshape(b * l_out, groups, (c // groups) * k)
 
 
-def gather_conv1d(spikes: Tensor, conv: nn.Conv1d) -> tuple[Tensor, int]:
+def gather_conv1d(spikes: Tensor, conv: nn.Conv1d, weight_by_input: Tensor | None = None) -> tuple[Tensor, int]:
     """Event-driven 1-D convolution of binary ``spikes`` ``[B, C, L]`` -> ``([B, C_out, L_out], columns)``.
 
     Each fired input element of each output position's receptive field gathers the weight column
@@ -106,17 +139,17 @@ def gather_conv1d(spikes: Tensor, conv: nn.Conv1d) -> tuple[Tensor, int]:
     b = spikes.shape[0]
     groups = conv.groups
     c_out = conv.out_channels
+    if weight_by_input is None:
+        weight_by_input = conv_weight_by_input(conv)  # [g, C_g*K, Cout_g]
     patches = conv1d_patches(spikes, conv)  # [B*L_out, g, C_g*K]
-    l_out = patches.shape[0] // b
-    pos_idx, group_idx, tap_idx = patches.nonzero(as_tuple=True)
-    weight_by_group = conv.weight.reshape(groups, c_out // groups, -1).permute(0, 2, 1)  # [g, C_g*K, Cout_g]
-    columns = weight_by_group[group_idx, tap_idx]  # [events, Cout_g]: the gather
-    out = torch.zeros(patches.shape[0] * groups, c_out // groups, dtype=conv.weight.dtype, device=conv.weight.device)
-    out.index_add_(0, pos_idx * groups + group_idx, columns)  # the accumulates
+    l_out, taps = patches.shape[0] // b, patches.shape[2]
+    pos_idx, group_idx, tap_idx = patches.nonzero(as_tuple=True)  # sorted by (position, group)
+    out = gather_sum(weight_by_input, group_idx * taps + tap_idx, pos_idx * groups + group_idx,
+                     patches.shape[0] * groups)  # [B*L_out*g, Cout_g]
     out = out.reshape(b, l_out, c_out).permute(0, 2, 1)
     if conv.bias is not None:
         out = out + conv.bias[None, :, None]
-    return out, int(columns.shape[0])
+    return out, int(tap_idx.numel())
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,6 +307,7 @@ class Simulator:
     def _linear_forward(self, name: str, module: nn.Linear) -> Callable:
         layer = self.counts.layer(name, "linear")
         elt = module.weight.element_size()
+        cache: dict[str, Any] = {}  # fan-out-major weights, built on the first event-driven call
 
         def forward(x: Tensor) -> Tensor:
             self._suppress += 1
@@ -293,7 +327,9 @@ class Simulator:
                 if not binary and name in self.declared_spike_layers:
                     self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
                 if self.mode == "event" and binary:
-                    y, gathered = gather_linear(x, module.weight, module.bias)
+                    if cache.get("version") != module.weight._version:
+                        cache.update(version=module.weight._version, weight=module.weight.detach().t().contiguous())
+                    y, gathered = gather_linear(x, module.weight, module.bias, cache["weight"])
                     layer.gathered_columns += gathered
                     layer.eff_acs += gathered * fan_out
                     layer.weight_bytes += gathered * fan_out * elt
@@ -313,6 +349,7 @@ class Simulator:
     def _conv1d_forward(self, name: str, module: nn.Conv1d) -> Callable:
         layer = self.counts.layer(name, "conv1d")
         elt = module.weight.element_size()
+        cache: dict[str, Any] = {}
         dense_forward = module.forward
 
         def forward(x: Tensor) -> Tensor:
@@ -337,7 +374,9 @@ class Simulator:
                 if not binary and name in self.declared_spike_layers:
                     self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
                 if self.mode == "event" and binary:
-                    y, gathered = gather_conv1d(xb, module)
+                    if cache.get("version") != module.weight._version:
+                        cache.update(version=module.weight._version, weight=conv_weight_by_input(module).detach())
+                    y, gathered = gather_conv1d(xb, module, cache["weight"])
                     layer.gathered_columns += gathered
                     layer.eff_acs += gathered * fan_out
                     layer.weight_bytes += gathered * fan_out * elt
@@ -516,8 +555,10 @@ __all__ = [
     "Simulator",
     "SimulationResult",
     "conv1d_patches",
+    "conv_weight_by_input",
     "gather_conv1d",
     "gather_linear",
+    "gather_sum",
     "is_binary",
     "simulate",
 ]

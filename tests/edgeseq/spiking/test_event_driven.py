@@ -80,22 +80,22 @@ def test_event_equals_dense_float32():
 
 
 def test_accumulates_equal_columns_really_gathered(monkeypatch):
-    """Spy on the gather itself: count the weight columns it indexes, independently of the simulator."""
-    seen = {"columns": 0}
-    real_gather = sim_module.gather_linear
+    """Spy on the gather kernel itself: count the weight rows it is asked to fetch and their length."""
+    seen = {"columns": 0, "accumulates": 0}
+    real_gather_sum = sim_module.gather_sum
 
-    def spying_gather(spikes, weight, bias):
-        y, gathered = real_gather(spikes, weight, bias)
-        seen["columns"] += int((spikes != 0).sum())  # rows of weight.t() indexed by the gather
-        assert gathered == int((spikes != 0).sum())
-        return y, gathered
+    def spying_gather_sum(table, event_idx, bag_idx, n_bags):
+        seen["columns"] += int(event_idx.numel())
+        seen["accumulates"] += int(event_idx.numel()) * table.shape[1]
+        return real_gather_sum(table, event_idx, bag_idx, n_bags)
 
-    monkeypatch.setattr(sim_module, "gather_linear", spying_gather)
+    monkeypatch.setattr(sim_module, "gather_sum", spying_gather_sum)
     model = _active_mlp()
     result = simulate(model, torch.randn(2, 8, 12, dtype=torch.float64), "event", record_spikes=True)
     layers = result.counts.layers
     spike_layers = [layers["layers.1"], layers["head"]]
     assert sum(layer.gathered_columns for layer in spike_layers) == seen["columns"] > 0
+    assert sum(layer.eff_acs for layer in spike_layers) == seen["accumulates"]
     for layer, fan_out in zip(spike_layers, (16, 5)):
         assert layer.eff_acs == layer.gathered_columns * fan_out
     # and with the spikes recorded at the LIF populations feeding them
