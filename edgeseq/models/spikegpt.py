@@ -402,6 +402,25 @@ class SpikeGPT(StreamingModel):
         return points
 
 
+@torch.no_grad()
+def spike_rates(model: SpikeGPT, input_ids: Tensor, chunk_len: int = 512) -> dict[str, float]:
+    """Mean firing rate of every LIF layer (``blocks.{i}.lif1`` after TimeMix, ``lif2`` after
+    ChannelMix) and of the binary embedding (``emb``) over ``input_ids`` ``[B, T]``, run through
+    ``prefill`` in chunks of ``chunk_len`` tokens with the state carried."""
+    names = [f"blocks.{i}.{lif}" for i in range(model.config.n_layer) for lif in ("lif1", "lif2")]
+    totals = dict.fromkeys(["emb", *names], 0.0)
+    count = 0
+    state = None
+    for start in range(0, input_ids.shape[1], chunk_len):
+        ids = input_ids[:, start:start + chunk_len]
+        _, state, spikes = model.forward_with_spikes(ids, state)
+        totals["emb"] += float(model.embed(ids).sum())
+        for name, s in zip(names, spikes):
+            totals[name] += float(s.sum())
+        count += ids.numel() * model.config.d_model
+    return {name: total / max(1, count) for name, total in totals.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # official SpikeGPT checkpoints
 # --------------------------------------------------------------------------------------------
@@ -534,6 +553,7 @@ __all__ = [
     "config_from_official",
     "load_official",
     "official_state_dict",
+    "spike_rates",
     "wkv_parallel",
     "wkv_step",
 ]

@@ -265,3 +265,34 @@ def test_native_save_load_round_trip(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 7))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids), model(ids), rtol=0, atol=0)
+
+
+def test_spike_rates_match_the_spikes_of_forward():
+    from edgeseq.models.spikegpt import spike_rates
+
+    model = random_spikegpt(2, seed=7)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    rates = spike_rates(model, ids, chunk_len=5)  # chunked with the state carried == one pass
+    with torch.no_grad():
+        _, _, spikes = model.forward_with_spikes(ids)
+    assert list(rates) == ["emb", "blocks.0.lif1", "blocks.0.lif2", "blocks.1.lif1", "blocks.1.lif2"]
+    for rate, s in zip(list(rates.values())[1:], spikes):
+        assert rate == pytest.approx(float(s.double().mean()), abs=1e-12)
+    assert 0 < rates["emb"] < 1
+
+
+def test_zoo_model_step_equals_forward_on_text():
+    """The trained zoo model (when present): identical spikes and logits within 1e-4 between
+    ``step`` and ``forward`` on real text (oracle: ``forward``; float32, measured ~1e-6)."""
+    from edgeseq.checkpoints import zoo_names
+
+    if "spikegpt-shakespeare" not in zoo_names():
+        pytest.skip("zoo model spikegpt-shakespeare not present")
+    loaded = load_model("spikegpt-shakespeare")
+    model = loaded.model
+    ids = torch.tensor([loaded.tokenizer.encode("ROMEO:\nBut soft, what light through yonder window breaks?")])
+    with torch.no_grad():
+        logits, _, spikes = model.forward_with_spikes(ids)
+    step_logits, step_spikes, _ = run_steps(model, ids)
+    assert all(torch.equal(a, b) for a, b in zip(spikes, step_spikes))
+    torch.testing.assert_close(step_logits, logits, rtol=0, atol=1e-4)
