@@ -463,11 +463,22 @@ def _detect_official(path: Path) -> bool:
         names = set(_tensor_names(weights))
     except Exception:
         return False
+    names = {name.removeprefix("module.").removeprefix("_orig_mod.") for name in names}
     return {"emb.weight", "head.weight", "blocks.0.ln0.weight", "blocks.0.att.time_first"} <= names
+
+
+def _strip_wrappers(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for name, value in tensors.items():
+        for prefix in ("module.", "_orig_mod."):  # DeepSpeed/DDP and torch.compile wrappers
+            name = name.removeprefix(prefix)
+        out[name] = value
+    return out
 
 
 def config_from_official(tensors: dict[str, Tensor], path: str | Path = "checkpoint") -> SpikeGPTConfig:
     """The SpikeGPTConfig an official state dict implies (sizes read from tensor shapes)."""
+    tensors = _strip_wrappers(tensors)
     for name in ("emb.weight", "blocks.0.ffn.key.weight"):
         if name not in tensors:
             raise InputError(f"{path}: not an official SpikeGPT checkpoint (no tensor {name!r})")
@@ -495,7 +506,7 @@ def official_state_dict(tensors: dict[str, Tensor], cfg: SpikeGPTConfig) -> dict
         ".time_mix_r": (1, 1, cfg.d_model),
     }
     out = {}
-    for name, value in tensors.items():
+    for name, value in _strip_wrappers(tensors).items():
         value = value.float()
         for suffix, shape in shapes.items():
             if name.endswith(suffix) and value.numel() == math.prod(shape):

@@ -239,6 +239,13 @@ def test_official_checkpoint_loads_through_load_model(tmp_path):
     again = load_model(tmp_path / "weights.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(again.model(ids), reference(ids), rtol=0, atol=0)
+    # keys saved from a DeepSpeed/DDP wrapper
+    wrapped = tmp_path / "wrapped"
+    wrapped.mkdir()
+    torch.save({f"module.{k}": v for k, v in _official_state_dict(model).items()}, wrapped / "rwkv-final.pth")
+    third = load_model(wrapped)
+    with torch.no_grad():
+        torch.testing.assert_close(third.model(ids), reference(ids), rtol=0, atol=0)
 
 
 def test_official_loader_refuses_code_and_wrong_layouts(tmp_path):
