@@ -81,8 +81,9 @@ def needs_calibration(points: list[QuantPoint], recipe: QuantRecipe) -> bool:
     return recipe.gptq or any(needs_input_observer(p, recipe) for p in points)
 
 
-def check_batch(batch: Tensor, index: int) -> Tensor:
-    """One-line InputError for a calibration batch that is not a finite tensor."""
+def check_batch(batch: Tensor, index: int, vocab_size: int | None = None) -> Tensor:
+    """One-line InputError for a calibration batch that is not a finite tensor (or holds token ids
+    outside ``[0, vocab_size)``)."""
     if isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]  # (inputs, targets) pairs: calibration needs the inputs only
     if not isinstance(batch, Tensor):
@@ -92,6 +93,11 @@ def check_batch(batch: Tensor, index: int) -> Tensor:
     if batch.is_floating_point() and not torch.isfinite(batch).all():
         bad = int((~torch.isfinite(batch)).sum())
         raise InputError(f"calibration batch {index} holds {bad} NaN/Inf value(s); clean the calibration data")
+    if vocab_size and not batch.is_floating_point() and (int(batch.min()) < 0 or int(batch.max()) >= vocab_size):
+        raise InputError(
+            f"calibration batch {index} holds token ids outside [0, {vocab_size}) (min {int(batch.min())}, "
+            f"max {int(batch.max())}); was it tokenized with this model's tokenizer?"
+        )
     return batch
 
 
@@ -132,7 +138,7 @@ def calibrate(
             bar = tqdm(batches, total=total, desc=f"calibrating ({recipe.name})", unit="batch", file=sys.stderr,
                        disable=not progress, leave=False)
             for index, batch in enumerate(bar):
-                batch = check_batch(batch, index)
+                batch = check_batch(batch, index, vocab_size=getattr(getattr(model, "config", None), "vocab_size", None))
                 model(batch.to(device))
                 result.batches += 1
                 result.items += int(batch.shape[0] * (batch.shape[1] if batch.dim() > 1 else 1))

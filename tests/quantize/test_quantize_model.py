@@ -116,6 +116,8 @@ def test_bad_inputs(tiny, tmp_path):
         from quantize.calibrate import check_batch
 
         check_batch(bad, 0)
+    with pytest.raises(InputError, match="token ids outside"):
+        quantize_model(model, "w8a8", [torch.full((1, 4), 300)], progress=False)
     recipe = tmp_path / "g48.toml"
     recipe.write_text('base = "w4a16"\ngroup_size = 48\n')
     with pytest.raises(InputError, match="group size 48 does not divide"):
