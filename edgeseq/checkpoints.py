@@ -455,7 +455,10 @@ def download_from_hub(repo_id: str) -> Path:
             )
         )
     except Exception as exc:
-        raise InputError(f"could not download {repo_id!r} from the hub ({_first_line(exc)}); offline? pass a local folder") from None
+        raise InputError(
+            f"{repo_id!r} is not a local path, and fetching it as a Hugging Face hub id failed "
+            f"({_first_line(exc)}); check the path, or go online for hub ids"
+        ) from None
 
 
 __all__ = [

@@ -267,6 +267,18 @@ def _build_and_fill(cfg: MambaConfig, tensors: dict[str, Tensor], weights_path: 
     return model
 
 
+def _checked_tokenizer(folder: Path, cfg: MambaConfig):
+    """The folder's tokenizer (bytes when none), refused when it emits ids the model cannot embed."""
+    tokenizer = load_tokenizer(folder)
+    vocab = getattr(tokenizer, "vocab_size", 0)
+    if vocab > cfg.vocab_size:
+        raise InputError(
+            f"{folder / 'tokenizer.json'}: the tokenizer has {vocab} tokens but the model's vocabulary is "
+            f"{cfg.vocab_size}; they do not belong together"
+        )
+    return tokenizer
+
+
 def detect_hf(path: Path) -> bool:
     config = _read_config_if_any(path)
     return config is not None and config.get("model_type") == "mamba"
@@ -279,7 +291,7 @@ def load_hf(path: Path) -> LoadedModel:
     cfg = hf_config_to_edgeseq(read_json(config_path), config_path)
     tensors, weights_path = read_checkpoint_weights(folder)
     model = _build_and_fill(cfg, rename_to_edgeseq(tensors, cfg.tie_embeddings, weights_path), weights_path)
-    return LoadedModel(model, load_tokenizer(folder), str(path), "hf-mamba", {"task": "lm"})
+    return LoadedModel(model, _checked_tokenizer(folder, cfg), str(path), "hf-mamba", {"task": "lm"})
 
 
 def detect_state_spaces(path: Path) -> bool:
@@ -294,7 +306,7 @@ def load_state_spaces(path: Path) -> LoadedModel:
     cfg = state_spaces_config_to_edgeseq(read_json(config_path), config_path)
     tensors, weights_path = read_checkpoint_weights(folder)
     model = _build_and_fill(cfg, rename_to_edgeseq(tensors, cfg.tie_embeddings, weights_path), weights_path)
-    return LoadedModel(model, load_tokenizer(folder), str(path), "state-spaces-mamba", {"task": "lm"})
+    return LoadedModel(model, _checked_tokenizer(folder, cfg), str(path), "state-spaces-mamba", {"task": "lm"})
 
 
 HF_FORMAT = CheckpointFormat("hf-mamba", detect_hf, load_hf)

@@ -340,3 +340,23 @@ def test_nan_weights_and_untied_head_missing(hf_dirs, tmp_path):
 
 def test_loaded_model_type():
     assert LoadedModel.__dataclass_fields__["format"].default == "edgeseq"
+
+
+def _word_tokenizer(path: Path, words: list[str]) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path))
+
+
+def test_tokenizer_json_is_loaded_and_checked_against_the_vocab(hf_dirs, tmp_path):
+    folder = _hf_folder_copy(hf_dirs["tied"][0], tmp_path / "with-tokenizer")
+    _word_tokenizer(folder / "tokenizer.json", ["<unk>", "hello", "edge", "world"])
+    loaded = load_model(folder)
+    assert loaded.tokenizer.kind == "hf"
+    assert loaded.tokenizer.encode("hello world") == [1, 3]
+    vocab = loaded.model.config.vocab_size
+    _word_tokenizer(folder / "tokenizer.json", [f"w{i}" for i in range(vocab + 5)])
+    with pytest.raises(InputError, match="tokenizer.json"):
+        load_model(folder)
