@@ -51,6 +51,11 @@ from edgeseq.streaming import ModelConfig, QuantPoint, State, StateSpec, Streami
 WKV_EMPTY_P = -1e30
 
 
+def empty_wkv_exponent(dtype: torch.dtype) -> float:
+    """``WKV_EMPTY_P``, or the most negative finite value of dtypes that cannot hold it (float16)."""
+    return max(WKV_EMPTY_P, torch.finfo(dtype).min)
+
+
 @dataclass
 class SpikeGPTConfig(ModelConfig):
     family = "spikegpt"
@@ -128,7 +133,7 @@ def wkv_parallel(
     if state is None:
         a = k.new_zeros(batch, channels)
         b = k.new_zeros(batch, channels)
-        p = k.new_full((batch, channels), WKV_EMPTY_P)
+        p = k.new_full((batch, channels), empty_wkv_exponent(k.dtype))
     else:
         a, b, p = state
     k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)  # [B, C, T]: time last, per-channel matmuls
@@ -268,7 +273,7 @@ class SpikeGPT(StreamingModel):
     State per layer i (``state_spec``): ``att_shift_i``, ``ffn_shift_i`` (token-shift inputs),
     ``wkv_a_i``, ``wkv_b_i``, ``wkv_p_i`` (WKV numerator, denominator, exponent),
     ``lif1_v_i``, ``lif2_v_i`` (LIF membranes after reset); all ``[d_model]``. The initial
-    ``wkv_p`` is ``WKV_EMPTY_P`` (−1e30), not zero: use :meth:`init_state`.
+    ``wkv_p`` is ``WKV_EMPTY_P`` (−1e30; −65504 in float16), not zero: use :meth:`init_state`.
     """
 
     task = "lm"
@@ -381,7 +386,7 @@ class SpikeGPT(StreamingModel):
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         state = super().init_state(batch_size, device, dtype)
         for i in range(self.config.n_layer):
-            state[f"wkv_p_{i}"].fill_(WKV_EMPTY_P)
+            state[f"wkv_p_{i}"].fill_(empty_wkv_exponent(state[f"wkv_p_{i}"].dtype))
         return state
 
     def quant_points(self) -> list[QuantPoint]:

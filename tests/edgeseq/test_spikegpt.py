@@ -303,3 +303,14 @@ def test_zoo_model_step_equals_forward_on_text():
     step_logits, step_spikes, _ = run_steps(model, ids)
     assert all(torch.equal(a, b) for a, b in zip(spikes, step_spikes))
     torch.testing.assert_close(step_logits, logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_from_the_empty_state(dtype):
+    """-1e30 ("no history") does not fit float16: the empty exponent adapts, nothing overflows."""
+    model = random_spikegpt(2).to(dtype)
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits = model(ids)
+    step_logits, _, _ = run_steps(model, ids)
+    assert torch.isfinite(logits).all() and torch.isfinite(step_logits).all()
