@@ -18,7 +18,9 @@ Neuromorphic Computing Algorithms and Systems", arXiv:2304.04640, 2023; Nature C
 * ``weight_bytes`` / ``state_bytes`` — memory traffic, kept apart from the compute counts:
   weight bytes read (all of them for a dense layer, the gathered columns for an event-driven one)
   and recurrent-state bytes read plus written per step; ``dense_weight_bytes`` is what a dense
-  execution of the same layers reads.
+  execution of the same layers reads. Weights are counted as fetched per sample (the streaming,
+  batch-1 case: no reuse across the sequences of a simulated batch), so figures do not depend on
+  the batch size used to simulate.
 
 Counts are plain integers accumulated over a whole simulation; ``per_step`` divides by the number
 of simulated steps (tokens or frames).

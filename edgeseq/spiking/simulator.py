@@ -319,11 +319,13 @@ class Simulator:
                 layer.dense_macs += x.numel() * fan_out
                 if x.any():
                     layer.note_input("spike" if binary else "real")
-                layer.dense_weight_bytes += _bytes(module.weight)
+                # weights are fetched per input vector (per sample at batch 1, the streaming case), so
+                # traffic does not depend on the simulation's batch size
+                layer.dense_weight_bytes += _bytes(module.weight) * rows
                 if module.bias is not None:
                     layer.add_op("bias_add", rows * fan_out)
-                    layer.weight_bytes += _bytes(module.bias)
-                    layer.dense_weight_bytes += _bytes(module.bias)
+                    layer.weight_bytes += _bytes(module.bias) * rows
+                    layer.dense_weight_bytes += _bytes(module.bias) * rows
                 if not binary and name in self.declared_spike_layers:
                     self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
                 if self.mode == "event" and binary:
@@ -339,7 +341,7 @@ class Simulator:
                     layer.eff_acs += nonzero * fan_out
                 else:
                     layer.eff_macs += nonzero * fan_out
-                layer.weight_bytes += _bytes(module.weight)
+                layer.weight_bytes += _bytes(module.weight) * rows
                 return F.linear(x, module.weight, module.bias)
             finally:
                 self._suppress -= 1
@@ -366,11 +368,12 @@ class Simulator:
                     layer.note_input("spike" if binary else "real")
                 patches = conv1d_patches(xb, module)  # [B*L_out, g, C_g*K]
                 layer.dense_macs += patches.numel() * fan_out
-                layer.dense_weight_bytes += _bytes(module.weight)
+                samples = xb.shape[0]  # weights fetched once per sample and call (reused across positions)
+                layer.dense_weight_bytes += _bytes(module.weight) * samples
                 if module.bias is not None:
                     layer.add_op("bias_add", patches.shape[0] * module.out_channels)
-                    layer.weight_bytes += _bytes(module.bias)
-                    layer.dense_weight_bytes += _bytes(module.bias)
+                    layer.weight_bytes += _bytes(module.bias) * samples
+                    layer.dense_weight_bytes += _bytes(module.bias) * samples
                 if not binary and name in self.declared_spike_layers:
                     self._warn(f"{name}: declared spike input but received non-binary values; ran dense")
                 if self.mode == "event" and binary:
@@ -386,7 +389,7 @@ class Simulator:
                         layer.eff_acs += nonzero * fan_out
                     else:
                         layer.eff_macs += nonzero * fan_out
-                    layer.weight_bytes += _bytes(module.weight)
+                    layer.weight_bytes += _bytes(module.weight) * samples
                     y = dense_forward(xb)
                 return y.squeeze(0) if unbatched else y
             finally:

@@ -73,3 +73,18 @@ def test_to_dict_is_json_ready():
     d = simulate(_two_layer(), FRAMES).counts.to_dict()
     json.dumps(d)
     assert d["per_step"]["eff_acs"] == 2.0 and d["total"]["spike_rate"] == 0.25
+
+
+def test_counts_do_not_depend_on_batch_size():
+    """Per-step counts (memory traffic included) are per sample: batching sequences changes nothing."""
+    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig
+
+    model = SpikingMLP(SpikingMLPConfig(in_features=6, hidden=(8,), n_classes=3)).double()
+    with torch.no_grad():
+        model.layers[0].weight.mul_(4.0)
+    frames = torch.randn(3, 5, 6, dtype=torch.float64)
+    together = simulate(model, frames).counts.totals()
+    alone = [simulate(model, frames[i:i + 1]).counts.totals() for i in range(3)]
+    for key in ("dense_macs", "eff_macs", "eff_acs", "neuron_updates", "spikes", "other_ops", "weight_bytes",
+                "dense_weight_bytes", "state_bytes"):
+        assert together[key] == sum(t[key] for t in alone), key
