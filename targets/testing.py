@@ -1,0 +1,140 @@
+"""Small artifacts for tests and benchmarks of the runtimes and the profiler.
+
+These write the same folder layout ``edgeseq export`` writes (``manifest.json`` with the graphs'
+inputs, ``step``/``prefill`` graph files) with the minimum of machinery: ``torch.onnx.export`` of
+:class:`edgeseq.streaming.FlatStep`/:class:`FlatPrefill`, and for TVM the Relax ONNX frontend →
+``tvm.compile`` → ``export_library``. They carry no verification: use ``edgeseq export`` for real
+artifacts; this is what the targets tests run on so they do not depend on the export pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeseq.errors import require
+from edgeseq.streaming import FlatPrefill, FlatStep, StreamingModel
+from targets.runtimes import step_io_from_model
+
+
+def tiny_mamba(seed: int = 0, **overrides: Any) -> StreamingModel:
+    """A Mamba small enough to export and compile in a second or two."""
+    from edgeseq.models.mamba import Mamba, MambaConfig
+
+    torch.manual_seed(seed)
+    config = {"vocab_size": 32, "d_model": 16, "n_layer": 1, "d_state": 4, **overrides}
+    return Mamba(MambaConfig(**config)).eval()
+
+
+def _graph_inputs(model: StreamingModel, time: int | None) -> list[dict[str, Any]]:
+    io_spec = step_io_from_model(model)
+    x = dict(vars(io_spec.x))
+    if time is not None:
+        x = {**x, "name": "x", "shape": [x["shape"][0], time, *x["shape"][1:]]}
+    return [x, *[dict(vars(s)) for s in io_spec.state]]
+
+
+def _quiet_export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str], opset: int) -> None:
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=output_names,
+            opset_version=opset, dynamo=False, do_constant_folding=True,
+        )
+
+
+class _PrefillFrom(torch.nn.Module):
+    """``prefill(x, state) -> (y, *final_state)`` with the state as flat inputs."""
+
+    def __init__(self, model: StreamingModel):
+        super().__init__()
+        self.model, self.names = model, model.state_names()
+
+    def forward(self, x, *state):
+        y, final = self.model.prefill(x, dict(zip(self.names, state)))
+        return (y, *[final[n] for n in self.names])
+
+
+def write_onnx_artifact(model: StreamingModel, folder: str | Path, prefill_length: int | None = 8, opset: int = 18) -> Path:
+    """Step (and fixed-length prefill) ONNX graphs of ``model`` + a manifest, in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    io_spec = step_io_from_model(model)
+    names = io_spec.state_names
+    state = [torch.zeros(s.concrete(1)) for s in io_spec.state]
+    x_t = torch.from_numpy(io_spec.example_input(1))
+    outputs = ["y", *[f"new_{n}" for n in names]]
+    _quiet_export(FlatStep(model), (x_t, *state), folder / "step.onnx", ["x_t", *names], outputs, opset)
+    graphs: dict[str, Any] = {"step": {"inputs": _graph_inputs(model, None)}}
+    graphs["step"]["inputs"][0]["name"] = "x_t"
+    files = ["step.onnx"]
+    if prefill_length:
+        x = torch.from_numpy(io_spec.example_input(1, time=prefill_length))
+        _quiet_export(_PrefillFrom(model), (x, *state), folder / "prefill.onnx", ["x", *names], outputs, opset)
+        graphs["prefill"] = {"inputs": _graph_inputs(model, prefill_length), "prefill_length": prefill_length}
+        files.append("prefill.onnx")
+    _write_manifest(folder, model, "onnx", "cpu", files, graphs)
+    return folder
+
+
+def fold_constants(onnx_path: Path, out_path: Path) -> Path:
+    """ONNX Runtime's basic graph optimisations (constant folding) written back to ONNX, which
+    gives the TVM frontend static shapes for ops (Einsum, Split) it cannot infer otherwise."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out_path)
+    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return out_path
+
+
+def compile_onnx_to_tvm(onnx_path: Path, out_path: Path, target: Any = "llvm") -> Path:
+    """ONNX graph → Relax → ``tvm.compile(target)`` → ``export_library`` (a .so)."""
+    onnx = require("onnx")
+    tvm = require("tvm", "pip install apache-tvm")
+    from tvm.relax.frontend.onnx import from_onnx
+
+    folded = fold_constants(onnx_path, out_path.with_suffix(".folded.onnx"))
+    try:
+        mod = from_onnx(onnx.load(str(folded)))
+    finally:
+        folded.unlink(missing_ok=True)
+    executable = tvm.compile(mod, target=tvm.target.Target(target) if isinstance(target, dict) else target)
+    executable.export_library(str(out_path))
+    return out_path
+
+
+def write_tvm_artifact(onnx_folder: str | Path, folder: str | Path, target: Any = "llvm") -> Path:
+    """Compile an ONNX artifact folder's graphs with TVM into a TVM artifact folder."""
+    onnx_folder, folder = Path(onnx_folder), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((onnx_folder / "manifest.json").read_text())
+    files = []
+    for role in ("step", "prefill"):
+        if (onnx_folder / f"{role}.onnx").is_file():
+            compile_onnx_to_tvm(onnx_folder / f"{role}.onnx", folder / f"{role}.so", target)
+            files.append(f"{role}.so")
+    from targets.runtimes import onnx_weight_bytes
+
+    manifest.update(format="tvm", target=target, files=[{"path": f} for f in files],
+                    weight_bytes=onnx_weight_bytes(onnx_folder / "step.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def _write_manifest(folder: Path, model: StreamingModel, fmt: str, target: Any, files: list[str], graphs: dict[str, Any]) -> None:
+    manifest = {
+        "model": type(model).__name__, "family": model.family, "task": model.task, "format": fmt, "target": target,
+        "config": model.config.to_dict(), "files": [{"path": f} for f in files], "graphs": graphs,
+        "verification": None, "note": "written by targets.testing (no verification)",
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+__all__ = ["compile_onnx_to_tvm", "fold_constants", "tiny_mamba", "write_onnx_artifact", "write_tvm_artifact"]
