@@ -126,13 +126,30 @@ def selective_scan(
         ssm_state = x.new_zeros(batch, d_inner, A.shape[1])
     if _is_tracing():
         return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=64)
-    steepest = float(dt.detach().amax() * (-A.detach()).amax())
-    closed_chunk = int(_MAX_CHUNK_LOG_DECAY / steepest) if 0 < steepest < float("inf") else chunk
-    if closed_chunk < min(chunk, _MIN_CLOSED_FORM_CHUNK) or steepest != steepest:  # steep (or NaN) decay
-        return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=max(chunk, 16))
-    chunk = max(1, min(chunk, closed_chunk))
+    chunk = _safe_chunk(dt.detach(), (-A.detach()).amax(dim=1), max(1, min(chunk, length)))
+    if chunk == 0:  # so steep (or NaN) that only products of decays are safe
+        return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=64)
     y, ssm_state = _ChunkedScan.apply(x, dt, A, B, C, ssm_state, chunk)
     return y + x * D, ssm_state
+
+
+def _safe_chunk(dt: Tensor, decay_rate: Tensor, chunk: int) -> int:
+    """The largest chunk ≤ ``chunk`` (halving) whose cumulative log-decay stays within
+    ``_MAX_CHUNK_LOG_DECAY`` in every chunk of this input, or 0 when even a few steps exceed it.
+
+    dt: [B, T, Di]; decay_rate: max_n |A[d, n]|, [Di]. Exact bound: ``|S| <= |A|·Σ_chunk dt``.
+    """
+    batch, length, d_inner = dt.shape
+    while chunk >= _MIN_CLOSED_FORM_CHUNK or chunk == length:
+        pad = (-length) % chunk
+        per_chunk = F.pad(dt, (0, 0, 0, pad)).view(batch, -1, chunk, d_inner).sum(2)  # Σ dt: [B, chunks, Di]
+        steepest = float((per_chunk * decay_rate).amax())
+        if steepest <= _MAX_CHUNK_LOG_DECAY:
+            return chunk
+        if steepest != steepest:  # NaN
+            return 0
+        chunk //= 2
+    return 0
 
 
 def _chunk_states(

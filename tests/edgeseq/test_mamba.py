@@ -246,3 +246,16 @@ def test_scan_float32_steep_decay_has_no_overflow():
     y, _ = selective_scan(x, dt, A, B, C, D, h0, chunk=64)
     assert torch.isfinite(y).all()
     assert (y - y_ref).abs().max().item() <= 1e-4 * max(1.0, y_ref.abs().max().item())
+
+
+def test_safe_chunk_halves_until_the_log_decay_bound_holds():
+    from edgeseq.models.mamba import _MAX_CHUNK_LOG_DECAY, _safe_chunk
+
+    rate = torch.full((3,), 10.0)
+    dt = torch.full((1, 64, 3), 0.1)  # |S| per step = 1
+    assert _MAX_CHUNK_LOG_DECAY < 64 and _safe_chunk(dt, rate, 64) == 32
+    assert _safe_chunk(dt, rate, 16) == 16
+    dt[0, 40, 1] = 2.0  # one steep step: 20 plus the other steps of its chunk
+    assert _safe_chunk(dt, rate, 64) == 32
+    assert _safe_chunk(dt * 100, rate, 16) == 0  # 100 per step: prefix scan
+    assert _safe_chunk(torch.full((1, 2, 3), float("nan")), rate, 16) == 0
