@@ -376,7 +376,7 @@ def _format(name: str) -> CheckpointFormat:
 
 
 def detect_format(path: Path) -> str:
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
+    if (path.is_dir() and (path / CONFIG_FILE).is_file()) or (path.name == WEIGHTS_FILE and (path.parent / CONFIG_FILE).is_file()):
         return "edgeseq"
     for name in FORMATS:
         try:
@@ -425,7 +425,7 @@ def load_model(source: str | Path, format: str | None = None) -> LoadedModel:
     if path.exists():
         name = format or detect_format(path)
         if name == "edgeseq":
-            return load_native(path)
+            return load_native(path if path.is_dir() else path.parent)
         if name not in FORMATS:
             raise InputError(f"unknown checkpoint format {name!r}; known: edgeseq, {', '.join(FORMATS)}")
         loaded = _format(name).load(path)

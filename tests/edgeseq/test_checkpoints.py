@@ -205,6 +205,7 @@ def test_native_save_and_load_round_trip(tmp_path):
     ids = tokens(40)
     with torch.no_grad():
         assert torch.equal(loaded.model(ids), model(ids))
+    assert load_model(tmp_path / "m" / "model.safetensors").format == "edgeseq"  # a file stands for its folder
     info = model_info(loaded)
     assert info["config"] == model.config.to_dict()
     assert info["params"] == model.num_parameters()
