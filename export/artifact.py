@@ -30,7 +30,7 @@ from edgeseq.streaming import StreamingModel
 from export import manifest as mf
 from export.graphs import check_state_spec, has_parallel_prefill
 from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opset, export_graph
-from export.qdq import is_quantized, needs_int4
+from export.qdq import is_quantized, needs_int4, quantize_embeddings
 from export.runtime import MANIFEST, open_artifact, read_manifest
 from export.tvm_build import EXPORT_TARGETS, build_library, get_target
 from export.verify import require_passed, tolerance_for, verify_runner
@@ -54,6 +54,7 @@ def export_artifact(
     source: str = "",
     tokenizer: Any = None,
     threads: int | None = None,
+    embedding_bits: int = 8,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export, verify and write an artifact folder; returns its manifest (see the module docs)."""
@@ -82,6 +83,9 @@ def export_artifact(
         raise InputError(f"{out} exists and is not a folder")
     model = model.eval()
     check_state_spec(model)
+    if quantized and embedding_bits:
+        model = _copy_to(model, torch.float32)
+        model._edgeseq_int_embeddings = quantize_embeddings(model, embedding_bits)
     torch_dtype = DTYPES[dtype]
     reference = model if torch_dtype == torch.float32 else _copy_to(model, torch_dtype)
     with_prefill = prefill and has_parallel_prefill(model)
@@ -114,12 +118,14 @@ def export_artifact(
             "model": mf.model_entry(model, source),
             "recipe": recipe or ("fp16" if dtype == "float16" else "fp32" if not quantized else "quantized"),
             "quantization": mf.quantization_summary(model),
+            "embedding_bits": (embedding_bits if quantized and embedding_bits else None),
             "format": format,
             "dtype": dtype,
             "target": {**export_target.to_dict(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
             "opset": opset if format == "onnx" else None,
             "graphs": graphs,
             "tokenizer": _write_tokenizer(tokenizer, staging),
+            "init_state": _write_init_state(model, staging, scratch if format == "tvm" and not export_target.runs_here else None),
             "versions": mf.tool_versions(),
         }
         # verification: the written files themselves (ONNX, host TVM) or a host build of the same module
@@ -187,6 +193,20 @@ def _write_tokenizer(tokenizer: Any, folder: Path) -> dict[str, Any]:
         shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
         return {"kind": "hf", "file": "tokenizer.json"}
     return {"kind": "bytes"}
+
+
+def _write_init_state(model: StreamingModel, folder: Path, also: Path | None) -> str | None:
+    """Models whose initial state is not all zeros (SpikeGPT's WKV ``p``) ship it: ``init_state.npz``
+    holds one example's state per name (the runner repeats it over the batch)."""
+    import numpy as np
+
+    state = model.init_state(1, dtype=torch.float32)
+    if all(not bool(v.any()) for v in state.values()):
+        return None
+    arrays = {name: value[0].detach().cpu().numpy() for name, value in state.items()}
+    for target in [folder] + ([also] if also else []):
+        np.savez(target / "init_state.npz", **arrays)
+    return "init_state.npz"
 
 
 def _replace(staging: Path, out: Path) -> None:

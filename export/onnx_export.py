@@ -39,8 +39,8 @@ def check_opset(opset: int, needs_int4: bool) -> None:
             f"opset {opset} cannot hold 4-bit weights: int4 DequantizeLinear needs opset {INT4_MIN_OPSET} "
             f"(pass --opset {INT4_MIN_OPSET}, or leave --opset out to get it automatically)"
         )
-    if opset > 23:
-        raise InputError(f"opset {opset} is newer than edgeseq supports (17..23)")
+    if opset > INT4_MIN_OPSET:
+        raise InputError(f"opset {opset} is newer than edgeseq exports (17..{INT4_MIN_OPSET})")
 
 
 def export_graph(
@@ -67,7 +67,7 @@ def export_graph(
     trace_opset = min(opset, TORCHSCRIPT_MAX_OPSET)
     dynamic_axes = {name: {0: "batch"} for name in graph_io.input_names + graph_io.output_names}
     with quantized_for_export(model) as (traced_model, weights):
-        wrapper = StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model)
+        wrapper = (StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model)).eval()
         wrapper = wrapper.to(dtype) if dtype != torch.float32 else wrapper
         args = example_args(traced_model, 2, length, dtype)
         buffer = io.StringIO()
@@ -88,27 +88,34 @@ def export_graph(
         except Exception as exc:
             raise EdgeseqError(f"ONNX export of the {kind} graph failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     proto = onnx.load(str(path))
-    if weights:
-        proto = rewrite_integer_weights(proto, weights, opset)
     if opset > trace_opset:
         proto = upgrade_opset(proto, opset)
+    if weights:
+        proto = rewrite_integer_weights(proto, weights, opset)
     _check_and_save(proto, path)
     return graph_io
 
 
 def upgrade_opset(proto, opset: int):
-    """Raise the default-domain opset of a traced graph (only type lists widen from 20 to 21+)."""
-    from onnx import version_converter
+    """Declare opset 21 on a graph traced at 20.
 
-    try:
-        return version_converter.convert_version(proto, opset)
-    except Exception:
-        # the converter lacks adapters for a few ops whose semantics did not change between 20
-        # and 21 (they only admit new types): declare the new opset directly
-        for entry in proto.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = opset
-        return proto
+    Between opsets 20 and 21 the ops edgeseq graphs use only admit new types (int4, float8) or
+    gain optional attributes (``block_size``); their semantics are unchanged, so the graph is
+    re-declared rather than converted (``onnx.version_converter`` rewrites QuantizeLinear with an
+    ``output_dtype`` that contradicts its zero point). GroupNormalization, whose semantics did
+    change, is refused.
+    """
+    from edgeseq.errors import EdgeseqError
+
+    if opset != 21:
+        raise InputError(f"opset {opset}: edgeseq reaches opsets above {TORCHSCRIPT_MAX_OPSET} only for 21")
+    changed = {"GroupNormalization"} & {node.op_type for node in proto.graph.node}
+    if changed:
+        raise EdgeseqError(f"cannot declare opset 21 on a graph with {sorted(changed)}; export with --opset 20")
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = opset
+    return proto
 
 
 def _check_and_save(proto, path: Path) -> None:

@@ -1,10 +1,42 @@
-"""Quantized models as ONNX QDQ graphs with integer weights (filled in below)."""
+"""Quantized models as ONNX QDQ graphs with integer weights.
+
+Two steps:
+
+1. **Export twins** (:func:`quantized_for_export`): during tracing, each ``quantize.modules``
+   layer is swapped for a twin that computes the same function in an exporter-friendly way:
+
+   * the online Hadamard transform (``rotate``) stays as graph ops (reshape/add/sub, the FWHT);
+   * the input quantizer becomes ``torch.fake_quantize_per_tensor_affine``, which the exporter
+     emits as a ``QuantizeLinear``→``DequantizeLinear`` pair (int8, zero point 0);
+   * the weight becomes a float parameter named ``qweight_t`` (linear, stored transposed
+     ``[in, out]`` so the graph is a plain ``MatMul``) or ``qweight`` (conv), holding
+     ``weight_int · weight_scale`` exactly.
+
+2. **Integer rewrite** (:func:`rewrite_integer_weights`): each of those float initializers is
+   replaced by the integer tensor itself (``int8``; ``int4`` packed two per byte for weights of 4
+   bits or fewer) and its scale, feeding a ``DequantizeLinear`` whose output keeps the old name.
+   Per-channel scales use ``axis``; per-group scales use blocked quantization (``block_size``,
+   opset 21). The file then holds one byte (or half a byte) per weight.
+
+ONNX Runtime fuses ``DequantizeLinear`` pairs around ``MatMul`` into integer kernels
+(``MatMulIntegerToFloat`` for int8 activations and weights, ``MatMulNBits`` for blocked int4
+weights); :func:`runtime_kernels` lists what it actually runs.
+
+Activation quantizers of other than 8 bits keep the eager fake-quant arithmetic
+(``Div``/``Round``/``Clip``/``Mul``): ONNX ``QuantizeLinear`` saturates to the container's range.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterator
 
-from torch import nn
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -15,15 +47,252 @@ def is_quantized(model: nn.Module) -> bool:
     return any(is_quantized_module(m) for m in model.modules())
 
 
+def needs_int4(model: nn.Module) -> bool:
+    """True when a weight needs opset 21 (4-bit values, or per-group scales)."""
+    return any(getattr(m, "weight_bits", 8) <= 4 or getattr(m, "group_size", 0) for m in model.modules()
+               if hasattr(m, "weight_int"))
+
+
+@dataclass
+class IntegerWeight:
+    """What the rewrite needs for one float weight initializer."""
+
+    values: np.ndarray  # integers, the initializer's layout
+    scale: np.ndarray  # float32: [] per tensor, [n] along ``axis``, or blocked like ``values``
+    bits: int
+    axis: int = 0
+    block_size: int = 0
+
+
+def _qdq_activation(x: Tensor, scale: float, bits: int) -> Tensor:
+    if bits == 8:
+        return torch.fake_quantize_per_tensor_affine(x, scale, 0, -128, 127)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return torch.clamp(torch.round(x / scale), lo, hi) * scale
+
+
+class _ExportQuantLinear(nn.Module):
+    """Twin of ``QuantLinear`` for tracing: rotation ops, QDQ input, MatMul with ``qweight_t``."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.rotate = bool(layer.rotate)
+        self.channel_dim = getattr(layer, "channel_dim", -1)
+        self.input_scale = None if layer.input_scale is None else float(layer.input_scale)
+        self.act_bits = int(layer.act_bits)
+        self.qweight_t = nn.Parameter(layer.weight.detach().float().t().contiguous(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rotate:
+            from quantize.hadamard import hadamard_transform
+
+            x = hadamard_transform(x)
+        if self.input_scale is not None:
+            x = _qdq_activation(x, self.input_scale, self.act_bits)
+        y = torch.matmul(x, self.qweight_t)
+        return y if self.bias is None else y + self.bias
+
+
+class _ExportQuantConv(nn.Module):
+    """Twin of ``QuantConv1d``/``QuantConv2d``: QDQ input, conv with the ``qweight`` initializer."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.rotate = bool(layer.rotate)
+        self.channel_dim = getattr(layer, "channel_dim", 1)
+        self.input_scale = None if layer.input_scale is None else float(layer.input_scale)
+        self.act_bits = int(layer.act_bits)
+        self.dims = len(layer.kernel_size)
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.qweight = nn.Parameter(layer.weight.detach().float().clone(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rotate:
+            from quantize.modules import rotate_channels
+
+            x = rotate_channels(x, self.channel_dim)
+        if self.input_scale is not None:
+            x = _qdq_activation(x, self.input_scale, self.act_bits)
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        return conv(x, self.qweight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _ExportQuantAct(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.scale = float(act.scale)
+        self.bits = int(act.bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _qdq_activation(x, self.scale, self.bits)
+
+
+def _linear_weight(layer) -> IntegerWeight:
+    """``qweight_t`` = ``Wᵀ`` ``[in, out]``: per-channel scales run along axis 1, groups along axis 0."""
+    values = layer.weight_int.detach().cpu().numpy().T.copy()  # [in, out]
+    scale = layer.weight_scale.detach().float().cpu().numpy()
+    if layer.group_size:
+        return IntegerWeight(values, scale.T.copy(), layer.weight_bits, axis=0, block_size=layer.group_size)
+    if scale.ndim == 0:
+        return IntegerWeight(values, scale, layer.weight_bits)
+    return IntegerWeight(values, scale, layer.weight_bits, axis=1)
+
+
+def _conv_weight(layer) -> IntegerWeight:
+    values = layer.weight_int.detach().cpu().numpy().copy()
+    scale = layer.weight_scale.detach().float().cpu().numpy()
+    return IntegerWeight(values, scale, layer.weight_bits, axis=0)
+
+
+def quantize_embeddings(model: nn.Module, bits: int = 8) -> dict[str, tuple[Tensor, Tensor]]:
+    """Round every ``nn.Embedding`` table of ``model`` (in place) to ``bits``-bit integers per row.
+
+    The quantizer leaves embeddings (and tied LM heads) in float; in a deployed LM they are a
+    large share of the bytes (38.6M of mamba-130m's 129M parameters), so quantized exports store
+    them as integers too: symmetric per-row scales ``max|row| / qmax``. The model is changed in
+    place so the verification reference computes exactly what the artifact computes. Returns
+    ``{module path: (integer table, per-row scale)}``.
+    """
+    from quantize.qdq import dequantize_weight, quantize_weight, scale_from_clip, weight_clip
+
+    tables = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            weight = module.weight.detach().float()
+            scale = scale_from_clip(weight_clip(weight, "channel"), bits)
+            values = quantize_weight(weight, scale, bits)
+            with torch.no_grad():
+                module.weight.copy_(dequantize_weight(values, scale).to(module.weight.dtype))
+            tables[name] = (values, scale)
+    return tables
+
+
 @contextlib.contextmanager
-def quantized_for_export(model: nn.Module):
-    """Yield ``(model_to_trace, integer_weights)``; float models pass through unchanged."""
-    yield model, {}
+def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[tuple[nn.Module, dict[str, IntegerWeight]]]:
+    """Yield ``(model_to_trace, {initializer name: IntegerWeight})``.
+
+    Float models pass through unchanged (and an empty dict). Quantized models are deep-copied
+    with their ``quantize.modules`` layers swapped for export twins; ``prefix`` is the path of
+    the model inside the traced wrapper (``StepGraph.model``).
+    """
+    if not is_quantized(model):
+        yield model, {}
+        return
+    from quantize.modules import QuantAct, QuantConv1d, QuantConv2d, QuantLinear
+
+    twin = copy.deepcopy(model).eval()
+    weights: dict[str, IntegerWeight] = {}
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, QuantLinear):
+            new: nn.Module = _ExportQuantLinear(module)
+            weights[f"{prefix}{name}.qweight_t"] = _linear_weight(module)
+        elif isinstance(module, (QuantConv1d, QuantConv2d)):
+            new = _ExportQuantConv(module)
+            weights[f"{prefix}{name}.qweight"] = _conv_weight(module)
+        elif isinstance(module, QuantAct):
+            new = _ExportQuantAct(module)
+        else:
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(parent_name) if parent_name else twin, leaf, new)
+    for name, (values, scale) in getattr(model, "_edgeseq_int_embeddings", {}).items():
+        weights[f"{prefix}{name}.weight"] = IntegerWeight(values.cpu().numpy(), scale.cpu().numpy(), 8, axis=0)
+    yield twin, weights
 
 
-def rewrite_integer_weights(proto, weights, opset):
+def _int_tensor(name: str, values: np.ndarray, bits: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    if bits <= 4:
+        # int4: two values per byte (the helper packs them)
+        return helper.make_tensor(name, TensorProto.INT4, list(values.shape), values.astype(np.int8).flatten().tolist())
+    return numpy_helper.from_array(values.astype(np.int8), name)
+
+
+def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int):
+    """Replace float weight initializers by integer ones + ``DequantizeLinear`` (see module docs)."""
+    from onnx import helper, numpy_helper
+
+    from edgeseq.errors import EdgeseqError
+
+    graph = proto.graph
+    initializers = {init.name: i for i, init in enumerate(graph.initializer)}
+    missing = sorted(set(weights) - set(initializers))
+    if missing:
+        raise EdgeseqError(f"the traced ONNX graph lacks the weight initializer {missing[0]!r}; cannot store integer weights")
+    new_nodes = []
+    for name in sorted(weights, key=lambda n: initializers[n], reverse=True):
+        w = weights[name]
+        del graph.initializer[initializers[name]]
+        if w.block_size and opset < 21:
+            raise EdgeseqError(f"{name}: per-group weight scales need opset 21 (blocked DequantizeLinear)")
+        graph.initializer.append(_int_tensor(f"{name}_int", w.values, w.bits))
+        graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), f"{name}_scale"))
+        attrs: dict[str, Any] = {}
+        if w.scale.ndim > 0:
+            attrs["axis"] = w.axis
+        if w.block_size:
+            attrs["block_size"] = w.block_size
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int", f"{name}_scale"], [name],
+                                          name=f"{name}_dequantize", **attrs))
+    new_nodes += _rewrite_transposed_copies(graph, weights)
+    # the new nodes go first (their inputs are constants)
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + existing)
     return proto
 
 
-def needs_int4(model: nn.Module) -> bool:
-    return any(getattr(m, "weight_bits", 8) <= 4 for m in model.modules())
+def _rewrite_transposed_copies(graph, weights: dict[str, IntegerWeight]) -> list:
+    """Constant folding may leave a transposed float copy of a weight (a tied LM head under
+    ``MatMul``): store it as the transposed integers too."""
+    from onnx import helper, numpy_helper
+
+    by_shape: dict[tuple[int, ...], list[tuple[str, IntegerWeight]]] = {}
+    for name, w in weights.items():
+        if w.values.ndim == 2 and not w.block_size:
+            by_shape.setdefault(tuple(reversed(w.values.shape)), []).append((name, w))
+    nodes = []
+    for index in reversed(range(len(graph.initializer))):
+        init = graph.initializer[index]
+        candidates = by_shape.get(tuple(init.dims))
+        if not candidates or init.data_type != 1:  # float32
+            continue
+        array = numpy_helper.to_array(init)
+        for name, w in candidates:
+            scale = w.scale if w.scale.ndim == 0 else np.expand_dims(w.scale, 1 - w.axis)
+            if np.array_equal(array, (w.values.astype(np.float32) * scale).T):
+                new_name = init.name
+                del graph.initializer[index]
+                graph.initializer.append(_int_tensor(f"{new_name}_int", w.values.T.copy(), w.bits))
+                graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), f"{new_name}_scale"))
+                attrs = {"axis": 1 - w.axis} if w.scale.ndim else {}
+                nodes.append(helper.make_node("DequantizeLinear", [f"{new_name}_int", f"{new_name}_scale"], [new_name],
+                                              name=f"{new_name}_dequantize", **attrs))
+                break
+    return nodes
+
+
+def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
+    """Op types ONNX Runtime runs after its graph optimizations (shows the fused integer kernels)."""
+    import os
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    optimized = os.path.join(scratch_dir, "optimized.onnx")
+    options.optimized_model_filepath = optimized
+    ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for node in onnx.load(optimized).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    os.unlink(optimized)
+    return dict(sorted(counts.items()))
+
+
+__all__ = ["IntegerWeight", "is_quantized", "needs_int4", "quantized_for_export", "rewrite_integer_weights", "runtime_kernels"]

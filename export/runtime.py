@@ -76,16 +76,28 @@ class _Graph:
         self.input_dtypes = [_NP_DTYPES[t["dtype"]] for t in spec["inputs"]]
 
 
-def _onnx_graph(path: Path, spec: dict[str, Any], threads: int | None, providers: list[str] | None) -> _Graph:
+def _onnx_graph(
+    path: Path, spec: dict[str, Any], threads: int | None, providers: list[str] | None, accuracy_level: int = 1
+) -> _Graph:
     ort = require("onnxruntime", "pip install 'edgeseq[onnx]'")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # DequantizeLinear(int4)+MatMul fuse into MatMulNBits; accuracy level 1 keeps float32
+    # activations (the default, 4, quantizes them to int8 on the fly: not what a w4a16 recipe means)
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=chosen)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=chosen)
+    except Exception as exc:
+        if "output_dtype" not in str(exc):
+            raise EdgeseqError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).strip()[:300]})") from None
+        # onnxruntime 1.2x: on opset-21 graphs its QDQ propagation inserts QuantizeLinear nodes whose
+        # output_dtype contradicts their zero point; the graph is valid without that optimization
+        session = ort.InferenceSession(str(path), options, providers=chosen, disabled_optimizers=["QDQPropagationTransformer"])
     names = [t["name"] for t in spec["inputs"]]
 
     def call(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -134,6 +146,10 @@ class ArtifactRunner:
         self.config = config_class(self.family).from_dict(model["config"])
         step = graphs["step"]
         self._state_specs = step.spec["inputs"][1:]
+        self._initial: dict[str, Tensor] = {}
+        if manifest.get("init_state"):
+            with np.load(folder / manifest["init_state"], allow_pickle=False) as data:
+                self._initial = {name: torch.from_numpy(data[name]) for name in data.files}
         self.prefill_length = int(manifest["graphs"].get("prefill", {}).get("length", 0)) if "prefill" in graphs else 0
 
     # -- the streaming-model surface -------------------------------------------------------
@@ -147,10 +163,15 @@ class ArtifactRunner:
         return [dict(s) for s in self._state_specs]
 
     def init_state(self, batch_size: int, device: Any = None, dtype: Any = None) -> dict[str, Tensor]:
+        """The model's initial state (zeros, or the values the artifact ships in ``init_state.npz``)."""
         state = {}
         for s in self._state_specs:
             shape = (batch_size, *s["shape"][1:])
-            state[s["name"]] = torch.zeros(shape, dtype=getattr(torch, s["dtype"]))
+            dt = getattr(torch, s["dtype"])
+            if s["name"] in self._initial:
+                state[s["name"]] = self._initial[s["name"]].to(dt).unsqueeze(0).expand(shape).clone()
+            else:
+                state[s["name"]] = torch.zeros(shape, dtype=dt)
         return state
 
     def run_step(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -138,7 +138,7 @@ def check_toolchain(target: ExportTarget) -> None:
 
 def export_program(model: StreamingModel, kind: str, prefill_length: int, dtype: torch.dtype = torch.float32):
     """``torch.export`` of the step or prefill graph with a symbolic batch dimension."""
-    wrapper = StepGraph(model) if kind == "step" else PrefillGraph(model)
+    wrapper = (StepGraph(model) if kind == "step" else PrefillGraph(model)).eval()
     args = example_args(model, 2, None if kind == "step" else prefill_length, dtype)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     shapes = {"x_t" if kind == "step" else "x": {0: batch}, "state": tuple({0: batch} for _ in args[1:])}
