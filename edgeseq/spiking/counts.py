@@ -96,6 +96,7 @@ class Counts:
     layers: dict[str, LayerCounts] = field(default_factory=dict)
     steps: int = 0  # simulated time steps summed over the batch (tokens or frames)
     samples: int = 0  # sequences simulated
+    value_bytes: int = 4  # bytes per weight/state value in the simulated model (its dtype)
 
     def layer(self, name: str, kind: str) -> LayerCounts:
         entry = self.layers.get(name)
@@ -122,6 +123,7 @@ class Counts:
         return {
             "steps": self.steps,
             "samples": self.samples,
+            "value_bytes": self.value_bytes,
             "layers": [layer.to_dict() for layer in self.layers.values()],
             "total": self.totals(),
             "per_step": self.per_step(),

@@ -11,6 +11,10 @@ A table gives the energy of one operation of each kind counted by the simulator
     weight_byte    one byte of weights read
     state_byte     one byte of recurrent state read or written
 
+``bits`` (optional) is the precision the device stores weights and state in: byte counts measured
+on the simulated model (e.g. float32) are rescaled to it before ``weight_byte``/``state_byte`` are
+charged (an int8 table moves a quarter of a float32 model's bytes).
+
 A cost may be ``null``: the device cannot do that operation (Loihi has no real-valued MACs);
 such counts are reported as *unsupported* and left out of the total, never silently charged zero.
 
@@ -59,10 +63,15 @@ class EnergyTable:
     sources: tuple[str, ...] = ()
     notes: str = ""
     origin: str = ""
+    bits: int | None = None  # storage precision of weights/state on the device (None: as simulated)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "unit": "pJ", "confidence": self.confidence,
-                "costs": dict(self.costs), "sources": list(self.sources), "notes": self.notes}
+                "bits": self.bits, "costs": dict(self.costs), "sources": list(self.sources), "notes": self.notes}
+
+    def byte_scale(self, value_bytes: int) -> float:
+        """Factor from bytes counted at ``value_bytes`` per value to bytes at this table's precision."""
+        return 1.0 if self.bits is None else self.bits / 8 / value_bytes
 
 
 def table_names() -> list[str]:
@@ -74,10 +83,13 @@ def parse_table(data: Any, origin: str) -> EnergyTable:
     """Validate a table's fields (from JSON/TOML) and convert costs to pJ; one-line InputError if wrong."""
     if not isinstance(data, dict):
         raise InputError(f"{origin}: an energy table must be an object with 'name' and 'costs'")
-    unknown = sorted(set(data) - {"name", "description", "unit", "confidence", "costs", "sources", "notes"})
+    unknown = sorted(set(data) - {"name", "description", "unit", "confidence", "bits", "costs", "sources", "notes"})
     if unknown:
         raise InputError(f"{origin}: unknown field(s) {', '.join(unknown)}; allowed: name, description, unit, "
-                         "confidence, costs, sources, notes")
+                         "confidence, bits, costs, sources, notes")
+    bits = data.get("bits")
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 64):
+        raise InputError(f"{origin}: bits must be an integer from 1 to 64 (storage precision), not {bits!r}")
     name = data.get("name") or Path(origin).stem
     unit = data.get("unit", "pJ")
     if unit not in UNITS_IN_PJ:
@@ -107,7 +119,7 @@ def parse_table(data: Any, origin: str) -> EnergyTable:
     if isinstance(sources, str):
         sources = [sources]
     return EnergyTable(str(name), costs, str(data.get("description", "")), confidence, tuple(map(str, sources)),
-                       str(data.get("notes", "")), origin)
+                       str(data.get("notes", "")), origin, bits)
 
 
 def _read_table_file(path: Path) -> Any:
@@ -168,15 +180,17 @@ class LayerEnergy:
         return d
 
 
-def layer_energy(layer: LayerCounts, table: EnergyTable) -> LayerEnergy:
+def layer_energy(layer: LayerCounts, table: EnergyTable, value_bytes: int = 4) -> LayerEnergy:
     out = LayerEnergy(layer.name)
     for key in COST_KEYS:
         count = getattr(layer, COUNT_OF_COST[key])
         if not count:
             continue
+        if key in MEMORY_COSTS:
+            count = count * table.byte_scale(value_bytes)
         cost = table.costs.get(key)
         if cost is None:
-            out.unsupported[key] = out.unsupported.get(key, 0) + count
+            out.unsupported[key] = out.unsupported.get(key, 0) + int(count)
             continue
         pj = count * cost
         out.by_op_pj[key] = pj
@@ -195,12 +209,12 @@ def estimate_energy(counts: Counts, table: EnergyTable | str) -> dict[str, Any]:
     run as a non-spiking ANN on the same device.
     """
     table = load_table(table) if not isinstance(table, EnergyTable) else table
-    layers = [layer_energy(layer, table) for layer in counts.layers.values()]
+    layers = [layer_energy(layer, table, counts.value_bytes) for layer in counts.layers.values()]
     unsupported: dict[str, int] = {}
     by_op: dict[str, float] = {}
     for le in layers:
         for key, n in le.unsupported.items():
-            unsupported[key] = unsupported.get(key, 0) + n
+            unsupported[key] = unsupported.get(key, 0) + int(n)
         for key, pj in le.by_op_pj.items():
             by_op[key] = by_op.get(key, 0.0) + pj
     compute = sum(le.compute_pj for le in layers)
@@ -226,8 +240,9 @@ def dense_ann_energy(counts: Counts, table: EnergyTable) -> dict[str, Any]:
     """Energy of the same counts executed as a dense ANN (no events, every weight read every step)."""
     t = counts.totals()
     dense_weight_bytes = sum(layer.dense_weight_bytes for layer in counts.layers.values())
-    parts = {"mac": t["dense_macs"], "other_op": t["other_ops"], "weight_byte": dense_weight_bytes,
-             "state_byte": t["state_bytes"]}
+    scale = table.byte_scale(counts.value_bytes)
+    parts = {"mac": t["dense_macs"], "other_op": t["other_ops"], "weight_byte": dense_weight_bytes * scale,
+             "state_byte": t["state_bytes"] * scale}
     missing = [key for key, n in parts.items() if n and table.costs.get(key) is None]
     if missing:
         return {"total_pj": None, "unsupported": missing}

@@ -548,6 +548,8 @@ def simulate(
         model.train(was_training)
     sim.counts.steps = batch * steps
     sim.counts.samples = batch
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    sim.counts.value_bytes = reference.element_size() if reference is not None else 4
     order = {name: i for i, name in enumerate(dict(model.named_modules()))}
     sim.counts.layers = dict(sorted(sim.counts.layers.items(), key=lambda kv: order.get(kv[0], len(order))))
     trace = {name: torch.stack(spikes, 0) for name, spikes in sim.spike_trace.items()}

@@ -50,6 +50,16 @@ def test_energy_of_hand_counts_45nm():
     assert e["unsupported"] == {}
 
 
+def test_memory_is_priced_at_the_tables_precision():
+    """int8 storage moves a quarter of the bytes counted on a float32 model."""
+    e = estimate_energy(_counts(), "45nm-int8")
+    assert e["total"]["memory_pj"] == pytest.approx((48 + 16 + 64) * 1.25 / 4)
+    assert e["total"]["compute_pj"] == pytest.approx(8 * 0.23 + 4 * 0.03 + 8 * 0.29)
+    half = _counts()
+    half.value_bytes = 2  # a float16 model priced on an int8 table: half its bytes
+    assert estimate_energy(half, "45nm-int8")["total"]["memory_pj"] == pytest.approx((48 + 16 + 64) * 1.25 / 2)
+
+
 def test_loihi_reports_macs_unsupported():
     e = estimate_energy(_counts(), "loihi")
     assert e["unsupported"] == {"mac": 8}
@@ -76,6 +86,7 @@ def test_user_tables_json_and_toml(tmp_path):
         ({"costs": {"mac": 1, "ac": 1}, "unit": "J"}, "unit"),
         ({"costs": {"mac": "4.6", "ac": 1}}, "non-negative number"),
         ({"cost": {}}, "unknown field"),
+        ({"costs": {"mac": 1, "ac": 1}, "bits": 0}, "bits"),
     ],
 )
 def test_bad_tables(data, message):
