@@ -137,4 +137,15 @@ def _write_manifest(folder: Path, model: StreamingModel, fmt: str, target: Any, 
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-__all__ = ["compile_onnx_to_tvm", "fold_constants", "tiny_mamba", "write_onnx_artifact", "write_tvm_artifact"]
+__all__ = ["compile_onnx_to_tvm", "fold_constants", "host_llvm_target", "tiny_mamba", "write_onnx_artifact", "write_tvm_artifact"]
+
+
+def host_llvm_target(cores: int | None = None) -> dict[str, Any]:
+    """The TVM target of this CPU: ``llvm`` with LLVM's name for it (so AVX2/AVX-512 are used)."""
+    require("tvm", "pip install apache-tvm")
+    from tvm.target import codegen
+
+    target: dict[str, Any] = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
+    if cores:
+        target["num-cores"] = cores
+    return target
