@@ -66,6 +66,8 @@ def save_quantized(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder; choose another output path (-o)")
+    if (folder / "edgeseq.json").is_file():
+        raise InputError(f"{folder}: holds a float edgeseq checkpoint; write the quantized model to another folder (-o)")
     folder.mkdir(parents=True, exist_ok=True)
     modules = quantized_modules(qmodel)
     half = recipe.float_dtype == "float16"

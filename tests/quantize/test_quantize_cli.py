@@ -41,9 +41,11 @@ def test_quantize_json_and_reload(checkpoint, tmp_path, capsys):
         (["--recipe", "w2a2x"], "unknown recipe"),
         (["--calib-samples", "0"], "calibration set is empty"),
         (["--recipe", "w4a16", "--group-size", "48"], "group size 48 does not divide"),
+        (["--recipe", "w4a16", "-o", "SOURCE"], "holds a float edgeseq checkpoint"),
     ],
 )
 def test_quantize_bad_input(checkpoint, tmp_path, capsys, extra, message):
+    extra = [str(checkpoint) if arg == "SOURCE" else arg for arg in extra]
     code = main(["quantize", str(checkpoint), "-o", str(tmp_path / "q"), "--quiet", *extra])
     assert code == 2
     err = capsys.readouterr().err
