@@ -271,7 +271,7 @@ def _checked_tokenizer(folder: Path, cfg: MambaConfig):
     """The folder's tokenizer (bytes when none), refused when it emits ids the model cannot embed."""
     tokenizer = load_tokenizer(folder)
     vocab = getattr(tokenizer, "vocab_size", 0)
-    if vocab > cfg.vocab_size:
+    if getattr(tokenizer, "kind", "bytes") == "hf" and vocab > cfg.vocab_size:
         raise InputError(
             f"{folder / 'tokenizer.json'}: the tokenizer has {vocab} tokens but the model's vocabulary is "
             f"{cfg.vocab_size}; they do not belong together"

@@ -361,3 +361,24 @@ def test_tokenizer_json_is_loaded_and_checked_against_the_vocab(hf_dirs, tmp_pat
     _word_tokenizer(folder / "tokenizer.json", [f"w{i}" for i in range(vocab + 5)])
     with pytest.raises(InputError, match="tokenizer.json"):
         load_model(folder)
+
+
+def test_hub_id_goes_through_snapshot_download(hf_dirs, monkeypatch):
+    """No network: ``snapshot_download`` is replaced by a stand-in returning a local folder."""
+    import huggingface_hub
+
+    folder = hf_dirs["tied"][0]
+    calls = []
+
+    def fake_download(repo_id, allow_patterns=None, **_):
+        calls.append((repo_id, allow_patterns))
+        if repo_id != "edge/tiny-mamba":
+            raise OSError("Repository Not Found")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    loaded = load_model("edge/tiny-mamba")
+    assert loaded.format == "hf-mamba" and calls[0][0] == "edge/tiny-mamba"
+    assert "*.safetensors" in calls[0][1] and not any(p.endswith(".py") for p in calls[0][1])
+    with pytest.raises(InputError, match="not a local path"):
+        load_model("edge/missing")
