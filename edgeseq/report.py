@@ -54,6 +54,7 @@ def run_unit(
     profile_prompt_len: int = 32,
     energy_tables: list[str] | None = None,
     simulate_samples: int = 2,
+    verify_steps: int = 64,
     debug: bool = False,
     **_: Any,
 ) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def run_unit(
 
     # 3. export, verify (inside export), evaluate through the artifact's own runtime
     artifact_dir = unit_dir / f"artifact-{export_format}"
-    manifest = _stage(result, "export", _export, source, export_format, str(artifact_dir))
+    manifest = _stage(result, "export", _export, source, export_format, str(artifact_dir), verify_steps)
     if manifest:
         result["artifact_format"] = export_format
         result["artifact_dir"] = str(artifact_dir)
@@ -141,16 +142,17 @@ def _model_bytes(model) -> int:
 
 def _max_error(manifest: dict) -> float | None:
     verification = manifest.get("verification") or {}
-    for key in ("max_abs_error", "max_error"):
-        if key in verification:
+    for key in ("max_rel_error", "max_abs_error", "max_error"):
+        if verification.get(key) is not None:
             return verification[key]
     return None
 
 
-def _export(source: str, export_format: str, out: str) -> dict:
-    from export import export_artifact  # the library function behind `edgeseq export`
+def _export(source: str, export_format: str, out: str, steps: int) -> dict:
+    from edgeseq.checkpoints import load_model
+    from export.artifact import export_loaded  # the library function behind `edgeseq export`
 
-    return export_artifact(source, format=export_format, target="cpu", output=out, force=True, progress=False)
+    return export_loaded(load_model(source), out, format=export_format, target="cpu", steps=steps, force=True)
 
 
 def _profile(artifact_or_model: str, target: str, tokens: int, prompt_len: int) -> dict:

@@ -19,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipes")
     p.add_argument("--targets", default="cpu", help="comma-separated targets to profile on")
     p.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    p.add_argument("--max-bytes", type=int, default=3000, help="text evaluated per language-model configuration")
 
 
 def run(args):
@@ -30,8 +31,10 @@ def run(args):
     models = _csv(args.models) or zoo_names()
     if not models:
         raise InputError("no zoo models are installed (edgeseq/zoo is empty); reinstall edgeseq")
+    # sized to finish in minutes on 2 cores: short evaluation/verification/profiling per configuration
     summary = build_report(models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets),
-                           jobs=args.jobs, progress=not args.json, debug=args.debug)
+                           jobs=args.jobs, progress=not args.json, debug=args.debug, max_bytes=args.max_bytes,
+                           max_samples=200, calib_samples=16, profile_tokens=32, verify_steps=32)
     if not args.json:
         print_summary(summary)
     return summary
