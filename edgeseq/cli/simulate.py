@@ -30,6 +30,11 @@ def add_arguments(p) -> None:
     p.add_argument("--mode", choices=("event", "dense"), default="event", help="execution mode (default event)")
     p.add_argument("--seed", type=int, default=0, help="seed of random data / random models (default 0)")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="also write the JSON report to FILE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for a random:FAMILY model, e.g. --set d_model=256 (repeatable; JSON values)")
+    p.add_argument("--nir", default=None, metavar="FILE",
+                   help="also export the model to a NIR graph at FILE, read it back and check it on the same "
+                        "inputs (Spiking LMUFormer; SpikeGPT is refused with the operations NIR cannot express)")
 
 
 def _load(args):
@@ -42,9 +47,11 @@ def _load(args):
 
         family = args.model.split(":", 1)[1]
         torch.manual_seed(args.seed)
-        model = build_model(family)
+        model = build_model(family, _overrides(args.set))
         model.eval()
         return model, None
+    if args.set:
+        raise InputError("--set only applies to random:FAMILY models; a checkpoint's config is fixed")
     from edgeseq.checkpoints import load_model
 
     loaded = load_model(args.model)
@@ -52,6 +59,23 @@ def _load(args):
     if not hasattr(model, "step") or not isinstance(model, torch.nn.Module):
         raise InputError(f"{args.model}: simulate needs a PyTorch streaming model, not {type(model).__name__}")
     return model, loaded.tokenizer
+
+
+def _overrides(items: list[str]) -> dict:
+    import json
+
+    from edgeseq.errors import InputError
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare string
+    return overrides
 
 
 def run(args):
@@ -79,7 +103,7 @@ def run(args):
         pass
     try:
         report = simulation_report(model, data, args.device_table, args.mode, args.compare_dense, progress,
-                                   source=args.model)
+                                   source=args.model, nir_path=args.nir)
     finally:
         if bar is not None:
             bar.close()
@@ -149,5 +173,10 @@ def print_report(report: dict) -> None:
                       + (f"; energy {cmp['energy_ratio']:.2f}× lower" if cmp.get("energy_ratio") else ""))
         console.print(f"event-driven vs dense execution: spikes identical: {'yes' if cmp['spikes_identical'] else 'NO'}, "
                       f"max |Δ output| = {cmp['max_abs_output_diff']:.3g}")
+    nir = report.get("nir")
+    if nir:
+        console.print(f"NIR graph {nir['path']}: {nir['nodes']} nodes ({', '.join(nir['node_types'])}); read back and run: "
+                      f"spikes identical: {'yes' if nir['spikes_identical'] else 'NO'}, "
+                      f"max |Δ output| = {nir['max_abs_output_diff']:.3g} (float64)")
     for warning in report["warnings"]:
         console.print(f"[yellow]note:[/yellow] {warning}")

@@ -279,6 +279,18 @@ def spikegpt_gap_message() -> str:
             + ". Expressible alone: " + ", ".join(SPIKEGPT_EXPRESSIBLE) + " — see docs/spiking.md")
 
 
+EXPORTABLE_FAMILIES = ("spiking-mlp", "spiking-lmuformer")
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raise the error :func:`export_nir` would raise for a model NIR cannot express (cheap)."""
+    family = getattr(getattr(model, "config", None), "family", "")
+    if family == "spikegpt":
+        raise EdgeseqError(spikegpt_gap_message())
+    if family not in EXPORTABLE_FAMILIES:
+        raise InputError(f"NIR export supports {' and '.join(EXPORTABLE_FAMILIES)} models, not {family or type(model).__name__!r}")
+
+
 def export_nir(model: nn.Module, path: str | Path | None = None, dt: float = DEFAULT_DT):
     """Export a spiking model to a NIR graph (and write it to ``path`` when given).
 
@@ -287,15 +299,9 @@ def export_nir(model: nn.Module, path: str | Path | None = None, dt: float = DEF
     """
     if dt <= 0:
         raise InputError(f"dt must be > 0, got {dt}")
-    family = getattr(getattr(model, "config", None), "family", "")
-    if family == "spiking-mlp":
-        graph = export_spiking_mlp(model, dt)
-    elif family == "spiking-lmuformer":
-        graph = export_spiking_lmuformer(model, dt)
-    elif family == "spikegpt":
-        raise EdgeseqError(spikegpt_gap_message())
-    else:
-        raise InputError(f"NIR export supports spiking-mlp and spiking-lmuformer models, not {family or type(model).__name__!r}")
+    check_exportable(model)
+    family = model.config.family
+    graph = export_spiking_mlp(model, dt) if family == "spiking-mlp" else export_spiking_lmuformer(model, dt)
     if path is not None:
         _nir().write(str(path), graph)
     return graph
@@ -487,6 +493,7 @@ __all__ = [
     "DEFAULT_DT",
     "SPIKEGPT_GAPS",
     "affine_node",
+    "check_exportable",
     "export_nir",
     "export_spiking_lmuformer",
     "export_spiking_mlp",

@@ -752,13 +752,19 @@ def simulation_report(
     compare_dense: bool = False,
     progress: Callable[[int], None] | None = None,
     source: str = "",
+    nir_path: str | None = None,
 ) -> dict[str, Any]:
     """Simulate ``model`` on ``data`` and return counts, spike rates and energy as one JSON-able dict.
 
     With ``compare_dense`` the model also runs in dense mode: the report then carries the dense-ANN
     operation count beside the spiking one (``ops_ratio`` = "N× fewer operations", computed) and
-    checks that both executions emit identical spikes.
+    checks that both executions emit identical spikes. With ``nir_path`` the model is also exported
+    to NIR there and the graph, read back, is run on the same inputs (see :func:`nir_check`).
     """
+    if nir_path is not None:
+        from edgeseq.spiking.nir_export import check_exportable
+
+        check_exportable(model)  # refuse before spending time simulating
     import time
 
     from edgeseq.spiking.counts import dense_comparison
@@ -805,6 +811,8 @@ def simulation_report(
         "seconds": seconds,
         "warnings": warnings,
     }
+    if nir_path is not None:
+        report["nir"] = nir_check(model, inputs, nir_path)
     if compare_dense:
         other_mode: Mode = "dense" if mode == "event" else "event"
         other = simulate(model, inputs, mode=other_mode, record_spikes=True)
@@ -821,4 +829,30 @@ def simulation_report(
     return report
 
 
-__all__ += ["SimulationData", "simulation_data", "simulation_report"]
+def nir_check(model: nn.Module, inputs: Tensor, path: str) -> dict[str, Any]:
+    """Export ``model`` to NIR at ``path``, read it back and run it on ``inputs``; compare with ``step``.
+
+    Both sides run in float64 (a float64 copy of the model), so spikes must be identical.
+    """
+    import copy
+
+    from edgeseq.spiking.nir_export import export_nir, read_nir, run_nir
+
+    export_nir(model, path)
+    graph = read_nir(path)
+    model64 = copy.deepcopy(model).double()
+    ours = simulate(model64, _cast_inputs(model64, inputs), record_spikes=True, count_ops=False)
+    theirs, spikes = run_nir(graph, _cast_inputs(model64, inputs), record=True)
+    identical = set(spikes) == set(ours.spike_trace) and all(
+        torch.equal(spikes[k], ours.spike_trace[k].reshape(spikes[k].shape)) for k in spikes)
+    return {
+        "path": str(path),
+        "nodes": len(graph.nodes),
+        "edges": len(graph.edges),
+        "node_types": sorted({type(n).__name__ for n in graph.nodes.values()}),
+        "spikes_identical": identical,
+        "max_abs_output_diff": float((theirs - ours.outputs).abs().max()),
+    }
+
+
+__all__ += ["SimulationData", "nir_check", "simulation_data", "simulation_report"]

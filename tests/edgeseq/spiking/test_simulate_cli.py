@@ -19,7 +19,8 @@ def test_json_report_with_dense_comparison(capsys, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog " * 4)
     report_file = tmp_path / "report.json"
-    code, out, err = _run(capsys, "random:spikegpt", "--data", str(text), "--samples", "2", "--length", "6",
+    code, out, err = _run(capsys, "random:spikegpt", "--set", "d_model=32", "--set", "n_layer=2", "--data", str(text),
+                          "--samples", "2", "--length", "6",
                           "--compare-dense", "--device-table", "45nm-int8", "-o", str(report_file), "--json")
     assert code == 0, err
     report = json.loads(out)
@@ -36,7 +37,8 @@ def test_json_report_with_dense_comparison(capsys, tmp_path):
 
 
 def test_human_output(capsys):
-    code, out, err = _run(capsys, "random:spikegpt", "--data", "random", "--samples", "1", "--length", "3")
+    code, out, err = _run(capsys, "random:spikegpt", "--set", "d_model=16", "--set", "n_layer=1", "--data", "random",
+                          "--samples", "1", "--length", "3")
     assert code == 0, err
     assert "per step:" in out and "total" in out
 
@@ -46,10 +48,31 @@ def test_human_output(capsys):
     [
         (["random:spikegpt", "--device-table", "nope"], "unknown energy table"),
         (["random:spikegpt", "--samples", "0"], "--samples"),
-        (["random:spikegpt", "--data", "/no/such/file.txt"], "file"),
+        (["random:spikegpt", "--set", "n_layer=1", "--data", "/no/such/file.txt"], "file"),
+        (["random:spikegpt", "--set", "nope"], "KEY=VALUE"),
+        (["random:spikegpt", "--set", "n_layers=1"], "n_layers"),
     ],
 )
 def test_bad_input_is_one_line(capsys, argv, message):
     code, out, err = _run(capsys, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1
+
+
+def test_nir_export_from_the_cli(capsys, tmp_path):
+    pytest.importorskip("nir")
+    pytest.importorskip("edgeseq.models.lmuformer")
+    path = tmp_path / "model.nir"
+    code, out, err = _run(capsys, "random:spiking-lmuformer", "--set", "dim=16", "--set", "embed_layers=2",
+                          "--data", "random", "--samples", "2", "--length", "6",
+                          "--nir", str(path), "--json")
+    assert code == 0, err
+    nir_report = json.loads(out)["nir"]
+    assert path.is_file() and nir_report["spikes_identical"] is True
+    assert {"I", "Delay", "LIF"} <= set(nir_report["node_types"])
+
+
+def test_spikegpt_nir_is_refused_before_simulating(capsys, tmp_path):
+    code, out, err = _run(capsys, "random:spikegpt", "--nir", str(tmp_path / "x.nir"))
+    assert code == 1 and "LayerNorm" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.nir").exists()
