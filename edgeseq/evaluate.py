@@ -94,7 +94,9 @@ def lm_nats(model: Any, ids: Tensor, chunk_len: int = DEFAULT_CHUNK, quiet: bool
             inputs = ids[start : min(start + chunk_len, n_predicted)]  # [L]
             targets = ids[start + 1 : start + 1 + inputs.numel()]  # [L]
             logits, state = model.prefill(inputs[None], state)  # [1, L, V]
-            logits = _as_tensor(logits).to(device=device, dtype=torch.float32)[0]
+            logits = _as_tensor(logits).to(device)[0]
+            if not logits.is_floating_point() or logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()  # the loss in at least float32, in the model's dtype otherwise
             total += F.cross_entropy(logits, targets, reduction="sum").double().cpu()
             bar.update(inputs.numel())
     return float(total)

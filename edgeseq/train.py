@@ -118,10 +118,14 @@ def _model_task(family: str) -> str:
     return getattr(model_class(family), "task", "lm")
 
 
-def build_for_data(family: str, task: str, data: str, data_options: dict, overrides: dict, vocab_size: int):
-    """Build ``family`` with the config fields the data implies, then the user's overrides."""
+def build_for_data(family: str, task: str, data: str, data_options: dict, overrides: dict, *,
+                   vocab_size: int = 256, frame_dim: int | None = None, n_classes: int | None = None):
+    """Build ``family`` with the config fields the data implies, then the user's overrides.
+
+    Language models get ``vocab_size`` from the tokenizer; classifiers get the frame width and
+    the number of classes from the data, and ``dataset``/``dataset_options`` naming their task.
+    """
     from edgeseq.models import build_model
-    from edgeseq.tasks import task_info
 
     fields = _config_fields(family)
     unknown = sorted(set(overrides) - fields)
@@ -132,13 +136,12 @@ def build_for_data(family: str, task: str, data: str, data_options: dict, overri
         if "vocab_size" in fields:
             implied["vocab_size"] = vocab_size
     else:
-        info = task_info(data) if not str(data).endswith(".npz") else {}
         for key in ("n_classes", "num_classes"):
-            if key in fields and "n_classes" in info:
-                implied[key] = info["n_classes"]
-        for key in ("frame_dim", "input_dim", "in_features"):
-            if key in fields and "frame_dim" in info:
-                implied[key] = info["frame_dim"]
+            if key in fields and n_classes:
+                implied[key] = n_classes
+        for key in ("input_dim", "frame_dim", "in_features"):
+            if key in fields and frame_dim:
+                implied[key] = frame_dim
         if "dataset" in fields:
             implied["dataset"] = str(data)
         if "dataset_options" in fields:
@@ -291,7 +294,16 @@ def train(
     else:
         source = _ClassifyData(str(data), data_options, batch_gen, cfg.classify_loss)
         eval_limit = cfg.eval_max_samples
-    model = build_for_data(family, task, str(data), data_options, overrides or {}, tokenizer.vocab_size).to(device)
+    if task == "lm":
+        model = build_for_data(family, task, str(data), data_options, overrides or {}, vocab_size=tokenizer.vocab_size)
+    else:
+        from edgeseq.tasks import TASKS, task_info
+
+        info = task_info(str(data)) if str(data) in TASKS else {}
+        n_classes = int(info.get("n_classes") or int(source.labels.max()) + 1)
+        model = build_for_data(family, task, str(data), data_options, overrides or {},
+                               frame_dim=int(source.frames.shape[-1]), n_classes=n_classes)
+    model = model.to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas))
     out_dir = Path(out_dir)
@@ -341,6 +353,7 @@ def train(
             "torch": torch.__version__,
         }
         meta.update({k: v for k, v in metrics.items() if k.startswith("val_")})
+        meta["metrics"] = {k: v for k, v in metrics.items() if k.startswith("val_")}  # what `edgeseq models` shows
         save_model(model, out_dir, meta={k: v for k, v in meta.items() if v is not None})  # copies to CPU
         return record
 

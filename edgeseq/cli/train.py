@@ -41,13 +41,33 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    _OPTIONS[:] = [a for a in p._actions if a.option_strings]
 
 
-def _command_line() -> str:
+def _command_line(args) -> str:
+    """The command as typed (from ``sys.argv``), or rebuilt from ``args`` when called in-process."""
     import shlex
     import sys
 
-    return " ".join(["edgeseq", *map(shlex.quote, sys.argv[1:])])
+    if sys.argv[1:2] == ["train"]:
+        return " ".join(["edgeseq", *map(shlex.quote, sys.argv[1:])])
+    words = ["edgeseq", "train", args.family]
+    for action in _OPTIONS:
+        value = getattr(args, action.dest, None)
+        if action.dest in ("family", "json", "debug", "help") or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
+        elif value is True:
+            words.append(flag)
+        else:
+            words += [flag, str(value)]
+    return " ".join(map(shlex.quote, words))
+
+
+_OPTIONS: list = []
 
 
 def run(args):
@@ -70,7 +90,7 @@ def run(args):
         args.steps,
         overrides=parse_overrides(args.overrides),
         data_options=parse_overrides(args.data_option),
-        train_command=_command_line(),
+        train_command=_command_line(args),
         quiet=args.quiet or args.json,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
