@@ -1,6 +1,6 @@
 """Train a zoo LMUFormer / Spiking LMUFormer on sequential digits (rows), CPU, bounded time.
 
-    python edgeseq/zoo/lmuformer-digits/train_digits.py lmuformer OUT_DIR [--dim 64] [--epochs 60] ...
+    python edgeseq/zoo/spiking-lmuformer-digits/train_digits.py lmuformer OUT_DIR [--dim 64] [--epochs 60] ...
 
 Adam with a cosine schedule and light weight decay; the best validation checkpoint is kept and its
 held-out test accuracy (mean of per-frame scores over the whole sequence, i.e. the final running
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_accuracy": round(accuracy(model, x_test, y_test), 4),
         "train_accuracy": round(accuracy(model, x_train, y_train), 4),
         "train_minutes": round((time.time() - start) / 60, 2),
-        "command": "python edgeseq/zoo/lmuformer-digits/train_digits.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python edgeseq/zoo/spiking-lmuformer-digits/train_digits.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     save_model(model, args.out, meta=result)
     print(json.dumps(result))
