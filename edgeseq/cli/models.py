@@ -42,22 +42,31 @@ def _fmt_metrics(metrics) -> str:
 
 
 def _print_zoo(rows, families) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if rows:
-        table = Table(title="edgeseq zoo")
-        for column in ("name", "family", "task", "params", "dataset", "metrics"):
-            table.add_column(column, justify="right" if column == "params" else "left")
+        table = Table(title="edgeseq zoo", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("name", no_wrap=True)
+        table.add_column("family", no_wrap=True)
+        table.add_column("task", no_wrap=True)
+        table.add_column("params", justify="right", no_wrap=True)
+        table.add_column("dataset", no_wrap=True)
         for row in rows:
             table.add_row(row["name"], str(row["family"]), str(row["task"]), _fmt_params(row["params"]),
-                          str(row.get("dataset") or ""), row.get("error") or _fmt_metrics(row.get("metrics")))
+                          str(row.get("dataset") or ""))
         console.print(table)
+        console.print()
+        for row in rows:  # metrics below the table: readable at any terminal width
+            detail = row.get("error") or _fmt_metrics(row.get("metrics"))
+            if detail:
+                console.print(f"  [bold]{row['name']}[/bold]: {detail}")
     else:
         console.print("The zoo is empty in this installation.")
     available = [f["name"] for f in families if f["available"]]
-    console.print(f"Model families: {', '.join(available)} (edgeseq models --families for details)")
+    console.print(f"\nModel families: {', '.join(available)} (details: edgeseq models --families)")
 
 
 def _print_families(rows) -> None:
