@@ -332,8 +332,9 @@ def family_entries() -> list[dict]:
 
 
 def _doc_line(obj: Any) -> str:
-    doc = (obj.__doc__ or "").strip().splitlines()
-    return doc[0] if doc else ""
+    """The first paragraph of a docstring as one line, without reST backticks."""
+    paragraph = (obj.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in paragraph.splitlines()).replace("``", "")
 
 
 def model_info(loaded: LoadedModel) -> dict:
