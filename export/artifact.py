@@ -111,6 +111,8 @@ def export_artifact(
                     say(f"compiling the {kind} graph for this CPU to verify the same Relax module")
                     build_library(model, scratch / file, get_target("cpu"), kind, prefill_length)
             graphs[kind] = {"file": file, **io_spec.to_dict()}
+            if format == "tvm" and build.get("cubin"):
+                graphs[kind].update(cubin=build.pop("cubin"), cuda_source_sha256=build.pop("cuda_source_sha256"))
             if kind == "prefill":
                 graphs[kind]["length"] = prefill_length
         manifest: dict[str, Any] = {

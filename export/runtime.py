@@ -108,6 +108,38 @@ def _onnx_graph(
     return graph
 
 
+_CUBINS: dict[str, bytes] = {}  # sha256 of CUDA kernel source -> the cubin shipped for it
+_CUBIN_CALLBACK: list[Any] = []
+
+
+def register_cubins(folder: Path, graphs: dict[str, Any]) -> None:
+    """Serve the artifact's ahead-of-time cubins to TVM's load-time CUDA compile callback.
+
+    TVM 0.27 libraries carry CUDA source and ask ``tvm_callback_cuda_compile`` for a binary when
+    they load (see :func:`export.tvm_build.write_cubin`); this answers with the shipped cubin
+    when the source's sha256 matches, and defers to the previous callback otherwise.
+    """
+    import tvm_ffi
+
+    for spec in graphs.values():
+        if spec.get("cubin"):
+            _CUBINS[spec["cuda_source_sha256"]] = (folder / spec["cubin"]).read_bytes()
+    if _CUBIN_CALLBACK:
+        return
+    previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+
+    def serve(code):
+        digest = hashlib.sha256(str(code).encode()).hexdigest()
+        if digest in _CUBINS:
+            return bytearray(_CUBINS[digest])
+        if previous is None:
+            raise RuntimeError("no shipped cubin matches this CUDA source and no CUDA compiler is registered")
+        return previous(code)
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", serve, override=True)
+    _CUBIN_CALLBACK.append(serve)
+
+
 def _tvm_graph(path: Path, spec: dict[str, Any], device: str) -> _Graph:
     tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
     from tvm import relax
@@ -249,6 +281,8 @@ def open_artifact(
                     f"{folder}: built for {target.get('arch')} ({target.get('name')}); copy it to that device "
                     "and run it there with the TVM runtime"
                 )
+            if target.get("cuda_arch"):
+                register_cubins(folder, manifest["graphs"])
             graphs[kind] = _tvm_graph(path, spec, device)
         else:
             raise InputError(f"{folder}: unknown artifact format {fmt!r} (onnx, tvm)")
@@ -263,4 +297,20 @@ def _host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
-__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "open_artifact", "read_manifest", "sha256_file"]
+def write_reference(model, path: str | Path, steps: int = 32, batch: int = 1, seed: int = 0) -> None:
+    """Inputs and PyTorch step outputs for a stream (``inputs``, ``outputs``, ``init_<state>``) as
+    ``.npz``: lets a device without PyTorch model code check an artifact's numerics."""
+    from export.graphs import sample_inputs
+
+    inputs = sample_inputs(model, batch, steps, seed=seed)
+    state = model.init_state(batch)
+    arrays = {f"init_{k}": v.numpy() for k, v in state.items()}
+    outputs = []
+    with torch.no_grad():
+        for t in range(steps):
+            y, state = model.step(inputs[:, t], state)
+            outputs.append(y)
+    np.savez(path, inputs=inputs.numpy(), outputs=torch.stack(outputs, 1).numpy(), **arrays)
+
+
+__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "open_artifact", "read_manifest", "register_cubins", "sha256_file", "write_reference"]

@@ -125,15 +125,11 @@ def check_toolchain(target: ExportTarget) -> None:
             f"the cross compiler {target.cc} (needed for {target.name})",
             f"sudo apt-get install {target.cc_package}",
         )
-    if target.cuda_arch:
-        try:
-            require("cuda.bindings.nvrtc")
-        except MissingDependencyError:
-            if shutil.which("nvcc") is None:
-                raise MissingDependencyError(
-                    f"a CUDA compiler (nvcc or NVRTC, needed for {target.name})",
-                    "install the CUDA toolkit (nvcc) or pip install cuda-python",
-                ) from None
+    if target.cuda_arch and shutil.which("nvcc") is None:
+        raise MissingDependencyError(
+            f"nvcc (needed to compile CUDA kernels for {target.name})",
+            "install the CUDA toolkit (Debian: apt-get install nvidia-cuda-toolkit) and put nvcc on PATH",
+        )
 
 
 def export_program(model: StreamingModel, kind: str, prefill_length: int, dtype: torch.dtype = torch.float32):
@@ -172,9 +168,9 @@ def build_library(
             executable = tvm.compile(mod, target=tvm_tgt)
     except Exception as exc:
         raise EdgeseqError(f"TVM could not compile the {kind} graph for {target.name}: {_first_line(exc)}") from exc
-    cuda_code = _cuda_arch_of(executable) if target.cuda_arch else None
-    if target.cuda_arch and cuda_code and cuda_code != target.cuda_arch:
-        raise EdgeseqError(f"the {kind} graph's CUDA code is for {cuda_code}, {target.name} needs {target.cuda_arch}")
+    facts: dict[str, Any] = {}
+    if target.cuda_arch:
+        facts = write_cubin(executable, Path(path).with_suffix(".cubin"), target.cuda_arch)
     try:
         if target.cc:
             from tvm.support import cc
@@ -187,7 +183,7 @@ def build_library(
     arch = elf_machine(path)
     if arch != target.arch:
         raise EdgeseqError(f"{Path(path).name} is a {arch} library, {target.name} needs {target.arch}")
-    return {"tvm_target": str(tvm_tgt), "elf_machine": arch, "cuda_arch": cuda_code}
+    return {"tvm_target": str(tvm_tgt), "elf_machine": arch, **facts}
 
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv", 0xBE: "cuda"}
@@ -204,27 +200,62 @@ def elf_machine(path: str | Path) -> str:
     return _ELF_MACHINES.get(machine, f"machine-{machine:#x}")
 
 
-def _cuda_arch_of(executable) -> str | None:
-    """The SM of the CUDA kernels embedded in a compiled executable (from their source), if found."""
-    import re
+def cuda_source(executable) -> str:
+    """The CUDA C source of the kernels TVM generated for an executable ("" when none)."""
 
     def walk(module):
         yield module
         for child in getattr(module, "imports", []):
             yield from walk(child)
 
-    for module in walk(executable.mod):
-        if getattr(module, "kind", "") != "cuda":
-            continue
-        for fmt in ("ptx", "cubin", "cu", ""):
-            try:
-                source = module.inspect_source(fmt)
-            except Exception:
-                continue
-            found = re.search(r"\.target\s+(sm_\d+a?)", source or "") or re.search(r"(sm_\d+)", source or "")
-            if found:
-                return found.group(1)
-    return None
+    sources = [m.inspect_source("") for m in walk(executable.mod) if getattr(m, "kind", "") == "cuda"]
+    if len(sources) > 1:
+        raise EdgeseqError("the executable holds several CUDA modules; edgeseq ships one kernel binary per graph")
+    return sources[0] if sources else ""
+
+
+def write_cubin(executable, path: Path, cuda_arch: str) -> dict[str, Any]:
+    """Compile the executable's CUDA kernels ahead of time with nvcc into ``path`` (a cubin).
+
+    TVM 0.27 stores CUDA *source* in the library (format ``cuda``) and compiles it when the
+    library is loaded, through a ``tvm_callback_cuda_compile`` function that only the full TVM
+    Python package registers. edgeseq compiles the kernels here instead and ships the cubin
+    next to the ``.so``; :func:`export.runtime.register_cubins` answers that callback on the
+    device with the shipped binary (matched by the source's sha256), so the device needs only
+    the TVM runtime and the CUDA driver. Returns the facts checked and recorded in the manifest.
+    """
+    import hashlib
+    import subprocess
+    import tempfile
+
+    source = cuda_source(executable)
+    if not source:
+        raise EdgeseqError("TVM generated no CUDA kernels for a CUDA target")
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise MissingDependencyError("nvcc (needed to compile CUDA kernels ahead of time)", "install the CUDA toolkit")
+    with tempfile.TemporaryDirectory() as tmp:
+        cu = Path(tmp) / "kernels.cu"
+        cu.write_text(source)
+        command = [nvcc, "-cubin", f"-arch={cuda_arch}", "-O3", "-o", str(path), str(cu)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise EdgeseqError(f"nvcc could not compile the kernels for {cuda_arch}: {done.stderr.strip()[:300]}")
+    found = cubin_arch(path)
+    if found != cuda_arch:
+        raise EdgeseqError(f"{path.name} holds code for {found}, the target needs {cuda_arch}")
+    return {"cuda_arch": found, "cubin": path.name, "cuda_source_sha256": hashlib.sha256(source.encode()).hexdigest()}
+
+
+def cubin_arch(path: str | Path) -> str:
+    """The SM of a cubin from its ELF header (``e_machine`` 190 = CUDA; SM in ``e_flags``)."""
+    data = Path(path).read_bytes()[:64]
+    if data[:4] != b"\x7fELF" or struct.unpack_from("<H", data, 18)[0] != 0xBE:
+        raise EdgeseqError(f"{path}: not a CUDA ELF (cubin)")
+    flags = struct.unpack_from("<I", data, 48)[0]
+    # CUDA 12.8+ (ELF ABI version 8) keeps the SM in bits 8..15, older toolkits in bits 0..7
+    sm = (flags >> 8) & 0xFF if data[8] >= 8 or not 20 <= flags & 0xFF <= 130 else flags & 0xFF
+    return f"sm_{sm}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -235,4 +266,4 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
-__all__ = ["EXPORT_TARGETS", "ExportTarget", "build_library", "check_toolchain", "elf_machine", "export_program", "get_target", "tvm_target"]
+__all__ = ["EXPORT_TARGETS", "ExportTarget", "build_library", "check_toolchain", "cubin_arch", "cuda_source", "elf_machine", "export_program", "get_target", "tvm_target"]
