@@ -11,7 +11,8 @@ the same layer is run
                     check, counting), i.e. what ``edgeseq simulate`` pays per layer call.
 
 Printed: median µs per call, the event/dense speed ratio, and the operations each performs
-(dense MACs vs counted ACs). Run::
+(dense MACs vs counted ACs). A second table times a whole spiking network (``simulate``) fed spike
+frames at each rate, with and without operation counting. Run::
 
     python benchmarks/event_driven.py [--threads 1] [--repeats 200] [--device cpu|cuda]
 """
@@ -86,6 +87,38 @@ def bench_case(kind: str, size: int, batch: int, rate: float, repeats: int, devi
             "actual_rate": float(spikes.mean())}
 
 
+def bench_model(rate: float, width: int, steps: int, repeats: int, seed: int = 0) -> dict:
+    """A whole spiking network fed spike frames at ``rate``: ``simulate`` event vs dense.
+
+    SpikingMLP(width → width → width → 10) whose input frames are themselves spikes (as from an
+    event sensor), so its first layer runs event-driven at exactly ``rate``; deeper layers at the
+    rate the network produces (measured, printed).
+    """
+    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulate
+
+    torch.manual_seed(seed)
+    model = SpikingMLP(SpikingMLPConfig(in_features=width, hidden=(width, width), n_classes=10))
+    with torch.no_grad():
+        for layer in model.layers:  # strong synapses, so that the hidden populations fire too
+            layer.weight.mul_(30.0)
+    generator = torch.Generator().manual_seed(seed)
+    frames = (torch.rand(1, steps, width, generator=generator) < rate).float()
+    times = {}
+    for mode in ("dense", "event"):
+        for count_ops in (False, True):
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                result = simulate(model, frames, mode=mode, count_ops=count_ops)
+                samples.append(time.perf_counter() - start)
+            times[(mode, count_ops)] = statistics.median(samples) / steps
+    counts = result.counts.layers
+    synaptic = [counts[n] for n in ("layers.0", "layers.1", "head")]
+    inputs = [width, width, width]
+    rates = [layer.gathered_columns / (i * steps) for layer, i in zip(synaptic, inputs)]
+    return {"rate": rate, "times": times, "layer_rates": rates}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -93,13 +126,16 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="512,2048", help="layer widths (fan-in = fan-out)")
     parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--model-width", type=int, default=1024, help="width of the whole-network benchmark")
+    parser.add_argument("--model-steps", type=int, default=32)
+    parser.add_argument("--skip-layers", action="store_true", help="only the whole-network table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
     rows = []
-    for kind in ("linear", "conv1d-k3"):
+    for kind in (() if args.skip_layers else ("linear", "conv1d-k3")):
         for size in map(int, args.sizes.split(",")):
             for batch in map(int, args.batches.split(",")):
                 for rate in RATES:
@@ -118,7 +154,23 @@ def main(argv=None) -> None:
                       f"{us['dense']:.1f}", f"{us['event']:.1f}", f"{r['dense'] / r['event']:.2f}×",
                       f"{us['sim dense']:.1f}", f"{us['sim event']:.1f}", f"{r['sim dense'] / r['sim event']:.2f}×",
                       f"{r['macs']:,}", f"{r['acs']:,}")
-    Console(width=200).print(table)
+    if rows:
+        Console(width=200).print(table)
+
+    model_table = Table(title=f"whole network, simulate() per step (µs): SpikingMLP {args.model_width}×3 fed "
+                              f"spike frames, batch 1, {args.model_steps} steps")
+    for col in ("input rate", "layer input rates (measured)", "dense", "event", "speed-up", "dense + counts",
+                "event + counts", "speed-up "):
+        model_table.add_column(col, justify="right")
+    for rate in RATES:
+        r = bench_model(rate, args.model_width, args.model_steps, max(3, args.repeats // 40))
+        t = {k: 1e6 * v for k, v in r["times"].items()}
+        model_table.add_row(f"{100 * rate:.0f}%", " / ".join(f"{100 * x:.1f}%" for x in r["layer_rates"]),
+                            f"{t[('dense', False)]:.0f}", f"{t[('event', False)]:.0f}",
+                            f"{t[('dense', False)] / t[('event', False)]:.2f}×",
+                            f"{t[('dense', True)]:.0f}", f"{t[('event', True)]:.0f}",
+                            f"{t[('dense', True)] / t[('event', True)]:.2f}×")
+    Console(width=200).print(model_table)
 
 
 if __name__ == "__main__":
