@@ -699,16 +699,20 @@ def simulation_data(model: nn.Module, data: str | None = None, samples: int = 4,
             except Exception:  # the corpus module or its file is not available
                 text, source = SAMPLE_TEXT, "built-in sample text"
         else:
-            try:
-                from edgeseq.corpus import load_split
-            except ImportError:
-                from pathlib import Path
+            from pathlib import Path
 
-                path = Path(data).expanduser()
-                if not path.is_file():
+            path = Path(data).expanduser()
+            if path.is_file():  # a user's text file: all of it
+                try:
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                except OSError as exc:
+                    raise InputError(f"--data {data}: cannot read it ({exc.strerror or exc})") from None
+                source = str(path)
+            else:  # a named corpus: its validation split
+                try:
+                    from edgeseq.corpus import load_split
+                except ImportError:
                     raise InputError(f"--data {data!r}: not a text file") from None
-                text, source = path.read_text(errors="replace"), str(path)
-            else:
                 split = load_split(data, "validation")
                 text, source = split.text, f"{split.source} ({split.split})"
         ids = _text_tokens(tokenizer, text)

@@ -76,3 +76,23 @@ def test_spikegpt_nir_is_refused_before_simulating(capsys, tmp_path):
     code, out, err = _run(capsys, "random:spikegpt", "--nir", str(tmp_path / "x.nir"))
     assert code == 1 and "LayerNorm" in err and err.count("\n") == 1
     assert not (tmp_path / "x.nir").exists()
+
+
+def test_simulation_data_sources(tmp_path):
+    import torch
+
+    from edgeseq.errors import InputError
+    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulation_data
+
+    class TinyLM(torch.nn.Module):
+        task = "lm"
+
+    text = tmp_path / "t.txt"
+    text.write_text("abcdefghij" * 3)
+    data = simulation_data(TinyLM(), str(text), samples=3, length=5)
+    assert data.kind == "tokens" and data.inputs.shape == (3, 5)
+    assert data.inputs[0].tolist() == list(b"abcde")  # evenly spaced windows from the start
+    with pytest.raises(InputError, match="--length"):
+        simulation_data(TinyLM(), str(text), samples=1, length=1000)
+    frames = simulation_data(SpikingMLP(SpikingMLPConfig(in_features=7)), None, samples=2, length=4)
+    assert frames.kind == "frames" and frames.inputs.shape == (2, 4, 7) and "random" in frames.source
