@@ -142,8 +142,8 @@ def export_artifact(
             result.note = f"verified on a build of the same graph for this CPU; {export_target.name} code cannot run here"
             result.checks.append(f"library is an ELF {build.get('elf_machine')} shared object")
             if export_target.cuda_arch:
-                result.checks.append(f"embedded CUDA code for {build.get('cuda_arch') or 'unknown SM'} "
-                                     f"(target {export_target.cuda_arch})")
+                result.checks.append(f"CUDA kernels compiled ahead of time for {build.get('cuda_arch')} "
+                                     f"(cubin ELF header; target {export_target.cuda_arch})")
         require_passed(result)
         manifest["verification"] = result.to_dict()
         manifest["created"] = mf.now_utc()

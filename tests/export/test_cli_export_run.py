@@ -62,3 +62,28 @@ def test_tampered_artifact_is_refused(tiny_mamba, tmp_path):
         f.write(b"\0")
     with pytest.raises(InputError, match="sha256 mismatch"):
         open_artifact(tmp_path / "art")
+
+
+def test_bits_per_byte_through_the_artifact_equals_pytorch(tiny_mamba, tmp_path):
+    """``edgeseq.evaluate.lm_nats`` (the evaluator behind ``edgeseq eval``) gives the same loss
+    on the PyTorch model and on its ONNX artifact, to 3 decimals of bits per byte."""
+    import math
+
+    from edgeseq.evaluate import lm_nats
+    from export.artifact import export_artifact
+    from export.runtime import open_artifact
+
+    export_artifact(tiny_mamba, tmp_path / "art", steps=4, prefill_length=16)
+    ids = torch.tensor(list(b"To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer" * 3))
+    ref = lm_nats(tiny_mamba, ids, chunk_len=40) / ((ids.numel() - 1) * math.log(2))
+    art = lm_nats(open_artifact(tmp_path / "art"), ids, chunk_len=40) / ((ids.numel() - 1) * math.log(2))
+    assert round(ref, 3) == round(art, 3) and abs(ref - art) < 1e-4
+
+
+def test_float16_onnx_export(tiny_mamba, tmp_path):
+    """float16 graphs against the model cast to float16 in PyTorch (tolerance 2e-2, half precision)."""
+    from export.artifact import export_artifact
+
+    manifest = export_artifact(tiny_mamba, tmp_path / "f16", dtype="float16", steps=64, prefill=False)
+    assert manifest["dtype"] == "float16" and manifest["verification"]["passed"]
+    assert manifest["graphs"]["step"]["inputs"][1]["dtype"] == "float16"
