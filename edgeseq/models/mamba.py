@@ -51,6 +51,18 @@ class MambaConfig(ModelConfig):
     dt_init_floor: float = 1e-4
     scan_chunk: int = 16
 
+    def __post_init__(self) -> None:
+        from edgeseq.errors import InputError
+
+        for name in ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand", "scan_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InputError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.dt_rank, int) or isinstance(self.dt_rank, bool) or self.dt_rank < 0:
+            raise InputError(f"MambaConfig.dt_rank must be 0 (auto) or a positive integer, got {self.dt_rank!r}")
+        if not self.norm_eps > 0:
+            raise InputError(f"MambaConfig.norm_eps must be positive, got {self.norm_eps!r}")
+
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model

@@ -259,3 +259,12 @@ def test_safe_chunk_halves_until_the_log_decay_bound_holds():
     assert _safe_chunk(dt, rate, 64) == 32
     assert _safe_chunk(dt * 100, rate, 16) == 0  # 100 per step: prefix scan
     assert _safe_chunk(torch.full((1, 2, 3), float("nan")), rate, 16) == 0
+
+
+@pytest.mark.parametrize("field,value", [("d_model", 0), ("n_layer", -1), ("d_state", 2.5), ("dt_rank", -2),
+                                         ("expand", True), ("norm_eps", 0.0)])
+def test_bad_config_is_a_one_line_input_error(field, value):
+    from edgeseq.errors import InputError
+
+    with pytest.raises(InputError, match=field):
+        MambaConfig(**{field: value})
