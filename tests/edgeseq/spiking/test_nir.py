@@ -142,3 +142,22 @@ def test_default_dt_is_snntorch_step():
     assert DEFAULT_DT == 1e-4
     graph = export_nir(_mlp())
     assert graph.metadata["dt"] == DEFAULT_DT
+
+
+def test_zoo_spiking_lmuformer_round_trip(tmp_path):
+    """The trained zoo model: its NIR graph, read back from disk, spikes exactly like our simulation."""
+    from edgeseq.checkpoints import zoo_names
+
+    if "spiking-lmuformer-digits" not in zoo_names():
+        pytest.skip("zoo model spiking-lmuformer-digits not present")
+    from edgeseq.checkpoints import load_model
+
+    model = load_model("spiking-lmuformer-digits").model.double().eval()
+    frames = torch.rand(4, 8, model.config.input_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    export_nir(model, tmp_path / "zoo.nir")
+    outputs, spikes = run_nir(read_nir(tmp_path / "zoo.nir"), frames, record=True)
+    ours = simulate(model, frames, record_spikes=True, count_ops=False)
+    for name in spikes:
+        assert torch.equal(spikes[name], ours.spike_trace[name].reshape(spikes[name].shape)), name
+    assert sum(int(s.sum()) for s in spikes.values()) > 0
+    torch.testing.assert_close(outputs, ours.outputs, rtol=0, atol=1e-9)
