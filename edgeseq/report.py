@@ -178,7 +178,9 @@ def _simulate(model, data: str | None, samples: int, tables: list[str]) -> dict:
             energy[name] = estimate_energy(sim.counts, name)["per_step_pj"] * 1e-12
     return {
         "steps": steps,
-        "ops_per_token": {k: v / steps for k, v in totals.items() if isinstance(v, (int, float))},
+        "ops_per_token": {k: v / steps for k, v in totals.items()
+                          if isinstance(v, (int, float)) and "rate" not in k},
+        "spike_rate": totals.get("spike_rate"),
         "energy_per_token_j": energy,
     }
 
