@@ -309,7 +309,14 @@ def train(
     out_dir = Path(out_dir)
     hyper_record = {**dataclasses.asdict(cfg), "batch_size": batch_size, "seq_len": seq_len if task == "lm" else None,
                     "lr": lr, "warmup_steps": warmup, "eval_every": eval_every}
-    say = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+        elif not quiet:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)  # keeps a running progress bar intact
+
     say(f"training {family} ({params:,} parameters) on {source.dataset} for {cfg.steps} steps, "
         f"batch {batch_size}{f' × {seq_len} tokens' if task == 'lm' else ''}, device {device}")
 
