@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recipes", default="fp32,w8a8,w4a16")
+    parser.add_argument("--kernels", action="store_true", help="also list the integer kernels ONNX Runtime fuses")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -61,10 +62,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 _, state = runner.step(token, state)
                 times.append(time.perf_counter() - t0)
-            kernels = runtime_kernels(str(out / "step.onnx"), tmp)
+            kernels = runtime_kernels(str(out / "step.onnx"), tmp) if args.kernels else {}
             integer = {k: v for k, v in kernels.items() if k in ("MatMulIntegerToFloat", "MatMulNBits", "QLinearMatMul", "DynamicQuantizeMatMul")}
             v = manifest["verification"]
             rows.append((recipe, size, v["max_rel_error"], v["argmax_agreement"], statistics.median(times[5:]) * 1e3, integer, seconds))
+            print(f"[bench] {recipe}: {size / 1e6:.1f} MB, {seconds:.0f} s", flush=True)
             del runner
     fp32 = next((r[1] for r in rows if r[0] == "fp32"), None)
     print(f"mamba {args.layers}x{args.d_model}, vocab {args.vocab}: ONNX step graph (onnxruntime, {args.threads} threads, batch 1)")

@@ -59,7 +59,7 @@ def export_graph(
     shape inference.
     """
     onnx = require("onnx", "pip install 'edgeseq[onnx]'")
-    from export.qdq import quantized_for_export, rewrite_integer_weights
+    from export.qdq import dedupe_transposed, quantized_for_export, rewrite_integer_weights
 
     path = Path(path)
     length = None if kind == "step" else prefill_length
@@ -92,6 +92,8 @@ def export_graph(
         proto = upgrade_opset(proto, opset)
     if weights:
         proto = rewrite_integer_weights(proto, weights, opset)
+    else:
+        proto = dedupe_transposed(proto)
     _check_and_save(proto, path)
     return graph_io
 

@@ -264,15 +264,54 @@ def _rewrite_transposed_copies(graph, weights: dict[str, IntegerWeight]) -> list
         for name, w in candidates:
             scale = w.scale if w.scale.ndim == 0 else np.expand_dims(w.scale, 1 - w.axis)
             if np.array_equal(array, (w.values.astype(np.float32) * scale).T):
+                # one integer copy in the file: Transpose of the integers (ONNX Runtime folds it
+                # at load, an integer op is not part of a QDQ group), then DequantizeLinear
                 new_name = init.name
                 del graph.initializer[index]
-                graph.initializer.append(_int_tensor(f"{new_name}_int", w.values.T.copy(), w.bits))
-                graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), f"{new_name}_scale"))
+                nodes.append(helper.make_node("Transpose", [f"{name}_int"], [f"{new_name}_int"], name=f"{new_name}_transpose",
+                                              perm=[1, 0]))
                 attrs = {"axis": 1 - w.axis} if w.scale.ndim else {}
-                nodes.append(helper.make_node("DequantizeLinear", [f"{new_name}_int", f"{new_name}_scale"], [new_name],
+                nodes.append(helper.make_node("DequantizeLinear", [f"{new_name}_int", f"{name}_scale"], [new_name],
                                               name=f"{new_name}_dequantize", **attrs))
                 break
     return nodes
+
+
+def dedupe_transposed(proto):
+    """Replace float initializers that are the transpose of another by a ``Transpose`` node.
+
+    The exporter's constant folding stores a tied LM head twice (the embedding for ``Gather`` and
+    its transpose for ``MatMul``); ONNX Runtime folds the ``Transpose`` back at load time.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    by_shape: dict[tuple[int, ...], list] = {}
+    for init in graph.initializer:
+        if len(init.dims) == 2 and init.data_type == 1 and init.dims[0] != init.dims[1]:
+            by_shape.setdefault(tuple(init.dims), []).append(init)
+    replace: dict[str, str] = {}
+    for shape, inits in by_shape.items():
+        partners = by_shape.get(tuple(reversed(shape)), [])
+        if not partners or shape > tuple(reversed(shape)):
+            continue
+        for init in inits:
+            array = numpy_helper.to_array(init)
+            for other in partners:
+                if other.name not in replace and np.array_equal(numpy_helper.to_array(other), array.T):
+                    replace[other.name] = init.name
+                    break
+    if not replace:
+        return proto
+    kept = [init for init in graph.initializer if init.name not in replace]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [helper.make_node("Transpose", [source], [name], name=f"{name}_transpose", perm=[1, 0])
+             for name, source in replace.items()]
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + existing)
+    return proto
 
 
 def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
@@ -295,4 +334,4 @@ def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-__all__ = ["IntegerWeight", "is_quantized", "needs_int4", "quantized_for_export", "rewrite_integer_weights", "runtime_kernels"]
+__all__ = ["IntegerWeight", "dedupe_transposed", "is_quantized", "needs_int4", "quantized_for_export", "rewrite_integer_weights", "runtime_kernels"]
