@@ -95,7 +95,7 @@ def fold_constants(onnx_path: Path, out_path: Path) -> Path:
 
 
 def compile_onnx_to_tvm(onnx_path: Path, out_path: Path, target: Any = "llvm") -> Path:
-    """ONNX graph → Relax → ``tvm.compile(target)`` → ``export_library`` (a .so)."""
+    """ONNX graph → Relax → ``tvm.compile(target)`` (TVM's default pipeline) → ``export_library``."""
     onnx = require("onnx")
     tvm = require("tvm", "pip install apache-tvm")
     from tvm.relax.frontend.onnx import from_onnx
@@ -105,7 +105,7 @@ def compile_onnx_to_tvm(onnx_path: Path, out_path: Path, target: Any = "llvm") -
         mod = from_onnx(onnx.load(str(folded)))
     finally:
         folded.unlink(missing_ok=True)
-    executable = tvm.compile(mod, target=tvm.target.Target(target) if isinstance(target, dict) else target)
+    executable = tvm.compile(mod, target=tvm.target.Target(target))
     executable.export_library(str(out_path))
     return out_path
 
