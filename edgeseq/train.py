@@ -399,7 +399,7 @@ def train(
     if step > 0 and (not history or history[-1]["step"] != step):
         history.append(validate_and_save(final=False))  # the last weights compete for "best" too
     final = validate_and_save(final=True)
-    history.append(final)
+    history.append({**final, "final": True})  # the kept weights on the whole validation split
     return {
         "family": family,
         "task": task,

@@ -122,6 +122,9 @@ def _print(result: dict) -> None:
             table.add_column(column, justify="right")
     columns = [c.header for c in table.columns]
     for record in result["history"]:
-        table.add_row(*[f"{record[c]:.4f}" if isinstance(record.get(c), float) and c != "wall_s" else str(record.get(c, ""))
-                        for c in columns])
+        cells = [f"{record[c]:.4f}" if isinstance(record.get(c), float) and c != "wall_s" else str(record.get(c, ""))
+                 for c in columns]
+        if record.get("final"):
+            cells[0] = f"kept {result['kept_step']}, whole split"
+        table.add_row(*cells)
     Console().print(table)
