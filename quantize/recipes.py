@@ -162,6 +162,21 @@ def validate_recipe(recipe: QuantRecipe) -> None:
         raise InputError(f"{where}: gptq needs quantized weights (weight_bits > 0)")
 
 
+def _toml_module():
+    """``tomllib`` (Python 3.11+) or the ``tomli`` backport."""
+    try:
+        import tomllib
+
+        return tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli
+
+            return tomli
+        except ImportError:
+            raise InputError("TOML recipe files need Python 3.11+ or `pip install tomli`; or write the recipe as .json") from None
+
+
 def load_recipe_file(path: str | Path) -> QuantRecipe:
     """A custom recipe from a ``.toml`` or ``.json`` file (``base`` names the recipe it starts from)."""
     path = Path(path)
@@ -170,9 +185,7 @@ def load_recipe_file(path: str | Path) -> QuantRecipe:
     text = path.read_text()
     try:
         if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
+            data = _toml_module().loads(text)
         else:
             data = json.loads(text)
     except Exception as exc:
