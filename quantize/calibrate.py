@@ -204,16 +204,22 @@ def calibration_batches(
         from edgeseq.corpus import encode_text, load_split, random_windows
         from edgeseq.tokenizer import ByteTokenizer
 
+        note = ""
         try:
             text = load_split(data, split)
         except InputError:
             if split != "train":
                 raise
             text = load_split(data, "validation")  # e.g. shakespeare ships only its validation split
+            note = (f"{data} has no train split here: calibrating on its validation split (evaluations on that "
+                    f"split are then not held out; pass --calib FILE to calibrate on other text)")
+            print(f"note: {note}", file=sys.stderr)
         ids = encode_text(tokenizer or ByteTokenizer(), text.text)
         length = min(seq_len, max(1, ids.numel() - 1))
         windows = random_windows(ids, samples, length, generator)[:, :-1]  # [N, L]
         described = {"data": text.dataset, "split": text.split, "samples": samples, "seq_len": length}
+        if note:
+            described["note"] = note
     else:
         from edgeseq.tasks import load_classification
 
