@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any
 
 import torch
@@ -230,12 +231,16 @@ def evaluate(
     if isinstance(model, torch.nn.Module):
         model.eval()
     data = default_data(model, meta) if data is None else data
+    start = time.perf_counter()
     if task == "lm":
-        return evaluate_lm(model, tokenizer, data, split=split, max_bytes=max_bytes, chunk_len=chunk_len, quiet=quiet)
-    if data_options is None:
-        data_options = (meta or {}).get("dataset_options") or getattr(getattr(model, "config", None), "dataset_options", None)
-    return evaluate_classifier(model, data, split=split, max_samples=max_samples, batch_size=batch_size,
-                               data_options=data_options, quiet=quiet)
+        result = evaluate_lm(model, tokenizer, data, split=split, max_bytes=max_bytes, chunk_len=chunk_len, quiet=quiet)
+    else:
+        if data_options is None:
+            data_options = (meta or {}).get("dataset_options") or getattr(getattr(model, "config", None), "dataset_options", None)
+        result = evaluate_classifier(model, data, split=split, max_samples=max_samples, batch_size=batch_size,
+                                     data_options=data_options, quiet=quiet)
+    result["wall_s"] = round(time.perf_counter() - start, 3)  # includes loading the data
+    return result
 
 
 def evaluate_loaded(loaded: Any, data: Any = None, **kwargs: Any) -> dict:
