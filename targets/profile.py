@@ -79,7 +79,7 @@ def _time_local_steps(runtime: Runtime, count: int, x_t: Any, state: list[Any], 
 def profile_runtime(
     runtime: Runtime,
     target: TargetSpec,
-    prompt_len: int = 16,
+    prompt_len: int = 64,
     tokens: int = 64,
     warmup: int = 8,
     threads: int | None = None,
@@ -139,7 +139,9 @@ def profile_runtime(
                 ttft.append((time.perf_counter() - start) * 1e3)
                 tick()
             report["ttft_ms"] = statistics.median(ttft)
-            report["ttft_method"] = "prefill graph" if runtime.has_prefill else "step by step"
+            chunk_len = runtime.io.prefill_length
+            uses_graph = runtime.has_prefill and (not chunk_len or prompt_len >= chunk_len)
+            report["ttft_method"] = ("prefill graph" + (" + steps" if chunk_len and prompt_len % chunk_len else "")) if uses_graph else "step by step"
             report["measured"].append("ttft")
     except KeyboardInterrupt:
         raise
@@ -178,7 +180,7 @@ def _first_line(exc: BaseException) -> str:
 def profile(
     source: str,
     target: str = "host",
-    prompt_len: int = 16,
+    prompt_len: int = 64,
     tokens: int = 64,
     warmup: int = 8,
     threads: int | None = None,

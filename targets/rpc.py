@@ -290,7 +290,7 @@ def open_remote(source: str | Path, rpc: str | None = None, tracker: str | None 
 
 def profile_remote(
     source: str | Path, target: str = "host", rpc: str | None = None, tracker: str | None = None, key: str = "",
-    prompt_len: int = 16, tokens: int = 64, warmup: int = 8, targets_file: str | None = None, progress: bool = False,
+    prompt_len: int = 64, tokens: int = 64, warmup: int = 8, targets_file: str | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """Profile an artifact on a remote device (``--rpc`` or ``--tracker``/``--key``)."""
     from targets.profile import profile_runtime

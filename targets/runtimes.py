@@ -335,6 +335,10 @@ class Artifact:
             return recorded
         if self.format == "onnx":
             return onnx_weight_bytes(self.step_file)
+        model = self.manifest.get("model") if isinstance(self.manifest.get("model"), dict) else {}
+        recipe = str(self.manifest.get("recipe") or "")
+        if isinstance(model.get("parameters"), int) and recipe in ("fp32", "fp16", "float32", "float16"):
+            return model["parameters"] * (2 if "16" in recipe else 4)
         return self.step_file.stat().st_size
 
 
@@ -372,18 +376,20 @@ def _io_from_manifest(manifest: dict[str, Any]) -> StepIO | None:
         return None
     specs = _specs(inputs)
     prefill = graphs.get("prefill") if isinstance(graphs, dict) else None
-    prefill_length = (prefill or {}).get("prefill_length") or manifest.get("prefill_length")
+    prefill_length = (prefill or {}).get("length") or (prefill or {}).get("prefill_length") or manifest.get("prefill_length")
     if prefill_length is None and prefill and prefill.get("inputs"):
         time_dim = prefill["inputs"][0]["shape"][1] if len(prefill["inputs"][0]["shape"]) > 1 else None
         prefill_length = time_dim if isinstance(time_dim, int) else None
-    config = manifest.get("config") or {}
-    return StepIO(
-        specs[0], specs[1:], manifest.get("task", "lm" if specs[0].dtype.startswith("int") else "classify"),
-        manifest.get("vocab_size") or config.get("vocab_size"), prefill_length,
-    )
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    config = manifest.get("config") or model.get("config") or {}
+    task = manifest.get("task") or model.get("task") or ("lm" if specs[0].dtype.startswith("int") else "classify")
+    return StepIO(specs[0], specs[1:], task, manifest.get("vocab_size") or config.get("vocab_size"), prefill_length)
 
 
 def _find_graph(folder: Path, manifest: dict[str, Any], role: str, suffix: str) -> Path | None:
+    graph = (manifest.get("graphs") or {}).get(role) if isinstance(manifest.get("graphs"), dict) else None
+    if isinstance(graph, dict) and isinstance(graph.get("file"), str):
+        return folder / graph["file"]  # the export manifest names each graph's file
     files = manifest.get("files") or []
     names = list(files) if isinstance(files, dict) else [f.get("path") or f.get("name") for f in files if isinstance(f, dict)]
     candidates = [n for n in names if n and n.endswith(suffix) and role in Path(n).stem]

@@ -17,7 +17,8 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     p.add_argument("source", nargs="+", metavar="ARTIFACT|MODEL", help="artifact folder(s), a zoo name or a checkpoint")
     p.add_argument("--target", default="host", help="target name from `edgeseq targets` (default: host)")
-    p.add_argument("--prompt-len", type=int, default=16, help="prompt length for time to first token (0 skips it; default 16)")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt length for time to first token (0 skips it; default 64, "
+                   "the default prefill length of `edgeseq export`)")
     p.add_argument("--tokens", type=int, default=64, help="timed decode steps (default 64)")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps first (default 8)")
     p.add_argument("--threads", type=int, help="CPU threads for the runtime (default: the runtime's own)")
