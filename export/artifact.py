@@ -55,6 +55,7 @@ def export_artifact(
     tokenizer: Any = None,
     threads: int | None = None,
     embedding_bits: int = 8,
+    source_meta: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export, verify and write an artifact folder; returns its manifest (see the module docs)."""
@@ -129,6 +130,7 @@ def export_artifact(
             "tokenizer": _write_tokenizer(tokenizer, staging),
             "init_state": _write_init_state(model, staging, scratch if format == "tvm" and not export_target.runs_here else None),
             "versions": mf.tool_versions(),
+            "source_meta": source_meta or {},  # the checkpoint's meta (dataset, ...): `edgeseq eval` defaults
         }
         # verification: the written files themselves (ONNX, host TVM) or a host build of the same module
         run_folder = staging if format == "onnx" or export_target.runs_here else scratch
@@ -164,7 +166,17 @@ def export_loaded(loaded: LoadedModel, out: str | Path, **kwargs: Any) -> dict[s
     if isinstance(recipe, dict):
         recipe = recipe.get("name")
     kwargs.setdefault("recipe", recipe if isinstance(recipe, str) else None)
-    return export_artifact(loaded.model, out, source=loaded.source, tokenizer=loaded.tokenizer, **kwargs)
+    source_meta = {k: v for k, v in meta.items() if _json_safe(v)}
+    return export_artifact(loaded.model, out, source=loaded.source, tokenizer=loaded.tokenizer,
+                           source_meta=source_meta, **kwargs)
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _io(model, kind, length, dtype):
@@ -243,7 +255,8 @@ def _load(path: Path) -> LoadedModel:
     runner = open_artifact(path)
     tok = manifest.get("tokenizer", {"kind": "bytes"})
     tokenizer = HFTokenizer(path / tok["file"]) if tok.get("kind") == "hf" else ByteTokenizer()
-    return LoadedModel(model=runner, tokenizer=tokenizer, source=str(path), format="artifact", meta=manifest)
+    meta = {**manifest.get("source_meta", {}), **manifest}  # the manifest, plus e.g. the source's dataset
+    return LoadedModel(model=runner, tokenizer=tokenizer, source=str(path), format="artifact", meta=meta)
 
 
 ARTIFACT_FORMAT = CheckpointFormat(name="artifact", detect=_detect, load=_load)

@@ -218,6 +218,8 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
     from edgeseq.errors import EdgeseqError
 
     graph = proto.graph
+    weights = dict(weights)
+    tied_nodes = _tied_tables(graph, weights)
     initializers = {init.name: i for i, init in enumerate(graph.initializer)}
     missing = sorted(set(weights) - set(initializers))
     if missing:
@@ -237,12 +239,69 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
             attrs["block_size"] = w.block_size
         new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int", f"{name}_scale"], [name],
                                           name=f"{name}_dequantize", **attrs))
-    new_nodes += _rewrite_transposed_copies(graph, weights)
+    new_nodes += _rewrite_transposed_copies(graph, weights) + tied_nodes
     # the new nodes go first (their inputs are constants)
     existing = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + existing)
     return proto
+
+
+def _tied_tables(graph, weights: dict[str, IntegerWeight]) -> list:
+    """A tied embedding/LM head stored once, in the layout the head's ``MatMul`` wants.
+
+    The traced graph reads the table ``E [V, D]`` with ``Gather`` and a transposed float copy
+    ``Eᵀ [D, V]`` with ``MatMul``. Both become one int8 initializer ``Eᵀ`` with per-row scales:
+    the head is ``DequantizeLinear(Eᵀ, axis=1)`` → ``MatMul`` (ONNX Runtime fuses it into an
+    integer ``MatMulNBits`` kernel), and the lookup gathers int8 columns of ``Eᵀ`` and scales
+    only the rows it needs, so no step dequantizes the whole table. Removes the handled names
+    from ``weights``; returns the nodes to add.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    nodes: list = []
+    for name, w in list(weights.items()):
+        if w.values.ndim != 2 or w.block_size or w.axis != 0 or w.scale.ndim != 1 or w.bits > 8:
+            continue
+        uses = consumers.get(name, [])
+        if not uses or any(n.op_type != "Gather" or n.input[0] != name or
+                           any(a.name == "axis" and a.i != 0 for a in n.attribute) for n in uses):
+            continue
+        table = (w.values.astype(np.float32) * w.scale[:, None]).T
+        copy = next((init for init in graph.initializer if tuple(init.dims) == table.shape and init.data_type == 1
+                     and np.array_equal(numpy_helper.to_array(init), table)), None)
+        if copy is None:
+            continue
+        head, t_int, scale = copy.name, f"{name}_t_int", f"{name}_scale"
+        kept = [init for init in graph.initializer if init.name not in (name, head)]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        graph.initializer.append(numpy_helper.from_array(w.values.T.astype(np.int8).copy(), t_int))
+        graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), scale))
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_flat"))
+        graph.initializer.append(numpy_helper.from_array(np.array([w.values.shape[1]], dtype=np.int64), f"{name}_width"))
+        nodes.append(helper.make_node("DequantizeLinear", [t_int, scale], [head], name=f"{head}_dequantize", axis=1))
+        for k, gather in enumerate(uses):
+            ids, out, p = gather.input[1], gather.output[0], f"{name}_lookup{k}"
+            nodes += [
+                helper.make_node("Reshape", [ids, f"{name}_flat"], [f"{p}_ids"], name=f"{p}_flatten"),
+                helper.make_node("Gather", [t_int, f"{p}_ids"], [f"{p}_cols"], name=f"{p}_gather", axis=1),
+                helper.make_node("Transpose", [f"{p}_cols"], [f"{p}_rows_int"], name=f"{p}_transpose", perm=[1, 0]),
+                helper.make_node("Cast", [f"{p}_rows_int"], [f"{p}_rows"], name=f"{p}_cast", to=TensorProto.FLOAT),
+                helper.make_node("Gather", [scale, f"{p}_ids"], [f"{p}_scale"], name=f"{p}_gather_scale", axis=0),
+                helper.make_node("Unsqueeze", [f"{p}_scale", f"{name}_flat"], [f"{p}_scale_col"], name=f"{p}_unsqueeze"),
+                helper.make_node("Mul", [f"{p}_rows", f"{p}_scale_col"], [f"{p}_scaled"], name=f"{p}_mul"),
+                helper.make_node("Shape", [ids], [f"{p}_ids_shape"], name=f"{p}_shape"),
+                helper.make_node("Concat", [f"{p}_ids_shape", f"{name}_width"], [f"{p}_out_shape"], name=f"{p}_concat", axis=0),
+                helper.make_node("Reshape", [f"{p}_scaled", f"{p}_out_shape"], [out], name=f"{p}_reshape"),
+            ]
+            graph.node.remove(gather)
+        del weights[name]
+    return nodes
 
 
 def _rewrite_transposed_copies(graph, weights: dict[str, IntegerWeight]) -> list:

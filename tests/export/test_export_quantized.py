@@ -33,7 +33,8 @@ def test_quantized_onnx_matches_fake_quant_model(tiny_mamba, tmp_path, recipe, k
     types = _initializer_types(out / "step.onnx")
     int_type = onnx.TensorProto.INT8 if recipe == "w8a8" else onnx.TensorProto.INT4
     assert types["model.layers.0.mixer.in_proj.qweight_t_int"] == int_type
-    assert types["model.embedding.weight_int"] == onnx.TensorProto.INT8
+    assert types["model.embedding.weight_t_int"] == onnx.TensorProto.INT8  # the tied table, stored once
+    assert not any(t == onnx.TensorProto.FLOAT and name.startswith("model.embedding") for name, t in types.items() if "scale" not in name)
     assert not any(name.endswith("qweight_t") for name in types)  # no float copy left
     assert kernel in runtime_kernels(str(out / "step.onnx"), str(tmp_path))
 
