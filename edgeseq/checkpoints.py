@@ -228,6 +228,7 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: checkpoints are ordinary readable files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

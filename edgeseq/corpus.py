@@ -30,6 +30,9 @@ from edgeseq.errors import InputError
 
 CORPORA_DIR = Path(__file__).parent / "corpora"
 SHAKESPEARE_VAL_FILE = CORPORA_DIR / "shakespeare-val.txt"
+# the first 64 KB of the train part (held out from validation): what post-training quantization
+# calibrates on when the full train split is not at hand
+SHAKESPEARE_CALIB_FILE = CORPORA_DIR / "shakespeare-calib.txt"
 TRAIN_FRACTION = 0.9
 
 # The built-in corpus: standard-library modules (file stem relative to the stdlib folder).
@@ -44,7 +47,7 @@ STDLIB_VALIDATION_MODULES: tuple[str, ...] = ("difflib", "textwrap", "gettext")
 
 NAMED_DATASETS = ("shakespeare", "stdlib")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validation", "validation": "validation",
-                 "valid": "validation"}
+                 "valid": "validation", "calibration": "calibration", "calib": "calibration"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def normalize_split(split: str) -> str:
     try:
         return SPLIT_ALIASES[split]
     except KeyError:
-        raise InputError(f"unknown split {split!r}; use 'train' or 'validation'") from None
+        raise InputError(f"unknown split {split!r}; use 'train', 'validation' or 'calibration'") from None
 
 
 def split_bytes(data: bytes, fraction: float = TRAIN_FRACTION) -> tuple[bytes, bytes]:
@@ -102,7 +105,7 @@ def file_split(path: str | Path, split: str) -> TextSplit:
     split = normalize_split(split)
     data = read_text_file(path).encode("utf-8")
     train, validation = split_bytes(data)
-    chosen = train if split == "train" else validation
+    chosen = validation if split == "validation" else train  # calibration data comes from train
     dataset = str(path)
     # the shipped Shakespeare validation split is the last 10% of tinyshakespeare-train.txt:
     # recognise the file, so models trained on it evaluate offline on the shipped copy.
@@ -113,6 +116,8 @@ def file_split(path: str | Path, split: str) -> TextSplit:
 
 def shakespeare_split(split: str) -> TextSplit:
     split = normalize_split(split)
+    if split == "calibration":
+        return TextSplit("shakespeare", split, SHAKESPEARE_CALIB_FILE.read_text(encoding="utf-8"), str(SHAKESPEARE_CALIB_FILE))
     if split == "train":
         raise InputError(
             "the shakespeare train split is not shipped with edgeseq: pass the text file itself, "
@@ -139,7 +144,7 @@ def stdlib_module_path(module: str) -> Path | None:
 def stdlib_split(split: str) -> TextSplit:
     """The built-in corpus: the fixed modules' sources concatenated in list order."""
     split = normalize_split(split)
-    modules = STDLIB_TRAIN_MODULES if split == "train" else STDLIB_VALIDATION_MODULES
+    modules = STDLIB_VALIDATION_MODULES if split == "validation" else STDLIB_TRAIN_MODULES
     parts, found = [], []
     for module in modules:
         path = stdlib_module_path(module)

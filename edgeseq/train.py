@@ -80,12 +80,14 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int, min_ratio: float) 
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (linear/conv/embedding weights); never norms, biases or SSM vectors."""
+    """Decay matrices (linear/conv/embedding weights); never norms, biases, SSM vectors or the
+    per-channel time mixes/decays of RWKV blocks (stored as ``[1, 1, C]`` but vectors in meaning)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_matrix = p.dim() >= 2 and not name.endswith(("A_log",))
+        vector_like = name.endswith("A_log") or ".time_" in name or sum(d > 1 for d in p.shape) < 2
+        is_matrix = p.dim() >= 2 and not vector_like
         (decay if is_matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

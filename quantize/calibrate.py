@@ -210,10 +210,13 @@ def calibration_batches(
         except InputError:
             if split != "train":
                 raise
-            text = load_split(data, "validation")  # e.g. shakespeare ships only its validation split
-            note = (f"{data} has no train split here: calibrating on its validation split (evaluations on that "
-                    f"split are then not held out; pass --calib FILE to calibrate on other text)")
-            print(f"note: {note}", file=sys.stderr)
+            try:  # e.g. shakespeare ships a calibration slice of its train part, not the whole split
+                text = load_split(data, "calibration")
+            except InputError:
+                text = load_split(data, "validation")
+                note = (f"{data} has no train split here: calibrating on its validation split (evaluations on "
+                        f"that split are then not held out; pass --calib FILE to calibrate on other text)")
+                print(f"note: {note}", file=sys.stderr)
         ids = encode_text(tokenizer or ByteTokenizer(), text.text)
         length = min(seq_len, max(1, ids.numel() - 1))
         windows = random_windows(ids, samples, length, generator)[:, :-1]  # [N, L]

@@ -115,3 +115,13 @@ def test_npz_classification_data(tmp_path):
         load_classification(str(tmp_path / "bad.npz"), "train")
     with pytest.raises(InputError, match="not found"):
         load_classification(str(tmp_path / "missing.npz"), "train")
+
+
+def test_shakespeare_calibration_slice_is_held_out_from_validation():
+    """Quantization calibrates on the shipped slice of the train part, never on evaluation text."""
+    from edgeseq.corpus import load_split
+
+    calib = load_split("shakespeare", "calibration").text
+    validation = load_split("shakespeare", "validation").text
+    assert len(calib.encode()) >= 60_000
+    assert calib[:2000] not in validation and calib[-2000:] not in validation
