@@ -122,6 +122,10 @@ def write_tvm_artifact(onnx_folder: str | Path, folder: str | Path, target: Any 
             files.append(f"{role}.so")
     from targets.runtimes import onnx_weight_bytes
 
+    for role in ("step", "prefill"):
+        graph = (manifest.get("graphs") or {}).get(role)
+        if isinstance(graph, dict) and f"{role}.so" in files:
+            graph["file"] = f"{role}.so"
     manifest.update(format="tvm", target=target, files=[{"path": f} for f in files],
                     weight_bytes=onnx_weight_bytes(onnx_folder / "step.onnx"))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
