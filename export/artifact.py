@@ -170,6 +170,9 @@ def export_artifact(
 
 def export_loaded(loaded: LoadedModel, out: str | Path, **kwargs: Any) -> dict[str, Any]:
     """:func:`export_artifact` for a loaded checkpoint (keeps its tokenizer, source and recipe)."""
+    if loaded.format == "artifact":
+        raise InputError(f"{loaded.source} is already an exported artifact; export from the model or quantized folder it came from "
+                         f"({loaded.meta.get('model', {}).get('source') or 'see its manifest.json'})")
     meta = loaded.meta or {}
     recipe = meta.get("recipe")
     if isinstance(recipe, dict):

@@ -33,6 +33,8 @@ def run(args):
 
         tokenizer = load_model(args.artifact).tokenizer if runner.manifest.get("tokenizer", {}).get("kind") == "hf" else None
         echo = None if args.json else _echo
+        if echo is not None:
+            echo(args.prompt)
         result = generate(runner, args.prompt, args.max_new_tokens, args.temperature, args.seed, tokenizer, on_text=echo)
         if not args.json:
             sys.stdout.write("\n")
