@@ -278,12 +278,21 @@ class RemoteTvmRuntime(Runtime):
         gc.collect()
 
 
+def artifact_device(target: Any) -> str:
+    """``cuda`` or ``cpu``: where an artifact compiled for ``target`` (manifest entry) runs."""
+    if isinstance(target, dict):
+        tvm_target = target.get("tvm_target")
+        kind = tvm_target.get("kind") if isinstance(tvm_target, dict) else str(tvm_target or "")
+        return "cuda" if target.get("cuda_arch") or "cuda" in kind or "jetson" in kind else "cpu"
+    text = str(target or "")
+    return "cuda" if "cuda" in text or "jetson" in text else "cpu"
+
+
 def open_remote(source: str | Path, rpc: str | None = None, tracker: str | None = None, key: str = "",
                 device: str | None = None) -> RemoteTvmRuntime:
     artifact = read_artifact(source)
     if device is None:
-        target = artifact.manifest.get("target")
-        device = "cuda" if "cuda" in str(target) or "jetson" in str(target) else "cpu"
+        device = artifact_device(artifact.manifest.get("target"))
     session = connect(rpc, tracker, key)
     return RemoteTvmRuntime(artifact, session, device, rpc or f"tracker {tracker} key {key}")
 
