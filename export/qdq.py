@@ -104,6 +104,8 @@ class _ExportQuantConv(nn.Module):
         self.input_scale = None if layer.input_scale is None else float(layer.input_scale)
         self.act_bits = int(layer.act_bits)
         self.dims = len(layer.kernel_size)
+        # the conv's geometry, as models read it from their layers (e.g. causal windows)
+        self.kernel_size, self.in_channels, self.out_channels = layer.kernel_size, layer.in_channels, layer.out_channels
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
         self.qweight = nn.Parameter(layer.weight.detach().float().clone(), requires_grad=False)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
@@ -117,6 +119,22 @@ class _ExportQuantConv(nn.Module):
             x = _qdq_activation(x, self.input_scale, self.act_bits)
         conv = F.conv1d if self.dims == 1 else F.conv2d
         return conv(x, self.qweight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _ChannelAffine(nn.Module):
+    """An inference-mode BatchNorm as ``x·scale + shift`` over dim 1 (same numbers, no Conv+BN fusion)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        inv_std = torch.rsqrt(bn.running_var.detach().float() + bn.eps)
+        scale = inv_std * (bn.weight.detach().float() if bn.affine else 1.0)
+        shift = -bn.running_mean.detach().float() * scale + (bn.bias.detach().float() if bn.affine else 0.0)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
 
 
 class _ExportQuantAct(nn.Module):
@@ -193,6 +211,10 @@ def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[t
             weights[f"{prefix}{name}.qweight"] = _conv_weight(module)
         elif isinstance(module, QuantAct):
             new = _ExportQuantAct(module)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            # the exporter folds Conv→BatchNorm into new float constants, which would lose the
+            # integer conv weights: trace BatchNorm as the per-channel affine it is at inference
+            new = _ChannelAffine(module)
         else:
             continue
         parent_name, _, leaf = name.rpartition(".")

@@ -29,7 +29,15 @@ from edgeseq.errors import EdgeseqError
 from edgeseq.streaming import StreamingModel
 from export.graphs import sample_inputs
 
-TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "quantized": 1e-2}
+# Max relative error (to the reference's peak magnitude) an artifact may show against PyTorch.
+# Quantized artifacts are compared with the fake-quant PyTorch model. The runtime's integer kernels
+# round their float epilogues differently (~1e-7), which flips an occasional activation to the next
+# int8 level (one step = clip/127, ~0.8% of the range); in a trained recurrent model those flips
+# compound over steps and layers: 3–12% on the zoo Mamba over 32–256 steps, with identical top-1
+# tokens. So quantized artifacts get 15%, *and* language models must agree on the top-1 token at
+# >= 95% of steps — a wrong scale, layout or graph fails both by far.
+TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "quantized": 0.15}
+MIN_ARGMAX_AGREEMENT = {"quantized": 0.95}
 
 
 @dataclass
@@ -59,7 +67,7 @@ def tolerance_for(dtype: str, quantized: bool) -> float:
 @torch.no_grad()
 def verify_runner(
     model: StreamingModel, runner, steps: int = 256, batch: int = 2, tolerance: float = 1e-4, seed: int = 0,
-    float_dtype: torch.dtype = torch.float32, progress=None,
+    float_dtype: torch.dtype = torch.float32, progress=None, min_argmax_agreement: float | None = None,
 ) -> Verification:
     """Stream ``steps`` steps through ``runner`` and ``model`` side by side; compare every output."""
     result = Verification(runtime=getattr(runner, "runtime", "?"), steps=steps, batch=batch, tolerance=tolerance)
@@ -107,6 +115,11 @@ def verify_runner(
         result.checks.append(f"prefill of {length} positions vs PyTorch prefill")
         worst = max(worst, result.prefill_max_rel_error)
     result.passed = bool(worst <= tolerance)
+    if min_argmax_agreement is not None and result.argmax_agreement is not None:
+        result.checks.append(f"top-1 agreement >= {min_argmax_agreement:g}")
+        if result.argmax_agreement < min_argmax_agreement:
+            result.passed = False
+            result.note = (f"top-1 agreement {result.argmax_agreement:.3f} is below {min_argmax_agreement:g}")
     return result
 
 
@@ -119,11 +132,11 @@ def require_passed(result: Verification) -> None:
     if not result.passed:
         worst = max(result.max_rel_error, result.max_rel_state_error, result.prefill_max_rel_error or 0.0)
         raise EdgeseqError(
-            f"verification failed on {result.runtime}: max relative error {worst:.3g} exceeds the tolerance "
-            f"{result.tolerance:g} (outputs {result.max_rel_error:.3g}, state {result.max_rel_state_error:.3g}"
-            f"{'' if result.prefill_max_rel_error is None else f', prefill {result.prefill_max_rel_error:.3g}'}); "
-            "nothing was written"
+            f"verification failed on {result.runtime}: max relative error {worst:.3g} (tolerance "
+            f"{result.tolerance:g}; outputs {result.max_rel_error:.3g}, state {result.max_rel_state_error:.3g}"
+            f"{'' if result.prefill_max_rel_error is None else f', prefill {result.prefill_max_rel_error:.3g}'})"
+            f"{'; ' + result.note if result.note else ''}; nothing was written"
         )
 
 
-__all__ = ["TOLERANCES", "Verification", "require_passed", "tolerance_for", "verify_runner"]
+__all__ = ["MIN_ARGMAX_AGREEMENT", "TOLERANCES", "Verification", "require_passed", "tolerance_for", "verify_runner"]

@@ -39,7 +39,9 @@ def rotate_channels(x: Tensor, channel_dim: int = -1) -> Tensor:
     """The online Hadamard transform over the feature dimension (last for linear, 1 for conv)."""
     if channel_dim in (-1, x.dim() - 1):
         return hadamard_transform(x)
-    return hadamard_transform(x.movedim(channel_dim, -1)).movedim(-1, channel_dim)
+    # non-negative axes throughout: the ONNX exporter turns a -1 into an invalid Transpose perm
+    last, channel_dim = x.dim() - 1, channel_dim % x.dim()
+    return hadamard_transform(x.movedim(channel_dim, last)).movedim(last, channel_dim)
 
 
 def _scale_shape(out_features: int, in_features: int, granularity: str, group_size: int) -> tuple[int, ...]:

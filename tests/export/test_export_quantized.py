@@ -1,7 +1,7 @@
 """Quantized exports: integer weights in the ONNX file, integer kernels in ONNX Runtime, and the
 artifact matching the fake-quant PyTorch model (the oracle: ``quantize.modules`` arithmetic).
 
-Tolerance 1e-2 relative (``export.verify``): QDQ runtimes may land an exact tie one level away;
+Tolerance: see ``export.verify.TOLERANCES``: QDQ runtimes may land an exact tie one level away;
 on these seeded inputs the measured error is ~1e-7 (no ties hit).
 """
 
