@@ -124,7 +124,7 @@ def make_plots(results: list[dict], folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in results if r.get("status") == "ok" and r.get("torch_metric") is not None]
+    ok = [r for r in results if r.get("status") in ("ok", "partial") and r.get("torch_metric") is not None]
     written: list[Path] = []
     if not ok:
         return written

@@ -52,7 +52,8 @@ def _run_one(fn_ref: str, config: dict[str, Any], options: dict[str, Any]) -> di
     started = time.perf_counter()
     try:
         result = _resolve(fn_ref)(config, **options)
-        status, error = "ok", None
+        # a unit that finished with failed stages is kept but retried on the next run
+        status, error = ("partial", None) if result.get("stage_errors") else ("ok", None)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, reported, and retried on the next run

@@ -67,3 +67,19 @@ def test_sweep_on_a_local_ray_instance(tmp_path):
     results = run_sweep(FN, configs, tmp_path, {"log": str(log)}, ray_address="local", progress=False)
     assert [r["y"] for r in results] == [0, 1, 4]
     assert sorted(_calls(log)) == [1, 2]  # the finished one was skipped on the cluster too
+
+
+def test_units_with_failed_stages_are_kept_and_retried(tmp_path, monkeypatch):
+    import edgeseq.sweep as sweep
+
+    calls = []
+
+    def unit(config, broken=True, **_):
+        calls.append(config["x"])
+        return {"stage_errors": {"export": "boom"}} if broken else {"y": 1}
+
+    monkeypatch.setattr(sweep, "_resolve", lambda ref: unit)
+    results = run_sweep("x:y", [{"x": 1}], tmp_path, {"broken": True}, progress=False)
+    assert results[0]["status"] == "partial"
+    results = run_sweep("x:y", [{"x": 1}], tmp_path, {"broken": False}, progress=False)
+    assert results[0]["status"] == "ok" and calls == [1, 1]
