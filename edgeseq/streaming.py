@@ -228,16 +228,20 @@ class FlatStep(nn.Module):
 
 
 class FlatPrefill(nn.Module):
-    """``prefill`` from the zero state with flat outputs: ``forward(x) -> (y, *final_state)``."""
+    """``prefill`` with flat inputs/outputs: ``forward(x, *state) -> (y, *final_state)``.
+
+    With no state tensors it starts from the zero state; with them (in ``state_spec`` order) it
+    continues from that state (what the exported prefill graph does).
+    """
 
     def __init__(self, model: StreamingModel):
         super().__init__()
         self.model = model
         self.names = model.state_names()
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        y, state = self.model.prefill(x)
-        return (y, *[state[n] for n in self.names])
+    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        y, final = self.model.prefill(x, dict(zip(self.names, state)) if state else None)
+        return (y, *[final[n] for n in self.names])
 
 
 __all__ = [

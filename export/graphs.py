@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.streaming import StreamingModel, StateSpec
+from edgeseq.streaming import FlatPrefill, FlatStep, StateSpec, StreamingModel
 
 
 @dataclass
@@ -119,30 +119,10 @@ def check_state_spec(model: StreamingModel, batch: int = 2) -> list[StateSpec]:
     return specs
 
 
-class StepGraph(nn.Module):
-    """``forward(x_t, *state) -> (y_t, *new_state)`` (flat, in state_spec order)."""
-
-    def __init__(self, model: StreamingModel):
-        super().__init__()
-        self.model = model
-        self.names = model.state_names()
-
-    def forward(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y_t, new_state = self.model.step(x_t, dict(zip(self.names, state)))
-        return (y_t, *[new_state[n] for n in self.names])
-
-
-class PrefillGraph(nn.Module):
-    """``forward(x, *state) -> (y, *final_state)``: the parallel form from any state."""
-
-    def __init__(self, model: StreamingModel):
-        super().__init__()
-        self.model = model
-        self.names = model.state_names()
-
-    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y, final = self.model.prefill(x, dict(zip(self.names, state)))
-        return (y, *[final[n] for n in self.names])
+# the traced wrappers are the contract's flat forms: (x_t, *state) -> (y_t, *new_state), and the
+# prefill from any state (x, *state) -> (y, *final_state)
+StepGraph = FlatStep
+PrefillGraph = FlatPrefill
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
