@@ -76,14 +76,17 @@ class _Graph:
         self.input_dtypes = [_NP_DTYPES[t["dtype"]] for t in spec["inputs"]]
 
 
-def _onnx_graph(
-    path: Path, spec: dict[str, Any], threads: int | None, providers: list[str] | None, accuracy_level: int = 1
-) -> _Graph:
+def ort_session(path: Path, threads: int | None = None, providers: list[str] | None = None,
+                accuracy_level: int = 1):
+    """An ONNX Runtime session for an edgeseq graph, configured as verification ran it.
+
+    Profilers and runners must use the same settings as verification, or they measure another
+    computation: ``accuracy_level`` 1 keeps float32 activations in fused MatMulNBits (the default,
+    4, quantizes them to int8 on the fly: not what a w4a16 recipe means).
+    """
     ort = require("onnxruntime", "pip install 'edgeseq[onnx]'")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # DequantizeLinear(int4)+MatMul fuse into MatMulNBits; accuracy level 1 keeps float32
-    # activations (the default, 4, quantizes them to int8 on the fly: not what a w4a16 recipe means)
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     if threads:
         options.intra_op_num_threads = threads
@@ -91,13 +94,18 @@ def _onnx_graph(
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), options, providers=chosen)
+        return ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as exc:
         if "output_dtype" not in str(exc):
             raise EdgeseqError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).strip()[:300]})") from None
         # onnxruntime 1.2x: on opset-21 graphs its QDQ propagation inserts QuantizeLinear nodes whose
         # output_dtype contradicts their zero point; the graph is valid without that optimization
-        session = ort.InferenceSession(str(path), options, providers=chosen, disabled_optimizers=["QDQPropagationTransformer"])
+        return ort.InferenceSession(str(path), options, providers=chosen, disabled_optimizers=["QDQPropagationTransformer"])
+
+def _onnx_graph(
+    path: Path, spec: dict[str, Any], threads: int | None, providers: list[str] | None, accuracy_level: int = 1
+) -> _Graph:
+    session = ort_session(path, threads, providers, accuracy_level)
     names = [t["name"] for t in spec["inputs"]]
 
     def call(arrays: list[np.ndarray]) -> list[np.ndarray]:

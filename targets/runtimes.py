@@ -452,13 +452,10 @@ class OnnxRuntime(Runtime):
         return ["CPUExecutionProvider"]
 
     def _session(self, path: Path) -> Any:
-        options = self.ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        from export.runtime import ort_session  # the settings verification used
+
         try:
-            return self.ort.InferenceSession(str(path), options, providers=self._providers())
+            return ort_session(path, self.threads, self._providers())
         except EdgeseqError:
             raise
         except Exception as exc:
