@@ -15,7 +15,7 @@ from edgeseq.errors import InputError
 
 DEFAULT_RECIPES = ["fp32", "w8a8-minmax", "w8a8", "w4a8", "w4a16"]
 SPIKING_FAMILIES = {"spikegpt", "spiking-lmuformer"}
-DEFAULT_ENERGY_TABLES = ["45nm-fp32", "45nm-int8", "loihi", "spinnaker2"]
+DEFAULT_ENERGY_TABLES = ["45nm", "45nm-int8", "loihi", "spinnaker2"]
 
 
 def _recipe_bits(recipe: str) -> tuple[int, int]:
@@ -175,12 +175,18 @@ def _simulate(model, data: str | None, samples: int, tables: list[str]) -> dict:
     sim = simulate(model, inputs, mode="event")
     totals = sim.counts.totals()
     steps = max(sim.counts.steps, 1)
-    energy = {}
+    energy, unsupported = {}, {}
     for name in tables:
         if name in table_names():
-            energy[name] = estimate_energy(sim.counts, name)["per_step_pj"] * 1e-12
+            estimate = estimate_energy(sim.counts, name)
+            if estimate.get("unsupported"):
+                # the device cannot run some of the ops (e.g. MACs on Loihi): a total would undercount
+                unsupported[name] = {k: v / steps for k, v in estimate["unsupported"].items()}
+            else:
+                energy[name] = estimate["per_step_pj"] * 1e-12
     return {
         "steps": steps,
+        "energy_unsupported_ops_per_token": unsupported,
         "ops_per_token": {k: v / steps for k, v in totals.items()
                           if isinstance(v, (int, float)) and "rate" not in k},
         "spike_rate": totals.get("spike_rate"),

@@ -140,7 +140,8 @@ def make_plots(results: list[dict], folder: Path) -> list[Path]:
         ax.plot(xs, [r["torch_metric"] for r in rows], "o-", label="PyTorch")
         art = [(i, r["artifact_metric"]) for i, r in enumerate(rows) if r.get("artifact_metric") is not None]
         if art:
-            ax.plot([i for i, _ in art], [v for _, v in art], "x--", label="exported artifact", markersize=9)
+            ax.plot([i for i, _ in art], [v for _, v in art], "x", label="exported artifact", markersize=9,
+                    markeredgewidth=2)
         ax.set_xticks(list(xs), labels, fontsize=8)
         metric = rows[0].get("metric", "metric")
         ax.set_ylabel(metric.replace("_", " ") + (" (lower is better)" if metric == "bits_per_byte" else ""))
