@@ -168,7 +168,8 @@ def make_plots(results: list[dict], folder: Path) -> list[Path]:
                 for x, y, name in pts:
                     ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel("p50 latency per token (ms)")
-            ax.set_ylabel(ok[0].get("metric", "metric").replace("_", " "))
+            metric = next(r.get("metric", "metric") for r in ok if r["config"]["model"] == model)
+            ax.set_ylabel(metric.replace("_", " ") + (" (lower is better)" if metric == "bits_per_byte" else ""))
             ax.set_title(model)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
