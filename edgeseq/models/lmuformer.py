@@ -240,6 +240,18 @@ def causal_conv(conv: nn.Conv1d, x: Tensor, window: Tensor | None) -> tuple[Tens
     return conv(full), full[:, :, -(k - 1):]
 
 
+def conv_window_spec(name: str, conv: nn.Conv1d) -> list[StateSpec]:
+    """The state ``causal_conv`` keeps for ``conv``: its last k−1 inputs (none when k = 1)."""
+    k = conv.kernel_size[0]
+    return [StateSpec(name, (conv.in_channels, k - 1))] if k > 1 else []
+
+
+def rpe_skip_spec(rpe_conv: nn.Conv1d, skip_delay: int) -> list[StateSpec]:
+    """State of the embedding's tail: the positional conv's window and the delayed residual."""
+    skip = [StateSpec("embed_skip", (rpe_conv.in_channels, skip_delay))] if skip_delay else []
+    return conv_window_spec("embed_rpe", rpe_conv) + skip
+
+
 def delay(x: Tensor, buffer: Tensor | None, frames: int) -> tuple[Tensor, Tensor | None]:
     """``x [B, C, T]`` delayed by ``frames`` (zeros, or ``buffer [B, C, frames]``, fill in)."""
     if frames == 0:
@@ -349,14 +361,8 @@ class ConvEmbedding(nn.Module):
     def state_spec(self) -> list[StateSpec]:
         specs = []
         for i, layer in enumerate(self.conv_layers):
-            conv = layer[0]
-            if conv.kernel_size[0] > 1:
-                specs.append(StateSpec(f"embed_conv_{i}", (conv.in_channels, conv.kernel_size[0] - 1)))
-        if self.rpe_conv.kernel_size[0] > 1:
-            specs.append(StateSpec("embed_rpe", (self.rpe_conv.in_channels, self.rpe_conv.kernel_size[0] - 1)))
-        if self.skip_delay:
-            specs.append(StateSpec("embed_skip", (self.rpe_conv.in_channels, self.skip_delay)))
-        return specs
+            specs += conv_window_spec(f"embed_conv_{i}", layer[0])
+        return specs + rpe_skip_spec(self.rpe_conv, self.skip_delay)
 
 
 class LMUMixer(nn.Module):
@@ -567,14 +573,9 @@ class SpikingEmbedding(nn.Module):
         specs = []
         for i in range(self.n_layers):
             conv = self._layer("proj_conv", i)
-            if conv.kernel_size[0] > 1:
-                specs.append(StateSpec(f"embed_conv_{i}", (conv.in_channels, conv.kernel_size[0] - 1)))
+            specs += conv_window_spec(f"embed_conv_{i}", conv)
             specs.append(StateSpec(f"embed_lif_{i}", (conv.out_channels,)))
-        if self.rpe_conv.kernel_size[0] > 1:
-            specs.append(StateSpec("embed_rpe", (self.rpe_conv.in_channels, self.rpe_conv.kernel_size[0] - 1)))
-        if self.skip_delay:
-            specs.append(StateSpec("embed_skip", (self.rpe_conv.in_channels, self.skip_delay)))
-        return specs
+        return specs + rpe_skip_spec(self.rpe_conv, self.skip_delay)
 
 
 class SpikingLMUFormer(_LMUFormerBase):
