@@ -30,6 +30,7 @@ import torch
 from edgeseq.errors import EdgeseqError, InputError, MissingDependencyError, require
 from edgeseq.streaming import StreamingModel
 from export.graphs import PrefillGraph, StepGraph, example_args
+from export.tvm_frontend import convert_map
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def build_library(
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
-            mod = from_exported_program(program, keep_params_as_input=False)
+            mod = from_exported_program(program, keep_params_as_input=False, custom_convert_map=convert_map())
             executable = tvm.compile(mod, target=tvm_tgt)
     except Exception as exc:
         raise EdgeseqError(f"TVM could not compile the {kind} graph for {target.name}: {_first_line(exc)}") from exc
