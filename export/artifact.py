@@ -37,12 +37,6 @@ from export.verify import MIN_ARGMAX_AGREEMENT, require_passed, tolerance_for, v
 
 FORMATS = ("onnx", "tvm")
 
-# families TVM 0.27 does not compile correctly from torch.export (found by verification)
-TVM_UNSUPPORTED = {
-    "lmuformer": "TVM 0.27 computes wrong values for its causal convolution stack (verification error ~1e28)",
-    "spiking-lmuformer": "TVM 0.27 crashes (segmentation fault) on its graph",
-}
-
 
 def export_artifact(
     model: StreamingModel,
@@ -72,9 +66,6 @@ def export_artifact(
     export_target = get_target(target)
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    if format == "tvm" and model.config.family in TVM_UNSUPPORTED:
-        raise InputError(f"TVM export of {model.config.family} is not supported: {TVM_UNSUPPORTED[model.config.family]}; "
-                         "use --format onnx")
     if format == "tvm" and dtype != "float32":
         raise InputError("TVM artifacts are float32 here (float16 exports are ONNX only: --format onnx)")
     quantized = is_quantized(model)

@@ -74,12 +74,3 @@ def test_missing_cross_compiler_says_what_to_install(tiny_mamba, tmp_path, monke
     with pytest.raises(MissingDependencyError, match="apt-get install g\\+\\+-aarch64-linux-gnu"):
         export_artifact(tiny_mamba, tmp_path / "a", format="tvm", target="jetson-orin-nano", steps=2)
     assert _leftovers(tmp_path) == []
-
-
-def test_tvm_refuses_families_it_miscompiles(tmp_path):
-    from edgeseq.models import build_model
-
-    model = build_model("lmuformer", dim=16, input_dim=4, n_classes=3)
-    with pytest.raises(InputError, match="TVM export of lmuformer is not supported.*--format onnx"):
-        export_artifact(model, tmp_path / "a", format="tvm")
-    assert _leftovers(tmp_path) == []
