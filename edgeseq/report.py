@@ -152,10 +152,8 @@ def _export(source: str, export_format: str, out: str, steps: int) -> dict:
     from edgeseq.checkpoints import load_model
     from export.artifact import export_loaded  # the library function behind `edgeseq export`
 
-    # embedding_bits=0: the artifact computes exactly the quantized model's function (the CLI's
-    # default also rounds the embedding table to int8, which the PyTorch quantized model does not)
-    return export_loaded(load_model(source), out, format=export_format, target="cpu", steps=steps, force=True,
-                         embedding_bits=0)
+    # the artifact stores the embedding as the recipe quantized it: it computes the quantized model's function
+    return export_loaded(load_model(source), out, format=export_format, target="cpu", steps=steps, force=True)
 
 
 def _profile(artifact_or_model: str, target: str, tokens: int, prompt_len: int) -> dict:

@@ -136,6 +136,10 @@ class StreamingModel(nn.Module):
 
     config: ModelConfig
     task: ClassVar[Literal["lm", "classify"]] = "lm"
+    # Whether integer recipes may round the model's ``nn.Embedding`` tables (per-row, to the
+    # recipe's ``embedding_bits``). A model whose embedding output feeds a threshold (a spiking
+    # encoder) sets this False: rounding the table moves values across the threshold.
+    embeddings_quantizable: ClassVar[bool] = True
 
     # -- to implement ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract

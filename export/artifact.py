@@ -33,7 +33,7 @@ from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opse
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
 from export.runtime import MANIFEST, open_artifact, read_manifest
 from export.tvm_build import EXPORT_TARGETS, build_library, get_target
-from export.verify import MIN_ARGMAX_AGREEMENT, require_passed, tolerance_for, verify_runner
+from export.verify import MIN_EXACT_STEPS, require_passed, tolerance_for, verify_runner
 
 FORMATS = ("onnx", "tvm")
 
@@ -54,7 +54,7 @@ def export_artifact(
     source: str = "",
     tokenizer: Any = None,
     threads: int | None = None,
-    embedding_bits: int = 8,
+    embedding_bits: int | None = None,
     source_meta: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -84,6 +84,8 @@ def export_artifact(
         raise InputError(f"{out} exists and is not a folder")
     model = model.eval()
     check_state_spec(model)
+    if embedding_bits is None:  # what the quantization recipe did (0 for float models and old folders)
+        embedding_bits = getattr(model, "_edgeseq_embedding_bits", 0)
     if quantized and embedding_bits:
         model = _copy_to(model, torch.float32)
         model._edgeseq_int_embeddings = quantize_embeddings(model, embedding_bits)
@@ -140,7 +142,7 @@ def export_artifact(
         runner = open_artifact(run_folder, threads=threads, verify_files=False)
         result = verify_runner(reference, runner, steps=steps, batch=batch,
                                tolerance=tolerance_for(dtype, quantized), float_dtype=torch_dtype,
-                               min_argmax_agreement=MIN_ARGMAX_AGREEMENT["quantized"] if quantized else None)
+                               min_exact_steps=MIN_EXACT_STEPS["quantized"] if quantized else None)
         if run_folder is scratch:
             result.note = f"verified on a build of the same graph for this CPU; {export_target.name} code cannot run here"
             result.checks.append(f"library is an ELF {build.get('elf_machine')} shared object")

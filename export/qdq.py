@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from quantize.qdq import quantize_embeddings  # noqa: F401  (re-exported: export rounds embeddings with it)
+
 
 def is_quantized(model: nn.Module) -> bool:
     try:
@@ -162,29 +164,6 @@ def _conv_weight(layer) -> IntegerWeight:
     values = layer.weight_int.detach().cpu().numpy().copy()
     scale = layer.weight_scale.detach().float().cpu().numpy()
     return IntegerWeight(values, scale, layer.weight_bits, axis=0)
-
-
-def quantize_embeddings(model: nn.Module, bits: int = 8) -> dict[str, tuple[Tensor, Tensor]]:
-    """Round every ``nn.Embedding`` table of ``model`` (in place) to ``bits``-bit integers per row.
-
-    The quantizer leaves embeddings (and tied LM heads) in float; in a deployed LM they are a
-    large share of the bytes (38.6M of mamba-130m's 129M parameters), so quantized exports store
-    them as integers too: symmetric per-row scales ``max|row| / qmax``. The model is changed in
-    place so the verification reference computes exactly what the artifact computes. Returns
-    ``{module path: (integer table, per-row scale)}``.
-    """
-    from quantize.qdq import dequantize_weight, quantize_weight, scale_from_clip, weight_clip
-
-    tables = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            weight = module.weight.detach().float()
-            scale = scale_from_clip(weight_clip(weight, "channel"), bits)
-            values = quantize_weight(weight, scale, bits)
-            with torch.no_grad():
-                module.weight.copy_(dequantize_weight(values, scale).to(module.weight.dtype))
-            tables[name] = (values, scale)
-    return tables
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from quantize.gptq import gptq_quantize
 from quantize.hadamard import fuse_rotation
 from quantize.modules import QuantAct, QuantConv1d, QuantConv2d, QuantLinear, is_quantized_module
 from quantize.observers import mse_weight_clip
-from quantize.qdq import dequantize_weight, quantize_weight, relative_error, scale_from_clip, weight_clip
+from quantize.qdq import dequantize_weight, quantize_embeddings, quantize_weight, relative_error, scale_from_clip, weight_clip
 from quantize.recipes import QuantRecipe, get_recipe
 
 
@@ -46,6 +46,11 @@ def quantize_model(
         _round_floats_to_half(qmodel)
     layers: list[dict[str, Any]] = []
     calibration = Calibration()
+    embeddings: list[str] = []
+    if not recipe.is_float and recipe.embedding_bits and getattr(qmodel, "embeddings_quantizable", True):
+        # before calibration, so activation scales are measured on the tables that get deployed
+        embeddings = sorted(quantize_embeddings(qmodel, recipe.embedding_bits))
+    qmodel._edgeseq_embedding_bits = recipe.embedding_bits if embeddings else 0
     if not recipe.is_float:
         plans = [_plan(qmodel, point, recipe) for point in points]  # validates group sizes before any work
         calibration = calibrate(qmodel, points, recipe, calib_batches, progress=progress)
@@ -59,6 +64,7 @@ def quantize_model(
         "family": getattr(getattr(model, "config", None), "family", ""),
         "calibration": calibration.summary(),
         "layers": layers,
+        "embeddings": {"bits": qmodel._edgeseq_embedding_bits, "tables": embeddings},
         "summary": _summary(layers),
         "seconds": round(time.perf_counter() - start, 3),
     }

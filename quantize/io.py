@@ -84,6 +84,7 @@ def save_quantized(
         "config": qmodel.config.to_dict(),
         "recipe": recipe.to_dict(),
         "modules": modules,
+        "embedding_bits": int(getattr(qmodel, "_edgeseq_embedding_bits", 0)),
         "source": str(source),
         "source_meta": source_meta or {},
         "tokenizer": tokenizer.to_dict() if tokenizer is not None and hasattr(tokenizer, "to_dict") else {"kind": "bytes"},
@@ -137,6 +138,10 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         parent_path, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
     load_state_into(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    bits = header.get("embedding_bits", 0)  # folders written before embeddings were quantized: float
+    if not isinstance(bits, int) or bits not in (0, 2, 3, 4, 5, 6, 7, 8):
+        raise InputError(f"{folder / QUANT_FILE}: embedding_bits must be 0 or 2..8, got {bits!r}")
+    model._edgeseq_embedding_bits = bits
     model.eval()
     return model, header
 
@@ -145,6 +150,8 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of the model's tensors: as stored here, and deployed (int weights packed to their bits)."""
     stored = packed = 0
     quantized = {name: module for name, module in model.named_modules() if is_quantized_module(module)}
+    embedding_bits = getattr(model, "_edgeseq_embedding_bits", 0)
+    embeddings = {name for name, module in model.named_modules() if isinstance(module, nn.Embedding)} if embedding_bits else set()
     for name, tensor in model.state_dict().items():
         size = tensor.numel() * tensor.element_size()
         stored += size
@@ -152,6 +159,8 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
         module = quantized.get(owner)
         if leaf == "weight_int" and module is not None:
             size = (tensor.numel() * module.weight_bits + 7) // 8
+        elif leaf == "weight" and owner in embeddings:  # integer rows + one float32 scale per row
+            size = (tensor.numel() * embedding_bits + 7) // 8 + tensor.shape[0] * 4
         packed += size
     return {"stored": stored, "packed": packed}
 

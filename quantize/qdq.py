@@ -22,7 +22,7 @@ exporter's business (ONNX ``int4`` / ``MatMulNBits``).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------
 # ranges
@@ -158,9 +158,32 @@ __all__ = [
     "fake_quant_op",
     "qmax",
     "qrange",
+    "quantize_embeddings",
     "quantize_int",
     "quantize_weight",
     "relative_error",
     "scale_from_clip",
     "weight_clip",
 ]
+
+
+def quantize_embeddings(model: nn.Module, bits: int = 8) -> dict[str, tuple[Tensor, Tensor]]:
+    """Round every ``nn.Embedding`` table of ``model`` (in place) to ``bits``-bit integers per row.
+
+    In a deployed LM the embedding is a large share of the bytes (38.6M of mamba-130m's 129M
+    parameters), so integer recipes store it as integers too: symmetric per-row scales
+    ``max|row| / qmax``. The table is rounded in place (a tied LM head that still shares it sees
+    the same values), so the quantized model computes what its exported artifact computes.
+    Rounding is idempotent: a rounded table rounds to itself. Returns ``{module path: (integer
+    table, per-row scale)}``.
+    """
+    tables = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            weight = module.weight.detach().float()
+            scale = scale_from_clip(weight_clip(weight, "channel"), bits)
+            values = quantize_weight(weight, scale, bits)
+            with torch.no_grad():
+                module.weight.copy_(dequantize_weight(values, scale).to(module.weight.dtype))
+            tables[name] = (values, scale)
+    return tables

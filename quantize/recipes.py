@@ -11,7 +11,10 @@ A recipe says, for every quantization point a model declares (see
   SSM-input clipping), with ``percentile``;
 * ``rotate`` — apply the online Hadamard transform at ``rotatable`` points, with the inverse fused
   offline into the layer weight (Quamba's ``out_proj`` rotation);
-* ``float_dtype`` — ``float16`` stores every float parameter in half precision (the ``fp16`` recipe).
+* ``float_dtype`` — ``float16`` stores every float parameter in half precision (the ``fp16`` recipe);
+* ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
+  (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
+  (``StreamingModel.embeddings_quantizable``).
 
 Custom recipes: a TOML or JSON file with a ``base`` recipe name and any of the fields above, e.g.::
 
@@ -51,6 +54,8 @@ class QuantRecipe:
     rotate: bool = False
     # float storage
     float_dtype: str = "float32"  # float32 | float16
+    # embeddings (integer recipes only; models may opt out)
+    embedding_bits: int = 8  # 0 = keep float
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,6 +161,8 @@ def validate_recipe(recipe: QuantRecipe) -> None:
         raise InputError(f"{where}: percentile must be in [50, 100], got {recipe.percentile}")
     if recipe.float_dtype not in ("float32", "float16"):
         raise InputError(f"{where}: float_dtype must be float32 or float16, got {recipe.float_dtype!r}")
+    if recipe.embedding_bits not in (0, 2, 3, 4, 5, 6, 7, 8):
+        raise InputError(f"{where}: embedding_bits must be 0 (float) or 2..8, got {recipe.embedding_bits}")
     if recipe.act_bits and not recipe.weight_bits:
         raise InputError(f"{where}: quantized activations need quantized weights too (set weight_bits)")
     if recipe.gptq and not recipe.quantizes_weights:
