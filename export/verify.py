@@ -1,20 +1,28 @@
 """Verification of an artifact against PyTorch before an export succeeds.
 
 The oracle is the PyTorch model that was exported (for quantized models: its fake-quant modules,
-the arithmetic of :mod:`quantize.qdq`). Both run independently from the zero state over the same
-seeded inputs for ``steps`` consecutive steps (each keeps its own recurrent state, so drift over
-the stream is measured), then one prefill chunk is compared when the artifact has a prefill graph.
+the arithmetic of :mod:`quantize.qdq`). Two comparisons run over the same seeded inputs:
 
-Errors are reported as the max absolute error and the max error relative to the largest reference
-magnitude (of the outputs and, separately, of the states). The tolerance applies to the relative
-output error and the relative state error:
+* **free-running**: artifact and model each carry their own recurrent state from the zero state
+  for ``steps`` consecutive steps, so drift over the stream is measured; then one prefill chunk
+  when the artifact has a prefill graph;
+* **teacher-forced** (every step): the artifact steps from the *reference's* state, so each
+  step's error is that graph's own, not drift compounded from earlier steps.
 
-* float32: ``1e-4`` — graph runtimes reorder and fuse float32 sums (errors ~1e-6 relative per
-  step); the recurrences decay, so error does not grow over the stream; 100x margin;
+Errors are the max absolute error and the max error relative to the largest reference magnitude
+(outputs and, separately, states). Tolerances on the relative errors:
+
+* float32: ``1e-4`` — graph runtimes reorder and fuse float32 sums (~1e-6 relative per step); the
+  recurrences decay, so error does not grow over the stream; 100x margin;
 * float16: ``2e-2`` — half precision keeps ~3 decimal digits (eps 1e-3) and is not fused the same;
-* quantized: ``1e-2`` — a runtime may compute ``x · (1/s)`` where PyTorch computes ``x / s``
-  (torch's own fake-quant op does this too): on exact ties one activation lands one level away
-  (one quantization step, ~1/127 of the range), which then propagates through the state.
+* quantized: the runtime's integer kernels round their float epilogues differently (~1e-7), which
+  moves an occasional activation that sits on a rounding boundary to the next int8 level (one
+  step = clip/127, ~0.8% of the range). Teacher-forced, that shows as rare steps off by ~1e-3 to
+  1.5% among steps that agree to ~1e-7 (zoo Mamba w8a8 on real text: 99% of steps within 1e-4).
+  Free-running, those flips compound through the recurrence: 3–12% over 256 steps on the zoo
+  Mamba. So a quantized artifact passes when >= 90% of its teacher-forced steps agree to float
+  precision (``1e-4``), and every error, teacher-forced or free-running, is within 15%. A wrong
+  scale, layout or graph is off at every step and fails the first rule by far.
 """
 
 from __future__ import annotations
@@ -29,15 +37,10 @@ from edgeseq.errors import EdgeseqError
 from edgeseq.streaming import StreamingModel
 from export.graphs import sample_inputs
 
-# Max relative error (to the reference's peak magnitude) an artifact may show against PyTorch.
-# Quantized artifacts are compared with the fake-quant PyTorch model. The runtime's integer kernels
-# round their float epilogues differently (~1e-7), which flips an occasional activation to the next
-# int8 level (one step = clip/127, ~0.8% of the range); in a trained recurrent model those flips
-# compound over steps and layers: 3–12% on the zoo Mamba over 32–256 steps, with identical top-1
-# tokens. So quantized artifacts get 15%, *and* language models must agree on the top-1 token at
-# >= 95% of steps — a wrong scale, layout or graph fails both by far.
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "quantized": 0.15}
-MIN_ARGMAX_AGREEMENT = {"quantized": 0.95}
+# Quantized artifacts: the fraction of teacher-forced steps that must agree to float precision.
+MIN_EXACT_STEPS = {"quantized": 0.9}
+EXACT_STEP = 1e-4  # relative error of a teacher-forced step that counts as float-exact
 
 
 @dataclass
@@ -51,7 +54,9 @@ class Verification:
     max_abs_state_error: float = 0.0
     max_rel_state_error: float = 0.0
     prefill_max_rel_error: float | None = None
-    argmax_agreement: float | None = None  # LMs: fraction of steps with the same top token
+    argmax_agreement: float | None = None  # LMs, free-running: fraction of steps with the same top token
+    teacher_forced_max_rel_error: float = 0.0
+    teacher_forced_exact_fraction: float = 1.0  # steps within EXACT_STEP when started from the reference state
     passed: bool = False
     note: str = ""
     checks: list[str] = field(default_factory=list)
@@ -67,7 +72,7 @@ def tolerance_for(dtype: str, quantized: bool) -> float:
 @torch.no_grad()
 def verify_runner(
     model: StreamingModel, runner, steps: int = 256, batch: int = 2, tolerance: float = 1e-4, seed: int = 0,
-    float_dtype: torch.dtype = torch.float32, progress=None, min_argmax_agreement: float | None = None,
+    float_dtype: torch.dtype = torch.float32, progress=None, min_exact_steps: float | None = None,
 ) -> Verification:
     """Stream ``steps`` steps through ``runner`` and ``model`` side by side; compare every output."""
     result = Verification(runtime=getattr(runner, "runtime", "?"), steps=steps, batch=batch, tolerance=tolerance)
@@ -78,12 +83,17 @@ def verify_runner(
     art_state = runner.init_state(batch)
     ref_peak = state_peak = 0.0
     out_err = state_err = 0.0
-    agree = 0
+    agree = exact = 0
+    forced_err = 0.0
     for t in range(steps):
+        forced_y, _ = runner.step(inputs[:, t], ref_state)  # from the reference's state
         ref_y, ref_state = model.step(inputs[:, t], ref_state)
         art_y, art_state = runner.step(inputs[:, t], art_state)
         ref_np, art_np = ref_y.float().numpy(), art_y.float().numpy()
         _check_finite(art_np, f"step {t} output")
+        step_err = float(np.abs(ref_np - forced_y.float().numpy()).max()) / max(float(np.abs(ref_np).max()), 1e-12)
+        forced_err = max(forced_err, step_err)
+        exact += int(step_err <= EXACT_STEP)
         out_err = max(out_err, float(np.abs(ref_np - art_np).max()))
         ref_peak = max(ref_peak, float(np.abs(ref_np).max()))
         if model.task == "lm":
@@ -101,9 +111,12 @@ def verify_runner(
     result.max_abs_state_error = state_err
     result.max_rel_state_error = state_err / max(state_peak, 1e-12)
     result.checks.append(f"{steps} streaming steps, batch {batch}, outputs and state vs PyTorch")
+    result.teacher_forced_max_rel_error = forced_err
+    result.teacher_forced_exact_fraction = exact / steps if steps else 1.0
+    result.checks.append(f"{steps} teacher-forced steps (from the reference state)")
     if model.task == "lm" and steps:
         result.argmax_agreement = agree / steps
-    worst = max(result.max_rel_error, result.max_rel_state_error)
+    worst = max(result.max_rel_error, result.max_rel_state_error, forced_err)
     length = getattr(runner, "prefill_length", 0)
     if length:
         chunk = inputs[:, :length] if inputs.shape[1] >= length else sample_inputs(model, batch, length, seed=seed + 1)
@@ -115,11 +128,12 @@ def verify_runner(
         result.checks.append(f"prefill of {length} positions vs PyTorch prefill")
         worst = max(worst, result.prefill_max_rel_error)
     result.passed = bool(worst <= tolerance)
-    if min_argmax_agreement is not None and result.argmax_agreement is not None:
-        result.checks.append(f"top-1 agreement >= {min_argmax_agreement:g}")
-        if result.argmax_agreement < min_argmax_agreement:
+    if min_exact_steps is not None:
+        result.checks.append(f">= {min_exact_steps:.0%} of teacher-forced steps within {EXACT_STEP:g}")
+        if result.teacher_forced_exact_fraction < min_exact_steps:
             result.passed = False
-            result.note = (f"top-1 agreement {result.argmax_agreement:.3f} is below {min_argmax_agreement:g}")
+            result.note = (f"only {result.teacher_forced_exact_fraction:.0%} of teacher-forced steps agree to "
+                           f"{EXACT_STEP:g} (need {min_exact_steps:.0%}): the graph computes another function")
     return result
 
 
@@ -134,9 +148,10 @@ def require_passed(result: Verification) -> None:
         raise EdgeseqError(
             f"verification failed on {result.runtime}: max relative error {worst:.3g} (tolerance "
             f"{result.tolerance:g}; outputs {result.max_rel_error:.3g}, state {result.max_rel_state_error:.3g}"
-            f"{'' if result.prefill_max_rel_error is None else f', prefill {result.prefill_max_rel_error:.3g}'})"
+            f"{'' if result.prefill_max_rel_error is None else f', prefill {result.prefill_max_rel_error:.3g}'}"
+            f", teacher-forced {result.teacher_forced_max_rel_error:.3g})"
             f"{'; ' + result.note if result.note else ''}; nothing was written"
         )
 
 
-__all__ = ["MIN_ARGMAX_AGREEMENT", "TOLERANCES", "Verification", "require_passed", "tolerance_for", "verify_runner"]
+__all__ = ["EXACT_STEP", "MIN_EXACT_STEPS", "TOLERANCES", "Verification", "require_passed", "tolerance_for", "verify_runner"]

@@ -64,6 +64,8 @@ def _print_summary(manifest: dict, output: str) -> None:
         f"verified on {v['runtime']}: {v['steps']} steps, max rel. error outputs {v['max_rel_error']:.2e}, "
         f"state {v['max_rel_state_error']:.2e} (tolerance {v['tolerance']:g})"
         + (f", top-1 agreement {v['argmax_agreement']:.3f}" if v.get("argmax_agreement") is not None else "")
+        + (f"; teacher-forced: {v['teacher_forced_exact_fraction']:.0%} of steps within 1e-4, max "
+           f"{v['teacher_forced_max_rel_error']:.2e}" if v.get("teacher_forced_exact_fraction") is not None else "")
     )
     if v.get("note"):
         console.print(v["note"])
