@@ -166,6 +166,7 @@ def build_library(
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
             mod = from_exported_program(program, keep_params_as_input=False, custom_convert_map=convert_map())
+            mod = _without_batch_upper_bound(mod)
             executable = tvm.compile(mod, target=tvm_tgt)
     except Exception as exc:
         raise EdgeseqError(f"TVM could not compile the {kind} graph for {target.name}: {_first_line(exc)}") from exc
@@ -185,6 +186,22 @@ def build_library(
     if arch != target.arch:
         raise EdgeseqError(f"{Path(path).name} is a {arch} library, {target.name} needs {target.arch}")
     return {"tvm_target": str(tvm_tgt), "elf_machine": arch, **facts}
+
+
+def _without_batch_upper_bound(mod):
+    """Drop the importer's ``tir_var_upper_bound`` (torch.export's ``Dim`` max, 65536 for the batch).
+
+    Relax's static memory planner sizes every intermediate for that upper bound when it is set:
+    a Mamba prefill (64 positions, 128 channels, state 16) then asks for 65536 × 64 × 128 × 16
+    floats (34 GB) at the first call and fails with ``std::bad_alloc``. Without the bound, buffers
+    whose size depends on the batch are allocated for the batch actually run.
+    """
+    from tvm import relax
+
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function) and func.attrs is not None and "tir_var_upper_bound" in func.attrs:
+            mod[gvar] = func.without_attr("tir_var_upper_bound")
+    return mod
 
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv", 0xBE: "cuda"}

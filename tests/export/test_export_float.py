@@ -66,3 +66,15 @@ def test_tvm_llvm_step_matches_pytorch(tiny_mamba, tmp_path):
         with torch.no_grad():
             ref_y, ref_state = tiny_mamba.step(x, ref_state)
         assert np.allclose(y.numpy(), ref_y.numpy(), atol=1e-4 * float(ref_y.abs().max()))
+
+
+def test_tvm_prefill_allocates_for_the_batch_it_runs(tmp_path):
+    """The batch is symbolic with torch.export's upper bound 65536; planned for that bound, this
+    prefill's intermediates would need 65536 × 64 × 128 × 16 floats (34 GB): std::bad_alloc."""
+    from edgeseq.models.mamba import Mamba, MambaConfig
+
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(vocab_size=256, d_model=64, n_layer=1, d_state=16)).eval()
+    manifest = export_artifact(model, tmp_path / "tvm", format="tvm", target="llvm", steps=4, prefill_length=64)
+    v = manifest["verification"]
+    assert v["passed"] and v["prefill_max_rel_error"] is not None and v["prefill_max_rel_error"] < 1e-4
