@@ -1,7 +1,7 @@
 """Corrections to TVM 0.27's ``torch.export`` importer, passed as its ``custom_convert_map``.
 
 ``tvm.relax.frontend.torch.from_exported_program`` mistranslates three core ATen ops that the
-LMUFormer graphs use (found by verification, reduced to one op each):
+LMUFormer graphs use, and lacks one SpikeGPT uses (found by verification, reduced to one op each):
 
 * ``aten.select.int`` with a **negative index** (``x[:, -1]``) becomes
   ``R.take(x, R.const(-1), axis, mode="fast")``: "fast" mode does no bounds handling, so the
@@ -21,7 +21,10 @@ LMUFormer graphs use (found by verification, reduced to one op each):
   infinity to BigInt"; the LMUFormer prefill clamps its int64 Toeplitz lags with ``min=0``).
   Fixed here by ``maximum``/``minimum`` with the given bounds for integer tensors.
 
-All three are TVM frontend bugs; the model code and the ONNX path are untouched.
+* ``aten.amax`` has **no converter** ("Unsupported function types ['amax.default']"); SpikeGPT's
+  prefill graph uses it for the numerically stable WKV scan. Converted here to ``R.max``.
+
+These are TVM frontend gaps; the model code and the ONNX path are untouched.
 """
 
 from __future__ import annotations
@@ -82,6 +85,17 @@ def _int_clamp(kind: str) -> Callable[[Any, Any], Any]:
     return convert
 
 
+def _amax(node: Any, importer: Any) -> Any:
+    """``aten.amax(x, dim=(), keepdim=False)`` (no converter in TVM 0.27's importer) as ``R.max``."""
+    from tvm import relax
+
+    args = list(node.args) + [None] * 3
+    dims = node.kwargs.get("dim", args[1])
+    keepdim = bool(node.kwargs.get("keepdim", args[2] or False))
+    axis = None if dims in (None, [], ()) else ([int(dims)] if isinstance(dims, int) else [int(d) for d in dims])
+    return importer.block_builder.emit(relax.op.max(importer.env[node.args[0]], axis=axis, keepdims=keepdim))
+
+
 def convert_map() -> dict[str, Callable[[Any, Any], Any]]:
     """The corrected converters, keyed as the importer's own ``convert_map``."""
     return {
@@ -92,6 +106,7 @@ def convert_map() -> dict[str, Callable[[Any, Any], Any]]:
         "clamp.default": _int_clamp("clamp"),
         "clamp_min.default": _int_clamp("clamp_min"),
         "clamp_max.default": _int_clamp("clamp_max"),
+        "amax.default": _amax,
     }
 
 
