@@ -50,7 +50,8 @@ def _select(node: Any, importer: Any) -> Any:
             end = index + 1 if index < -1 else (1 << 63) - 1
             part = importer.block_builder.emit(relax.op.strided_slice(x, [dim], [index], [end]))
             return importer.block_builder.emit(relax.op.squeeze(part, [dim]))
-    return importer.block_builder.emit(relax.op.take(x, relax.const(index, "int64"), dim))
+    # mode "clip": the index is in bounds here; "fast" would print a warning for every select
+    return importer.block_builder.emit(relax.op.take(x, relax.const(index, "int64"), dim, mode="clip"))
 
 
 def _matmul(node: Any, importer: Any) -> Any:
