@@ -271,6 +271,7 @@ def quantize_checkpoint(
         "summary": report["summary"],
         "bytes": {"float": model_bytes(model)["stored"], **{f"quantized_{k}": v for k, v in model_bytes(qmodel).items()}},
         "layers": report["layers"],
+        "embeddings": report["embeddings"],
         "seconds": report["seconds"],
     }
 

@@ -72,5 +72,10 @@ def _print(result: dict) -> None:
     if calib.get("batches"):
         console.print(f"calibration: {calib.get('samples')} × {calib.get('seq_len')} from {calib.get('data')} "
                       f"({calib.get('split')}), {calib['seconds']:.1f} s")
+    emb = result.get("embeddings") or {}
+    if emb.get("tables"):
+        console.print(f"embeddings: {', '.join(emb['tables'])} rounded to int{emb['bits']} per row (recipe embedding_bits)")
+    elif result["recipe_spec"].get("weight_bits"):
+        console.print("embeddings: kept float (recipe embedding_bits = 0, or the model's embedding feeds a spiking threshold)")
     console.print(f"size: {sizes['float'] / 2**20:.2f} MiB float → {sizes['quantized_packed'] / 2**20:.2f} MiB deployed "
                   f"({sizes['quantized_stored'] / 2**20:.2f} MiB as stored); wrote {result['output']}")
