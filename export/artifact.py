@@ -33,7 +33,7 @@ from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opse
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
 from export.runtime import MANIFEST, open_artifact, read_manifest
 from export.tvm_build import EXPORT_TARGETS, build_library, get_target
-from export.verify import MIN_EXACT_STEPS, require_passed, tolerance_for, verify_runner
+from export.verify import DRIFT_TOLERANCE, MIN_EXACT_STEPS, require_passed, tolerance_for, verify_runner
 
 FORMATS = ("onnx", "tvm")
 
@@ -142,7 +142,8 @@ def export_artifact(
         runner = open_artifact(run_folder, threads=threads, verify_files=False)
         result = verify_runner(reference, runner, steps=steps, batch=batch,
                                tolerance=tolerance_for(dtype, quantized), float_dtype=torch_dtype,
-                               min_exact_steps=MIN_EXACT_STEPS["quantized"] if quantized else None)
+                               min_exact_steps=MIN_EXACT_STEPS["quantized"] if quantized else None,
+                               drift_tolerance=DRIFT_TOLERANCE["quantized"] if quantized else None)
         if run_folder is scratch:
             result.note = f"verified on a build of the same graph for this CPU; {export_target.name} code cannot run here"
             result.checks.append(f"library is an ELF {build.get('elf_machine')} shared object")

@@ -17,12 +17,14 @@ Errors are the max absolute error and the max error relative to the largest refe
 * float16: ``2e-2`` — half precision keeps ~3 decimal digits (eps 1e-3) and is not fused the same;
 * quantized: the runtime's integer kernels round their float epilogues differently (~1e-7), which
   moves an occasional activation that sits on a rounding boundary to the next int8 level (one
-  step = clip/127, ~0.8% of the range). Teacher-forced, that shows as rare steps off by ~1e-3 to
-  1.5% among steps that agree to ~1e-7 (zoo Mamba w8a8 on real text: 99% of steps within 1e-4).
-  Free-running, those flips compound through the recurrence: 3–12% over 256 steps on the zoo
-  Mamba. So a quantized artifact passes when >= 90% of its teacher-forced steps agree to float
-  precision (``1e-4``), and every error, teacher-forced or free-running, is within 15%. A wrong
-  scale, layout or graph is off at every step and fails the first rule by far.
+  step = clip/127, ~0.8% of the range). Teacher-forced (outputs and new state), that shows as
+  rare steps off by ~1e-3 to 6% among steps that agree to ~1e-7 (zoo Mamba w8a8: 96–98% of steps
+  within 1e-4). Free-running, those flips compound through the recurrence: 3–12% over 256 steps
+  on the zoo Mamba, 16% on SpikeGPT w8a8 built with TVM (a moved level flips a spike, and the
+  spike changes everything downstream). So a quantized artifact passes when >= 90% of its
+  teacher-forced steps agree to float precision (``1e-4``), every teacher-forced error is within
+  15%, and the free-running and prefill drift stays within 50% (a sanity bound on the stream).
+  A wrong scale, layout or state update is off at every step and fails the first rule by far.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from edgeseq.streaming import StreamingModel
 from export.graphs import sample_inputs
 
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "quantized": 0.15}
+# Quantized artifacts, free-running and prefill: drift from rare level flips compounding through
+# the recurrence (zoo: Mamba w8a8 3–12%; SpikeGPT w8a8 on TVM 16%, where a moved level flips a
+# spike). A sanity bound on the stream; the graph itself is checked step by step (teacher-forced).
+DRIFT_TOLERANCE = {"quantized": 0.5}
 # Quantized artifacts: the fraction of teacher-forced steps that must agree to float precision.
 MIN_EXACT_STEPS = {"quantized": 0.9}
 EXACT_STEP = 1e-4  # relative error of a teacher-forced step that counts as float-exact
@@ -57,6 +63,7 @@ class Verification:
     argmax_agreement: float | None = None  # LMs, free-running: fraction of steps with the same top token
     teacher_forced_max_rel_error: float = 0.0
     teacher_forced_exact_fraction: float = 1.0  # steps within EXACT_STEP when started from the reference state
+    drift_tolerance: float | None = None  # quantized: bound on free-running and prefill errors
     passed: bool = False
     note: str = ""
     checks: list[str] = field(default_factory=list)
@@ -73,8 +80,13 @@ def tolerance_for(dtype: str, quantized: bool) -> float:
 def verify_runner(
     model: StreamingModel, runner, steps: int = 256, batch: int = 2, tolerance: float = 1e-4, seed: int = 0,
     float_dtype: torch.dtype = torch.float32, progress=None, min_exact_steps: float | None = None,
+    drift_tolerance: float | None = None,
 ) -> Verification:
-    """Stream ``steps`` steps through ``runner`` and ``model`` side by side; compare every output."""
+    """Stream ``steps`` steps through ``runner`` and ``model`` side by side; compare every output.
+
+    ``tolerance`` bounds every relative error; with ``drift_tolerance`` (quantized artifacts) it
+    bounds the teacher-forced errors, and ``drift_tolerance`` the free-running and prefill ones.
+    """
     result = Verification(runtime=getattr(runner, "runtime", "?"), steps=steps, batch=batch, tolerance=tolerance)
     inputs = sample_inputs(model, batch, max(steps, 1), seed=seed)
     if model.task != "lm":
@@ -86,12 +98,13 @@ def verify_runner(
     agree = exact = 0
     forced_err = 0.0
     for t in range(steps):
-        forced_y, _ = runner.step(inputs[:, t], ref_state)  # from the reference's state
+        forced_y, forced_state = runner.step(inputs[:, t], ref_state)  # from the reference's state
         ref_y, ref_state = model.step(inputs[:, t], ref_state)
         art_y, art_state = runner.step(inputs[:, t], art_state)
         ref_np, art_np = ref_y.float().numpy(), art_y.float().numpy()
         _check_finite(art_np, f"step {t} output")
-        step_err = float(np.abs(ref_np - forced_y.float().numpy()).max()) / max(float(np.abs(ref_np).max()), 1e-12)
+        step_err = _rel(ref_np, forced_y.float().numpy())
+        step_err = max(step_err, max(_rel(r.float().numpy(), forced_state[name].float().numpy()) for name, r in ref_state.items()))
         forced_err = max(forced_err, step_err)
         exact += int(step_err <= EXACT_STEP)
         out_err = max(out_err, float(np.abs(ref_np - art_np).max()))
@@ -116,7 +129,7 @@ def verify_runner(
     result.checks.append(f"{steps} teacher-forced steps (from the reference state)")
     if model.task == "lm" and steps:
         result.argmax_agreement = agree / steps
-    worst = max(result.max_rel_error, result.max_rel_state_error, forced_err)
+    drift = max(result.max_rel_error, result.max_rel_state_error)
     length = getattr(runner, "prefill_length", 0)
     if length:
         chunk = inputs[:, :length] if inputs.shape[1] >= length else sample_inputs(model, batch, length, seed=seed + 1)
@@ -126,8 +139,12 @@ def verify_runner(
         _check_finite(art_np, "prefill output")
         result.prefill_max_rel_error = float(np.abs(ref_np - art_np).max()) / max(float(np.abs(ref_np).max()), 1e-12)
         result.checks.append(f"prefill of {length} positions vs PyTorch prefill")
-        worst = max(worst, result.prefill_max_rel_error)
-    result.passed = bool(worst <= tolerance)
+        drift = max(drift, result.prefill_max_rel_error)
+    if drift_tolerance is None:
+        result.passed = bool(max(drift, forced_err) <= tolerance)
+    else:
+        result.drift_tolerance = drift_tolerance
+        result.passed = bool(forced_err <= tolerance and drift <= drift_tolerance)
     if min_exact_steps is not None:
         result.checks.append(f">= {min_exact_steps:.0%} of teacher-forced steps within {EXACT_STEP:g}")
         if result.teacher_forced_exact_fraction < min_exact_steps:
@@ -137,6 +154,10 @@ def verify_runner(
     return result
 
 
+def _rel(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.abs(ref - got).max()) / max(float(np.abs(ref).max()), 1e-12)
+
+
 def _check_finite(array: np.ndarray, what: str) -> None:
     if not np.isfinite(array).all():
         raise EdgeseqError(f"verification failed: the artifact's {what} holds NaN or Inf")
@@ -144,14 +165,15 @@ def _check_finite(array: np.ndarray, what: str) -> None:
 
 def require_passed(result: Verification) -> None:
     if not result.passed:
-        worst = max(result.max_rel_error, result.max_rel_state_error, result.prefill_max_rel_error or 0.0)
+        worst = max(result.max_rel_error, result.max_rel_state_error, result.prefill_max_rel_error or 0.0,
+                    result.teacher_forced_max_rel_error)
         raise EdgeseqError(
             f"verification failed on {result.runtime}: max relative error {worst:.3g} (tolerance "
-            f"{result.tolerance:g}; outputs {result.max_rel_error:.3g}, state {result.max_rel_state_error:.3g}"
+            f"{result.tolerance:g}{'' if result.drift_tolerance is None else f', free-running {result.drift_tolerance:g}'}; outputs {result.max_rel_error:.3g}, state {result.max_rel_state_error:.3g}"
             f"{'' if result.prefill_max_rel_error is None else f', prefill {result.prefill_max_rel_error:.3g}'}"
             f", teacher-forced {result.teacher_forced_max_rel_error:.3g})"
             f"{'; ' + result.note if result.note else ''}; nothing was written"
         )
 
 
-__all__ = ["EXACT_STEP", "MIN_EXACT_STEPS", "TOLERANCES", "Verification", "require_passed", "tolerance_for", "verify_runner"]
+__all__ = ["DRIFT_TOLERANCE", "EXACT_STEP", "MIN_EXACT_STEPS", "TOLERANCES", "Verification", "require_passed", "tolerance_for", "verify_runner"]

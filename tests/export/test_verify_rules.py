@@ -3,7 +3,7 @@
 import torch
 
 from edgeseq.models.mamba import Mamba, MambaConfig
-from export.verify import EXACT_STEP, MIN_EXACT_STEPS, TOLERANCES, verify_runner
+from export.verify import DRIFT_TOLERANCE, EXACT_STEP, MIN_EXACT_STEPS, TOLERANCES, verify_runner
 
 
 class _Runner:
@@ -57,3 +57,23 @@ def test_exact_teacher_forced_steps_are_required_for_quantized_artifacts():
 def test_float_tolerances_stay_tight():
     assert TOLERANCES["float32"] <= 1e-4 and TOLERANCES["quantized"] < 0.2
     torch.manual_seed(0)
+
+
+class _WrongState(_Runner):
+    """Exact outputs, but the new state is scaled by 2% (a broken state update)."""
+
+    def step(self, x, state):
+        y, state = super().step(x, state)
+        return y, {k: v * 1.02 for k, v in state.items()}
+
+
+def test_teacher_forced_steps_check_the_new_state_and_drift_has_its_own_bound():
+    model = Mamba(MambaConfig(d_model=16, n_layer=1, d_state=4, vocab_size=32)).eval()
+    rule = dict(steps=16, tolerance=TOLERANCES["quantized"], min_exact_steps=MIN_EXACT_STEPS["quantized"],
+                drift_tolerance=DRIFT_TOLERANCE["quantized"])
+    wrong = verify_runner(model, _WrongState(model), **rule)
+    assert not wrong.passed and wrong.teacher_forced_exact_fraction == 0.0
+    # an exact runner passes, and the manifest records the drift bound it was held to
+    ok = verify_runner(model, _Runner(model), **rule)
+    assert ok.passed and ok.drift_tolerance == DRIFT_TOLERANCE["quantized"]
+    assert TOLERANCES["quantized"] < DRIFT_TOLERANCE["quantized"] <= 0.5
