@@ -32,15 +32,24 @@ MANIFEST = "manifest.json"
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / MANIFEST
+def load_manifest_json(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(path, contents)`` of a folder's ``manifest.json``; a one-line InputError when it is
+    missing, not JSON or not a JSON object. Callers check the keys they need."""
+    path = Path(folder).expanduser() / MANIFEST
     if not path.is_file():
-        raise InputError(f"{folder}: not an edgeseq artifact (no {MANIFEST}); create one with `edgeseq export`")
+        raise InputError(f"{path.parent}: not an exported artifact (no {MANIFEST}); create one with `edgeseq export`")
     try:
         manifest = json.loads(path.read_text())
-    except Exception as exc:
+    except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: must hold a JSON object")
+    return path, manifest
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """An edgeseq export manifest: :func:`load_manifest_json` plus the keys every artifact has."""
+    path, manifest = load_manifest_json(folder)
     for key in ("format", "graphs", "model", "files"):
         if key not in manifest:
             raise InputError(f"{path}: missing {key!r}; was it written by `edgeseq export`?")
@@ -321,4 +330,4 @@ def write_reference(model, path: str | Path, steps: int = 32, batch: int = 1, se
     np.savez(path, inputs=inputs.numpy(), outputs=torch.stack(outputs, 1).numpy(), **arrays)
 
 
-__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "open_artifact", "read_manifest", "register_cubins", "sha256_file", "write_reference"]
+__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "load_manifest_json", "open_artifact", "read_manifest", "register_cubins", "sha256_file", "write_reference"]

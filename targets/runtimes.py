@@ -15,7 +15,6 @@ TVM and ONNX Runtime are imported only when such a runtime is opened.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 from dataclasses import dataclass, field
@@ -400,14 +399,10 @@ def _find_graph(folder: Path, manifest: dict[str, Any], role: str, suffix: str) 
 
 def read_artifact(folder: str | Path) -> Artifact:
     """Read ``manifest.json`` and locate the step (and prefill) graph of an exported artifact."""
-    folder = Path(folder).expanduser()
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{folder}: not an exported artifact (no {MANIFEST}); create one with `edgeseq export`")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    from export.runtime import load_manifest_json
+
+    path, manifest = load_manifest_json(folder)
+    folder = path.parent
     fmt = str(manifest.get("format", "")).lower()
     if fmt not in ("onnx", "tvm"):
         raise InputError(f"{path}: 'format' must be 'onnx' or 'tvm' (got {fmt!r})")
