@@ -29,11 +29,13 @@ from edgeseq.errors import InputError
 from edgeseq.streaming import StreamingModel
 from export import manifest as mf
 from export.graphs import check_state_spec, has_parallel_prefill
+from export.int8_safety import check_pairwise_safe
 from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opset, export_graph
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
 from export.runtime import MANIFEST, open_artifact, read_manifest
 from export.tvm_build import EXPORT_TARGETS, build_library, get_target
-from export.verify import DRIFT_TOLERANCE, MIN_EXACT_STEPS, require_passed, tolerance_for, verify_runner
+from export.verify import allowed_inexact, require_passed, verify_runner
+from targets.selfcheck import REFERENCE_STEPS, check_on_device, torch_step_adapter, write_reference
 
 FORMATS = ("onnx", "tvm")
 
@@ -57,6 +59,7 @@ def export_artifact(
     embedding_bits: int | None = None,
     source_meta: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    keep_failed: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export, verify and write an artifact folder; returns its manifest (see the module docs)."""
     say = log or (lambda message: None)
@@ -99,6 +102,7 @@ def export_artifact(
     try:
         graphs: dict[str, dict[str, Any]] = {}
         build: dict[str, Any] = {}
+        int8_rule: dict[str, Any] | None = None
         kinds = ["step", "prefill"] if with_prefill else ["step"]
         for kind in kinds:
             if format == "onnx":
@@ -114,6 +118,10 @@ def export_artifact(
                     say(f"compiling the {kind} graph for this CPU to verify the same Relax module")
                     build_library(model, scratch / file, get_target("cpu"), kind, prefill_length)
             graphs[kind] = {"file": file, **io_spec.to_dict()}
+            if format == "onnx" and quantized:
+                import onnx
+
+                int8_rule = check_pairwise_safe(onnx.load(str(staging / file)), what=f"the {kind} graph")
             if format == "tvm" and build.get("cubin"):
                 graphs[kind].update(cubin=build.pop("cubin"), cuda_source_sha256=build.pop("cuda_source_sha256"))
             if kind == "prefill":
@@ -132,6 +140,8 @@ def export_artifact(
             "tokenizer": _write_tokenizer(tokenizer, staging),
             "init_state": _write_init_state(model, staging, scratch if format == "tvm" and not export_target.runs_here else None),
             "versions": mf.tool_versions(),
+            "export_host": mf.host_record(),
+            "arithmetic": _arithmetic(format, quantized, int8_rule),
             "source_meta": source_meta or {},  # the checkpoint's meta (dataset, ...): `edgeseq eval` defaults
         }
         # verification: the written files themselves (ONNX, host TVM) or a host build of the same module
@@ -140,18 +150,28 @@ def export_artifact(
         _write_manifest(run_folder, manifest if run_folder == staging else _host_manifest(manifest, scratch))
         say(f"verifying {steps} streaming steps against PyTorch")
         runner = open_artifact(run_folder, threads=threads, verify_files=False)
-        result = verify_runner(reference, runner, steps=steps, batch=batch,
-                               tolerance=tolerance_for(dtype, quantized), float_dtype=torch_dtype,
-                               min_exact_steps=MIN_EXACT_STEPS["quantized"] if quantized else None,
-                               drift_tolerance=DRIFT_TOLERANCE["quantized"] if quantized else None)
+        result = verify_runner(reference, runner, steps=steps, batch=batch, float_dtype=torch_dtype, quantized=quantized)
         if run_folder is scratch:
             result.note = f"verified on a build of the same graph for this CPU; {export_target.name} code cannot run here"
             result.checks.append(f"library is an ELF {build.get('elf_machine')} shared object")
             if export_target.cuda_arch:
                 result.checks.append(f"CUDA kernels compiled ahead of time for {build.get('cuda_arch')} "
                                      f"(cubin ELF header; target {export_target.cuda_arch})")
-        require_passed(result)
+        if not result.passed and keep_failed is not None:
+            _keep(staging, Path(keep_failed), {**manifest, "verification": result.to_dict()})
+            say(f"kept the refused artifact in {keep_failed}")
+        require_passed(result, hint=_failure_hint(format, quantized, manifest))
         manifest["verification"] = result.to_dict()
+        say("writing the reference stream the device checks on first load")
+        manifest["reference"] = _write_reference(reference, staging, result, quantized, float_dtype=torch_dtype)
+        check_on_device(staging, manifest, runner.runtime, torch_step_adapter(runner, list(model.init_state(1))), use_cache=False)
+        if format == "onnx":
+            from export.qdq import runtime_kernels
+
+            manifest["export_host"]["onnxruntime"] = {
+                "session_options": {"session.qdq_matmulnbits_accuracy_level": "1", "graph_optimization_level": "ORT_ENABLE_ALL"},
+                "kernels": {kind: runtime_kernels(str(staging / spec["file"]), str(scratch)) for kind, spec in graphs.items()},
+            }
         manifest["created"] = mf.now_utc()
         manifest["files"] = mf.file_entries(staging)
         _write_manifest(staging, manifest)
@@ -190,6 +210,61 @@ def _io(model, kind, length, dtype):
     from export.graphs import prefill_io, step_io
 
     return step_io(model, dtype) if kind == "step" else prefill_io(model, length, dtype)
+
+
+@torch.no_grad()
+def _write_reference(model: StreamingModel, folder: Path, result, quantized: bool, float_dtype: torch.dtype,
+                     steps: int = REFERENCE_STEPS, batch: int = 1, seed: int = 7) -> dict[str, Any]:
+    """``REFERENCE_STEPS`` teacher-forced PyTorch steps and the rule verification derived for them."""
+    from export.graphs import sample_inputs
+
+    inputs = sample_inputs(model, batch, steps, seed=seed)
+    if model.task != "lm":
+        inputs = inputs.to(float_dtype)
+    state = model.init_state(batch, dtype=float_dtype)
+    xs, ys, states = [], [], {n: [v.numpy().copy()] for n, v in state.items()}
+    for t in range(steps):
+        y, state = model.step(inputs[:, t], state)
+        xs.append(inputs[:, t].numpy())
+        ys.append(y.numpy())
+        for n, v in state.items():
+            states[n].append(v.numpy().copy())
+    import numpy as np
+
+    rule = {"exact_tolerance": result.exact_tolerance,
+            "allowed_inexact_fraction": allowed_inexact(result.reference_inexact_fraction, steps * batch, quantized),
+            "sanity_bound": result.tolerance}
+    return write_reference(folder, np.stack(xs), np.stack(ys), {n: np.stack(v) for n, v in states.items()}, rule)
+
+
+def _arithmetic(format: str, quantized: bool, int8_rule: dict[str, Any] | None) -> dict[str, Any]:
+    """What the artifact computes, said plainly (read by ``info``, ``profile`` and the report)."""
+    if not quantized:
+        return {"kind": "float", "integer_kernels": False}
+    if format == "tvm":
+        return {"kind": "fake-quant in float", "integer_kernels": False,
+                "note": "TVM artifacts store the quantized weights as their float values and compute the recipe's "
+                        "rounding in float32 (the same function, no integer kernels)"}
+    return {"kind": "integer weights (QDQ)", "integer_kernels": True, "int8_overflow": int8_rule}
+
+
+def _failure_hint(format: str, quantized: bool, manifest: dict[str, Any]) -> str:
+    host = manifest.get("export_host", {})
+    where = f"{host.get('cpu') or 'this CPU'}, int8 accumulation {host.get('int8_accumulation', '?')}"
+    if format == "onnx" and quantized:
+        return (f"likely cause: an ONNX Runtime integer kernel on this CPU ({where}) rounds or saturates differently "
+                "from the recipe; re-run with --keep-failed DIR to inspect it, or report it with the artifact")
+    return f"likely cause: an operator this runtime lowers differently ({where}); re-run with --keep-failed DIR to inspect it"
+
+
+def _keep(staging: Path, folder: Path, manifest: dict[str, Any]) -> None:
+    """Copy a refused artifact for inspection (its manifest says it failed; readers refuse it)."""
+    if folder.exists():
+        shutil.rmtree(folder) if (folder / MANIFEST).exists() or not any(folder.iterdir()) else None
+    if folder.exists():
+        raise InputError(f"--keep-failed {folder}: the folder exists and is not an edgeseq artifact; choose a new folder")
+    shutil.copytree(staging, folder)
+    _write_manifest(folder, manifest)
 
 
 def _copy_to(model: StreamingModel, dtype: torch.dtype) -> StreamingModel:

@@ -14,6 +14,11 @@ Keys (format version 1; other tools such as ``targets/`` read them):
 * ``files`` — every file with ``path``, ``bytes``, ``sha256``;
 * ``tokenizer`` — ``{"kind": "bytes"}`` or ``{"kind": "hf", "file": "tokenizer.json"}``;
 * ``versions`` — edgeseq, python, torch, onnx, onnxruntime, tvm;
+* ``export_host`` — the CPU that built and verified the artifact: model, machine, the ISA features
+  that select integer kernels, and (ONNX) the session options and the kernels ONNX Runtime chose;
+* ``arithmetic`` — what the artifact computes: integer kernels or float, and the int8 overflow
+  rule it was checked against (:mod:`export.int8_safety`);
+* ``reference`` — the reference stream the device checks on first load (:mod:`targets.selfcheck`);
 * ``verification`` — see :class:`export.verify.Verification` (plus ``checks`` for cross builds);
 * ``created`` — UTC time.
 """
@@ -40,6 +45,14 @@ def tool_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[dist.replace("apache-", "")] = None
     return versions
+
+
+def host_record() -> dict[str, Any]:
+    import os
+
+    from targets.selfcheck import cpu_features
+
+    return {**cpu_features(), "cores": os.cpu_count(), "system": platform.system()}
 
 
 def file_entries(folder: Path) -> list[dict[str, Any]]:
@@ -88,4 +101,4 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-__all__ = ["FORMAT_VERSION", "file_entries", "model_entry", "now_utc", "quantization_summary", "tool_versions"]
+__all__ = ["FORMAT_VERSION", "host_record", "file_entries", "model_entry", "now_utc", "quantization_summary", "tool_versions"]

@@ -304,7 +304,12 @@ def open_artifact(
         else:
             raise InputError(f"{folder}: unknown artifact format {fmt!r} (onnx, tvm)")
     runtime = "onnxruntime" if fmt == "onnx" else f"tvm-{device}"
-    return ArtifactRunner(folder, manifest, graphs, runtime)
+    runner = ArtifactRunner(folder, manifest, graphs, runtime)
+    if verify_files:  # proof on the device: the shipped reference stream, once per device (cached)
+        from targets.selfcheck import check_on_device, torch_step_adapter
+
+        check_on_device(folder, manifest, runtime, torch_step_adapter(runner, runner.state_names()))
+    return runner
 
 
 def _host_arch() -> str:

@@ -155,13 +155,13 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
     granularity, group = plan["granularity"], plan["group_size"]
     clip = weight_clip(weight, granularity, group)
     if recipe.weight_observer == "mse":
-        clip = mse_weight_clip(weight, clip, recipe.weight_bits, group)
-    weight_scale = scale_from_clip(clip, recipe.weight_bits)
+        clip = mse_weight_clip(weight, clip, recipe.weight_bits, group, levels=recipe.weight_levels)
+    weight_scale = scale_from_clip(clip, recipe.weight_bits, levels=recipe.weight_levels)
     hessian = calib.hessians.get(point.path)
     if recipe.gptq and hessian is not None and weight.dim() == 2:
-        weight_int = gptq_quantize(weight, hessian, weight_scale, recipe.weight_bits, group)
+        weight_int = gptq_quantize(weight, hessian, weight_scale, recipe.weight_bits, group, levels=recipe.weight_levels)
     else:
-        weight_int = quantize_weight(weight, weight_scale, recipe.weight_bits, group)
+        weight_int = quantize_weight(weight, weight_scale, recipe.weight_bits, group, levels=recipe.weight_levels)
     stats = observer.describe() if observer is not None else None
     input_scale = torch.tensor(stats["scale"], dtype=torch.float32) if stats else None
     common = dict(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from quantize.qdq import qmax
+from quantize.qdq import weight_limit
 
 
 def gptq_quantize(
-    weight: Tensor, hessian: Tensor, scale: Tensor, bits: int, group_size: int = 0, block_size: int = 128, damp: float = 0.01
+    weight: Tensor, hessian: Tensor, scale: Tensor, bits: int, group_size: int = 0, block_size: int = 128, damp: float = 0.01,
+    levels: int = 0,
 ) -> Tensor:
     """Integer weight ``[out, in]`` (int8) minimising ``||(W - Ŵ) X||`` for the given scales.
 
@@ -25,7 +26,7 @@ def gptq_quantize(
     W = weight.detach().double().clone()  # [out, in]
     H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
     out_features, in_features = W.shape
-    limit = qmax(bits)
+    limit = weight_limit(bits, levels)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0

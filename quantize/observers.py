@@ -172,7 +172,7 @@ def make_observer(kind: str, name: str = "", bits: int = 8, percentile: float = 
     return OBSERVERS[kind](name, bits)
 
 
-def mse_weight_clip(weight: Tensor, clip: Tensor, bits: int, group_size: int = 0, grid: int = 20) -> Tensor:
+def mse_weight_clip(weight: Tensor, clip: Tensor, bits: int, group_size: int = 0, grid: int = 20, levels: int = 0) -> Tensor:
     """Per-row (channel or group) MSE-optimal clip for a weight, searched over ``[0.5, 1] · clip``."""
     from quantize.qdq import dequantize_weight, quantize_weight
 
@@ -181,8 +181,8 @@ def mse_weight_clip(weight: Tensor, clip: Tensor, bits: int, group_size: int = 0
     best_err = torch.full_like(clip, float("inf"))
     for ratio in torch.linspace(0.5, 1.0, grid).tolist():
         trial = clip * ratio
-        scale = scale_from_clip(trial, bits)
-        deq = dequantize_weight(quantize_weight(w, scale, bits, group_size), scale, group_size)
+        scale = scale_from_clip(trial, bits, levels=levels)
+        deq = dequantize_weight(quantize_weight(w, scale, bits, group_size, levels), scale, group_size)
         err = (deq - w).pow(2)
         if clip.dim() == 0:
             err = err.sum()

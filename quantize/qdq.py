@@ -46,10 +46,23 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
 
 
-def scale_from_clip(clip: Tensor | float, bits: int, eps: float = 1e-12) -> Tensor:
-    """Symmetric scale that maps ``[-clip, clip]`` onto ``[-qmax, qmax]`` (never zero)."""
+def weight_limit(bits: int, levels: int = 0) -> int:
+    """Largest integer weight magnitude: ``levels`` when given (a narrowed range), else ``qmax(bits)``."""
+    limit = qmax(bits)
+    if levels:
+        if not 1 <= levels <= limit:
+            raise ValueError(f"a {bits}-bit weight range holds at most {limit} levels, got {levels}")
+        return levels
+    return limit
+
+
+def scale_from_clip(clip: Tensor | float, bits: int, eps: float = 1e-12, levels: int = 0) -> Tensor:
+    """Symmetric scale that maps ``[-clip, clip]`` onto ``[-qmax, qmax]`` (never zero).
+
+    ``levels`` narrows the integer range to ``[-levels, levels]`` (see :func:`weight_limit`).
+    """
     clip = torch.as_tensor(clip, dtype=torch.float32)
-    return (clip / qmax(bits)).clamp(min=eps).to(torch.float32)
+    return (clip / weight_limit(bits, levels)).clamp(min=eps).to(torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,11 +136,14 @@ def weight_clip(weight: Tensor, granularity: str, group_size: int = 0) -> Tensor
     raise ValueError(f"unknown weight granularity {granularity!r} (tensor, channel, group)")
 
 
-def quantize_weight(weight: Tensor, scale: Tensor, bits: int, group_size: int = 0) -> Tensor:
-    """Integer weight ``clamp(round(w / scale), -qmax, qmax)`` as int8 (4-bit values too)."""
+def quantize_weight(weight: Tensor, scale: Tensor, bits: int, group_size: int = 0, levels: int = 0) -> Tensor:
+    """Integer weight ``clamp(round(w / scale), -limit, limit)`` as int8 (4-bit values too).
+
+    ``limit`` is ``qmax(bits)`` or the narrowed ``levels`` (:func:`weight_limit`).
+    """
     if bits > 8:
         raise ValueError(f"weights are stored in int8: bits must be <= 8, got {bits}")
-    limit = qmax(bits)
+    limit = weight_limit(bits, levels)
     flat = weight.detach().float().reshape(weight.shape[0], -1) if group_size else weight.detach().float()
     full_scale = expand_group_scale(scale.float(), tuple(flat.shape), group_size)
     q = torch.clamp(torch.round(flat / full_scale), -limit, limit).to(torch.int8)

@@ -12,6 +12,13 @@ A recipe says, for every quantization point a model declares (see
 * ``rotate`` — apply the online Hadamard transform at ``rotatable`` points, with the inverse fused
   offline into the layer weight (Quamba's ``out_proj`` rotation);
 * ``float_dtype`` — ``float16`` stores every float parameter in half precision (the ``fp16`` recipe);
+* ``weight_levels`` — narrow the integer weight range to ``[-weight_levels, weight_levels]``
+  (0 = the full ``[-(2^(b-1)-1), 2^(b-1)-1]``). The int8-activation recipes use 64: on x86 CPUs
+  without VNNI (AVX2, AVX-512F/BW) ONNX Runtime shifts int8 activations to uint8 and multiplies
+  them with ``VPMADDUBSW``, which adds two adjacent u8×s8 products into a *saturating* 16-bit
+  sum; ``255 · (|w0| + |w1|)`` must stay below 32,768, which holds for every pair when
+  ``|w| <= 64``. Such artifacts then compute the same function on every CPU (VNNI, Arm SDOT and
+  CUDA accumulate in 32 bits anyway); the accuracy cost is measured in ``docs/quantization.md``;
 * ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
   (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
   (``StreamingModel.embeddings_quantizable``).
@@ -45,6 +52,7 @@ class QuantRecipe:
     group_fallback: str = "error"  # what a layer the group size does not divide gets: "error" | "channel"
     weight_observer: str = "minmax"  # minmax | mse
     gptq: bool = False
+    weight_levels: int = 0  # 0 = full range; 64 = pairwise-16-bit-safe int8 (see the module docs)
     # activations
     act_bits: int = 0  # 0 = activations stay float
     act_observer: str = "minmax"  # for points with clip="max"
@@ -84,6 +92,7 @@ class QuantRecipe:
 
 
 _W4_GROUP = 128
+_PAIR_SAFE = 64  # weight_levels of the int8-activation recipes: no u8×s8 pair sum can saturate 16 bits
 
 RECIPES: dict[str, QuantRecipe] = {
     "fp32": QuantRecipe("fp32", "no quantization (the reference)"),
@@ -92,25 +101,35 @@ RECIPES: dict[str, QuantRecipe] = {
         "w8a8-minmax",
         "naive baseline: int8 per-tensor weights, static int8 activations with min/max scales everywhere",
         weight_bits=8, weight_granularity="tensor", act_bits=8, act_observer="minmax", clip_observer="minmax",
+        weight_levels=_PAIR_SAFE,
     ),
     "w8a8": QuantRecipe(
         "w8a8",
         "Quamba: int8 per-channel weights, static int8 activations, percentile-clipped SSM input, "
         "Hadamard-rotated out_proj input",
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
-        rotate=True,
+        rotate=True, weight_levels=_PAIR_SAFE,
     ),
     "w8a8-norotate": QuantRecipe(
         "w8a8-norotate", "ablation: w8a8 without the Hadamard rotation",
         weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="percentile", rotate=False,
+        weight_levels=_PAIR_SAFE,
     ),
     "w8a8-noclip": QuantRecipe(
         "w8a8-noclip", "ablation: w8a8 without percentile clipping (min/max everywhere)",
         weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="minmax", rotate=True,
+        weight_levels=_PAIR_SAFE,
     ),
     "w8a8-noclip-norotate": QuantRecipe(
         "w8a8-noclip-norotate", "ablation: w8a8 with neither rotation nor percentile clipping",
         weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="minmax", rotate=False,
+        weight_levels=_PAIR_SAFE,
+    ),
+    "w8a8-fullrange": QuantRecipe(
+        "w8a8-fullrange",
+        "ablation: w8a8 with the full int8 weight range [-127, 127]; exact only where int8 kernels accumulate "
+        "in 32 bits (x86 VNNI, Arm SDOT, CUDA): ONNX export refuses it (x86 without VNNI saturates)",
+        weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="percentile", rotate=True,
     ),
     "w4a8": QuantRecipe(
         "w4a8",
@@ -161,6 +180,9 @@ def validate_recipe(recipe: QuantRecipe) -> None:
         raise InputError(f"{where}: percentile must be in [50, 100], got {recipe.percentile}")
     if recipe.float_dtype not in ("float32", "float16"):
         raise InputError(f"{where}: float_dtype must be float32 or float16, got {recipe.float_dtype!r}")
+    if recipe.weight_levels and recipe.weight_bits and not 1 <= recipe.weight_levels <= 2 ** (recipe.weight_bits - 1) - 1:
+        raise InputError(f"{where}: weight_levels must be 0 (full range) or 1..{2 ** (recipe.weight_bits - 1) - 1} "
+                         f"for {recipe.weight_bits}-bit weights, got {recipe.weight_levels}")
     if recipe.embedding_bits not in (0, 2, 3, 4, 5, 6, 7, 8):
         raise InputError(f"{where}: embedding_bits must be 0 (float) or 2..8, got {recipe.embedding_bits}")
     if recipe.act_bits and not recipe.weight_bits:

@@ -555,6 +555,10 @@ def open_runtime(
             rt: Runtime = OnnxRuntime(artifact, device, threads)
         else:
             rt = TvmRuntime(artifact, device, threads)
+        from targets.selfcheck import check_on_device
+
+        # proof on the device: the shipped reference stream, once per device and runtime (cached)
+        check_on_device(artifact.folder, artifact.manifest, f"{artifact.format}-{device}", lambda x, s: rt.step(x, s))
         return rt
     if runtime not in (None, "torch", "torch-cudagraph"):
         raise InputError(f"{source}: a model (not an exported artifact) runs in the torch runtime; export it first for {runtime}")

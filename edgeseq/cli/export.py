@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=256, help="streaming steps checked against PyTorch (default 256)")
     p.add_argument("--prefill-length", type=int, default=64, help="positions per prefill-graph call (default 64)")
     p.add_argument("--no-prefill", action="store_true", help="export the step graph only")
+    p.add_argument("--keep-failed", metavar="DIR", default=None,
+                   help="when verification refuses the artifact, keep it in DIR for inspection (its manifest says it failed)")
 
 
 def run(args):
@@ -38,7 +40,7 @@ def run(args):
     manifest = export_loaded(
         loaded, output, format=args.format, target=args.target, opset=args.opset, dtype=args.dtype,
         steps=args.steps, prefill=not args.no_prefill, prefill_length=args.prefill_length, force=args.force,
-        log=log,
+        log=log, keep_failed=args.keep_failed,
     )
     manifest["path"] = str(output)
     if args.json:
@@ -64,7 +66,8 @@ def _print_summary(manifest: dict, output: str) -> None:
         f"verified on {v['runtime']}: {v['steps']} steps, max rel. error outputs {v['max_rel_error']:.2e}, "
         f"state {v['max_rel_state_error']:.2e} (tolerance {v['tolerance']:g})"
         + (f", top-1 agreement {v['argmax_agreement']:.3f}" if v.get("argmax_agreement") is not None else "")
-        + (f"; teacher-forced: {v['teacher_forced_exact_fraction']:.0%} of steps within 1e-4, max "
+        + (f"; teacher-forced: {v['teacher_forced_exact_fraction']:.1%} of {v.get('sample_steps', 0)} sample-steps within "
+           f"{v.get('exact_tolerance', 1e-4):.2g} (float64 PyTorch: {1 - v.get('reference_inexact_fraction', 0.0):.1%}), max "
            f"{v['teacher_forced_max_rel_error']:.2e}" if v.get("teacher_forced_exact_fraction") is not None else "")
     )
     if v.get("note"):
