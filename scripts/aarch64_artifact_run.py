@@ -6,6 +6,11 @@ compiler. Written for ``scripts/aarch64_qemu_run.sh`` (aarch64 artifacts under q
 works the same on an aarch64 board or, for an x86-64 ``--target cpu`` artifact, on this machine.
 
     python aarch64_artifact_run.py ARTIFACT_DIR REFERENCE.npz [--steps N] [--tvm-lib-dir DIR] [--json]
+    python aarch64_artifact_run.py ARTIFACT_DIR            # the artifact's own reference stream
+
+Without REFERENCE.npz it runs the stream every artifact ships (``reference.npz``, teacher-forced
+from the recorded states) under the exactness rule of ``manifest["reference"]`` — the same
+on-device proof as ``targets.selfcheck`` — and exits 1 when this device computes another function.
 
 It mirrors ``export.runtime.open_artifact``: reads ``manifest.json``, checks every file's sha256,
 loads ``graphs.step.file`` into the Relax VM (``vm_load_executable`` → ``vm_initialization`` on
@@ -91,10 +96,43 @@ def load_step(artifact: str, manifest: dict, runtime_lib: str):
     return tvm_ffi, vm["main"]
 
 
+def shipped_reference_check(args, manifest: dict, names: list, dtypes: list) -> int:
+    """Teacher-forced steps of the shipped ``reference.npz`` under the manifest's exactness rule."""
+    entry = manifest.get("reference")
+    if not isinstance(entry, dict):
+        sys.exit(f"{args.artifact}: this artifact ships no reference stream; pass REFERENCE.npz")
+    tvm_ffi, step = load_step(args.artifact, manifest, find_runtime(args.tvm_lib_dir))
+    with np.load(os.path.join(args.artifact, entry["file"]), allow_pickle=False) as data:
+        ref = {name: data[name] for name in data.files}
+
+    def per_sample(r, g):
+        r, g = r.astype(np.float64), g.astype(np.float64)
+        peak = max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
+        return np.abs(r - g).reshape(r.shape[0], -1).max(axis=1) / peak
+
+    errors = []
+    for t in range(int(entry["steps"])):
+        args_t = [aligned(ref["x"][t], dtypes[0])] + [aligned(ref[f"state.{n}"][t], d) for n, d in zip(names[1:], dtypes[1:])]
+        got = [np.from_dlpack(o) for o in step(*[tvm_ffi.from_dlpack(a, require_alignment=64, require_contiguous=True) for a in args_t])]
+        e = per_sample(ref["y"][t], got[0])
+        for n, value in zip(names[1:], got[1:]):
+            e = np.maximum(e, per_sample(ref[f"state.{n}"][t + 1], value))
+        errors.append(e)
+    errors = np.concatenate(errors)
+    inexact = float((errors > entry["exact_tolerance"]).mean())
+    passed = inexact <= entry["allowed_inexact_fraction"] and float(errors.max()) <= entry["sanity_bound"]
+    report = {"artifact": args.artifact, "reference": "shipped", "sample_steps": int(errors.size), "inexact_fraction": inexact,
+              "allowed_inexact_fraction": entry["allowed_inexact_fraction"], "max_rel_error": float(errors.max()),
+              "passed": bool(passed)}
+    print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+    return 0 if passed else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("artifact")
-    parser.add_argument("reference")
+    parser.add_argument("reference", nargs="?", default=None,
+                        help="a stream from aarch64_reference.py (default: the artifact's shipped reference.npz)")
     parser.add_argument("--steps", type=int, default=None, help="steps to run (default: all in the reference)")
     parser.add_argument("--tvm-lib-dir", default=None, help="folder holding libtvm_runtime.so")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -124,6 +162,8 @@ def main() -> int:
     spec = manifest["graphs"]["step"]
     names = [t["name"] for t in spec["inputs"]]
     dtypes = [DTYPES[t["dtype"]] for t in spec["inputs"]]
+    if args.reference is None:
+        return shipped_reference_check(args, manifest, names, dtypes)
     with np.load(args.reference, allow_pickle=False) as data:
         reference = {name: data[name] for name in data.files}  # an NpzFile re-reads on every access
     inputs, outputs = reference["inputs"], reference["outputs"]

@@ -41,7 +41,7 @@ def test_existing_output_is_refused_unless_force(tiny_mamba, tmp_path):
         export_artifact(tiny_mamba, out, steps=2, prefill=False)
     assert (out / "keep.txt").read_text() == "mine"
     export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "step.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "reference.npz", "step.onnx"]
     assert _leftovers(tmp_path) == ["art"]
 
 
