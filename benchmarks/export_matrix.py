@@ -12,6 +12,11 @@ validation split).
                                        [--max-bytes 20000] [--json out.json] [--work DIR]
 
 Prints one table; ``--json`` keeps every row (verification dicts included).
+
+``--emulate-cpu Haswell`` (ONNX rows; needs ``qemu-x86_64-static``) also evaluates each artifact
+on ONNX Runtime's kernels for that CPU model — QEMU's Haswell has AVX2 and neither AVX-512 nor
+VNNI, so the u8×s8 pairwise-16-bit kernels run — through ``edgeseq eval`` in a QEMU process;
+opening the artifact there also runs its shipped reference check (``targets.selfcheck``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,26 @@ def _evaluate(model, tokenizer, meta, task, max_bytes):
     return result["bits_per_byte" if task == "lm" else "accuracy"]
 
 
-def run(models, recipes, formats, max_bytes, work: Path, steps: int):
+def _eval_emulated(cpu: str, artifact: Path, task: str, max_bytes: int):
+    """The held-out metric of an artifact under ``qemu-x86_64 -cpu CPU`` (the CPU's own kernels)."""
+    import os
+    import subprocess
+
+    qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise SystemExit("--emulate-cpu needs qemu-x86_64-static (apt-get install qemu-user-static)")
+    cmd = [qemu, "-cpu", cpu, sys.executable, "-m", "edgeseq", "eval", str(artifact), "--json"]
+    if task == "lm":
+        cmd += ["--max-bytes", str(max_bytes)]
+    env = {**os.environ, "EDGESEQ_CACHE_DIR": str(artifact.parent / f".cache-{cpu}")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parents[1]))
+    if proc.returncode != 0:
+        return None, proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else f"exit {proc.returncode}"
+    result = json.loads(proc.stdout)
+    return result["bits_per_byte" if task == "lm" else "accuracy"], None
+
+
+def run(models, recipes, formats, max_bytes, work: Path, steps: int, emulate_cpu: str | None = None):
     from edgeseq.checkpoints import load_model
     from export.artifact import export_loaded
     from quantize.apply import quantize_checkpoint
@@ -74,6 +98,12 @@ def run(models, recipes, formats, max_bytes, work: Path, steps: int):
                 row["artifact_eval_s"] = round(time.perf_counter() - t0, 1)
                 row["same_to_3_decimals"] = abs(row["artifact_metric"] - torch_metric) < 5e-4  # equal to 3 decimals: |Δ| < 0.0005
                 row["abs_diff"] = abs(row["artifact_metric"] - torch_metric)
+                if emulate_cpu and fmt == "onnx":
+                    t0 = time.perf_counter()
+                    metric, error = _eval_emulated(emulate_cpu, out, task, max_bytes)
+                    row.update(emulated_cpu=emulate_cpu, emulated_metric=metric, emulated_error=error,
+                               emulated_eval_s=round(time.perf_counter() - t0, 1),
+                               emulated_same_to_3_decimals=metric is not None and abs(metric - torch_metric) < 5e-4)
                 rows.append(row)
                 print(_line(row), flush=True)
                 shutil.rmtree(out, ignore_errors=True)
@@ -88,7 +118,10 @@ def _line(row):
             f"free {v['max_rel_error']:.1e}/{v['max_rel_state_error']:.1e}  "
             f"forced {v['teacher_forced_exact_fraction']:.0%} max {v['teacher_forced_max_rel_error']:.1e}  "
             f"torch {row['torch_metric']:.4f}  artifact {row['artifact_metric']:.4f}  "
-            f"{'=' if row['same_to_3_decimals'] else '≠'} (|Δ| {row['abs_diff']:.1e})")
+            f"{'=' if row['same_to_3_decimals'] else '≠'} (|Δ| {row['abs_diff']:.1e})"
+            + ("" if "emulated_cpu" not in row else
+               f"  {row['emulated_cpu']}: " + (f"{row['emulated_metric']:.4f} {'=' if row['emulated_same_to_3_decimals'] else '≠'}"
+                                               if row["emulated_metric"] is not None else f"REFUSED: {row['emulated_error']}")))
 
 
 def main(argv=None):
@@ -99,15 +132,21 @@ def main(argv=None):
     parser.add_argument("--max-bytes", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--json")
+    parser.add_argument("--emulate-cpu", metavar="QEMU_CPU", default=None,
+                        help="also evaluate ONNX artifacts under qemu-x86_64 with this CPU model (e.g. Haswell: AVX2, no VNNI)")
     parser.add_argument("--work", help="folder for quantized models and artifacts (default: a temporary one)")
     args = parser.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="edgeseq-matrix-"))
     work.mkdir(parents=True, exist_ok=True)
     print("model                      recipe fmt   verification (rel. errors)                        metric: PyTorch vs artifact")
-    rows = run(args.models, args.recipes, args.formats, args.max_bytes, work, args.steps)
+    rows = run(args.models, args.recipes, args.formats, args.max_bytes, work, args.steps, args.emulate_cpu)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
     ok = [r for r in rows if r["status"] == "ok"]
+    emulated = [r for r in ok if "emulated_cpu" in r]
+    if emulated:
+        print(f"{sum(r['emulated_same_to_3_decimals'] for r in emulated)}/{len(emulated)} ONNX artifacts give the PyTorch "
+              f"metric to 3 decimals on {args.emulate_cpu} kernels (QEMU)")
     print(f"{sum(r['same_to_3_decimals'] for r in ok)}/{len(ok)} artifacts give the PyTorch metric to 3 decimals; "
           f"{len(rows) - len(ok)} exports refused")
     if not args.work:
