@@ -330,12 +330,37 @@ class ArtifactRunner:
 
     __call__ = forward
 
+    @property
+    def vocab_size(self) -> int | None:
+        outputs = self.graphs["step"].spec.get("outputs") or []
+        shape = outputs[0].get("shape") if outputs else None
+        if shape and isinstance(shape[-1], int):
+            return shape[-1]
+        return getattr(self.config, "vocab_size", None)
+
+    def _check_ids(self, x: Any) -> None:
+        """Token ids outside ``0..vocab-1`` are refused before the runtime call: ONNX ``Gather``
+        wraps negative indices (id -1 would return the logits of the last token) where PyTorch raises."""
+        ids = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+        if ids.size == 0:
+            return
+        if not np.issubdtype(ids.dtype, np.integer):
+            if not np.all(np.mod(ids, 1) == 0):
+                raise InputError(f"token ids must be integers, got {ids.dtype} values")
+        vocab = self.vocab_size
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or (vocab is not None and high >= vocab):
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside the model's vocabulary (0..{(vocab or 0) - 1})")
+
     def _arrays(self, graph: _Graph, x: Any, state: dict[str, Tensor]) -> list[np.ndarray]:
         names = self.state_names()
         missing = [n for n in names if n not in state]
         if missing:
             raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
         values = [x, *[state[n] for n in names]]
+        if self.task == "lm":
+            self._check_ids(x)
         arrays = []
         for value, dtype in zip(values, graph.input_dtypes):
             array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
