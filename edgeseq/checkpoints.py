@@ -465,6 +465,16 @@ def _unrecognised(path: Path) -> str:
             hint = " (Mamba-2 is not supported yet)" if str(kind).startswith("mamba") else ""
             return f"{config}: model_type is {kind!r}; edgeseq reads Mamba-1 checkpoints (model_type 'mamba'){hint}"
         return f"{config}: not a config edgeseq knows (no model_type 'mamba', no state-spaces d_model/n_layer)"
+    if path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        # say why it was not recognised: refused as unsafe (a pickle that would run code), or a
+        # plain state dict whose keys match none of the families
+        try:
+            tensors = read_torch_weights(path)
+        except InputError as exc:
+            return str(exc)
+        sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
+        return (f"{path}: a PyTorch state dict ({len(tensors)} tensors, e.g. {sample}) whose keys match no known "
+                f"checkpoint layout; pass --format (edgeseq, {', '.join(FORMATS)}) or convert it with save_model")
     if path.is_dir() and any((path / n).is_file() for n in (*_WEIGHT_NAMES, WEIGHTS_FILE)):
         return (
             f"{path}: weights but no config: add config.json (Hugging Face / state-spaces) "

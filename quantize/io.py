@@ -113,6 +113,10 @@ def read_header(folder: str | Path) -> dict[str, Any]:
     for key in ("family", "config", "recipe", "modules"):
         if key not in header:
             raise InputError(f"{folder / QUANT_FILE}: missing {key!r}; was it written by `edgeseq quantize`?")
+    if not isinstance(header["config"], dict) or not isinstance(header["modules"], dict):
+        raise InputError(f"{folder / QUANT_FILE}: 'config' and 'modules' must be JSON objects; was it written by `edgeseq quantize`?")
+    if not isinstance(header.get("format_version", 1), int):
+        raise InputError(f"{folder / QUANT_FILE}: 'format_version' must be an integer")
     if header.get("format_version", 1) > FORMAT_VERSION:
         raise InputError(
             f"{folder / QUANT_FILE}: format version {header['format_version']} is newer than this edgeseq "
