@@ -40,10 +40,19 @@ def assert_one_line_error(code, out, err, expected_code, needle, json_mode=False
     assert len(lines) == 1 and "Traceback" not in err, err
     assert needle in lines[0], lines[0]
     if json_mode:
-        obj = json.loads(out)
+        obj = strict_json(out)
         assert set(obj) == {"error", "kind"} and needle in obj["error"], obj
     else:
         assert out == ""
+
+
+def strict_json(text: str):
+    """JSON as RFC 8259 has it: a bare ``NaN``/``Infinity`` (Python's extension) fails."""
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant} in {text[:200]!r}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
