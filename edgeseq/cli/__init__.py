@@ -146,7 +146,9 @@ def _option_for(args: argparse.Namespace | None, filename: str | None) -> str | 
             path = Path(value).expanduser().absolute()
         except (OSError, ValueError):
             continue
-        if target == path or path in target.parents:
+        staging = any(t.parent == path.parent and t.name.startswith(f".{path.name}.")  # its temp files
+                      for t in (target, *target.parents))
+        if target == path or path in target.parents or target in path.parents or staging:
             return key.upper() if key in ("model", "artifact") else "--" + key.replace("_", "-")
     return None
 
@@ -170,6 +172,7 @@ def describe_os_error(exc: OSError, args: argparse.Namespace | None = None) -> t
         errno.ENOENT: "no such file or folder: check the path",
         errno.ENOTDIR: "a part of the path is a file, not a folder",
         errno.EISDIR: "it is a folder; a file was expected",
+        errno.EEXIST: "it exists and is not a folder (a part of the path is a file)",
     }
     message = hints.get(exc.errno, reason)
     code = 1 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) or exc.errno is None else 2
@@ -211,6 +214,29 @@ def _report(command: str, exc: BaseException, want_json: bool, message: str | No
     return 0
 
 
+class _deferred_signals:
+    """Record SIGINT/SIGTERM instead of acting on them (the main thread only); restores the
+    handlers on exit. ``with _deferred_signals() as pending:`` — ``pending`` lists what arrived."""
+
+    def __enter__(self) -> list[int]:
+        import signal
+
+        self.pending: list[int] = []
+        self.previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.pending.append(signum))
+            except ValueError:  # not the main thread
+                pass
+        return self.pending
+
+    def __exit__(self, *exc_info: Any) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends as one line on stderr (and a JSON object under --json)."""
     import signal
@@ -228,13 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         global _USAGE_ERROR
         _USAGE_ERROR = None
-        parser = build_parser()
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:
-            if exc.code not in (0, None) and want_json and _USAGE_ERROR:
-                emit_json({"error": _USAGE_ERROR, "kind": "usage"})
-            raise
+        # Start-up (building the parser, importing torch) with Ctrl-C/SIGTERM deferred: an interrupt
+        # inside torch's C++ import code aborts the process (pybind11 terminate) instead of raising.
+        with _deferred_signals() as pending:
+            parser = build_parser()
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:
+                if exc.code not in (0, None) and want_json and _USAGE_ERROR:
+                    emit_json({"error": _USAGE_ERROR, "kind": "usage"})
+                raise
+            if getattr(args, "_module", None):
+                import torch  # noqa: F401 - nearly every command needs it; imported while signals wait
+        if pending:
+            raise _Terminated() if pending[0] == signal.SIGTERM else KeyboardInterrupt()
         if not getattr(args, "_module", None):
             parser.print_help(sys.stderr)
             return 2

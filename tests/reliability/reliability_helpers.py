@@ -36,9 +36,9 @@ def assert_one_line_error(code, out, err, expected_code, needle, json_mode=False
     """The contract of every failure: the exit code, one stderr line naming the problem, no
     traceback; under ``--json`` one JSON error object on stdout."""
     assert code == expected_code, (code, err)
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("[")]  # progress lines: "[export] ..."
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert needle in lines[0], lines[0]
+    assert needle in lines[0] and err.rstrip().endswith(lines[0]), lines[0]
     if json_mode:
         obj = strict_json(out)
         assert set(obj) == {"error", "kind"} and needle in obj["error"], obj
