@@ -234,6 +234,9 @@ class StreamingModel(nn.Module):
         return [s.name for s in self.state_spec()]
 
 
+StreamingModel.prefill = _require_time_steps(StreamingModel.prefill)  # the step-by-step default too
+
+
 def running_mean_scores(frame_scores: Tensor) -> Tensor:
     """Streaming prediction of a classifier: the running mean of per-frame scores over time.
 
