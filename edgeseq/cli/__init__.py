@@ -199,7 +199,7 @@ def _check_text_arguments(args: argparse.Namespace) -> None:
                 raise InputError(f"{name} is not valid UTF-8 text; pass UTF-8 (check the terminal's encoding)")
 
 
-def _report(command: str, exc: BaseException, want_json: bool, message: str | None = None) -> int:
+def _report(command: str, exc: BaseException, want_json: bool, message: str | None = None) -> None:
     """Write the one-line error (and the JSON error object on stdout under ``--json``)."""
     from edgeseq.errors import EdgeseqError
 
@@ -211,7 +211,6 @@ def _report(command: str, exc: BaseException, want_json: bool, message: str | No
     sys.stderr.flush()
     if want_json:
         emit_json({"error": message, "kind": error_kind(exc)})
-    return 0
 
 
 class _deferred_signals:
