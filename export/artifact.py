@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -251,7 +252,7 @@ def check_replaceable(out: Path, force: bool) -> None:
     if not os.path.lexists(out):
         return
     if out.is_symlink() or not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder; choose another --output")
+        raise InputError(f"{out} exists and is not a folder (a file or a symlink); choose another --output")
     if not force:
         raise InputError(f"{out} already exists; pass --force to replace it")
     if any(out.iterdir()) and not is_edgeseq_artifact(out):
@@ -286,6 +287,9 @@ def remove_stale_partials(out: Path) -> list[Path]:
         if pid is None or _pid_alive(pid):
             continue  # a running export's folder (or one of an older naming): left alone
         try:
+            # the shared temp dir may hold another PID namespace's (container's) exports: an hour's grace
+            if marker == SCRATCH and time.time() - path.stat().st_mtime < 3600:
+                continue
             if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid():
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
