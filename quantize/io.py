@@ -95,6 +95,9 @@ def save_quantized(
         header["tokenizer"] = {"kind": "hf", "path": "tokenizer.json"}
     elif (folder / "tokenizer.json").is_file() and (folder / QUANT_FILE).is_file():
         (folder / "tokenizer.json").unlink()  # an earlier quantization's: this model reads bytes
+    # an earlier quantization's header goes first: killed half-way, the folder is incomplete (no
+    # quantization.json), never new weights described by an old header
+    (folder / QUANT_FILE).unlink(missing_ok=True)
     _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(_untie(state), str(p), metadata={"format": "edgeseq-quantized"}))
     text = json.dumps(header, indent=2, default=_json_default) + "\n"
     _atomic_write(folder / QUANT_FILE, lambda p: Path(p).write_text(text))
@@ -186,7 +189,8 @@ def check_output(folder: str | Path, force: bool) -> None:
     if not force:
         raise InputError(f"{folder} already exists; pass --force to replace it")
     ours = {WEIGHTS_FILE, QUANT_FILE, "tokenizer.json"}
-    names = {p.name for p in folder.iterdir()}
+    # and the temp files of an interrupted atomic write (".model.safetensors.XXXX")
+    names = {p.name for p in folder.iterdir() if not any(p.name.startswith(f".{n}.") for n in ours)}
     if not (folder / QUANT_FILE).is_file() or not names <= ours:
         raise InputError(f"{folder} holds files that are not an `edgeseq quantize` folder; --force replaces only an "
                          "earlier quantized folder or an empty folder: choose another output path (-o)")

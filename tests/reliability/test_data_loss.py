@@ -148,3 +148,31 @@ def test_killed_export_leaves_nothing(tmp_path, tiny_ckpt, sig, code):
     assert "Traceback" not in err and lines[-1].startswith("edgeseq export: ")
     assert not out.exists() and leftovers(tmp_path) == []
     assert list(scratch.iterdir()) == []
+
+
+def test_interrupted_quantize_overwrite_never_mixes_old_and_new(capsys, tmp_path, tiny_ckpt, monkeypatch):
+    """A --force overwrite that fails between the weights and the header (no space) leaves an
+    incomplete folder that no reader takes for a quantized model, never the new weights described
+    by the old quantization.json."""
+    import errno
+
+    import quantize.io as qio
+    from edgeseq.checkpoints import load_model
+    from edgeseq.errors import InputError
+
+    out = tmp_path / "q"
+    code, _, err = run_cli(capsys, "quantize", tiny_ckpt, "--recipe", "fp16", "-o", out, "--json")
+    assert code == 0, err
+    real = qio._atomic_write
+
+    def full_disk_at_the_header(path, write):
+        if path.name == qio.QUANT_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, write)
+
+    monkeypatch.setattr(qio, "_atomic_write", full_disk_at_the_header)
+    code, stdout, err = run_cli(capsys, "quantize", tiny_ckpt, "--recipe", "fp32", "-o", out, "--force", "--json")
+    assert_one_line_error(code, stdout, err, 1, "no space left", json_mode=True)
+    assert "(from --output)" in err
+    with pytest.raises(InputError):
+        load_model(out)
