@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,13 +17,6 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def run_subprocess(*argv, env=None, **kwargs):
-    """``python -m edgeseq ARGV`` (argv may hold bytes) from the worktree root."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edgeseq", *argv], capture_output=True, env=full_env,
-                          cwd=ROOT, timeout=300, **kwargs)
 
 
 def assert_one_line_error(code, out, err, expected_code, needle, json_mode=False):

@@ -4,7 +4,6 @@ UnicodeError mapping, recipe field types, the listed raw errors, prompts, decodi
 from __future__ import annotations
 
 import errno
-import json
 import signal
 import subprocess
 import sys
