@@ -166,3 +166,18 @@ def test_out_of_range_token_ids_are_refused_before_the_runtime(artifact, token):
         runner.prefill(torch.tensor([[1, token]]))
     y, _ = runner.step(torch.tensor([255]), state)  # the last valid id still works
     assert y.shape == (1, 256)
+
+
+def test_classifier_with_overflowing_scores_is_an_error_not_an_accuracy():
+    from edgeseq.errors import EdgeseqError
+    from edgeseq.evaluate import evaluate
+    from edgeseq.models import build_model
+
+    model = build_model("lmuformer", dim=8, depth=1, n_classes=3, input_dim=4).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.fill_(1e30)  # finite weights, scores overflow to Inf/NaN
+    frames, labels = torch.randn(4, 6, 4), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(EdgeseqError, match="scores hold NaN/Inf"):
+        evaluate(model, data=(frames, labels), quiet=True)
