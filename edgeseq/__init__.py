@@ -1,11 +1,27 @@
 """edgeseq: streaming recurrent sequence models (Mamba, SpikeGPT, LMUFormer) taken to the edge.
 
-``import edgeseq`` is light: it imports torch and edgeseq's contract, never TVM or ONNX Runtime.
+``import edgeseq`` is light: the model contract (and torch) load on first use, never TVM or ONNX Runtime.
 """
 
 from edgeseq.errors import EdgeseqError, InputError
-from edgeseq.models import MODEL_FAMILIES, build_model
-from edgeseq.streaming import ModelConfig, QuantPoint, StateSpec, StreamingModel
+
+# The rest is imported on first use (PEP 562), so that `edgeseq.cli` starts without importing
+# torch first: a Ctrl-C in the first seconds then lands inside the CLI's error handling.
+_LAZY = {
+    "MODEL_FAMILIES": "edgeseq.models", "build_model": "edgeseq.models",
+    "ModelConfig": "edgeseq.streaming", "QuantPoint": "edgeseq.streaming", "StateSpec": "edgeseq.streaming",
+    "StreamingModel": "edgeseq.streaming",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgeseq' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -175,14 +176,73 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, Tensor], path: st
         raise InputError(f"{path}: missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
     if unexpected:
         raise InputError(f"{path}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]!r}")
+    cast = {}
     for name, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
+        want = expected[name]
+        if tuple(value.shape) != tuple(want.shape):
             raise InputError(
-                f"{path}: tensor {name!r} has shape {tuple(value.shape)}, the config needs {tuple(expected[name].shape)}"
+                f"{path}: tensor {name!r} has shape {tuple(value.shape)}, the config needs {tuple(want.shape)}"
             )
-        if not torch.isfinite(value).all() if value.is_floating_point() else False:
-            raise InputError(f"{path}: tensor {name!r} holds NaN or Inf")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+        if want.is_floating_point() and not value.is_floating_point():
+            # int64/bool weights would be cast to numbers nobody trained: refuse them
+            raise InputError(f"{path}: tensor {name!r} is {str(value.dtype).replace('torch.', '')}; "
+                             f"the model needs floating-point weights ({str(want.dtype).replace('torch.', '')})")
+        value = value.to(want.dtype)
+        # after the cast: float64 values beyond float32's range become Inf here
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{path}: tensor {name!r} holds NaN or Inf"
+                             f"{' after conversion to ' + str(want.dtype).replace('torch.', '') if tensors[name].dtype != want.dtype else ''}")
+        cast[name] = value
+    model.load_state_dict(cast, strict=True)
+
+
+def safetensors_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``name -> (shape, dtype)`` from a ``.safetensors`` header, without reading the weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: (tuple(handle.get_slice(key).get_shape()), str(handle.get_slice(key).get_dtype()))
+                    for key in handle.keys()}
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({_first_line(exc)}); is it truncated?") from None
+
+
+def build_checked(family: Any, config: Any, weights: Path, where: Path):
+    """Build a model whose config matches the weights file, checked first on PyTorch's ``meta``
+    device (no memory): a config asking for a model far larger than its weights (hundreds of GB)
+    is refused before anything is allocated."""
+    from edgeseq.models import MODEL_FAMILIES, build_model
+
+    if not isinstance(family, str) or family not in MODEL_FAMILIES:
+        raise InputError(f"{where}: 'family' must be one of {', '.join(MODEL_FAMILIES)}, got {family!r}")
+    if not isinstance(config, dict):
+        raise InputError(f"{where}: 'config' must be a JSON object of the model's settings, got {json.dumps(config)}")
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(family, config)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: bad config for {family} ({_first_line(exc)})") from None
+    except Exception:  # a model that cannot be built on meta: the checks after loading still apply
+        skeleton = None
+    if skeleton is not None and weights.is_file():
+        header = safetensors_header(weights)
+        needed = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        config_values = sum(math.prod(shape) for shape in needed.values())
+        stored_values = sum(math.prod(shape) for shape, _ in header.values())
+        for name, shape in needed.items():
+            if name in header and header[name][0] != shape:
+                raise InputError(f"{weights}: tensor {name!r} has shape {header[name][0]}, the config in {where.name} "
+                                 f"needs {shape}")
+        if config_values > stored_values:
+            raise InputError(f"{where}: the config describes {config_values:,} parameters but {weights.name} stores "
+                             f"{stored_values:,}; the config does not belong to these weights")
+    try:
+        return build_model(family, config)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: bad config for {family} ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -236,13 +296,11 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 
 
 def load_native(folder: str | Path, source: str | None = None) -> LoadedModel:
-    from edgeseq.models import build_model
-
     folder = Path(folder)
     header = read_json(folder / CONFIG_FILE)
     if "family" not in header or "config" not in header:
         raise InputError(f"{folder / CONFIG_FILE}: needs 'family' and 'config' keys")
-    model = build_model(header["family"], header["config"])
+    model = build_checked(header["family"], header["config"], folder / WEIGHTS_FILE, folder / CONFIG_FILE)
     load_state_into(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     model.eval()
     return LoadedModel(model, load_tokenizer(folder), source or str(folder), "edgeseq", header.get("meta", {}))
@@ -407,6 +465,16 @@ def _unrecognised(path: Path) -> str:
             hint = " (Mamba-2 is not supported yet)" if str(kind).startswith("mamba") else ""
             return f"{config}: model_type is {kind!r}; edgeseq reads Mamba-1 checkpoints (model_type 'mamba'){hint}"
         return f"{config}: not a config edgeseq knows (no model_type 'mamba', no state-spaces d_model/n_layer)"
+    if path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        # say why it was not recognised: refused as unsafe (a pickle that would run code), or a
+        # plain state dict whose keys match none of the families
+        try:
+            tensors = read_torch_weights(path)
+        except InputError as exc:
+            return str(exc)
+        sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
+        return (f"{path}: a PyTorch state dict ({len(tensors)} tensors, e.g. {sample}) whose keys match no known "
+                f"checkpoint layout; pass --format (edgeseq, {', '.join(FORMATS)}) or convert it with save_model")
     if path.is_dir() and any((path / n).is_file() for n in (*_WEIGHT_NAMES, WEIGHTS_FILE)):
         return (
             f"{path}: weights but no config: add config.json (Hugging Face / state-spaces) "

@@ -11,9 +11,10 @@ A *data spec* names the text a language model trains or is evaluated on:
   Its bytes depend on the Python version (3.10, 3.11, 3.12 ship different sources), so use it for
   tests, smoke runs and defaults, never for numbers you compare across machines.
 * a path to a UTF-8 text file — split by position: the first 90% of its bytes are the train
-  split, the last 10% the validation split (cut on a UTF-8 character boundary).
+  split, the last 10% the validation split (cut on a UTF-8 character boundary); split ``"all"``
+  is the whole file (what ``edgeseq eval --data FILE`` scores by default).
 
-Splits are named ``"train"`` and ``"validation"`` (``"val"`` is accepted).
+Splits are named ``"train"`` and ``"validation"`` (``"val"`` is accepted), ``"all"`` for files.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ STDLIB_VALIDATION_MODULES: tuple[str, ...] = ("difflib", "textwrap", "gettext")
 
 NAMED_DATASETS = ("shakespeare", "stdlib")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validation", "validation": "validation",
-                 "valid": "validation", "calibration": "calibration", "calib": "calibration"}
+                 "valid": "validation", "calibration": "calibration", "calib": "calibration", "all": "all"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def normalize_split(split: str) -> str:
     try:
         return SPLIT_ALIASES[split]
     except KeyError:
-        raise InputError(f"unknown split {split!r}; use 'train', 'validation' or 'calibration'") from None
+        raise InputError(f"unknown split {split!r}; use 'train', 'validation', 'calibration' or 'all' (a whole text file)") from None
 
 
 def split_bytes(data: bytes, fraction: float = TRAIN_FRACTION) -> tuple[bytes, bytes]:
@@ -105,7 +106,7 @@ def file_split(path: str | Path, split: str) -> TextSplit:
     split = normalize_split(split)
     data = read_text_file(path).encode("utf-8")
     train, validation = split_bytes(data)
-    chosen = validation if split == "validation" else train  # calibration data comes from train
+    chosen = data if split == "all" else validation if split == "validation" else train  # calibration: train
     dataset = str(path)
     # the shipped Shakespeare validation split is the last 10% of tinyshakespeare-train.txt:
     # recognise the file, so models trained on it evaluate offline on the shipped copy.
@@ -114,8 +115,14 @@ def file_split(path: str | Path, split: str) -> TextSplit:
     return TextSplit(dataset, split, chosen.decode("utf-8"), str(path))
 
 
+def _no_all(name: str, split: str) -> None:
+    if split == "all":
+        raise InputError(f"--split all scores a whole text file; {name} is a named dataset: use 'validation' or 'train'")
+
+
 def shakespeare_split(split: str) -> TextSplit:
     split = normalize_split(split)
+    _no_all("shakespeare", split)
     if split == "calibration":
         return TextSplit("shakespeare", split, SHAKESPEARE_CALIB_FILE.read_text(encoding="utf-8"), str(SHAKESPEARE_CALIB_FILE))
     if split == "train":
@@ -144,6 +151,7 @@ def stdlib_module_path(module: str) -> Path | None:
 def stdlib_split(split: str) -> TextSplit:
     """The built-in corpus: the fixed modules' sources concatenated in list order."""
     split = normalize_split(split)
+    _no_all("stdlib", split)
     modules = STDLIB_VALIDATION_MODULES if split == "validation" else STDLIB_TRAIN_MODULES
     parts, found = [], []
     for module in modules:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgeseq.corpus import TextSplit, encode_text, load_split, require_text
-from edgeseq.errors import InputError
+from edgeseq.errors import EdgeseqError, InputError
 from edgeseq.streaming import running_mean_scores
 from edgeseq.tokenizer import ByteTokenizer
 
@@ -120,6 +120,9 @@ def evaluate_lm(
     if ids.numel() < 2:
         raise InputError(f"{text_split.source}: the text holds {ids.numel()} token(s); need at least 2")
     nats = lm_nats(model, ids, chunk_len=chunk_len, quiet=quiet)
+    if not math.isfinite(nats):
+        raise EdgeseqError(f"the model's loss on {text_split.source} is not finite ({nats}): its outputs overflow to "
+                           "NaN/Inf (check the weights' magnitudes); a non-finite metric is never reported")
     n_tokens = ids.numel() - 1
     # bytes predicted: all bytes but those of the first token (given, never predicted)
     n_bytes = len(text.encode("utf-8")) - len(tokenizer.decode_bytes([int(ids[0])]))
@@ -145,6 +148,8 @@ def evaluate_lm(
 @torch.no_grad()
 def classify_predictions(model: Any, frames: Tensor, batch_size: int = DEFAULT_BATCH, quiet: bool = True) -> Tensor:
     """Predicted class per sample ``[N]``: argmax of the running-mean score at the last frame."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be positive, got {batch_size}")
     device = _model_device(model)
     predictions = []
     with _progress(frames.shape[0], "sample", "eval", quiet) as bar:
@@ -152,6 +157,9 @@ def classify_predictions(model: Any, frames: Tensor, batch_size: int = DEFAULT_B
             batch = frames[start : start + batch_size].to(device)  # [b, T, F]
             scores, _ = model.prefill(batch, model.init_state(batch.shape[0]))  # [b, T, C]
             scores = _as_tensor(scores).to(torch.float32)
+            if not bool(torch.isfinite(scores).all()):
+                raise EdgeseqError("the model's scores hold NaN/Inf (its outputs overflow; check the weights' "
+                                   "magnitudes): accuracy over non-finite scores is not reported")
             predictions.append(running_mean_scores(scores)[:, -1].argmax(-1).cpu())
             bar.update(batch.shape[0])
     return torch.cat(predictions)

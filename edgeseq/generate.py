@@ -36,32 +36,41 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator
     return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
-class _TextStream:
-    """Turns generated token ids into text pieces as soon as they are complete."""
+class TextStream:
+    """Turns generated token ids into text pieces as soon as they are complete, in constant work
+    per token: bytes through an incremental UTF-8 decoder; other tokenizers decode only a short
+    window (the ids since the last emitted piece, plus the token before them for context), never
+    the whole output again."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.is_bytes = getattr(tokenizer, "kind", "bytes") == "bytes"
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.ids: list[int] = []
-        self.emitted = ""
+        self.prefix = 0  # ids[prefix:read] were emitted already and give the window its context
+        self.read = 0
 
     def push(self, token: int) -> str:
         if self.is_bytes:
             return self.decoder.decode(self.tokenizer.decode_bytes([token]))
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):  # an incomplete character: wait for more tokens
+        done = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix:])
+        if len(text) <= len(done) or text.endswith("\ufffd"):  # an incomplete character: wait
             return ""
-        piece, self.emitted = text[len(self.emitted):], text
-        return piece
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(done):]
 
     def flush(self) -> str:
         if self.is_bytes:
             return self.decoder.decode(b"", final=True)
-        text = self.tokenizer.decode(self.ids)
-        piece, self.emitted = text[len(self.emitted):], text
-        return piece
+        done = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(done):]
+
+
+_TextStream = TextStream  # the earlier name
 
 
 def _model_device(model: Any) -> torch.device:
@@ -145,4 +154,4 @@ def generate(
     }
 
 
-__all__ = ["generate", "sample_next"]
+__all__ = ["TextStream", "generate", "sample_next"]

@@ -32,6 +32,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from edgeseq.errors import InputError
+
 State = dict[str, Tensor]
 
 
@@ -131,6 +133,26 @@ class ActPoint(nn.Identity):
 # --------------------------------------------------------------------------------------------
 
 
+def _require_time_steps(method):
+    """``forward``/``prefill`` over ``[B, T, ...]`` with ``T = 0`` (or no time axis) is a one-line
+    InputError, not an error from deep inside a convolution or ``torch.cat``."""
+    import functools
+
+    @functools.wraps(method)
+    def checked(self, x, *args, **kwargs):
+        if isinstance(x, Tensor) and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            if x.dim() < 2:
+                raise InputError(f"{type(self).__name__}.{method.__name__} takes x of shape [batch, time, ...]; "
+                                 f"got shape {list(x.shape)} (use step() for one token/frame)")
+            if x.shape[1] == 0:
+                raise InputError(f"{type(self).__name__}.{method.__name__} needs at least one time step; "
+                                 f"got x of shape {list(x.shape)}")
+        return method(self, x, *args, **kwargs)
+
+    checked._checks_time = True  # type: ignore[attr-defined]
+    return checked
+
+
 class StreamingModel(nn.Module):
     """Base class: subclasses implement forward, init_state, step, state_spec, quant_points."""
 
@@ -140,6 +162,12 @@ class StreamingModel(nn.Module):
     # recipe's ``embedding_bits``). A model whose embedding output feeds a threshold (a spiking
     # encoder) sets this False: rounding the table moves values across the threshold.
     embeddings_quantizable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "prefill"):
+            if name in cls.__dict__ and not getattr(cls.__dict__[name], "_checks_time", False):
+                setattr(cls, name, _require_time_steps(cls.__dict__[name]))
 
     # -- to implement ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -204,6 +232,9 @@ class StreamingModel(nn.Module):
 
     def state_names(self) -> list[str]:
         return [s.name for s in self.state_spec()]
+
+
+StreamingModel.prefill = _require_time_steps(StreamingModel.prefill)  # the step-by-step default too
 
 
 def running_mean_scores(frame_scores: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -81,10 +82,7 @@ def export_artifact(
         check_opset(opset, int4)
     if steps < 1 or batch < 1 or prefill_length < 1:
         raise InputError("steps, batch and prefill length must be positive")
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
+    check_replaceable(out, force)
     model = model.eval()
     check_state_spec(model)
     if embedding_bits is None:  # what the quantization recipe did (0 for float models and old folders)
@@ -97,8 +95,9 @@ def export_artifact(
     with_prefill = prefill and has_parallel_prefill(model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=str(out.parent)))
-    scratch = Path(tempfile.mkdtemp(prefix=".edgeseq-verify-"))
+    remove_stale_partials(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}{os.getpid()}-", dir=str(out.parent)))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-"))
     try:
         graphs: dict[str, dict[str, Any]] = {}
         build: dict[str, Any] = {}
@@ -149,7 +148,7 @@ def export_artifact(
         manifest["files"] = mf.file_entries(staging)
         _write_manifest(run_folder, manifest if run_folder == staging else _host_manifest(manifest, scratch))
         say(f"verifying {steps} streaming steps against PyTorch")
-        runner = open_artifact(run_folder, threads=threads, verify_files=False)
+        runner = open_artifact(run_folder, threads=threads, verify_files=False, require_verified=False)
         result = verify_runner(reference, runner, steps=steps, batch=batch, float_dtype=torch_dtype, quantized=quantized)
         if run_folder is scratch:
             result.note = f"verified on a build of the same graph for this CPU; {export_target.name} code cannot run here"
@@ -305,8 +304,86 @@ def _write_init_state(model: StreamingModel, folder: Path, also: Path | None) ->
     return "init_state.npz"
 
 
+PARTIAL = ".partial-"  # staging folders: .NAME.partial-PID-XXXX next to the output
+SCRATCH = ".edgeseq-verify-"  # scratch folders in the temp dir: .edgeseq-verify-PID-XXXX
+
+
+def is_edgeseq_artifact(folder: Path) -> bool:
+    """A folder ``edgeseq export`` wrote: a manifest with ``edgeseq_artifact`` and nothing in the
+    folder but the files that manifest lists."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or "edgeseq_artifact" not in manifest or not isinstance(manifest.get("files"), list):
+        return False
+    listed = {str(e.get("path")) for e in manifest["files"] if isinstance(e, dict)} | {MANIFEST}
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    return present <= listed
+
+
+def check_replaceable(out: Path, force: bool) -> None:
+    """``--force`` replaces only an earlier edgeseq artifact or an empty folder, never a user's files."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder (a file or a symlink); choose another --output")
+    if not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    if any(out.iterdir()) and not is_edgeseq_artifact(out):
+        raise InputError(f"{out} holds files that are not an edgeseq artifact; --force replaces only an earlier "
+                         "`edgeseq export` folder or an empty folder: choose another --output")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_pid(name: str, marker: str) -> int | None:
+    rest = name.split(marker, 1)[1] if marker in name else ""
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Staging/scratch folders left by an export that was killed (SIGKILL, power loss): those of
+    processes that no longer run are removed before a new export starts."""
+    removed = []
+    candidates = [(p, PARTIAL) for p in out.parent.glob(f".{glob_escape(out.name)}{PARTIAL}*")]
+    candidates += [(p, SCRATCH) for p in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*")]
+    for path, marker in candidates:
+        pid = _owner_pid(path.name, marker)
+        if pid is None or _pid_alive(pid):
+            continue  # a running export's folder (or one of an older naming): left alone
+        try:
+            # the shared temp dir may hold another PID namespace's (container's) exports: an hour's grace
+            if marker == SCRATCH and time.time() - path.stat().st_mtime < 3600:
+                continue
+            if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 def _replace(staging: Path, out: Path) -> None:
     """Move the finished folder into place; an existing ``out`` (``--force``) goes only afterwards."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700: an artifact is an ordinary folder
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")

@@ -65,13 +65,85 @@ def sha256_file(path: str | Path) -> str:
 
 
 def check_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every file the manifest lists exists with the recorded size and sha256."""
-    for entry in manifest["files"]:
-        path = folder / entry["path"]
+    """Every file the manifest lists exists inside ``folder`` with the recorded size and sha256."""
+    for entry in _file_entries(folder, manifest):
+        path = confined_path(folder, entry["path"], "files")
         if not path.is_file():
             raise InputError(f"{folder}: {entry['path']} is missing (the artifact is incomplete)")
-        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             raise InputError(f"{path}: contents differ from manifest.json (sha256 mismatch); re-export the artifact")
+
+
+def _file_entries(folder: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    files = manifest.get("files")
+    if not isinstance(files, list) or not all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in files):
+        raise InputError(f"{folder / MANIFEST}: 'files' must be a list of {{path, bytes, sha256}}; re-export the artifact")
+    return files
+
+
+def confined_path(folder: Path, relative: Any, key: str) -> Path:
+    """``folder / relative`` when it stays inside ``folder`` (symlinks resolved); a manifest that
+    points elsewhere (``../x.onnx``, an absolute path) is refused: it would run an unverified file."""
+    if not isinstance(relative, str) or not relative:
+        raise InputError(f"{folder / MANIFEST}: {key} holds {relative!r}, not a file name")
+    root = Path(folder).resolve()
+    candidate = Path(relative)
+    resolved = (root / candidate).resolve()
+    if candidate.is_absolute() or (resolved != root and root not in resolved.parents):
+        raise InputError(f"{folder / MANIFEST}: {key} points outside the artifact folder ({relative!r}); "
+                         "every file of an artifact lives in its folder: re-export it")
+    return resolved
+
+
+def manifest_paths(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(key, path)`` of every file the manifest makes a runtime open (graphs, cubins, tokenizer,
+    initial state)."""
+    found: list[tuple[str, Any]] = []
+    graphs = manifest.get("graphs")
+    if isinstance(graphs, dict):
+        for kind, spec in graphs.items():
+            if isinstance(spec, dict):
+                for key in ("file", "cubin"):
+                    if key in spec and spec[key] is not None:
+                        found.append((f"graphs.{kind}.{key}", spec[key]))
+    tokenizer = manifest.get("tokenizer")
+    if isinstance(tokenizer, dict) and tokenizer.get("file") is not None:
+        found.append(("tokenizer.file", tokenizer["file"]))
+    if manifest.get("init_state") is not None:
+        found.append(("init_state", manifest["init_state"]))
+    return found
+
+
+def verification_passed(manifest: dict[str, Any]) -> bool:
+    record = manifest.get("verification")
+    return isinstance(record, dict) and record.get("passed") is True
+
+
+def check_manifest(folder: str | Path, manifest: dict[str, Any], *, require_verified: bool = True,
+                   verify_files: bool = True) -> None:
+    """What every artifact reader checks before it runs anything:
+
+    * a passed verification record (an export killed before it finished, or a hand-made folder,
+      has none);
+    * every path in the manifest resolves inside the folder and every file a runtime opens is
+      listed in ``files`` with its sha256;
+    * (``verify_files``) each listed file's size and sha256.
+    """
+    folder = Path(folder)
+    if require_verified and not verification_passed(manifest):
+        raise InputError(f"{folder}: the manifest has no passed verification record (an interrupted or failed "
+                         "export, or a folder not written by `edgeseq export`); re-export it")
+    listed = {}
+    for entry in _file_entries(folder, manifest):
+        confined_path(folder, entry["path"], "files")
+        listed[Path(entry["path"]).as_posix()] = entry
+    for key, relative in manifest_paths(manifest):
+        confined_path(folder, relative, key)
+        entry = listed.get(Path(relative).as_posix())
+        if entry is None or not entry.get("sha256"):
+            raise InputError(f"{folder / MANIFEST}: {key} ({relative!r}) is not listed with its sha256 in 'files'; re-export it")
+    if verify_files:
+        check_files(folder, manifest)
 
 
 class _Graph:
@@ -258,12 +330,37 @@ class ArtifactRunner:
 
     __call__ = forward
 
+    @property
+    def vocab_size(self) -> int | None:
+        outputs = self.graphs["step"].spec.get("outputs") or []
+        shape = outputs[0].get("shape") if outputs else None
+        if shape and isinstance(shape[-1], int):
+            return shape[-1]
+        return getattr(self.config, "vocab_size", None)
+
+    def _check_ids(self, x: Any) -> None:
+        """Token ids outside ``0..vocab-1`` are refused before the runtime call: ONNX ``Gather``
+        wraps negative indices (id -1 would return the logits of the last token) where PyTorch raises."""
+        ids = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+        if ids.size == 0:
+            return
+        if not np.issubdtype(ids.dtype, np.integer):
+            if not np.all(np.mod(ids, 1) == 0):
+                raise InputError(f"token ids must be integers, got {ids.dtype} values")
+        vocab = self.vocab_size
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or (vocab is not None and high >= vocab):
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside the model's vocabulary (0..{(vocab or 0) - 1})")
+
     def _arrays(self, graph: _Graph, x: Any, state: dict[str, Tensor]) -> list[np.ndarray]:
         names = self.state_names()
         missing = [n for n in names if n not in state]
         if missing:
             raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
         values = [x, *[state[n] for n in names]]
+        if self.task == "lm":
+            self._check_ids(x)
         arrays = []
         for value, dtype in zip(values, graph.input_dtypes):
             array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
@@ -272,21 +369,23 @@ class ArtifactRunner:
 
 
 def open_artifact(
-    folder: str | Path, threads: int | None = None, device: str = "cpu", providers: list[str] | None = None, verify_files: bool = True
+    folder: str | Path, threads: int | None = None, device: str = "cpu", providers: list[str] | None = None,
+    verify_files: bool = True, require_verified: bool = True,
 ) -> ArtifactRunner:
     """Open an artifact written by ``edgeseq export`` for running (see the module docs).
 
     ``threads`` sets ONNX Runtime's intra-op threads; ``device`` is ``cpu`` or ``cuda`` (TVM CUDA
-    builds); ``providers`` overrides ONNX Runtime's execution providers.
+    builds); ``providers`` overrides ONNX Runtime's execution providers. The manifest must hold a
+    passed verification record and confined, listed files (:func:`check_manifest`); only the
+    export's own verification run opens its staging folder with ``require_verified=False``.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if verify_files:
-        check_files(folder, manifest)
+    check_manifest(folder, manifest, require_verified=require_verified, verify_files=verify_files)
     fmt = manifest["format"]
     graphs: dict[str, _Graph] = {}
     for kind, spec in manifest["graphs"].items():
-        path = folder / spec["file"]
+        path = confined_path(folder, spec.get("file") if isinstance(spec, dict) else None, f"graphs.{kind}.file")
         if fmt == "onnx":
             graphs[kind] = _onnx_graph(path, spec, threads, providers)
         elif fmt == "tvm":
@@ -305,7 +404,7 @@ def open_artifact(
             raise InputError(f"{folder}: unknown artifact format {fmt!r} (onnx, tvm)")
     runtime = "onnxruntime" if fmt == "onnx" else f"tvm-{device}"
     runner = ArtifactRunner(folder, manifest, graphs, runtime)
-    if verify_files:  # proof on the device: the shipped reference stream, once per device (cached)
+    if verify_files and require_verified:  # proof on the device: the shipped reference stream, once per device (cached)
         from targets.selfcheck import check_on_device, torch_step_adapter
 
         check_on_device(folder, manifest, runtime, torch_step_adapter(runner, runner.state_names()))
@@ -335,4 +434,4 @@ def write_reference(model, path: str | Path, steps: int = 32, batch: int = 1, se
     np.savez(path, inputs=inputs.numpy(), outputs=torch.stack(outputs, 1).numpy(), **arrays)
 
 
-__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "load_manifest_json", "open_artifact", "read_manifest", "register_cubins", "sha256_file", "write_reference"]
+__all__ = ["ArtifactRunner", "MANIFEST", "check_files", "check_manifest", "confined_path", "verification_passed", "load_manifest_json", "open_artifact", "read_manifest", "register_cubins", "sha256_file", "write_reference"]

@@ -17,35 +17,45 @@ def generate(
     on_text: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Prefill ``prompt`` then generate greedily (``temperature=0``) or by sampling; streams text."""
+    from edgeseq.generate import TextStream
     from edgeseq.tokenizer import ByteTokenizer
 
     if max_new_tokens < 0:
         raise InputError("--max-new-tokens must be >= 0")
+    if not prompt:  # as `edgeseq generate`: an empty prompt is refused, never replaced silently
+        raise InputError("the prompt is empty: give at least one character (e.g. --prompt $'\\n')")
     tokenizer = tokenizer or ByteTokenizer()
-    ids = tokenizer.encode(prompt or "\n")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise InputError("the prompt encodes to no tokens; give a longer prompt")
     vocab = int(runner.manifest["graphs"]["step"]["outputs"][0]["shape"][-1])
-    if any(i >= vocab for i in ids):
-        raise InputError(f"the prompt has token ids beyond the model's vocabulary ({vocab})")
+    if any(i < 0 or i >= vocab for i in ids):
+        raise InputError(f"the prompt has token ids outside the model's vocabulary (0..{vocab - 1})")
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     logits, state = runner.prefill(torch.tensor([ids], dtype=torch.int64))
     first_token_s = time.perf_counter() - start
     last = logits[:, -1].float()
     new_ids: list[int] = []
-    emitted = ""
+    stream = TextStream(tokenizer)  # incremental: constant work per token, not the whole output again
+    pieces: list[str] = []
     for _ in range(max_new_tokens):
         token = _pick(last, temperature, gen)
         new_ids.append(token)
-        text = tokenizer.decode(new_ids)
-        if on_text is not None and not text.endswith("\ufffd"):
-            on_text(text[len(emitted):])
-            emitted = text
+        piece = stream.push(token)
+        if piece:
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
         last, state = runner.step(torch.tensor([token], dtype=torch.int64), state)
         last = last.float()
     seconds = time.perf_counter() - start
-    text = tokenizer.decode(new_ids)
-    if on_text is not None and len(text) > len(emitted):
-        on_text(text[len(emitted):])
+    tail = stream.flush()
+    if tail:
+        pieces.append(tail)
+        if on_text is not None:
+            on_text(tail)
+    text = "".join(pieces)
     return {
         "prompt": prompt,
         "text": text,

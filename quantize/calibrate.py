@@ -218,6 +218,9 @@ def calibration_batches(
                         f"that split are then not held out; pass --calib FILE to calibrate on other text)")
                 print(f"note: {note}", file=sys.stderr)
         ids = encode_text(tokenizer or ByteTokenizer(), text.text)
+        if ids.numel() < 2:  # an empty file is the data's fault, whatever --seq-len says
+            raise InputError(f"{text.source}: the calibration text ({text.split} split) holds {ids.numel()} token(s); "
+                             "calibration needs at least 2: pass --calib with more text")
         length = min(seq_len, max(1, ids.numel() - 1))
         windows = random_windows(ids, samples, length, generator)[:, :-1]  # [N, L]
         described = {"data": text.dataset, "split": text.split, "samples": samples, "seq_len": length}

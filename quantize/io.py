@@ -93,6 +93,11 @@ def save_quantized(
     if tokenizer is not None and getattr(tokenizer, "kind", "bytes") == "hf":
         shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
         header["tokenizer"] = {"kind": "hf", "path": "tokenizer.json"}
+    elif (folder / "tokenizer.json").is_file() and (folder / QUANT_FILE).is_file():
+        (folder / "tokenizer.json").unlink()  # an earlier quantization's: this model reads bytes
+    # an earlier quantization's header goes first: killed half-way, the folder is incomplete (no
+    # quantization.json), never new weights described by an old header
+    (folder / QUANT_FILE).unlink(missing_ok=True)
     _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(_untie(state), str(p), metadata={"format": "edgeseq-quantized"}))
     text = json.dumps(header, indent=2, default=_json_default) + "\n"
     _atomic_write(folder / QUANT_FILE, lambda p: Path(p).write_text(text))
@@ -111,6 +116,10 @@ def read_header(folder: str | Path) -> dict[str, Any]:
     for key in ("family", "config", "recipe", "modules"):
         if key not in header:
             raise InputError(f"{folder / QUANT_FILE}: missing {key!r}; was it written by `edgeseq quantize`?")
+    if not isinstance(header["config"], dict) or not isinstance(header["modules"], dict):
+        raise InputError(f"{folder / QUANT_FILE}: 'config' and 'modules' must be JSON objects; was it written by `edgeseq quantize`?")
+    if not isinstance(header.get("format_version", 1), int):
+        raise InputError(f"{folder / QUANT_FILE}: 'format_version' must be an integer")
     if header.get("format_version", 1) > FORMAT_VERSION:
         raise InputError(
             f"{folder / QUANT_FILE}: format version {header['format_version']} is newer than this edgeseq "
@@ -165,6 +174,45 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
     return {"stored": stored, "packed": packed}
 
 
+def check_output(folder: str | Path, force: bool) -> None:
+    """``edgeseq quantize -o DIR``: an existing DIR is replaced only with ``--force``, and only when
+    it is an earlier quantized folder (or empty), never a folder of other files."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; choose another output path (-o)")
+    if not any(folder.iterdir()):
+        return
+    if (folder / "edgeseq.json").is_file():
+        raise InputError(f"{folder}: holds a float edgeseq checkpoint; write the quantized model to another folder (-o)")
+    if not force:
+        raise InputError(f"{folder} already exists; pass --force to replace it")
+    ours = {WEIGHTS_FILE, QUANT_FILE, "tokenizer.json"}
+    # and the temp files of an interrupted atomic write (".model.safetensors.XXXX")
+    names = {p.name for p in folder.iterdir() if not any(p.name.startswith(f".{n}.") for n in ours)}
+    if not (folder / QUANT_FILE).is_file() or not names <= ours:
+        raise InputError(f"{folder} holds files that are not an `edgeseq quantize` folder; --force replaces only an "
+                         "earlier quantized folder or an empty folder: choose another output path (-o)")
+
+
+def recorded_tokenizer(folder: Path, header: dict[str, Any]):
+    """The tokenizer recorded at quantization time: a stray ``tokenizer.json`` copied into a folder
+    of a byte-level model does not change how its text is encoded."""
+    from edgeseq.tokenizer import ByteTokenizer, HFTokenizer
+
+    record = header.get("tokenizer")
+    if not isinstance(record, dict):  # folders written before the record: what the folder holds
+        return load_tokenizer(folder)
+    if record.get("kind", "bytes") == "bytes":
+        return ByteTokenizer()
+    name = record.get("path") or record.get("file") or "tokenizer.json"
+    path = (folder / str(name)).resolve()
+    if folder.resolve() not in path.parents or not path.is_file():
+        raise InputError(f"{folder / QUANT_FILE}: the recorded tokenizer {name!r} is missing from the folder")
+    return HFTokenizer(path)
+
+
 def _detect(path: Path) -> bool:
     return path.is_dir() and (path / QUANT_FILE).is_file()
 
@@ -178,9 +226,9 @@ def _load(path: Path) -> LoadedModel:
         "source": header.get("source", ""),
         "summary": header.get("report", {}).get("summary", {}),
     }
-    return LoadedModel(model=model, tokenizer=load_tokenizer(path), source=str(path), format="quantized", meta=meta)
+    return LoadedModel(model=model, tokenizer=recorded_tokenizer(path, header), source=str(path), format="quantized", meta=meta)
 
 
 QUANTIZED_FORMAT = CheckpointFormat(name="quantized", detect=_detect, load=_load)
 
-__all__ = ["QUANTIZED_FORMAT", "QUANT_FILE", "load_quantized", "model_bytes", "quantized_modules", "read_header", "save_quantized"]
+__all__ = ["QUANTIZED_FORMAT", "QUANT_FILE", "check_output", "recorded_tokenizer", "load_quantized", "model_bytes", "quantized_modules", "read_header", "save_quantized"]

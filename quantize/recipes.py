@@ -74,6 +74,7 @@ class QuantRecipe:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InputError(f"unknown recipe field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_field_types(data)
         recipe = cls(**data)
         validate_recipe(recipe)
         return recipe
@@ -89,6 +90,30 @@ class QuantRecipe:
     @property
     def is_float(self) -> bool:
         return not self.quantizes_weights and not self.quantizes_activations
+
+
+_FIELD_TYPES = {"int": "an integer (e.g. 8)", "float": "a number (e.g. 99.99)", "bool": "true or false",
+                "str": "a string (in quotes)"}
+
+
+def check_field_types(data: dict[str, Any]) -> None:
+    """Each recipe field has its declared type, checked before any work: ``weight_bits = "8"`` or
+    ``8.0``, ``percentile = "high"`` are one-line errors naming the field and the type it needs."""
+    declared = {f.name: str(f.type) for f in dataclasses.fields(QuantRecipe)}
+    for name, value in data.items():
+        kind = declared.get(name)
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise InputError(f"recipe field {name!r} must be {_FIELD_TYPES[kind]}, got {value!r} ({type(value).__name__})")
 
 
 _W4_GROUP = 128
@@ -211,7 +236,12 @@ def load_recipe_file(path: str | Path) -> QuantRecipe:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: recipe file not found")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text recipe file (byte {exc.start} is not UTF-8); write the recipe as TOML or JSON") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the recipe file ({exc.strerror})") from None
     try:
         if path.suffix == ".toml":
             data = _toml_module().loads(text)
@@ -231,6 +261,8 @@ def load_recipe_file(path: str | Path) -> QuantRecipe:
     try:
         return QuantRecipe.from_dict(merged)
     except TypeError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
 
 

@@ -399,7 +399,7 @@ def _find_graph(folder: Path, manifest: dict[str, Any], role: str, suffix: str) 
 
 def read_artifact(folder: str | Path) -> Artifact:
     """Read ``manifest.json`` and locate the step (and prefill) graph of an exported artifact."""
-    from export.runtime import load_manifest_json
+    from export.runtime import check_manifest, confined_path, load_manifest_json
 
     path, manifest = load_manifest_json(folder)
     folder = path.parent
@@ -411,6 +411,13 @@ def read_artifact(folder: str | Path) -> Artifact:
     if step is None or not step.is_file():
         raise InputError(f"{folder}: the manifest names no step graph ({suffix}) that exists in the folder; re-export it")
     prefill = _find_graph(folder, manifest, "prefill", suffix)
+    # the same checks as `edgeseq run`: a passed verification record, paths inside the folder, and
+    # the sha256 of every listed file (profiling an unverified or altered file measures nothing)
+    check_manifest(folder, manifest)
+    listed = {confined_path(folder, e["path"], "files") for e in manifest["files"]}
+    for graph in (step, prefill):
+        if graph is not None and graph.is_file() and confined_path(folder, str(graph.relative_to(folder)) if graph.is_relative_to(folder) else str(graph), "graph") not in listed:
+            raise InputError(f"{folder}: {graph.name} is not listed with its sha256 in the manifest's 'files'; re-export it")
     return Artifact(folder, fmt, step, prefill if prefill and prefill.is_file() else None, _io_from_manifest(manifest), manifest)
 
 

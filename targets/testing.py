@@ -3,8 +3,11 @@
 These write the same folder layout ``edgeseq export`` writes (``manifest.json`` with the graphs'
 inputs, ``step``/``prefill`` graph files) with the minimum of machinery: ``torch.onnx.export`` of
 :class:`edgeseq.streaming.FlatStep`/:class:`FlatPrefill`, and for TVM the Relax ONNX frontend →
-``tvm.compile`` → ``export_library``. They carry no verification: use ``edgeseq export`` for real
-artifacts; this is what the targets tests run on so they do not depend on the export pipeline.
+``tvm.compile`` → ``export_library``. Their verification is a short check of their own (a few
+steps of the step graph against PyTorch, or the TVM build against the ONNX graph it came from),
+recorded in the manifest with every file's sha256 as the artifact readers require: use
+``edgeseq export`` for real artifacts; this is what the targets tests run on so they do not depend
+on the export pipeline.
 """
 
 from __future__ import annotations
@@ -80,7 +83,53 @@ def write_onnx_artifact(model: StreamingModel, folder: str | Path, prefill_lengt
         graphs["prefill"] = {"inputs": _graph_inputs(model, prefill_length), "prefill_length": prefill_length}
         files.append("prefill.onnx")
     _write_manifest(folder, model, "onnx", "cpu", files, graphs)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["verification"] = _check_steps(_ort_step(folder / "step.onnx"), _torch_step(model), io_spec, "onnxruntime", "PyTorch")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
+
+
+_STEPS = 8
+
+
+def _ort_step(path: Path):
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda arrays: session.run(None, dict(zip(names, arrays)))
+
+
+def _torch_step(model: StreamingModel):
+    flat = FlatStep(model)
+
+    def call(arrays):
+        with torch.no_grad():
+            return [o.numpy() for o in flat(*[torch.from_numpy(a) for a in arrays])]
+
+    return call
+
+
+def _check_steps(run, reference, io_spec, runtime: str, against: str, tolerance: float = 1e-4) -> dict[str, Any]:
+    """``_STEPS`` free-running steps of ``run`` against ``reference``: the verification record."""
+    import numpy as np
+
+    inputs = io_spec.example_input(1, time=_STEPS)
+    state_run = state_ref = io_spec.zero_state(1)
+    worst = 0.0
+    for t in range(_STEPS):
+        x_t = np.ascontiguousarray(inputs[:, t])
+        got, want = run([x_t, *state_run]), reference([x_t, *state_ref])
+        for g, w in zip(got, want):
+            worst = max(worst, float(np.abs(np.asarray(g) - w).max()) / max(float(np.abs(w).max()), 1e-12))
+        state_run, state_ref = [np.asarray(a) for a in got[1:]], [np.asarray(a) for a in want[1:]]
+    return {"runtime": runtime, "steps": _STEPS, "batch": 1, "tolerance": tolerance, "max_rel_error": worst,
+            "passed": bool(worst <= tolerance), "note": f"targets.testing: step graph against {against}"}
+
+
+def _file_list(folder: Path, files: list[str]) -> list[dict[str, Any]]:
+    from export.runtime import sha256_file
+
+    return [{"path": f, "bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)} for f in files]
 
 
 def fold_constants(onnx_path: Path, out_path: Path) -> Path:
@@ -126,17 +175,40 @@ def write_tvm_artifact(onnx_folder: str | Path, folder: str | Path, target: Any 
         graph = (manifest.get("graphs") or {}).get(role)
         if isinstance(graph, dict) and f"{role}.so" in files:
             graph["file"] = f"{role}.so"
-    manifest.update(format="tvm", target=target, files=[{"path": f} for f in files],
+    manifest.update(format="tvm", target=target, files=_file_list(folder, files),
                     weight_bytes=onnx_weight_bytes(onnx_folder / "step.onnx"))
+    manifest["verification"] = _check_steps(_tvm_step(folder / "step.so"), _ort_step(onnx_folder / "step.onnx"),
+                                            step_io_from_manifest(manifest), "tvm", "its ONNX graph (onnxruntime)")
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
+
+
+def _tvm_step(path: Path):
+    import numpy as np
+
+    tvm = require("tvm", "pip install apache-tvm")
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu(0))
+
+    def call(arrays):
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu(0)) for a in arrays])
+        return [r.numpy() for r in (list(result) if not hasattr(result, "numpy") else [result])]
+
+    return call
+
+
+def step_io_from_manifest(manifest: dict[str, Any]):
+    from targets.runtimes import _io_from_manifest
+
+    return _io_from_manifest(manifest)
 
 
 def _write_manifest(folder: Path, model: StreamingModel, fmt: str, target: Any, files: list[str], graphs: dict[str, Any]) -> None:
     manifest = {
         "model": type(model).__name__, "family": model.family, "task": model.task, "format": fmt, "target": target,
-        "config": model.config.to_dict(), "files": [{"path": f} for f in files], "graphs": graphs,
-        "verification": None, "note": "written by targets.testing (no verification)",
+        "config": model.config.to_dict(), "files": _file_list(folder, files), "graphs": graphs,
+        "verification": None, "note": "written by targets.testing (a short check of its own; not `edgeseq export`)",
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

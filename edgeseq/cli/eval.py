@@ -18,7 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default=None,
                    help="LM: shakespeare, stdlib or a text file; classifier: a task name or FILE.npz "
                         "(default: the model's own task)")
-    p.add_argument("--split", default="validation", help="split to evaluate (default validation)")
+    p.add_argument("--split", default=None,
+                   help="split to evaluate: validation, train, or all (a whole text file). Default: all for "
+                        "--data FILE of a language model (every byte is scored), validation otherwise")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to a classification task's loader (repeatable)")
     p.add_argument("--max-bytes", type=int, default=None, help="LM: evaluate only the first N bytes of the text")
@@ -48,20 +50,37 @@ def run(args):
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"--device {args.device}: no CUDA GPU is visible to PyTorch; use --device cpu")
         loaded.model.to(args.device)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.chunk < 1:
+        raise InputError(f"--chunk must be positive, got {args.chunk}")
+    split = args.split or default_split(loaded.model, args.data)
     result = evaluate_loaded(
         loaded,
         args.data,
-        split=args.split,
+        split=split,
         max_bytes=args.max_bytes,
         max_samples=args.max_samples,
         chunk_len=args.chunk,
         batch_size=args.batch_size,
         data_options=parse_overrides(args.data_option) or None,
-        quiet=args.quiet or args.json,
+        quiet=args.quiet,  # progress goes to stderr: fine with --json too
     )
     if not args.json:
         _print(result)
     return result
+
+
+def default_split(model, data) -> str:
+    """``all`` for a language model's own text file (the user expects every byte scored),
+    ``validation`` for named datasets and classifiers."""
+    from pathlib import Path
+
+    from edgeseq.corpus import NAMED_DATASETS
+
+    if data and getattr(model, "task", None) == "lm" and str(data) not in NAMED_DATASETS and Path(str(data)).expanduser().is_file():
+        return "all"
+    return "validation"
 
 
 def _print(result: dict) -> None:

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--targets-file", metavar="FILE", help="extra targets (JSON/TOML), see `edgeseq targets`")
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the TVM RPC server there")
     p.add_argument("--tracker", metavar="HOST:PORT", help="ask this TVM RPC tracker for a free --key device")
-    p.add_argument("--key", default="", help="device key for --tracker (or the server's key for --rpc)")
+    p.add_argument("--key", default="", help="device key for --tracker, or for --rpc the token `edgeseq device-server` printed")
 
 
 def run(args):

@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--recipe", default="w8a8",
                    help=f"a recipe name ({', '.join(RECIPES)}) or a .toml/.json recipe file (default: w8a8)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--force", action="store_true", help="replace an earlier quantized folder at DIR")
     p.add_argument("--calib", default=None, metavar="DATA",
                    help="calibration data: shakespeare, stdlib, a text file, a task name or .npz (default: the model's task)")
     p.add_argument("--calib-split", default="train", help="split of the calibration data (default: train)")
@@ -32,7 +33,11 @@ def add_arguments(p) -> None:
 
 def run(args):
     from quantize.apply import quantize_checkpoint
+    from quantize.io import check_output
+    from quantize.recipes import get_recipe
 
+    check_output(args.output, args.force)  # before any work: nothing is overwritten without --force
+    get_recipe(args.recipe)  # a bad recipe (name, file, field types) fails before loading the model
     result = quantize_checkpoint(
         args.model, args.recipe, args.output, calib=args.calib, calib_split=args.calib_split,
         calib_samples=args.calib_samples, seq_len=args.seq_len, batch_size=args.batch_size,

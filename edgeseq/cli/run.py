@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 def add_arguments(p) -> None:
     p.add_argument("artifact", metavar="ARTIFACT_DIR", help="folder written by edgeseq export")
-    p.add_argument("--prompt", default="", help="LM prompt text")
+    p.add_argument("--prompt", default="\n", help="LM prompt text (default: a newline, as `edgeseq generate`; an empty prompt is refused)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -40,7 +40,13 @@ def test_existing_output_is_refused_unless_force(tiny_mamba, tmp_path):
     with pytest.raises(InputError, match="already exists; pass --force"):
         export_artifact(tiny_mamba, out, steps=2, prefill=False)
     assert (out / "keep.txt").read_text() == "mine"
-    export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)
+    # --force replaces only an earlier artifact or an empty folder, never a user's files (issue 17)
+    with pytest.raises(InputError, match="not an edgeseq artifact"):
+        export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)  # empty folder
+    export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)  # an earlier artifact
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "reference.npz", "step.onnx"]
     assert _leftovers(tmp_path) == ["art"]
 
