@@ -106,3 +106,29 @@ def test_allowed_fraction_follows_the_reference_noise():
     assert allowed_inexact(0.0, 512, quantized=True) == pytest.approx(QUANTIZED_SLACK + 3 / 512)
     assert allowed_inexact(0.2, 4096, quantized=True) > 0.4  # a large model's flips are expected
     assert allowed_inexact(0.9, 4096, quantized=True) == 0.5  # never more than half
+
+
+class _PrefillOff(_Runner):
+    """Exact steps, but a prefill graph off by 12% on most positions (the saturating AVX2 GEMM of a
+    w8a8-minmax artifact whose teacher-forced steps mostly passed)."""
+
+    prefill_length = 8
+
+    def __init__(self, model, wrong=True):
+        super().__init__(model)
+        self.wrong = wrong
+
+    def prefill(self, x, state):
+        y, state = self.model.prefill(x, state)
+        if self.wrong:
+            y = y.clone()
+            y[:, 2:] *= 1.12
+        return y, state
+
+
+def test_prefill_is_held_to_the_same_exactness_test(model):
+    good = verify_runner(model, _PrefillOff(model, wrong=False), steps=16, quantized=True)
+    assert good.passed and good.prefill_inexact_fraction == 0.0
+    bad = verify_runner(model, _PrefillOff(model), steps=16, quantized=True)
+    assert bad.teacher_forced_exact_fraction == 1.0  # every step exact: only the prefill graph is wrong
+    assert not bad.passed and bad.prefill_inexact_fraction > 0.5 and "prefill" in bad.note
