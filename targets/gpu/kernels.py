@@ -1,0 +1,190 @@
+"""Triton kernels of the fused Mamba-1 decode step (batch 1). Imported only by ``targets.gpu.mamba``.
+
+Two kernels per layer and one for the head, so a 24-layer step is 49 launches in one CUDA graph:
+
+* ``mamba_in_kernel`` — RMSNorm of the residual (recomputed by every program: 768 floats from L2),
+  the in_proj GEMV for a block of channels (their x and z rows together), the depthwise causal conv
+  over the window [state, x] + bias, SiLU; writes x, SiLU(z), the shifted conv window, and this
+  block's *partial* x_proj product (x_proj is split over d_inner: one row of partials per program,
+  reduced by the next kernel, so no atomics and a deterministic sum).
+* ``mamba_ssm_out_kernel`` — sums the x_proj partials to (dt_low, B, C), dt_proj + softplus, the
+  selective-state update exp(dt·A)·h + dt·x·B, y = C·h + D·x, y·SiLU(z), then this block's share of
+  out_proj (the weight stored transposed, [d_inner, d_model], so a block of channels is contiguous)
+  added into the fp32 residual with atomic adds — the residual add and out_proj in one pass.
+* ``lm_head_kernel`` — final RMSNorm, the tied LM-head GEMV (bf16 weights) writing fp32 logits, and
+  an arg-max folded into one int64 ``atomic_max``: (order-preserving int32 of the logit) << 32 |
+  (vocab - 1 - index), so the largest logit wins and ties go to the first index, as torch.argmax.
+
+Weights are bf16 (or int8 / int4 with per-row / per-group scales, dequantized in the kernel);
+activations, the recurrent state and every accumulation are fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+AMAX_RESET_VALUE = -9223372036854775807  # below the key of every finite logit
+AMAX_RESET = tl.constexpr(AMAX_RESET_VALUE)
+
+
+@triton.jit
+def _load_w(w_ptr, s_ptr, rows, cols, ld, mask, QUANT: tl.constexpr, GROUP: tl.constexpr):
+    """A [rows, cols] tile of a weight as fp32: bf16 (QUANT 0), int8 per-row scale (QUANT 8), or int4
+    packed two per byte along cols with one scale per GROUP cols (QUANT 4; ld counts bytes)."""
+    if QUANT == 0:
+        w = tl.load(w_ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    elif QUANT == 8:
+        w = tl.load(w_ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0).to(tl.float32)
+    else:
+        byte = tl.load(w_ptr + rows[:, None] * ld + (cols[None, :] // 2), mask=mask, other=0).to(tl.int32)
+        nib = tl.where((cols[None, :] % 2) == 0, byte & 15, (byte >> 4) & 15)
+        w = (nib - 8).to(tl.float32)
+        ng = (ld * 2) // GROUP
+        s = tl.load(s_ptr + rows[:, None] * ng + cols[None, :] // GROUP, mask=mask, other=0.0)
+        w = w * s
+    return w
+
+
+@triton.jit
+def mamba_in_kernel(
+    tok_ptr, amax_ptr, emb_ptr, h_ptr, norm_w_ptr, w_in_ptr, w_in_s_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
+    w_xT_ptr, xc_ptr, zg_ptr, xpart_ptr, eps, vocab,
+    D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
+    BC: tl.constexpr, BD: tl.constexpr, FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr,
+    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if FIRST:
+        if FROM_ARGMAX:
+            key = tl.load(amax_ptr)
+            tok = vocab - 1 - (key - ((key >> 32) << 32))
+        else:
+            tok = tl.load(tok_ptr)
+        src = emb_ptr + tok * D
+    else:
+        src = h_ptr
+    # RMSNorm statistics of the residual
+    ss = tl.zeros([BD], dtype=tl.float32)
+    for d0 in tl.static_range(0, D, BD):
+        offs = d0 + tl.arange(0, BD)
+        v = tl.load(src + offs, mask=offs < D, other=0.0).to(tl.float32)
+        ss += v * v
+    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    chans = pid * BC + tl.arange(0, BC)
+    acc_x = tl.zeros([BC], dtype=tl.float32)
+    acc_z = tl.zeros([BC], dtype=tl.float32)
+    for d0 in tl.static_range(0, D, BD):
+        offs = d0 + tl.arange(0, BD)
+        dm = offs < D
+        v = tl.load(src + offs, mask=dm, other=0.0).to(tl.float32)
+        if FIRST:
+            if pid == 0:
+                tl.store(h_ptr + offs, v, mask=dm)  # the residual stream starts as the embedding
+        u = v * rstd * tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+        m2 = dm[None, :] & (chans[:, None] < E)
+        wx = _load_w(w_in_ptr, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP)
+        wz = _load_w(w_in_ptr, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP)
+        acc_x += tl.sum(wx * u[None, :], axis=1)
+        acc_z += tl.sum(wz * u[None, :], axis=1)
+    if QUANT == 8:
+        acc_x = acc_x * tl.load(w_in_s_ptr + chans)
+        acc_z = acc_z * tl.load(w_in_s_ptr + E + chans)
+    # depthwise causal conv over [window (K-1), x], then SiLU
+    kk = tl.arange(0, KP)
+    smask = kk[None, :] < (K - 1)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
+    window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)  # [BC, KP]: state cols, then x
+    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    conv = tl.sum(window * cw, axis=1) + tl.load(conv_b_ptr + chans)
+    xs = conv / (1.0 + tl.exp(-conv))
+    # shifted window: new[c, j] = window[c, j + 1] (exact: products with 0/1 and sums of zeros)
+    shift = (kk[:, None] == (kk[None, :] + 1)).to(tl.float32)  # [KP(src), KP(dst)]
+    new_window = tl.sum(window[:, :, None] * shift[None, :, :], axis=1)
+    tl.debug_barrier()  # every thread has read the old window before any writes the new one
+    tl.store(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], new_window, mask=smask)
+    tl.store(xc_ptr + chans, xs)
+    tl.store(zg_ptr + chans, acc_z / (1.0 + tl.exp(-acc_z)))
+    # this block's partial x_proj: sum over its channels of W_x[:, c] * x[c]
+    xo = tl.arange(0, BX)
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0.0).to(tl.float32)
+    part = tl.sum(wxT * xs[:, None], axis=0)
+    tl.store(xpart_ptr + pid * XD + xo, part, mask=xo < XD)
+
+
+@triton.jit
+def mamba_ssm_out_kernel(
+    h_ptr, amax_ptr, xc_ptr, zg_ptr, xpart_ptr, w_dt_ptr, dt_b_ptr, a_ptr, dskip_ptr, ssm_ptr, w_oT_ptr, w_o_s_ptr,
+    D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
+    XD: tl.constexpr, P1: tl.constexpr, BP: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr,
+    RESET_AMAX: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chans = pid * BE + tl.arange(0, BE)
+    # x_proj = the sum of the previous kernel's per-block partials
+    p = tl.arange(0, BP)
+    pm = p[:, None] < P1
+    r = tl.arange(0, BR)
+    rm = r[None, :] < R
+    dt_low = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + r[None, :], mask=pm & rm, other=0.0), axis=0)
+    n = tl.arange(0, BN)
+    nm = n[None, :] < N
+    b = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + R + n[None, :], mask=pm & nm, other=0.0), axis=0)
+    c = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + R + N + n[None, :], mask=pm & nm, other=0.0), axis=0)
+    # dt_proj + softplus (torch's threshold 20)
+    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0.0).to(tl.float32)
+    dt = tl.sum(wdt * dt_low[None, :], axis=1) + tl.load(dt_b_ptr + chans)
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    x = tl.load(xc_ptr + chans)
+    # selective-state update, output, D skip, gate
+    a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
+    tl.store(ssm_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
+    y = tl.sum(hs * c[None, :], axis=1) + tl.load(dskip_ptr + chans) * x
+    y = y * tl.load(zg_ptr + chans)
+    # this block's share of out_proj, added into the residual
+    for d0 in tl.static_range(0, D, BD):
+        offs = d0 + tl.arange(0, BD)
+        dm = offs < D
+        wo = _load_w(w_oT_ptr, w_o_s_ptr, chans, offs, LDW, dm[None, :], QUANT, GROUP)
+        if QUANT == 8:
+            contrib = tl.sum(wo * y[:, None], axis=0) * tl.load(w_o_s_ptr + offs, mask=dm, other=0.0)
+        else:
+            contrib = tl.sum(wo * y[:, None], axis=0)
+        tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
+    if RESET_AMAX:
+        if pid == 0:
+            tl.store(amax_ptr, AMAX_RESET)
+
+
+@triton.jit
+def lm_head_kernel(
+    h_ptr, norm_w_ptr, emb_ptr, logits_ptr, amax_ptr, eps, vocab,
+    D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    ss = tl.zeros([BD], dtype=tl.float32)
+    for d0 in tl.static_range(0, D, BD):
+        offs = d0 + tl.arange(0, BD)
+        v = tl.load(h_ptr + offs, mask=offs < D, other=0.0)
+        ss += v * v
+    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    rows = pid * BV + tl.arange(0, BV)
+    rmask = rows < vocab
+    acc = tl.zeros([BV], dtype=tl.float32)
+    for d0 in tl.static_range(0, D, BD):
+        offs = d0 + tl.arange(0, BD)
+        dm = offs < D
+        u = tl.load(h_ptr + offs, mask=dm, other=0.0) * rstd * tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+        w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * u[None, :], axis=1)
+    if WRITE_LOGITS:
+        tl.store(logits_ptr + rows, acc, mask=rmask)
+    vals = tl.where(rmask, acc, float("-inf"))
+    best = tl.max(vals, axis=0)
+    idx = tl.min(tl.where(vals == best, rows, vocab), axis=0)
+    bits = best.to(tl.int32, bitcast=True)
+    key32 = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # order-preserving as a signed integer
+    key = (key32.to(tl.int64) << 32) + (vocab - 1 - idx).to(tl.int64)
+    tl.atomic_max(amax_ptr, key, sem="relaxed")
