@@ -127,9 +127,6 @@ class FusedMambaStep:
             raise InputError(f"int4 groups of {group} need d_model divisible by it (d_model {D})")
         self.D, self.E, self.N, self.R, self.K, self.V = D, E, N, R, K, cfg.vocab_size
         self.XD = R + 2 * N
-        self.BC = _divisor_block(E, self.blocks.in_channels)
-        self.BE = _divisor_block(E, self.blocks.ssm_channels)
-        self.P1 = E // self.BC
         self.eps = float(model.layers[0].norm.eps)
         dev, f32, bf16 = self.device, torch.float32, torch.bfloat16
         self.layers = []
@@ -164,7 +161,6 @@ class FusedMambaStep:
         self.h = torch.zeros(D, dtype=f32, device=dev)
         self.xc = torch.zeros(E, dtype=f32, device=dev)
         self.zg = torch.zeros(E, dtype=f32, device=dev)
-        self.xpart = torch.zeros(self.P1, self.XD, dtype=f32, device=dev)
         self.logits = torch.zeros(self.V, dtype=f32, device=dev)
         from targets.gpu.kernels import AMAX_RESET_VALUE
 
@@ -172,7 +168,16 @@ class FusedMambaStep:
         self.conv = [torch.zeros(E, K - 1, dtype=f32, device=dev) for _ in self.layers]
         self.ssm = [torch.zeros(E, N, dtype=f32, device=dev) for _ in self.layers]
         self.use_graph = cuda_graph and self.device.type == "cuda"
-        self._graphs: dict[bool, Any] = {}
+        self.set_blocks(self.blocks)
+
+    def set_blocks(self, blocks: Blocks) -> None:
+        """Change the launch shapes (the captured graphs are dropped)."""
+        self.blocks = blocks
+        self.BC = _divisor_block(self.E, blocks.in_channels)
+        self.BE = _divisor_block(self.E, blocks.ssm_channels)
+        self.P1 = self.E // self.BC
+        self.xpart = self.torch.zeros(self.P1, self.XD, dtype=self.torch.float32, device=self.device)
+        self._graphs: dict[Any, Any] = {}
 
     # -- weights ---------------------------------------------------------------------------------
 
@@ -241,52 +246,60 @@ class FusedMambaStep:
 
     # -- the step --------------------------------------------------------------------------------
 
-    def _launch(self, from_argmax: bool) -> None:
+    def _launch(self, from_argmax: bool, parts: tuple = ("in", "ssm", "head")) -> None:
         from targets.gpu.kernels import lm_head_kernel, mamba_in_kernel, mamba_ssm_out_kernel
 
         b, D, E, N, R, K = self.blocks, self.D, self.E, self.N, self.R, self.K
         ldw = D if self.quant != 4 else D // 2
+        bd = min(b.block_d, _pow2(D))
         for i, L in enumerate(self.layers):
-            mamba_in_kernel[(E // self.BC,)](
-                self.tok, self.amax, self.emb, self.h, L["norm_w"], L["w_in"], L["w_in_s"], L["conv_w"], L["conv_b"],
-                self.conv[i], L["w_xT"], self.xc, self.zg, self.xpart, self.eps, self.V,
-                D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), BC=self.BC, BD=min(b.block_d, _pow2(D)),
-                FIRST=(i == 0), FROM_ARGMAX=from_argmax, QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                num_warps=b.warps_in,
+            if "in" in parts:
+                mamba_in_kernel[(E // self.BC,)](
+                    self.tok, self.amax, self.emb, self.h, L["norm_w"], L["w_in"], L["w_in_s"], L["conv_w"],
+                    L["conv_b"], self.conv[i], L["w_xT"], self.xc, self.zg, self.xpart, self.eps, self.V,
+                    D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), BC=self.BC, BD=bd,
+                    FIRST=(i == 0), FROM_ARGMAX=from_argmax, QUANT=self.quant, GROUP=self.group, LDW=ldw,
+                    num_warps=b.warps_in,
+                )
+            if "ssm" in parts:
+                mamba_ssm_out_kernel[(E // self.BE,)](
+                    self.h, self.amax, self.xc, self.zg, self.xpart, L["w_dt"], L["dt_b"], L["A"], L["Dskip"],
+                    self.ssm[i], L["w_oT"], L["w_oT_s"],
+                    D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=self.XD, P1=self.P1, BP=_pow2(self.P1),
+                    BE=self.BE, BD=bd, RESET_AMAX=(i == 0), QUANT=self.quant, GROUP=self.group, LDW=ldw,
+                    num_warps=b.warps_ssm,
+                )
+        if "head" in parts:
+            lm_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
+                self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V,
+                D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, num_warps=b.warps_head,
             )
-            mamba_ssm_out_kernel[(E // self.BE,)](
-                self.h, self.amax, self.xc, self.zg, self.xpart, L["w_dt"], L["dt_b"], L["A"], L["Dskip"], self.ssm[i],
-                L["w_oT"], L["w_oT_s"],
-                D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=self.XD, P1=self.P1, BP=_pow2(self.P1), BE=self.BE,
-                BD=min(b.block_d, _pow2(D)), RESET_AMAX=(i == 0), QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                num_warps=b.warps_ssm,
-            )
-        lm_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
-            self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V,
-            D=D, BV=b.head_rows, BD=min(b.block_d, _pow2(D)), WRITE_LOGITS=True, num_warps=b.warps_head,
-        )
 
-    def _run(self, from_argmax: bool) -> None:
+    def graph(self, from_argmax: bool = False, parts: tuple = ("in", "ssm", "head")) -> Any:
+        """The CUDA graph of one step (or of some of its kernels, for timing them apart); captured
+        on first use, after one direct launch that compiles the kernels (the state is restored)."""
         torch = self.torch
-        if not self.use_graph:
-            self._launch(from_argmax)
-            return
-        graph = self._graphs.get(from_argmax)
-        if graph is None:
-            # compile outside the graph on a scratch state, then capture
+        key = (from_argmax, tuple(parts))
+        if key not in self._graphs:
             saved = [t.clone() for t in (*self.conv, *self.ssm, self.h, self.amax)]
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._launch(from_argmax)
+                self._launch(from_argmax, parts)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._launch(from_argmax)
+                self._launch(from_argmax, parts)
             for t, s in zip((*self.conv, *self.ssm, self.h, self.amax), saved):
                 t.copy_(s)
-            self._graphs[from_argmax] = graph
-        graph.replay()
+            self._graphs[key] = graph
+        return self._graphs[key]
+
+    def _run(self, from_argmax: bool) -> None:
+        if self.use_graph:
+            self.graph(from_argmax).replay()
+        else:
+            self._launch(from_argmax)
 
     def step(self, token: Any) -> Any:
         """One token (int or a 1-element tensor) -> logits [vocab] fp32 (a view of the runtime's
