@@ -15,6 +15,10 @@ Two kernels per layer and one for the head, so a 24-layer step is 49 launches in
   an arg-max folded into one int64 ``atomic_max``: (order-preserving int32 of the logit) << 32 |
   (vocab - 1 - index), so the largest logit wins and ties go to the first index, as torch.argmax.
 
+The big weights of all layers lie in one buffer in the order the kernels read them; with
+``PREFETCH`` each kernel first asks L2 for the next bytes of that stream (sm_90 bulk prefetch), so
+HBM keeps streaming while the step's short dependency chain (norm -> GEMV -> scan -> GEMV) runs.
+
 Weights are bf16 (or int8 / int4 with per-row / per-group scales, dequantized in the kernel);
 activations, the recurrent state and every accumulation are fp32.
 """
@@ -23,9 +27,33 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 AMAX_RESET_VALUE = -9223372036854775807  # below the key of every finite logit
 AMAX_RESET = tl.constexpr(AMAX_RESET_VALUE)
+
+
+@triton.jit
+def _prefetch_l2(pf_ptr, pf_bytes, NT: tl.constexpr, SHARED: tl.constexpr = True):
+    """Ask L2 for bytes [0, pf_bytes) after pf_ptr (upcoming weights of the stream), shared out over the
+    grid's programs (SHARED) or all for this program, and over its threads: one bulk prefetch (sm_90
+    ``cp.async.bulk.prefetch.L2``) per thread, fire and forget. pf_bytes and the pointer are
+    multiples of 16."""
+    if SHARED:
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+    else:
+        pid = 0
+        nprog = 1
+    share = ((pf_bytes + nprog - 1) // nprog + 15) // 16 * 16
+    piece = ((share + NT - 1) // NT + 15) // 16 * 16
+    t = tl.arange(0, NT)
+    start = pid * share + t * piece
+    end = tl.minimum(tl.minimum(start + piece, (pid + 1) * share), pf_bytes)
+    size = end - start
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [pf_ptr + start, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -49,12 +77,19 @@ def _load_w(w_ptr, s_ptr, rows, cols, ld, mask, QUANT: tl.constexpr, GROUP: tl.c
 @triton.jit
 def mamba_in_kernel(
     tok_ptr, amax_ptr, emb_ptr, h_ptr, norm_w_ptr, w_in_ptr, w_in_s_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
-    w_xT_ptr, xc_ptr, zg_ptr, xpart_ptr, eps, vocab,
+    w_xT_ptr, xc_ptr, zg_ptr, xpart_ptr, eps, vocab, pf_ptr, pf_bytes,
     D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr,
-    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr,
+    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, PREFETCH: tl.constexpr, NT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()  # the next kernel may start (it only prefetches before its wait)
+    if PREFETCH:
+        _prefetch_l2(pf_ptr, pf_bytes, NT)
+    if PDL:
+        gdc_wait()  # the previous kernel's writes are visible; nothing is read or written before
     if FIRST:
         if FROM_ARGMAX:
             key = tl.load(amax_ptr)
@@ -115,11 +150,19 @@ def mamba_in_kernel(
 @triton.jit
 def mamba_ssm_out_kernel(
     h_ptr, amax_ptr, xc_ptr, zg_ptr, xpart_ptr, w_dt_ptr, dt_b_ptr, a_ptr, dskip_ptr, ssm_ptr, w_oT_ptr, w_o_s_ptr,
+    pf_ptr, pf_bytes,
     D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
     XD: tl.constexpr, P1: tl.constexpr, BP: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr,
     RESET_AMAX: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr,
+    PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()
+    if PREFETCH:
+        _prefetch_l2(pf_ptr, pf_bytes, NT)
+    if PDL:
+        gdc_wait()
     chans = pid * BE + tl.arange(0, BE)
     # x_proj = the sum of the previous kernel's per-block partials
     p = tl.arange(0, BP)
@@ -162,8 +205,14 @@ def mamba_ssm_out_kernel(
 def lm_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, logits_ptr, amax_ptr, eps, vocab,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+    PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if PREFETCH:  # this program's rows of the table: contiguous
+        _prefetch_l2(emb_ptr.to(tl.pointer_type(tl.uint8)) + pid * (BV * D * 2),
+                     tl.minimum(BV, vocab - pid * BV) * (D * 2), NT, SHARED=False)
+    if PDL:
+        gdc_wait()
     ss = tl.zeros([BD], dtype=tl.float32)
     for d0 in tl.static_range(0, D, BD):
         offs = d0 + tl.arange(0, BD)

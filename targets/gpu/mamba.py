@@ -63,8 +63,10 @@ class Blocks:
     head_rows: int = 64  # vocabulary rows per program of the head
     block_d: int = 256  # d_model chunk of the GEMV loops
     warps_in: int = 4
-    warps_ssm: int = 4
+    warps_ssm: int = 2
     warps_head: int = 4
+    prefetch_ahead: int = 2  # kernels whose weights each kernel prefetches into L2 (0: none)
+    pdl: bool = True  # programmatic dependent launch: a kernel starts (and prefetches) before the last ends
 
 
 def quantize_rows_int8(w):
@@ -154,6 +156,7 @@ class FusedMambaStep:
             self.emb = model.embedding.weight.detach().to(dev, bf16).contiguous()
         for layer in self.layers:
             self.bytes_per_step += sum(t.numel() * t.element_size() for t in layer.values())
+        self._build_stream()
         self.bytes_per_step += self.emb.numel() * 2 + self.norm_f.numel() * 4
         self.bytes_per_step += 2 * 4 * len(self.layers) * E * (K - 1 + N)  # state read + written
         # device buffers (the CUDA graph bakes their addresses in)
@@ -180,6 +183,38 @@ class FusedMambaStep:
         self._graphs: dict[Any, Any] = {}
 
     # -- weights ---------------------------------------------------------------------------------
+
+    KERNEL_WEIGHTS = (("w_in", "w_in_s", "w_xT"), ("w_dt", "w_oT", "w_oT_s"))
+
+    def _build_stream(self) -> None:
+        """Move every layer's GEMV weights into one byte buffer, in the order the kernels read them
+        (256-byte aligned): kernel j's weights are bytes [kernel_off[j], kernel_off[j + 1])."""
+        torch = self.torch
+        entries, total = [], 0
+        self.kernel_off = []
+        for layer in self.layers:
+            for names in self.KERNEL_WEIGHTS:
+                self.kernel_off.append(total)
+                for name in names:
+                    t = layer[name]
+                    entries.append((layer, name, total))
+                    total += -(-t.numel() * t.element_size() // 256) * 256
+        self.kernel_off.append(total)
+        self.stream = torch.empty(total, dtype=torch.uint8, device=self.device)
+        for layer, name, off in entries:
+            t = layer[name]
+            n = t.numel() * t.element_size()
+            view = self.stream[off:off + n].view(t.dtype).view(t.shape)
+            view.copy_(t)
+            layer[name] = view
+
+    def _prefetch_args(self, j: int) -> tuple:
+        ahead = self.blocks.prefetch_ahead
+        off, last = self.kernel_off, len(self.kernel_off) - 1
+        start = off[0] if j == 0 else off[min(j + 1, last)]
+        end = off[min(j + 1 + ahead, last)] if ahead > 0 else start
+        nbytes = max(0, end - start)
+        return self.stream[min(start, off[last] - 16):], nbytes
 
     def _pack(self, w, name: str, transpose: bool) -> dict:
         """in_proj is used as stored ([2E, D], rows = outputs); out_proj transposed ([E, D]) so
@@ -252,27 +287,33 @@ class FusedMambaStep:
         b, D, E, N, R, K = self.blocks, self.D, self.E, self.N, self.R, self.K
         ldw = D if self.quant != 4 else D // 2
         bd = min(b.block_d, _pow2(D))
+        pf = b.prefetch_ahead > 0 and not interpreted()
+        pdl = bool(b.pdl) and not interpreted() and self.torch.cuda.get_device_capability(self.device)[0] >= 9
         for i, L in enumerate(self.layers):
             if "in" in parts:
                 mamba_in_kernel[(E // self.BC,)](
                     self.tok, self.amax, self.emb, self.h, L["norm_w"], L["w_in"], L["w_in_s"], L["conv_w"],
                     L["conv_b"], self.conv[i], L["w_xT"], self.xc, self.zg, self.xpart, self.eps, self.V,
+                    *self._prefetch_args(2 * i),
                     D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), BC=self.BC, BD=bd,
                     FIRST=(i == 0), FROM_ARGMAX=from_argmax, QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                    num_warps=b.warps_in,
+                    PREFETCH=pf, NT=32 * b.warps_in, PDL=pdl,
+                    num_warps=b.warps_in, launch_pdl=pdl,
                 )
             if "ssm" in parts:
                 mamba_ssm_out_kernel[(E // self.BE,)](
                     self.h, self.amax, self.xc, self.zg, self.xpart, L["w_dt"], L["dt_b"], L["A"], L["Dskip"],
-                    self.ssm[i], L["w_oT"], L["w_oT_s"],
+                    self.ssm[i], L["w_oT"], L["w_oT_s"], *self._prefetch_args(2 * i + 1),
                     D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=self.XD, P1=self.P1, BP=_pow2(self.P1),
                     BE=self.BE, BD=bd, RESET_AMAX=(i == 0), QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                    num_warps=b.warps_ssm,
+                    PREFETCH=pf, NT=32 * b.warps_ssm, PDL=pdl,
+                    num_warps=b.warps_ssm, launch_pdl=pdl,
                 )
         if "head" in parts:
             lm_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
                 self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V,
-                D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, num_warps=b.warps_head,
+                D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, PREFETCH=pf and D % 8 == 0, NT=32 * b.warps_head,
+                PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
 
     def graph(self, from_argmax: bool = False, parts: tuple = ("in", "ssm", "head")) -> Any:
