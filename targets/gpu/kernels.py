@@ -57,21 +57,29 @@ def _prefetch_l2(pf_ptr, pf_bytes, NT: tl.constexpr, SHARED: tl.constexpr = True
 
 
 @triton.jit
-def _load_w(w_ptr, s_ptr, rows, cols, ld, mask, QUANT: tl.constexpr, GROUP: tl.constexpr):
-    """A [rows, cols] tile of a weight as fp32: bf16 (QUANT 0), int8 per-row scale (QUANT 8), or int4
-    packed two per byte along cols with one scale per GROUP cols (QUANT 4; ld counts bytes)."""
-    if QUANT == 0:
-        w = tl.load(w_ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    elif QUANT == 8:
-        w = tl.load(w_ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0).to(tl.float32)
+def _load_raw(w_ptr, rows, cols, ld, mask, QUANT: tl.constexpr):
+    """A [rows, cols] tile of a weight as stored: bf16 (QUANT 0), int8 (QUANT 8), or for int4
+    (QUANT 4) the byte holding each column (two columns a byte along the row; ld counts bytes)."""
+    if QUANT == 4:
+        w = tl.load(w_ptr + rows[:, None] * ld + (cols[None, :] // 2), mask=mask, other=0)
     else:
-        byte = tl.load(w_ptr + rows[:, None] * ld + (cols[None, :] // 2), mask=mask, other=0).to(tl.int32)
-        nib = tl.where((cols[None, :] % 2) == 0, byte & 15, (byte >> 4) & 15)
-        w = (nib - 8).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0)
+    return w
+
+
+@triton.jit
+def _dequant(w, s_ptr, rows, cols, ld, mask, QUANT: tl.constexpr, GROUP: tl.constexpr):
+    """The raw tile as fp32; int8 stays unscaled (its per-row scale is applied to the dot product),
+    int4 gets its group scale: (nibble - 8) * s[row, col // GROUP]."""
+    if QUANT == 4:
+        b = w.to(tl.int32)
+        nib = tl.where((cols[None, :] % 2) == 0, b & 15, (b >> 4) & 15)
         ng = (ld * 2) // GROUP
         s = tl.load(s_ptr + rows[:, None] * ng + cols[None, :] // GROUP, mask=mask, other=0.0)
-        w = w * s
-    return w
+        out = (nib - 8).to(tl.float32) * s
+    else:
+        out = w.to(tl.float32)
+    return out
 
 
 @triton.jit
@@ -84,54 +92,55 @@ def mamba_in_kernel(
     PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if PDL:
-        gdc_launch_dependents()  # the next kernel may start (it only prefetches before its wait)
+    chans = pid * BC + tl.arange(0, BC)
+    offs = tl.arange(0, BD)  # the whole d_model in one tile (BD = next power of two)
+    dm = offs < D
+    kk = tl.arange(0, KP)
+    xo = tl.arange(0, BX)
+    # 1. everything that does not depend on the previous kernel, issued together: the weight tiles
+    #    (one HBM round trip), conv weights, norm weight
+    m2 = dm[None, :] & (chans[:, None] < E)
+    wx = _load_raw(w_in_ptr, chans, offs, LDW, m2, QUANT)
+    wz = _load_raw(w_in_ptr, chans + E, offs, LDW, m2, QUANT)
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0.0)
+    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    cb = tl.load(conv_b_ptr + chans)
+    nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+    if QUANT == 8:
+        sx = tl.load(w_in_s_ptr + chans)
+        sz = tl.load(w_in_s_ptr + E + chans)
     if PREFETCH:
         _prefetch_l2(pf_ptr, pf_bytes, NT)
+    # 2. wait for the previous kernel (programmatic dependent launch), then let the next one start:
+    #    it only loads weights before its own wait
     if PDL:
-        gdc_wait()  # the previous kernel's writes are visible; nothing is read or written before
+        gdc_wait()
+        gdc_launch_dependents()
+    # 3. the activations
     if FIRST:
         if FROM_ARGMAX:
             key = tl.load(amax_ptr)
             tok = vocab - 1 - (key - ((key >> 32) << 32))
         else:
             tok = tl.load(tok_ptr)
-        src = emb_ptr + tok * D
+        v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0.0).to(tl.float32)
+        if pid == 0:
+            tl.store(h_ptr + offs, v, mask=dm)  # the residual stream starts as the embedding
     else:
-        src = h_ptr
-    # RMSNorm statistics of the residual
-    ss = tl.zeros([BD], dtype=tl.float32)
-    for d0 in tl.static_range(0, D, BD):
-        offs = d0 + tl.arange(0, BD)
-        v = tl.load(src + offs, mask=offs < D, other=0.0).to(tl.float32)
-        ss += v * v
-    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
-    chans = pid * BC + tl.arange(0, BC)
-    acc_x = tl.zeros([BC], dtype=tl.float32)
-    acc_z = tl.zeros([BC], dtype=tl.float32)
-    for d0 in tl.static_range(0, D, BD):
-        offs = d0 + tl.arange(0, BD)
-        dm = offs < D
-        v = tl.load(src + offs, mask=dm, other=0.0).to(tl.float32)
-        if FIRST:
-            if pid == 0:
-                tl.store(h_ptr + offs, v, mask=dm)  # the residual stream starts as the embedding
-        u = v * rstd * tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
-        m2 = dm[None, :] & (chans[:, None] < E)
-        wx = _load_w(w_in_ptr, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP)
-        wz = _load_w(w_in_ptr, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP)
-        acc_x += tl.sum(wx * u[None, :], axis=1)
-        acc_z += tl.sum(wz * u[None, :], axis=1)
-    if QUANT == 8:
-        acc_x = acc_x * tl.load(w_in_s_ptr + chans)
-        acc_z = acc_z * tl.load(w_in_s_ptr + E + chans)
-    # depthwise causal conv over [window (K-1), x], then SiLU
-    kk = tl.arange(0, KP)
+        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
     smask = kk[None, :] < (K - 1)
     window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
+    # RMSNorm, in_proj rows of these channels (x and z)
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    u = v * rstd * nw
+    acc_x = tl.sum(_dequant(wx, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+    acc_z = tl.sum(_dequant(wz, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+    if QUANT == 8:
+        acc_x = acc_x * sx
+        acc_z = acc_z * sz
+    # depthwise causal conv over [window (K-1), x], then SiLU
     window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)  # [BC, KP]: state cols, then x
-    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
-    conv = tl.sum(window * cw, axis=1) + tl.load(conv_b_ptr + chans)
+    conv = tl.sum(window * cw, axis=1) + cb
     xs = conv / (1.0 + tl.exp(-conv))
     # shifted window: new[c, j] = window[c, j + 1] (exact: products with 0/1 and sums of zeros)
     shift = (kk[:, None] == (kk[None, :] + 1)).to(tl.float32)  # [KP(src), KP(dst)]
@@ -141,9 +150,7 @@ def mamba_in_kernel(
     tl.store(xc_ptr + chans, xs)
     tl.store(zg_ptr + chans, acc_z / (1.0 + tl.exp(-acc_z)))
     # this block's partial x_proj: sum over its channels of W_x[:, c] * x[c]
-    xo = tl.arange(0, BX)
-    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0.0).to(tl.float32)
-    part = tl.sum(wxT * xs[:, None], axis=0)
+    part = tl.sum(wxT.to(tl.float32) * xs[:, None], axis=0)
     tl.store(xpart_ptr + pid * XD + xo, part, mask=xo < XD)
 
 
@@ -157,45 +164,47 @@ def mamba_ssm_out_kernel(
     PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if PDL:
-        gdc_launch_dependents()
-    if PREFETCH:
-        _prefetch_l2(pf_ptr, pf_bytes, NT)
-    if PDL:
-        gdc_wait()
     chans = pid * BE + tl.arange(0, BE)
-    # x_proj = the sum of the previous kernel's per-block partials
+    offs = tl.arange(0, BD)
+    dm = offs < D
     p = tl.arange(0, BP)
     pm = p[:, None] < P1
     r = tl.arange(0, BR)
     rm = r[None, :] < R
-    dt_low = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + r[None, :], mask=pm & rm, other=0.0), axis=0)
     n = tl.arange(0, BN)
     nm = n[None, :] < N
+    # 1. weights and constants first (independent of the previous kernel)
+    wo = _load_raw(w_oT_ptr, chans, offs, LDW, dm[None, :], QUANT)  # [BE, BD]
+    if QUANT == 8:
+        so = tl.load(w_o_s_ptr + offs, mask=dm, other=0.0)
+    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0.0)
+    dtb = tl.load(dt_b_ptr + chans)
+    a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    dsk = tl.load(dskip_ptr + chans)
+    if PREFETCH:
+        _prefetch_l2(pf_ptr, pf_bytes, NT)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    # 2. activations and state
+    dt_low = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + r[None, :], mask=pm & rm, other=0.0), axis=0)
     b = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + R + n[None, :], mask=pm & nm, other=0.0), axis=0)
     c = tl.sum(tl.load(xpart_ptr + p[:, None] * XD + R + N + n[None, :], mask=pm & nm, other=0.0), axis=0)
-    # dt_proj + softplus (torch's threshold 20)
-    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0.0).to(tl.float32)
-    dt = tl.sum(wdt * dt_low[None, :], axis=1) + tl.load(dt_b_ptr + chans)
-    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     x = tl.load(xc_ptr + chans)
-    # selective-state update, output, D skip, gate
-    a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    zg = tl.load(zg_ptr + chans)
     hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    # dt_proj + softplus (torch's threshold 20)
+    dt = tl.sum(wdt.to(tl.float32) * dt_low[None, :], axis=1) + dtb
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    # selective-state update, output, D skip, gate
     hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
     tl.store(ssm_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
-    y = tl.sum(hs * c[None, :], axis=1) + tl.load(dskip_ptr + chans) * x
-    y = y * tl.load(zg_ptr + chans)
+    y = (tl.sum(hs * c[None, :], axis=1) + dsk * x) * zg
     # this block's share of out_proj, added into the residual
-    for d0 in tl.static_range(0, D, BD):
-        offs = d0 + tl.arange(0, BD)
-        dm = offs < D
-        wo = _load_w(w_oT_ptr, w_o_s_ptr, chans, offs, LDW, dm[None, :], QUANT, GROUP)
-        if QUANT == 8:
-            contrib = tl.sum(wo * y[:, None], axis=0) * tl.load(w_o_s_ptr + offs, mask=dm, other=0.0)
-        else:
-            contrib = tl.sum(wo * y[:, None], axis=0)
-        tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
+    contrib = tl.sum(_dequant(wo, w_o_s_ptr, chans, offs, LDW, dm[None, :], QUANT, GROUP) * y[:, None], axis=0)
+    if QUANT == 8:
+        contrib = contrib * so
+    tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
     if RESET_AMAX:
         if pid == 0:
             tl.store(amax_ptr, AMAX_RESET)
@@ -208,26 +217,19 @@ def lm_head_kernel(
     PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if PREFETCH:  # this program's rows of the table: contiguous
-        _prefetch_l2(emb_ptr.to(tl.pointer_type(tl.uint8)) + pid * (BV * D * 2),
-                     tl.minimum(BV, vocab - pid * BV) * (D * 2), NT, SHARED=False)
-    if PDL:
-        gdc_wait()
-    ss = tl.zeros([BD], dtype=tl.float32)
-    for d0 in tl.static_range(0, D, BD):
-        offs = d0 + tl.arange(0, BD)
-        v = tl.load(h_ptr + offs, mask=offs < D, other=0.0)
-        ss += v * v
-    rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+    offs = tl.arange(0, BD)
+    dm = offs < D
     rows = pid * BV + tl.arange(0, BV)
     rmask = rows < vocab
-    acc = tl.zeros([BV], dtype=tl.float32)
-    for d0 in tl.static_range(0, D, BD):
-        offs = d0 + tl.arange(0, BD)
-        dm = offs < D
-        u = tl.load(h_ptr + offs, mask=dm, other=0.0) * rstd * tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
-        w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * u[None, :], axis=1)
+    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+    nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    u = v * rstd * nw
+    acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1)
     if WRITE_LOGITS:
         tl.store(logits_ptr + rows, acc, mask=rmask)
     vals = tl.where(rmask, acc, float("-inf"))

@@ -60,10 +60,9 @@ class Blocks:
 
     in_channels: int = 16  # channels (x and z rows) per program of the in_proj kernel
     ssm_channels: int = 16  # channels per program of the SSM/out_proj kernel
-    head_rows: int = 64  # vocabulary rows per program of the head
-    block_d: int = 256  # d_model chunk of the GEMV loops
-    warps_in: int = 4
-    warps_ssm: int = 2
+    head_rows: int = 16  # vocabulary rows per program of the head
+    warps_in: int = 8
+    warps_ssm: int = 4
     warps_head: int = 4
     prefetch_ahead: int = 2  # kernels whose weights each kernel prefetches into L2 (0: none)
     pdl: bool = True  # programmatic dependent launch: a kernel starts (and prefetches) before the last ends
@@ -125,6 +124,8 @@ class FusedMambaStep:
         self.blocks = blocks or Blocks()
         D, E, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.rank, cfg.d_conv
         self.group = group if weights == "int4" else 1
+        if D > 2048:
+            raise InputError(f"the fused GPU runtime holds a whole d_model row in registers: d_model <= 2048, not {D}")
         if weights == "int4" and (D % group or D % 2):
             raise InputError(f"int4 groups of {group} need d_model divisible by it (d_model {D})")
         self.D, self.E, self.N, self.R, self.K, self.V = D, E, N, R, K, cfg.vocab_size
@@ -176,8 +177,9 @@ class FusedMambaStep:
     def set_blocks(self, blocks: Blocks) -> None:
         """Change the launch shapes (the captured graphs are dropped)."""
         self.blocks = blocks
-        self.BC = _divisor_block(self.E, blocks.in_channels)
-        self.BE = _divisor_block(self.E, blocks.ssm_channels)
+        # a program holds whole d_model rows in registers: cap the rows per program
+        self.BC = _divisor_block(self.E, min(blocks.in_channels, max(1, 16384 // _pow2(self.D))))
+        self.BE = _divisor_block(self.E, min(blocks.ssm_channels, max(1, 32768 // _pow2(self.D))))
         self.P1 = self.E // self.BC
         self.xpart = self.torch.zeros(self.P1, self.XD, dtype=self.torch.float32, device=self.device)
         self._graphs: dict[Any, Any] = {}
@@ -286,7 +288,7 @@ class FusedMambaStep:
 
         b, D, E, N, R, K = self.blocks, self.D, self.E, self.N, self.R, self.K
         ldw = D if self.quant != 4 else D // 2
-        bd = min(b.block_d, _pow2(D))
+        bd = _pow2(D)
         pf = b.prefetch_ahead > 0 and not interpreted()
         pdl = bool(b.pdl) and not interpreted() and self.torch.cuda.get_device_capability(self.device)[0] >= 9
         for i, L in enumerate(self.layers):
@@ -312,7 +314,7 @@ class FusedMambaStep:
         if "head" in parts:
             lm_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
                 self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V,
-                D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, PREFETCH=pf and D % 8 == 0, NT=32 * b.warps_head,
+                D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, PREFETCH=False, NT=32 * b.warps_head,
                 PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
 

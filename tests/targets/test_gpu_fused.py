@@ -118,7 +118,7 @@ def test_interpreted_kernels_match_step(weights):
         f"m = _model(0, vocab_size=300, d_model=96, n_layer=2);"
         f"from targets.gpu.mamba import Blocks;"
         f"print(check_against_reference(m, {weights!r}, 'cpu', [5, 299, 0], group=32,"
-        f" blocks=Blocks(in_channels=16, ssm_channels=32, head_rows=64, block_d=64)))"
+        f" blocks=Blocks(in_channels=16, ssm_channels=32, head_rows=64)))"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
