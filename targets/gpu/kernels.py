@@ -212,11 +212,14 @@ def mamba_ssm_out_kernel(
 
 @triton.jit
 def lm_head_kernel(
-    h_ptr, norm_w_ptr, emb_ptr, logits_ptr, amax_ptr, eps, vocab,
+    h_ptr, norm_w_ptr, emb_ptr, logits_ptr, amax_ptr, eps, vocab, bar_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, WRITE_LOGITS: tl.constexpr,
-    PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr, RESET_BAR: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if RESET_BAR:  # the persistent layers kernel before this one has ended: its barrier restarts at 0
+        if pid == 0:
+            tl.store(bar_ptr, 0)
     offs = tl.arange(0, BD)
     dm = offs < D
     rows = pid * BV + tl.arange(0, BV)
@@ -239,3 +242,132 @@ def lm_head_kernel(
     key32 = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # order-preserving as a signed integer
     key = (key32.to(tl.int64) << 32) + (vocab - 1 - idx).to(tl.int64)
     tl.atomic_max(amax_ptr, key, sem="relaxed")
+
+
+@triton.jit
+def _fence():
+    tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _grid_arrive(bar_ptr):
+    """This program is done with the phase: every thread fences its writes, then one release add
+    (a scalar atomic is done by one thread)."""
+    _fence()
+    tl.debug_barrier()
+    tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _grid_wait(bar_ptr, target):
+    """Spin until `target` arrivals are counted (acquire), then release the program's threads. The
+    spin is bounded (~2^18 polls): a broken barrier gives wrong numbers, which the tests catch,
+    rather than a hung GPU."""
+    cur = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    polls = 0
+    while (cur < target) & (polls < 262144):
+        cur = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+        polls += 1
+    tl.debug_barrier()
+    _fence()
+
+
+@triton.jit
+def mamba_layers_kernel(
+    tok_ptr, amax_ptr, emb_ptr, h_ptr, bar_ptr, xpart_ptr, eps, vocab,
+    norm_w_ptr, w_in_ptr, w_in_s_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, w_xT_ptr,
+    w_dt_ptr, dt_b_ptr, a_ptr, dskip_ptr, ssm_ptr, w_oT_ptr, w_o_s_ptr,
+    NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr,
+    BX: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+    BD: tl.constexpr, P: tl.constexpr, BP: tl.constexpr, FROM_ARGMAX: tl.constexpr,
+    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, SW: tl.constexpr, SS_IN: tl.constexpr,
+    SS_O: tl.constexpr,
+):
+    """All layers of the step in one persistent launch of P programs (all resident at once: P <= SMs).
+    Program p owns channels [p*BC, (p+1)*BC) in both phases of every layer:
+      A: RMSNorm + in_proj rows (x, z) + conv + SiLU + partial x_proj  -> grid barrier ->
+      B: x_proj sum + dt_proj + softplus + state update + D skip + gate + out_proj share into the
+         residual (atomic adds)                                         -> grid barrier -> next layer.
+    x and SiLU(z) stay in registers between the phases (same channels); the residual and the x_proj
+    partials cross programs through L2 (loads bypass L1). The barrier is split: a program issues the
+    next phase's weight loads before it waits, so HBM streams while the grid synchronizes."""
+    pid = tl.program_id(0)
+    chans = pid * BC + tl.arange(0, BC)
+    offs = tl.arange(0, BD)
+    dm = offs < D
+    kk = tl.arange(0, KP)
+    xo = tl.arange(0, BX)
+    p = tl.arange(0, BP)
+    pm = p[:, None] < P
+    r = tl.arange(0, BR)
+    rm = r[None, :] < R
+    n = tl.arange(0, BN)
+    nm = n[None, :] < N
+    smask = kk[None, :] < (K - 1)
+    m2 = dm[None, :] & (chans[:, None] < E)
+    shift = (kk[:, None] == (kk[None, :] + 1)).to(tl.float32)
+    # the embedding row (layer 0's input): every program reads it, program 0 starts the residual
+    if FROM_ARGMAX:
+        key = tl.load(amax_ptr)
+        tok = vocab - 1 - (key - ((key >> 32) << 32))
+    else:
+        tok = tl.load(tok_ptr)
+    v0 = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0.0).to(tl.float32)
+    if pid == 0:
+        tl.store(h_ptr + offs, v0, mask=dm)
+    for i in range(NL):
+        # ---------------- phase A: weights first, then wait for the previous layer
+        wx = _load_raw(w_in_ptr + i * (2 * E * LDW), chans, offs, LDW, m2, QUANT)
+        wz = _load_raw(w_in_ptr + i * (2 * E * LDW), chans + E, offs, LDW, m2, QUANT)
+        wxT = tl.load(w_xT_ptr + i * (E * XD) + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0.0)
+        cw = tl.load(conv_w_ptr + i * (E * K) + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+        cb = tl.load(conv_b_ptr + i * E + chans)
+        nw = tl.load(norm_w_ptr + i * D + offs, mask=dm, other=0.0)
+        window = tl.load(conv_ptr + i * (E * (K - 1)) + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
+        if i == 0:
+            v = v0
+        else:
+            _grid_wait(bar_ptr, (2 * i) * P)
+            v = tl.load(h_ptr + offs, mask=dm, other=0.0, cache_modifier=".cg")
+        rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+        u = v * rstd * nw
+        acc_x = tl.sum(_dequant(wx, w_in_s_ptr + i * SS_IN, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+        acc_z = tl.sum(_dequant(wz, w_in_s_ptr + i * SS_IN, chans + E, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+        if QUANT == 8:
+            acc_x = acc_x * tl.load(w_in_s_ptr + i * SS_IN + chans)
+            acc_z = acc_z * tl.load(w_in_s_ptr + i * SS_IN + E + chans)
+        window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)
+        conv = tl.sum(window * cw, axis=1) + cb
+        xs = conv / (1.0 + tl.exp(-conv))
+        zg = acc_z / (1.0 + tl.exp(-acc_z))
+        new_window = tl.sum(window[:, :, None] * shift[None, :, :], axis=1)
+        tl.debug_barrier()
+        tl.store(conv_ptr + i * (E * (K - 1)) + chans[:, None] * (K - 1) + kk[None, :], new_window, mask=smask)
+        part = tl.sum(wxT.to(tl.float32) * xs[:, None], axis=0)
+        tl.store(xpart_ptr + pid * XD + xo, part, mask=xo < XD)
+        _grid_arrive(bar_ptr)
+        # ---------------- phase B: weights first, then wait for every program's x_proj partial
+        wo = _load_raw(w_oT_ptr + i * (E * LDW), chans, offs, LDW, dm[None, :], QUANT)
+        wdt = tl.load(w_dt_ptr + i * (E * R) + chans[:, None] * R + r[None, :], mask=rm, other=0.0)
+        dtb = tl.load(dt_b_ptr + i * E + chans)
+        a = tl.load(a_ptr + i * (E * N) + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+        dsk = tl.load(dskip_ptr + i * E + chans)
+        hs = tl.load(ssm_ptr + i * (E * N) + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+        _grid_wait(bar_ptr, (2 * i + 1) * P)
+        if i == 0:
+            if pid == 0:
+                tl.store(amax_ptr, AMAX_RESET)  # every program has read it (before the first barrier)
+        xp = xpart_ptr + p[:, None] * XD
+        dt_low = tl.sum(tl.load(xp + r[None, :], mask=pm & rm, other=0.0, cache_modifier=".cg"), axis=0)
+        b = tl.sum(tl.load(xp + R + n[None, :], mask=pm & nm, other=0.0, cache_modifier=".cg"), axis=0)
+        c = tl.sum(tl.load(xp + R + N + n[None, :], mask=pm & nm, other=0.0, cache_modifier=".cg"), axis=0)
+        dt = tl.sum(wdt.to(tl.float32) * dt_low[None, :], axis=1) + dtb
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+        hs = tl.exp(dt[:, None] * a) * hs + (dt * xs)[:, None] * b[None, :]
+        tl.store(ssm_ptr + i * (E * N) + chans[:, None] * N + n[None, :], hs, mask=nm)
+        y = (tl.sum(hs * c[None, :], axis=1) + dsk * xs) * zg
+        contrib = tl.sum(_dequant(wo, w_o_s_ptr + i * SS_O, chans, offs, LDW, dm[None, :], QUANT, GROUP) * y[:, None], axis=0)
+        if QUANT == 8:
+            contrib = contrib * tl.load(w_o_s_ptr + i * SS_O + offs, mask=dm, other=0.0)
+        tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
+        _grid_arrive(bar_ptr)

@@ -64,8 +64,9 @@ class Blocks:
     warps_in: int = 8
     warps_ssm: int = 4
     warps_head: int = 4
-    prefetch_ahead: int = 2  # kernels whose weights each kernel prefetches into L2 (0: none)
-    pdl: bool = True  # programmatic dependent launch: a kernel starts (and prefetches) before the last ends
+    prefetch_ahead: int = 0  # kernels whose weights each kernel prefetches into L2 (0: none)
+    pdl: bool = False  # programmatic dependent launch between the per-layer kernels (not faster, seen on an H200)
+    persistent: bool = True  # all layers in one launch with grid barriers (CUDA only; else 2 kernels a layer)
 
 
 def quantize_rows_int8(w):
@@ -169,8 +170,14 @@ class FusedMambaStep:
         from targets.gpu.kernels import AMAX_RESET_VALUE
 
         self.amax = torch.full((1,), AMAX_RESET_VALUE, dtype=torch.int64, device=dev)
-        self.conv = [torch.zeros(E, K - 1, dtype=f32, device=dev) for _ in self.layers]
-        self.ssm = [torch.zeros(E, N, dtype=f32, device=dev) for _ in self.layers]
+        self.conv_all = torch.zeros(len(self.layers), E, K - 1, dtype=f32, device=dev)
+        self.ssm_all = torch.zeros(len(self.layers), E, N, dtype=f32, device=dev)
+        self.conv = list(self.conv_all)  # per-layer views
+        self.ssm = list(self.ssm_all)
+        self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
+        # the persistent kernel reads each weight kind stacked over layers
+        self.stacked = {name: torch.stack([L[name] for L in self.layers]).contiguous()
+                        for name in self.layers[0]}
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.set_blocks(self.blocks)
 
@@ -291,7 +298,21 @@ class FusedMambaStep:
         bd = _pow2(D)
         pf = b.prefetch_ahead > 0 and not interpreted()
         pdl = bool(b.pdl) and not interpreted() and self.torch.cuda.get_device_capability(self.device)[0] >= 9
-        for i, L in enumerate(self.layers):
+        if self._persistent():
+            if "in" in parts or "ssm" in parts:
+                from targets.gpu.kernels import mamba_layers_kernel
+
+                S = self.stacked
+                mamba_layers_kernel[(self.P1,)](
+                    self.tok, self.amax, self.emb, self.h, self.bar, self.xpart, self.eps, self.V,
+                    S["norm_w"], S["w_in"], S["w_in_s"], S["conv_w"], S["conv_b"], self.conv_all, S["w_xT"],
+                    S["w_dt"], S["dt_b"], S["A"], S["Dskip"], self.ssm_all, S["w_oT"], S["w_oT_s"],
+                    NL=len(self.layers), D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), N=N, BN=_pow2(N),
+                    R=R, BR=_pow2(R), BC=self.BC, BD=bd, P=self.P1, BP=_pow2(self.P1), FROM_ARGMAX=from_argmax,
+                    QUANT=self.quant, GROUP=self.group, LDW=ldw, SW=0, SS_IN=S["w_in_s"][0].numel(),
+                    SS_O=S["w_oT_s"][0].numel(), num_warps=b.warps_in,
+                )
+        for i, L in enumerate(self.layers if not self._persistent() else []):
             if "in" in parts:
                 mamba_in_kernel[(E // self.BC,)](
                     self.tok, self.amax, self.emb, self.h, L["norm_w"], L["w_in"], L["w_in_s"], L["conv_w"],
@@ -313,10 +334,17 @@ class FusedMambaStep:
                 )
         if "head" in parts:
             lm_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
-                self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V,
+                self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V, self.bar,
                 D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, PREFETCH=False, NT=32 * b.warps_head,
-                PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
+                PDL=pdl, RESET_BAR=self._persistent(), num_warps=b.warps_head, launch_pdl=pdl,
             )
+
+    def _persistent(self) -> bool:
+        """The one-launch layers kernel: CUDA only (its grid barrier needs every program resident at
+        once, so at most one program per multiprocessor), not under the interpreter."""
+        if not self.blocks.persistent or interpreted() or self.device.type != "cuda":
+            return False
+        return self.P1 <= self.torch.cuda.get_device_properties(self.device).multi_processor_count
 
     def graph(self, from_argmax: bool = False, parts: tuple = ("in", "ssm", "head")) -> Any:
         """The CUDA graph of one step (or of some of its kernels, for timing them apart); captured
@@ -324,7 +352,7 @@ class FusedMambaStep:
         torch = self.torch
         key = (from_argmax, tuple(parts))
         if key not in self._graphs:
-            saved = [t.clone() for t in (*self.conv, *self.ssm, self.h, self.amax)]
+            saved = [t.clone() for t in (*self.conv, *self.ssm, self.h, self.amax, self.bar)]
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -333,7 +361,7 @@ class FusedMambaStep:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._launch(from_argmax, parts)
-            for t, s in zip((*self.conv, *self.ssm, self.h, self.amax), saved):
+            for t, s in zip((*self.conv, *self.ssm, self.h, self.amax, self.bar), saved):
                 t.copy_(s)
             self._graphs[key] = graph
         return self._graphs[key]
