@@ -232,12 +232,12 @@ def sweep(torch, rt) -> tuple[list, object, dict]:
     best = Blocks()
     best_ms = timed(best)
     # per-layer kernels (2 a layer) at the best shape of earlier sweeps, the persistent kernel's warps
-    for cand in (Blocks(persistent=False, ssm_channels=8, head_rows=8), Blocks(persistent=False, ssm_channels=8,
-                 head_rows=8, pdl=True), Blocks(warps_in=16), Blocks(warps_in=4)):
+    for cand in (Blocks(persistent=True), Blocks(persistent=True, warps_in=4), Blocks(persistent=True, fence=True),
+                 Blocks(pdl=True), Blocks(prefetch_ahead=2), Blocks(in_channels=8, warps_in=4)):
         ms = timed(cand)
         if ms < best_ms:
             best, best_ms = cand, ms
-    stages = [[("head_rows", "warps_head"), ((8, 16, 32), (4, 8))]]
+    stages = [[("ssm_channels", "warps_ssm"), ((8, 16), (2, 4))]]
     for fields, values in stages:
         for combo in itertools.product(*values):
             cand = Blocks(**{**best.__dict__, **dict(zip(fields, combo))})

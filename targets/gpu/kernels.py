@@ -100,8 +100,21 @@ def mamba_in_kernel(
     # 1. everything that does not depend on the previous kernel, issued together: the weight tiles
     #    (one HBM round trip), conv weights, norm weight
     m2 = dm[None, :] & (chans[:, None] < E)
-    wx = _load_raw(w_in_ptr, chans, offs, LDW, m2, QUANT)
-    wz = _load_raw(w_in_ptr, chans + E, offs, LDW, m2, QUANT)
+    if QUANT == 4:
+        # int4: a [BC, D/2] tile of bytes; the low nibble multiplies the even columns, the high the odd
+        o2 = tl.arange(0, BD // 2)
+        dm2 = o2 < (D // 2)
+        m4 = dm2[None, :] & (chans[:, None] < E)
+        bx = tl.load(w_in_ptr + chans[:, None] * LDW + o2[None, :], mask=m4, other=0)
+        bz = tl.load(w_in_ptr + (chans[:, None] + E) * LDW + o2[None, :], mask=m4, other=0)
+        ng = D // GROUP
+        gsx = tl.load(w_in_s_ptr + chans[:, None] * ng + (2 * o2[None, :]) // GROUP, mask=m4, other=0.0)
+        gsz = tl.load(w_in_s_ptr + (chans[:, None] + E) * ng + (2 * o2[None, :]) // GROUP, mask=m4, other=0.0)
+        nwe = tl.load(norm_w_ptr + 2 * o2, mask=dm2, other=0.0)
+        nwo = tl.load(norm_w_ptr + 2 * o2 + 1, mask=dm2, other=0.0)
+    else:
+        wx = _load_raw(w_in_ptr, chans, offs, LDW, m2, QUANT)
+        wz = _load_raw(w_in_ptr, chans + E, offs, LDW, m2, QUANT)
     wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0.0)
     cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
     cb = tl.load(conv_b_ptr + chans)
@@ -124,17 +137,31 @@ def mamba_in_kernel(
         else:
             tok = tl.load(tok_ptr)
         v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0.0).to(tl.float32)
+        if QUANT == 4:
+            ve = tl.load(emb_ptr + tok * D + 2 * o2, mask=dm2, other=0.0).to(tl.float32)
+            vo = tl.load(emb_ptr + tok * D + 2 * o2 + 1, mask=dm2, other=0.0).to(tl.float32)
         if pid == 0:
             tl.store(h_ptr + offs, v, mask=dm)  # the residual stream starts as the embedding
     else:
         v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+        if QUANT == 4:
+            ve = tl.load(h_ptr + 2 * o2, mask=dm2, other=0.0)
+            vo = tl.load(h_ptr + 2 * o2 + 1, mask=dm2, other=0.0)
     smask = kk[None, :] < (K - 1)
     window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
     # RMSNorm, in_proj rows of these channels (x and z)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
-    u = v * rstd * nw
-    acc_x = tl.sum(_dequant(wx, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
-    acc_z = tl.sum(_dequant(wz, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+    if QUANT == 4:
+        ue = (ve * rstd * nwe)[None, :]
+        uo = (vo * rstd * nwo)[None, :]
+        bxi = bx.to(tl.int32)
+        bzi = bz.to(tl.int32)
+        acc_x = tl.sum((((bxi & 15) - 8).to(tl.float32) * ue + ((bxi >> 4) - 8).to(tl.float32) * uo) * gsx, axis=1)
+        acc_z = tl.sum((((bzi & 15) - 8).to(tl.float32) * ue + ((bzi >> 4) - 8).to(tl.float32) * uo) * gsz, axis=1)
+    else:
+        u = v * rstd * nw
+        acc_x = tl.sum(_dequant(wx, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+        acc_z = tl.sum(_dequant(wz, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
     if QUANT == 8:
         acc_x = acc_x * sx
         acc_z = acc_z * sz
@@ -174,7 +201,13 @@ def mamba_ssm_out_kernel(
     n = tl.arange(0, BN)
     nm = n[None, :] < N
     # 1. weights and constants first (independent of the previous kernel)
-    wo = _load_raw(w_oT_ptr, chans, offs, LDW, dm[None, :], QUANT)  # [BE, BD]
+    if QUANT == 4:
+        o2 = tl.arange(0, BD // 2)
+        dm2 = o2 < (D // 2)
+        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + o2[None, :], mask=dm2[None, :], other=0)
+        gso = tl.load(w_o_s_ptr + chans[:, None] * (D // GROUP) + (2 * o2[None, :]) // GROUP, mask=dm2[None, :], other=0.0)
+    else:
+        wo = _load_raw(w_oT_ptr, chans, offs, LDW, dm[None, :], QUANT)  # [BE, BD]
     if QUANT == 8:
         so = tl.load(w_o_s_ptr + offs, mask=dm, other=0.0)
     wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0.0)
@@ -201,10 +234,18 @@ def mamba_ssm_out_kernel(
     tl.store(ssm_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
     y = (tl.sum(hs * c[None, :], axis=1) + dsk * x) * zg
     # this block's share of out_proj, added into the residual
-    contrib = tl.sum(_dequant(wo, w_o_s_ptr, chans, offs, LDW, dm[None, :], QUANT, GROUP) * y[:, None], axis=0)
-    if QUANT == 8:
-        contrib = contrib * so
-    tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
+    if QUANT == 4:
+        ys = gso * y[:, None]
+        boi = bo.to(tl.int32)
+        ce = tl.sum(((boi & 15) - 8).to(tl.float32) * ys, axis=0)
+        co = tl.sum(((boi >> 4) - 8).to(tl.float32) * ys, axis=0)
+        tl.atomic_add(h_ptr + 2 * o2, ce, mask=dm2, sem="relaxed")
+        tl.atomic_add(h_ptr + 2 * o2 + 1, co, mask=dm2, sem="relaxed")
+    else:
+        contrib = tl.sum(_dequant(wo, w_o_s_ptr, chans, offs, LDW, dm[None, :], QUANT, GROUP) * y[:, None], axis=0)
+        if QUANT == 8:
+            contrib = contrib * so
+        tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
     if RESET_AMAX:
         if pid == 0:
             tl.store(amax_ptr, AMAX_RESET)
@@ -250,16 +291,18 @@ def _fence():
 
 
 @triton.jit
-def _grid_arrive(bar_ptr):
-    """This program is done with the phase: every thread fences its writes, then one release add
-    (a scalar atomic is done by one thread)."""
-    _fence()
+def _grid_arrive(bar_ptr, FENCE: tl.constexpr):
+    """This program is done with the phase: a CTA barrier (optionally every thread fences its writes
+    first), then one release add (Triton does a scalar atomic from one thread) - the cooperative
+    groups grid-sync pattern."""
+    if FENCE:
+        _fence()
     tl.debug_barrier()
     tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
 
 
 @triton.jit
-def _grid_wait(bar_ptr, target):
+def _grid_wait(bar_ptr, target, FENCE: tl.constexpr):
     """Spin until `target` arrivals are counted (acquire), then release the program's threads. The
     spin is bounded (~2^18 polls): a broken barrier gives wrong numbers, which the tests catch,
     rather than a hung GPU."""
@@ -269,7 +312,8 @@ def _grid_wait(bar_ptr, target):
         cur = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
         polls += 1
     tl.debug_barrier()
-    _fence()
+    if FENCE:
+        _fence()
 
 
 @triton.jit
@@ -281,7 +325,7 @@ def mamba_layers_kernel(
     BX: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
     BD: tl.constexpr, P: tl.constexpr, BP: tl.constexpr, FROM_ARGMAX: tl.constexpr,
     QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, SW: tl.constexpr, SS_IN: tl.constexpr,
-    SS_O: tl.constexpr,
+    SS_O: tl.constexpr, FENCE: tl.constexpr,
 ):
     """All layers of the step in one persistent launch of P programs (all resident at once: P <= SMs).
     Program p owns channels [p*BC, (p+1)*BC) in both phases of every layer:
@@ -327,7 +371,7 @@ def mamba_layers_kernel(
         if i == 0:
             v = v0
         else:
-            _grid_wait(bar_ptr, (2 * i) * P)
+            _grid_wait(bar_ptr, (2 * i) * P, FENCE)
             v = tl.load(h_ptr + offs, mask=dm, other=0.0, cache_modifier=".cg")
         rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
         u = v * rstd * nw
@@ -345,7 +389,7 @@ def mamba_layers_kernel(
         tl.store(conv_ptr + i * (E * (K - 1)) + chans[:, None] * (K - 1) + kk[None, :], new_window, mask=smask)
         part = tl.sum(wxT.to(tl.float32) * xs[:, None], axis=0)
         tl.store(xpart_ptr + pid * XD + xo, part, mask=xo < XD)
-        _grid_arrive(bar_ptr)
+        _grid_arrive(bar_ptr, FENCE)
         # ---------------- phase B: weights first, then wait for every program's x_proj partial
         wo = _load_raw(w_oT_ptr + i * (E * LDW), chans, offs, LDW, dm[None, :], QUANT)
         wdt = tl.load(w_dt_ptr + i * (E * R) + chans[:, None] * R + r[None, :], mask=rm, other=0.0)
@@ -353,7 +397,7 @@ def mamba_layers_kernel(
         a = tl.load(a_ptr + i * (E * N) + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
         dsk = tl.load(dskip_ptr + i * E + chans)
         hs = tl.load(ssm_ptr + i * (E * N) + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
-        _grid_wait(bar_ptr, (2 * i + 1) * P)
+        _grid_wait(bar_ptr, (2 * i + 1) * P, FENCE)
         if i == 0:
             if pid == 0:
                 tl.store(amax_ptr, AMAX_RESET)  # every program has read it (before the first barrier)
@@ -370,4 +414,4 @@ def mamba_layers_kernel(
         if QUANT == 8:
             contrib = contrib * tl.load(w_o_s_ptr + i * SS_O + offs, mask=dm, other=0.0)
         tl.atomic_add(h_ptr + offs, contrib, mask=dm, sem="relaxed")
-        _grid_arrive(bar_ptr)
+        _grid_arrive(bar_ptr, FENCE)

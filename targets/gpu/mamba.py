@@ -59,14 +59,15 @@ class Blocks:
     """Launch shapes (tuned on an H200 at 24 x 768; any values that are powers of two work)."""
 
     in_channels: int = 16  # channels (x and z rows) per program of the in_proj kernel
-    ssm_channels: int = 16  # channels per program of the SSM/out_proj kernel
-    head_rows: int = 16  # vocabulary rows per program of the head
+    ssm_channels: int = 8  # channels per program of the SSM/out_proj kernel
+    head_rows: int = 8  # vocabulary rows per program of the head
     warps_in: int = 8
     warps_ssm: int = 4
     warps_head: int = 4
     prefetch_ahead: int = 0  # kernels whose weights each kernel prefetches into L2 (0: none)
     pdl: bool = False  # programmatic dependent launch between the per-layer kernels (not faster, seen on an H200)
-    persistent: bool = True  # all layers in one launch with grid barriers (CUDA only; else 2 kernels a layer)
+    persistent: bool = False  # all layers in one launch with grid barriers (CUDA only): correct, slower so far
+    fence: bool = False  # the persistent kernel's barrier: every thread fences (on top of bar.sync + release)
 
 
 def quantize_rows_int8(w):
@@ -310,7 +311,7 @@ class FusedMambaStep:
                     NL=len(self.layers), D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), N=N, BN=_pow2(N),
                     R=R, BR=_pow2(R), BC=self.BC, BD=bd, P=self.P1, BP=_pow2(self.P1), FROM_ARGMAX=from_argmax,
                     QUANT=self.quant, GROUP=self.group, LDW=ldw, SW=0, SS_IN=S["w_in_s"][0].numel(),
-                    SS_O=S["w_oT_s"][0].numel(), num_warps=b.warps_in,
+                    SS_O=S["w_oT_s"][0].numel(), FENCE=b.fence, num_warps=b.warps_in,
                 )
         for i, L in enumerate(self.layers if not self._persistent() else []):
             if "in" in parts:
