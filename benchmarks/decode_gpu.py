@@ -232,12 +232,12 @@ def sweep(torch, rt) -> tuple[list, object, dict]:
     best = Blocks()
     best_ms = timed(best)
     # per-layer kernels (2 a layer) at the best shape of earlier sweeps, the persistent kernel's warps
-    for cand in (Blocks(persistent=True), Blocks(persistent=True, warps_in=4), Blocks(persistent=True, fence=True),
-                 Blocks(pdl=True), Blocks(prefetch_ahead=2), Blocks(in_channels=8, warps_in=4)):
+    cands = [Blocks(ssm_cols=c, ssm_channels=e, warps_ssm=w) for c in (128, 256) for e in (16, 32, 64) for w in (2, 4)]
+    for cand in (Blocks(persistent=True), *cands):
         ms = timed(cand)
         if ms < best_ms:
             best, best_ms = cand, ms
-    stages = [[("ssm_channels", "warps_ssm"), ((8, 16), (2, 4))]]
+    stages = [[("in_channels", "warps_in"), ((8, 16), (4, 8))]]
     for fields, values in stages:
         for combo in itertools.product(*values):
             cand = Blocks(**{**best.__dict__, **dict(zip(fields, combo))})

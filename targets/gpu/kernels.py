@@ -57,6 +57,15 @@ def _prefetch_l2(pf_ptr, pf_bytes, NT: tl.constexpr, SHARED: tl.constexpr = True
 
 
 @triton.jit
+def _copy_share(src_ptr, dst_ptr, total, q, nq, BLK: tl.constexpr):
+    """Program q of nq copies its share of `total` floats from src to dst."""
+    per = (total + nq - 1) // nq
+    i = q * per + tl.arange(0, BLK)
+    m = (i < (q + 1) * per) & (i < total)
+    tl.store(dst_ptr + i, tl.load(src_ptr + i, mask=m, other=0.0), mask=m)
+
+
+@triton.jit
 def _load_raw(w_ptr, rows, cols, ld, mask, QUANT: tl.constexpr):
     """A [rows, cols] tile of a weight as stored: bf16 (QUANT 0), int8 (QUANT 8), or for int4
     (QUANT 4) the byte holding each column (two columns a byte along the row; ld counts bytes)."""
@@ -89,7 +98,7 @@ def mamba_in_kernel(
     D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr,
     QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, PREFETCH: tl.constexpr, NT: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, XATOMIC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chans = pid * BC + tl.arange(0, BC)
@@ -178,7 +187,84 @@ def mamba_in_kernel(
     tl.store(zg_ptr + chans, acc_z / (1.0 + tl.exp(-acc_z)))
     # this block's partial x_proj: sum over its channels of W_x[:, c] * x[c]
     part = tl.sum(wxT.to(tl.float32) * xs[:, None], axis=0)
-    tl.store(xpart_ptr + pid * XD + xo, part, mask=xo < XD)
+    if XATOMIC:  # x_proj summed in place (the buffer was zeroed by an earlier kernel)
+        tl.atomic_add(xpart_ptr + xo, part, mask=xo < XD, sem="relaxed")
+    else:
+        tl.store(xpart_ptr + pid * XD + xo, part, mask=xo < XD)
+
+
+@triton.jit
+def mamba_ssm_out2_kernel(
+    h_ptr, amax_ptr, xc_ptr, zg_ptr, xsum_ptr, xzero_ptr, w_dt_ptr, dt_b_ptr, a_ptr, dskip_ptr, ssm_ptr,
+    w_oT_ptr, w_o_s_ptr, ssm_out_ptr, prev_out_ptr, prev_ssm_ptr,
+    D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
+    XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, RESET_AMAX: tl.constexpr,
+    ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
+    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr,
+):
+    """The SSM/out_proj stage on a 2-D grid: program (pe, po) redoes the (cheap) scan of channels
+    [pe*BE, (pe+1)*BE) and adds their out_proj share into residual columns [po*BO, (po+1)*BO).
+    Fewer channel blocks than the 1-D kernel, so ~BE/8 times fewer atomic adds per residual element,
+    and x_proj arrives summed (80 floats) instead of as per-block partials. Every program reads the
+    old state, so the new one goes to a side buffer (ssm_out); the next layer's kernel (or the head,
+    after the last layer) copies it into the state - the previous layer's copy happens here."""
+    pe = tl.program_id(0)
+    po = tl.program_id(1)
+    if ZERO_PREV:  # previous layer: its new state into place (all its readers have ended)
+        _copy_share(prev_out_ptr, prev_ssm_ptr, E * N, pe * tl.num_programs(1) + po,
+                    tl.num_programs(0) * tl.num_programs(1), COPY_BLK)
+    chans = pe * BE + tl.arange(0, BE)
+    r = tl.arange(0, BR)
+    rm = r[None, :] < R
+    n = tl.arange(0, BN)
+    nm = n[None, :] < N
+    # weights first
+    if QUANT == 4:
+        o2 = po * (BO // 2) + tl.arange(0, BO // 2)
+        dm2 = o2 < (D // 2)
+        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + o2[None, :], mask=dm2[None, :], other=0)
+        gso = tl.load(w_o_s_ptr + chans[:, None] * (D // GROUP) + (2 * o2[None, :]) // GROUP, mask=dm2[None, :], other=0.0)
+    else:
+        cols = po * BO + tl.arange(0, BO)
+        cm = cols < D
+        wo = _load_raw(w_oT_ptr, chans, cols, LDW, cm[None, :], QUANT)
+        if QUANT == 8:
+            so = tl.load(w_o_s_ptr + cols, mask=cm, other=0.0)
+    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0.0)
+    dtb = tl.load(dt_b_ptr + chans)
+    a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    dsk = tl.load(dskip_ptr + chans)
+    # activations
+    dt_low = tl.load(xsum_ptr + r, mask=r < R, other=0.0)
+    b = tl.load(xsum_ptr + R + n, mask=n < N, other=0.0)
+    c = tl.load(xsum_ptr + R + N + n, mask=n < N, other=0.0)
+    x = tl.load(xc_ptr + chans)
+    zg = tl.load(zg_ptr + chans)
+    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    dt = tl.sum(wdt.to(tl.float32) * dt_low[None, :], axis=1) + dtb
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
+    y = (tl.sum(hs * c[None, :], axis=1) + dsk * x) * zg
+    if QUANT == 4:
+        ys = gso * y[:, None]
+        boi = bo.to(tl.int32)
+        ce = tl.sum(((boi & 15) - 8).to(tl.float32) * ys, axis=0)
+        co = tl.sum(((boi >> 4) - 8).to(tl.float32) * ys, axis=0)
+        tl.atomic_add(h_ptr + 2 * o2, ce, mask=dm2, sem="relaxed")
+        tl.atomic_add(h_ptr + 2 * o2 + 1, co, mask=dm2, sem="relaxed")
+    else:
+        contrib = tl.sum(wo.to(tl.float32) * y[:, None], axis=0)
+        if QUANT == 8:
+            contrib = contrib * so
+        tl.atomic_add(h_ptr + cols, contrib, mask=cm, sem="relaxed")
+    if po == 0:
+        tl.store(ssm_out_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
+        if pe == 0:
+            if ZERO_PREV:  # the previous layer's x_proj sum: every reader of it has ended
+                xo = tl.arange(0, BX)
+                tl.store(xzero_ptr + xo, tl.zeros([BX], dtype=tl.float32), mask=xo < XD)
+            if RESET_AMAX:
+                tl.store(amax_ptr, AMAX_RESET)
 
 
 @triton.jit
@@ -256,8 +342,16 @@ def lm_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, logits_ptr, amax_ptr, eps, vocab, bar_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, WRITE_LOGITS: tl.constexpr,
     PREFETCH: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr, RESET_BAR: tl.constexpr,
+    xzero_ptr, XZ: tl.constexpr, BXZ: tl.constexpr, last_out_ptr, last_ssm_ptr, COPY_N: tl.constexpr,
+    COPY_BLK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if COPY_N > 0:  # the last layer's new SSM state (2-D SSM kernel) into place
+        _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
+    if XZ > 0:  # the last layer's x_proj sum back to zero for the next step
+        if pid == 0:
+            xz = tl.arange(0, BXZ)
+            tl.store(xzero_ptr + xz, tl.zeros([BXZ], dtype=tl.float32), mask=xz < XZ)
     if RESET_BAR:  # the persistent layers kernel before this one has ended: its barrier restarts at 0
         if pid == 0:
             tl.store(bar_ptr, 0)

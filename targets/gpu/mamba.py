@@ -60,6 +60,7 @@ class Blocks:
 
     in_channels: int = 16  # channels (x and z rows) per program of the in_proj kernel
     ssm_channels: int = 8  # channels per program of the SSM/out_proj kernel
+    ssm_cols: int = 0  # > 0: the 2-D SSM/out_proj kernel, this many residual columns per program
     head_rows: int = 8  # vocabulary rows per program of the head
     warps_in: int = 8
     warps_ssm: int = 4
@@ -176,6 +177,8 @@ class FusedMambaStep:
         self.conv = list(self.conv_all)  # per-layer views
         self.ssm = list(self.ssm_all)
         self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.xsum = torch.zeros(len(self.layers), self.XD, dtype=f32, device=dev)  # x_proj sums (2-D SSM kernel)
+        self.ssm_side = torch.zeros(2, E, N, dtype=f32, device=dev)  # its new states, by layer parity
         # the persistent kernel reads each weight kind stacked over layers
         self.stacked = {name: torch.stack([L[name] for L in self.layers]).contiguous()
                         for name in self.layers[0]}
@@ -188,6 +191,9 @@ class FusedMambaStep:
         # a program holds whole d_model rows in registers: cap the rows per program
         self.BC = _divisor_block(self.E, min(blocks.in_channels, max(1, 16384 // _pow2(self.D))))
         self.BE = _divisor_block(self.E, min(blocks.ssm_channels, max(1, 32768 // _pow2(self.D))))
+        self.BO = min(_pow2(blocks.ssm_cols), _pow2(self.D)) if blocks.ssm_cols else 0
+        if self.BO:
+            self.BE = _divisor_block(self.E, min(blocks.ssm_channels, max(1, 32768 // self.BO)))
         self.P1 = self.E // self.BC
         self.xpart = self.torch.zeros(self.P1, self.XD, dtype=self.torch.float32, device=self.device)
         self._graphs: dict[Any, Any] = {}
@@ -292,7 +298,7 @@ class FusedMambaStep:
     # -- the step --------------------------------------------------------------------------------
 
     def _launch(self, from_argmax: bool, parts: tuple = ("in", "ssm", "head")) -> None:
-        from targets.gpu.kernels import lm_head_kernel, mamba_in_kernel, mamba_ssm_out_kernel
+        from targets.gpu.kernels import lm_head_kernel, mamba_in_kernel, mamba_ssm_out2_kernel, mamba_ssm_out_kernel
 
         b, D, E, N, R, K = self.blocks, self.D, self.E, self.N, self.R, self.K
         ldw = D if self.quant != 4 else D // 2
@@ -317,14 +323,25 @@ class FusedMambaStep:
             if "in" in parts:
                 mamba_in_kernel[(E // self.BC,)](
                     self.tok, self.amax, self.emb, self.h, L["norm_w"], L["w_in"], L["w_in_s"], L["conv_w"],
-                    L["conv_b"], self.conv[i], L["w_xT"], self.xc, self.zg, self.xpart, self.eps, self.V,
+                    L["conv_b"], self.conv[i], L["w_xT"], self.xc, self.zg, self.xsum[i] if self.BO else self.xpart,
+                    self.eps, self.V,
                     *self._prefetch_args(2 * i),
                     D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), BC=self.BC, BD=bd,
                     FIRST=(i == 0), FROM_ARGMAX=from_argmax, QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                    PREFETCH=pf, NT=32 * b.warps_in, PDL=pdl,
+                    PREFETCH=pf, NT=32 * b.warps_in, PDL=pdl, XATOMIC=bool(self.BO),
                     num_warps=b.warps_in, launch_pdl=pdl,
                 )
-            if "ssm" in parts:
+            if "ssm" in parts and self.BO:
+                mamba_ssm_out2_kernel[(E // self.BE, triton_cdiv(D, self.BO))](
+                    self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[max(i - 1, 0)], L["w_dt"], L["dt_b"],
+                    L["A"], L["Dskip"], self.ssm[i], L["w_oT"], L["w_oT_s"], self.ssm_side[i % 2],
+                    self.ssm_side[(i - 1) % 2], self.ssm[max(i - 1, 0)],
+                    D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=self.XD, BX=_pow2(self.XD), BE=self.BE, BO=self.BO,
+                    RESET_AMAX=(i == 0), ZERO_PREV=(i > 0), QUANT=self.quant, GROUP=self.group, LDW=ldw,
+                    COPY_BLK=_pow2(triton_cdiv(E * N, (E // self.BE) * triton_cdiv(D, self.BO))),
+                    num_warps=b.warps_ssm,
+                )
+            elif "ssm" in parts:
                 mamba_ssm_out_kernel[(E // self.BE,)](
                     self.h, self.amax, self.xc, self.zg, self.xpart, L["w_dt"], L["dt_b"], L["A"], L["Dskip"],
                     self.ssm[i], L["w_oT"], L["w_oT_s"], *self._prefetch_args(2 * i + 1),
@@ -337,7 +354,12 @@ class FusedMambaStep:
             lm_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
                 self.h, self.norm_f, self.emb, self.logits, self.amax, self.eps, self.V, self.bar,
                 D=D, BV=b.head_rows, BD=bd, WRITE_LOGITS=True, PREFETCH=False, NT=32 * b.warps_head,
-                PDL=pdl, RESET_BAR=self._persistent(), num_warps=b.warps_head, launch_pdl=pdl,
+                PDL=pdl, RESET_BAR=self._persistent(), xzero_ptr=self.xsum[-1],
+                XZ=self.XD if (self.BO and not self._persistent()) else 0, BXZ=_pow2(self.XD),
+                last_out_ptr=self.ssm_side[(len(self.layers) - 1) % 2], last_ssm_ptr=self.ssm[-1],
+                COPY_N=E * N if (self.BO and not self._persistent()) else 0,
+                COPY_BLK=_pow2(triton_cdiv(E * N, triton_cdiv(self.V, b.head_rows))),
+                num_warps=b.warps_head, launch_pdl=pdl,
             )
 
     def _persistent(self) -> bool:
@@ -353,7 +375,7 @@ class FusedMambaStep:
         torch = self.torch
         key = (from_argmax, tuple(parts))
         if key not in self._graphs:
-            saved = [t.clone() for t in (*self.conv, *self.ssm, self.h, self.amax, self.bar)]
+            saved = [t.clone() for t in (*self.conv, *self.ssm, self.h, self.amax, self.bar, self.xsum)]
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -362,7 +384,7 @@ class FusedMambaStep:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._launch(from_argmax, parts)
-            for t, s in zip((*self.conv, *self.ssm, self.h, self.amax, self.bar), saved):
+            for t, s in zip((*self.conv, *self.ssm, self.h, self.amax, self.bar, self.xsum), saved):
                 t.copy_(s)
             self._graphs[key] = graph
         return self._graphs[key]

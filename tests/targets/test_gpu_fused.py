@@ -108,9 +108,11 @@ def test_import_edgeseq_and_targets_leave_triton_alone():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weights", ["bf16", "int4"])
-def test_interpreted_kernels_match_step(weights):
-    """The kernels under Triton's CPU interpreter (no GPU needed), a non-power-of-two shape."""
+@pytest.mark.parametrize("weights,ssm_cols", [("bf16", 0), ("int4", 32), ("int8", 0)])
+def test_interpreted_kernels_match_step(weights, ssm_cols):
+    """The kernels under Triton's CPU interpreter (no GPU needed), a non-power-of-two shape; with
+    ssm_cols 32 the 2-D SSM kernel splits d_model 96 over 3 column programs, which all read the old
+    state (the interpreter runs programs one after another, so an in-place state write would show)."""
     pytest.importorskip("triton")
     code = (
         "import sys; sys.path.insert(0, 'tests/targets'); sys.path.insert(0, '.');"
@@ -118,7 +120,7 @@ def test_interpreted_kernels_match_step(weights):
         f"m = _model(0, vocab_size=300, d_model=96, n_layer=2);"
         f"from targets.gpu.mamba import Blocks;"
         f"print(check_against_reference(m, {weights!r}, 'cpu', [5, 299, 0], group=32,"
-        f" blocks=Blocks(in_channels=16, ssm_channels=32, head_rows=64)))"
+        f" blocks=Blocks(in_channels=16, ssm_channels=32, head_rows=64, ssm_cols={ssm_cols})))"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
@@ -133,14 +135,17 @@ def test_fused_small_matches_step(weights):
 
 
 @gpu
-@pytest.mark.parametrize("weights,persistent", [("bf16", False), ("int4", False), ("bf16", True), ("int8", True)])
-def test_fused_130m_shape_matches_step(weights, persistent):
-    """The mamba-130m shape; `persistent` runs all layers in one launch (grid barriers): a barrier
-    that let a phase start early would read stale x_proj partials or residuals and miss 1e-4 by far."""
+@pytest.mark.parametrize("weights,shape", [("bf16", {}), ("int4", {}), ("bf16", {"persistent": True}),
+                                           ("int8", {"persistent": True}), ("bf16", {"ssm_cols": 128}),
+                                           ("int4", {"ssm_cols": 128}), ("bf16", {"ssm_cols": 0, "ssm_channels": 8})])
+def test_fused_130m_shape_matches_step(weights, shape):
+    """The mamba-130m shape under each kernel layout; `persistent` runs all layers in one launch
+    (grid barriers): a barrier that let a phase start early would read stale x_proj partials or
+    residuals and miss 1e-4 by far."""
     from targets.gpu.mamba import Blocks
 
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24)
-    check_against_reference(model, weights, "cuda", [3, 50279, 7], blocks=Blocks(persistent=persistent))
+    check_against_reference(model, weights, "cuda", [3, 50279, 7], blocks=Blocks(**shape))
 
 
 @gpu
