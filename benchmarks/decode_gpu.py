@@ -232,12 +232,13 @@ def sweep(torch, rt) -> tuple[list, object, dict]:
     best = Blocks()
     best_ms = timed(best)
     # per-layer kernels (2 a layer) at the best shape of earlier sweeps, the persistent kernel's warps
-    cands = [Blocks(ssm_cols=c, ssm_channels=e, warps_ssm=w) for c in (128, 256) for e in (16, 32, 64) for w in (2, 4)]
-    for cand in (Blocks(persistent=True), *cands):
+    cands = [Blocks(ssm_cols=c, ssm_channels=e, warps_ssm=w) for c in (128, 256) for e in (16, 64) for w in (2, 4)]
+    for cand in (Blocks(ssm_cols=0, ssm_channels=8, in_channels=16, warps_in=8, warps_ssm=4), Blocks(persistent=True),
+                 Blocks(pdl=True), Blocks(prefetch_ahead=2), *cands):
         ms = timed(cand)
         if ms < best_ms:
             best, best_ms = cand, ms
-    stages = [[("in_channels", "warps_in"), ((8, 16), (4, 8))]]
+    stages = [[("in_channels", "warps_in"), ((4, 8, 16), (4, 8))], [("head_rows", "warps_head"), ((8, 16), (4, 8))]]
     for fields, values in stages:
         for combo in itertools.product(*values):
             cand = Blocks(**{**best.__dict__, **dict(zip(fields, combo))})
