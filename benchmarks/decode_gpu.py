@@ -233,7 +233,8 @@ def sweep(torch, rt) -> tuple[list, object, dict]:
     best_ms = timed(best)
     # per-layer kernels (2 a layer) at the best shape of earlier sweeps, the persistent kernel's warps
     cands = [Blocks(ssm_cols=c, ssm_channels=e, warps_ssm=w) for c in (128, 256) for e in (16, 64) for w in (2, 4)]
-    for cand in (Blocks(ssm_cols=0, ssm_channels=8, in_channels=16, warps_in=8, warps_ssm=4), Blocks(persistent=True),
+    for cand in (Blocks(ssm_cols=0, ssm_channels=8, in_channels=16, warps_in=8, warps_ssm=4),
+                 Blocks(persistent=True, in_channels=16),
                  Blocks(pdl=True), Blocks(prefetch_ahead=2), *cands):
         ms = timed(cand)
         if ms < best_ms:

@@ -59,16 +59,18 @@ class Blocks:
     """Launch shapes (the defaults: the fastest of a sweep on an H200 at 24 x 768, see
     benchmarks/decode_gpu.json; any powers of two work)."""
 
-    in_channels: int = 8  # channels (x and z rows) per program of the in_proj kernel
+    in_channels: int = 4  # channels (x and z rows) per program of the in_proj kernel
     ssm_channels: int = 32  # channels per program of the SSM/out_proj kernel
     ssm_cols: int = 128  # > 0: the 2-D SSM/out_proj kernel, this many residual columns per program
-    head_rows: int = 8  # vocabulary rows per program of the head
-    warps_in: int = 4
+    head_rows: int = 16  # vocabulary rows per program of the head
+    warps_in: int = 8
     warps_ssm: int = 2
-    warps_head: int = 4
+    warps_head: int = 8
     prefetch_ahead: int = 0  # kernels whose weights each kernel prefetches into L2 (0: none; not faster)
     pdl: bool = False  # programmatic dependent launch between the per-layer kernels (not faster, seen on an H200)
-    persistent: bool = False  # all layers in one launch with grid barriers (CUDA only): correct, slower so far
+    # all layers in one launch with grid barriers: correct, slower so far (770 us at 96 programs); only
+    # used when d_inner / in_channels programs fit one per multiprocessor, else the per-layer kernels run
+    persistent: bool = False
     fence: bool = False  # the persistent kernel's barrier: every thread fences (on top of bar.sync + release)
 
 
