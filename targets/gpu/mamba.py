@@ -163,6 +163,7 @@ class FusedMambaStep:
             self.emb = model.embedding.weight.detach().to(dev, bf16).contiguous()
         for layer in self.layers:
             self.bytes_per_step += sum(t.numel() * t.element_size() for t in layer.values())
+        self.weight_bytes = self.bytes_per_step - 2 * 4 * len(self.layers) * E * (K - 1 + N)
         self._build_stream()
         self.bytes_per_step += self.emb.numel() * 2 + self.norm_f.numel() * 4
         self.bytes_per_step += 2 * 4 * len(self.layers) * E * (K - 1 + N)  # state read + written

@@ -174,3 +174,59 @@ def test_bf16_runtime_close_to_float_model():
         with torch.no_grad():
             y, state = model.step(torch.tensor([tok]), state)
     assert _rel(logits, y[0]) < 3e-2
+
+
+def test_triton_runtime_refused_without_cuda():
+    from edgeseq.errors import InputError
+    from targets.runtimes import open_runtime
+
+    if _gpu_ready():
+        pytest.skip("a CUDA GPU is here: the refusal path is for machines without one")
+    with pytest.raises(InputError, match="CUDA device and Triton"):
+        open_runtime("mamba-shakespeare", device="cpu", runtime="triton")
+
+
+@pytest.mark.slow
+def test_interpreted_runtime_adapter_matches_torch_runtime():
+    """The Runtime adapter (what `edgeseq profile` runs) under the interpreter: token in, logits and
+    state out, the state fed back without copies, a foreign state copied in."""
+    pytest.importorskip("triton")
+    code = """
+import sys; sys.path.insert(0, '.')
+import numpy as np, torch
+import edgeseq
+from targets.gpu.runtime import TritonMambaRuntime
+from targets.runtimes import TorchRuntime
+model = edgeseq.load('mamba-shakespeare').model.float().eval()
+rt = TritonMambaRuntime(model, device='cpu')
+ref = TorchRuntime(rt.fused.dequantized_model(model))
+x, s1, s2 = rt.example_input(1), rt.init_state(1), ref.init_state(1)
+worst = 0.0
+for t in range(3):
+    y1, s1 = rt.step(x, s1)
+    y2, s2 = ref.step(x, s2)
+    worst = max(worst, float((y1 - y2).norm() / y2.norm()))
+assert all(a is b for a, b in zip(s1, rt._views))  # fed back: its own buffers, no copy
+y1, _ = rt.step(x, [s.clone() for s in s2])  # a foreign state is copied in
+y2, _ = ref.step(x, s2)
+worst = max(worst, float((y1 - y2).norm() / y2.norm()))
+assert worst < 1e-4, worst
+print('ok', worst, rt.name, rt.model_bytes)
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+@gpu
+def test_profile_opens_the_verified_fused_runtime_on_cuda():
+    from targets.gpu.runtime import verify
+    from targets.runtimes import open_runtime
+
+    rt = open_runtime("mamba-shakespeare", device="cuda")
+    assert rt.name == "triton-fused"
+    import edgeseq
+
+    assert verify(rt, edgeseq.load("mamba-shakespeare").model.float()) < 1e-4
+    torch_rt = open_runtime("mamba-shakespeare", device="cuda", runtime="torch")
+    assert torch_rt.name == "torch"
