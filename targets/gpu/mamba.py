@@ -15,7 +15,6 @@ Triton is imported here, never by ``import edgeseq`` or ``import targets``.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -424,8 +423,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def weight_bytes(rt: FusedMambaStep) -> int:
-    return rt.bytes_per_step
-
-
-__all__ = ["FusedMambaStep", "Blocks", "available", "math"]
+__all__ = ["Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
+           "quantize_rows_int8"]

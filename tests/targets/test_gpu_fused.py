@@ -196,9 +196,10 @@ import sys; sys.path.insert(0, '.')
 import numpy as np, torch
 import edgeseq
 from targets.gpu.runtime import TritonMambaRuntime
+from targets.gpu.mamba import Blocks
 from targets.runtimes import TorchRuntime
 model = edgeseq.load('mamba-shakespeare').model.float().eval()
-rt = TritonMambaRuntime(model, device='cpu')
+rt = TritonMambaRuntime(model, device='cpu', blocks=Blocks(in_channels=64, ssm_channels=64, ssm_cols=256, head_rows=256))
 ref = TorchRuntime(rt.fused.dequantized_model(model))
 x, s1, s2 = rt.example_input(1), rt.init_state(1), ref.init_state(1)
 worst = 0.0
