@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+try:  # programmatic dependent launch (Triton >= 3.3); only reached when a launch asks for PDL
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton
+    gdc_launch_dependents = gdc_wait = None
 
 AMAX_RESET_VALUE = -9223372036854775807  # below the key of every finite logit
 AMAX_RESET = tl.constexpr(AMAX_RESET_VALUE)
