@@ -231,3 +231,72 @@ def test_profile_opens_the_verified_fused_runtime_on_cuda():
     assert verify(rt, edgeseq.load("mamba-shakespeare").model.float()) < 1e-4
     torch_rt = open_runtime("mamba-shakespeare", device="cuda", runtime="torch")
     assert torch_rt.name == "torch"
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32",
+                 torch.int8: "i8", torch.uint8: "u8"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights,shape", [("bf16", {}), ("int4", {}), ("int8", {"ssm_cols": 0}),
+                                           ("bf16", {"ssm_cols": 0, "prefetch_ahead": 2, "pdl": True}),
+                                           ("int8", {"persistent": True, "in_channels": 16})])
+def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
+    """Every launch of a step, compiled ahead of time for sm_90 by Triton's own ptxas (no GPU needed):
+    the paths the interpreter cannot run (L2 prefetch, PDL, the persistent kernel's barriers) at
+    least compile here, with the exact argument types and constexprs the runtime passes."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:
+        pytest.skip(f"this Triton has another compile API: {exc}")
+    import targets.gpu.kernels as kernels
+    import targets.gpu.mamba as gm
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, jit):
+            self.jit = jit
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((self.jit, args, kw))
+
+    for name in ("mamba_in_kernel", "mamba_ssm_out_kernel", "mamba_ssm_out2_kernel", "lm_head_kernel", "mamba_layers_kernel"):
+        monkeypatch.setattr(kernels, name, Recorder(getattr(kernels, name)))
+    monkeypatch.setattr(gm, "available", lambda: True)
+    monkeypatch.setattr(gm, "interpreted", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    model = _model(0, vocab_size=300, d_model=256, n_layer=2)
+    rt = gm.FusedMambaStep(model, device="cpu", weights=weights, cuda_graph=False, group=64, blocks=gm.Blocks(**shape))
+    if shape.get("persistent"):
+        monkeypatch.setattr(rt, "_persistent", lambda: True)
+    rt._launch(False)
+    assert launches
+    compiled = set()
+    for jit, args, kw in launches:
+        values = {**dict(zip(jit.arg_names, args)), **kw}
+        options = {"num_warps": values.pop("num_warps", 4)}
+        if values.pop("launch_pdl", False):
+            options["launch_pdl"] = True
+        constexprs = {p.name: values[p.name] for p in jit.params if p.is_constexpr and p.name in values}
+        signature = {}
+        for p in jit.params:
+            if p.is_constexpr:
+                signature[p.name] = "constexpr"
+            else:
+                v = values[p.name]
+                signature[p.name] = "*" + _TRITON_TYPES[v.dtype] if isinstance(v, torch.Tensor) else (
+                    "fp32" if isinstance(v, float) else "i32")
+        key = (jit.fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(options.items())), tuple(signature.values()))
+        if key in compiled:
+            continue
+        try:
+            src = ASTSource(fn=jit, signature=signature, constexprs=constexprs)
+        except TypeError as exc:
+            pytest.skip(f"this Triton has another compile API: {exc}")
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+        assert kernel.asm["cubin"], jit.fn.__name__
+        compiled.add(key)
+    assert len(compiled) >= 2  # the persistent path: the layers kernel and the head
