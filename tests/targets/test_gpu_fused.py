@@ -276,6 +276,8 @@ def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
     assert launches
     compiled = set()
     for jit, args, kw in launches:
+        if not all(hasattr(jit, a) for a in ("arg_names", "params", "fn")):
+            pytest.skip("this Triton's JITFunction has other attributes")
         values = {**dict(zip(jit.arg_names, args)), **kw}
         options = {"num_warps": values.pop("num_warps", 4)}
         if values.pop("launch_pdl", False):
