@@ -1,27 +1,39 @@
-"""One decode step of a mamba-130m-shaped model on a CUDA GPU, the PyTorch runtimes side by side.
+"""One decode step of a mamba-130m-shaped model on a CUDA GPU: the PyTorch runtimes, a compiler, the
+cuBLAS floor and edgeseq's fused Triton runtime side by side.
 
-    python benchmarks/decode_gpu.py [--out decode_gpu.json]
+    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep]
 
 Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1. Rows, timed in
 one run, interleaved round by round:
 
 * ``transformers`` MambaForCausalLM eager fp32 with its cache (its pure-PyTorch path: the fused
   ``mamba_ssm`` kernels are not installed) — the baseline;
-* edgeseq ``targets.runtimes.TorchRuntime``: eager and as one captured CUDA graph, in fp32 and
-  bf16 (the CUDA graph removes the ~400 kernel launches' CPU overhead of a 24-layer step).
+* edgeseq ``targets.runtimes.TorchRuntime``: eager and as one captured CUDA graph, fp32 and bf16;
+* ``torch.compile`` (mode ``max-autotune-no-cudagraphs``) of the plain ``Mamba.step`` in bf16, its
+  kernels captured into one CUDA graph with the state fed back in the graph — the free baseline;
+* the cuBLAS GEMV-only floor: only the step's 97 bf16 weight GEMVs (``F.linear``), one CUDA graph;
+* edgeseq's fused Triton runtime (``targets.gpu``): bf16 weights, int8 weights (W8A16, per-row
+  scales) and int4 weights (W4A16, groups of 128), each one CUDA graph of 49 kernels.
 
-Each step is timed with a device synchronize around it (what a streaming caller sees). The roofline
-is bytes per token ÷ the device-to-device copy bandwidth measured in the same run (bytes read +
-written, as ``METHOD.md`` of the lent machines advises), and ÷ the datasheet bandwidth of the
-registry entry when the device name matches one. The CUDA-graph output is checked against eager
-(relative error) before timing.
+Two timings per row: ``p50_ms``/``p90_ms``, each step followed by a device synchronize (what a
+streaming caller sees, host round trip included), and for the graph rows ``device_ms``: the median
+over 20 repeats of CUDA-event time around 50 back-to-back replays ÷ 50 (the GPU's own time per step).
+The roofline is the bytes a step must read (each row's weights at its precision, the state read and
+written) ÷ the device-to-device copy bandwidth measured in the same run (read + write). Before
+timing, the fused rows are checked against ``Mamba.step`` in fp32 with the same (rounded or
+dequantized) weights, and the graph rows against their eager form; the relative errors go in the JSON.
+
+``--sweep`` first times the fused bf16 step under several launch shapes (device time), and the
+fused step's three kernel kinds apart; the fastest shape is then used for the fused rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +68,22 @@ def copy_bandwidth_gbs(torch, nbytes: int = 2 * 2**30, repeats: int = 10) -> flo
     return 2 * nbytes / statistics.median(times) / 1e9
 
 
+def device_ms(torch, fn, inner: int = 50, repeats: int = 20) -> float:
+    """Median CUDA-event time of `inner` back-to-back calls of fn, per call."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    return statistics.median(times)
+
+
 class HFStep:
     def __init__(self, torch, hf, vocab):
         self.torch, self.hf = torch, hf
@@ -81,12 +109,165 @@ class RuntimeStep:
         return y
 
 
+class CompiledGraphStep:
+    """torch.compile of the plain Mamba.step (bf16), replayed as one CUDA graph that writes the new
+    state back into the input state buffers."""
+
+    def __init__(self, torch, model, mode: str):
+        self.torch = torch
+        names = model.state_names()
+        step = lambda tok, *st: self._flat(model.step(tok, dict(zip(names, st))), names)  # noqa: E731
+        self.compiled = torch.compile(step, mode=mode, dynamic=False)
+        self.token = torch.tensor([1], device="cuda")
+        init = model.init_state(1, device="cuda")
+        self.state = [init[n].to(torch.bfloat16).contiguous() for n in names]
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    out = self.compiled(self.token, *self.state)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                out = self.compiled(self.token, *self.state)
+                for s, n in zip(self.state, out[1:]):
+                    s.copy_(n)
+            self.logits = out[0]
+
+    @staticmethod
+    def _flat(result, names):
+        y, state = result
+        return (y, *[state[n] for n in names])
+
+    def __call__(self):
+        self.graph.replay()
+        return self.logits
+
+
+class GemvFloor:
+    """Only the step's weight GEMVs (in_proj, x_proj, dt_proj, out_proj per layer; the LM head) in
+    bf16 through F.linear (cuBLAS), as one CUDA graph: no norm, conv, scan or gating."""
+
+    def __init__(self, torch, model):
+        import torch.nn.functional as F
+
+        self.torch = torch
+        weights = []
+        for block in model.layers:
+            mx = block.mixer
+            weights += [mx.in_proj.weight, mx.x_proj.weight, mx.dt_proj.weight, mx.out_proj.weight]
+        weights.append(model.embedding.weight)
+        self.weights = [w.detach().to("cuda", torch.bfloat16).contiguous() for w in weights]
+        self.inputs = [torch.randn(1, w.shape[1], device="cuda", dtype=torch.bfloat16) for w in self.weights]
+        for _ in range(2):
+            outs = [F.linear(x, w) for x, w in zip(self.inputs, self.weights)]
+        torch.cuda.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outs = [F.linear(x, w) for x, w in zip(self.inputs, self.weights)]
+        del outs
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.numel() * 2 for w in self.weights)
+
+    def __call__(self):
+        self.graph.replay()
+        return self.outs[-1]
+
+
+class FusedStep:
+    def __init__(self, rt):
+        self.rt = rt
+        rt.step(1)
+
+    def __call__(self):
+        self.rt.graph(False).replay()
+        return self.rt.logits
+
+
+def fused_error(torch, rt, base) -> float:
+    """Relative logits error of the fused runtime vs Mamba.step (fp32, same weights) after 3 steps
+    from a random state."""
+    ref = rt.dequantized_model(base).cuda()
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=gen).cuda() for k, v in ref.init_state(1).items()}
+    rt.load_state(state)
+    worst = 0.0
+    for tok in (3, 50279, 7):
+        logits = rt.step(tok).clone()
+        with torch.inference_mode():
+            y, state = ref.step(torch.tensor([tok], device="cuda"), state)
+        worst = max(worst, float((logits - y[0]).norm() / y[0].norm()))
+    got = rt.state_dict()
+    worst_state = max(float((got[k] - state[k]).norm() / state[k].norm()) for k in state)
+    rt.reset()
+    del ref
+    torch.cuda.empty_cache()
+    return max(worst, worst_state)
+
+
+def sweep(torch, rt) -> tuple[list, object, dict]:
+    """Device time of the fused step under launch shapes, searched stage by stage (each stage keeps
+    the best of the previous ones): PDL x L2 prefetch, then the in_proj kernel's shape, the SSM
+    kernel's, the head's. The starting shape is timed again at the end: the spread is the noise."""
+    import itertools
+
+    from targets.gpu.mamba import Blocks
+
+    results = []
+
+    def timed(blocks):
+        try:
+            rt.set_blocks(blocks)
+            ms = device_ms(torch, rt.graph(False).replay, inner=20, repeats=10)
+        except Exception as exc:
+            log(f"sweep {blocks.__dict__}: {type(exc).__name__}: {exc}")
+            return float("inf")
+        results.append({"blocks": dict(blocks.__dict__), "device_ms": ms})
+        log(f"sweep {blocks.__dict__}: {ms * 1e3:.1f} us")
+        return ms
+
+    best = Blocks()
+    best_ms = timed(best)
+    # per-layer kernels (2 a layer) at the best shape of earlier sweeps, the persistent kernel's warps
+    cands = [Blocks(ssm_cols=c, ssm_channels=e, warps_ssm=w) for c in (128, 256) for e in (16, 64) for w in (2, 4)]
+    for cand in (Blocks(ssm_cols=0, ssm_channels=8, in_channels=16, warps_in=8, warps_ssm=4),
+                 Blocks(persistent=True, in_channels=16),
+                 Blocks(pdl=True), Blocks(prefetch_ahead=2), *cands):
+        ms = timed(cand)
+        if ms < best_ms:
+            best, best_ms = cand, ms
+    stages = [[("in_channels", "warps_in"), ((4, 8, 16), (4, 8))], [("head_rows", "warps_head"), ((8, 16), (4, 8))]]
+    for fields, values in stages:
+        for combo in itertools.product(*values):
+            cand = Blocks(**{**best.__dict__, **dict(zip(fields, combo))})
+            if cand == best:
+                continue
+            ms = timed(cand)
+            if ms < best_ms:
+                best, best_ms = cand, ms
+    results.append({"blocks": dict(Blocks().__dict__), "device_ms": timed(Blocks()), "repeat_of_start": True})
+    rt.set_blocks(best)
+    results.append({"blocks": dict(best.__dict__), "device_ms": timed(best), "repeat_of_best": True})
+    parts = {}
+    for name, part in (("layers (persistent kernel, or 24 in_proj+conv kernels)", ("in",)),
+                       ("layers (persistent kernel, or 24 ssm+out_proj kernels)", ("ssm",)), ("lm head kernel (1)", ("head",))):
+        parts[name] = device_ms(torch, rt.graph(False, part).replay, inner=20, repeats=10)
+    rt.reset()
+    return results, best, parts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--layers", type=int, default=CONFIG["n_layer"])
+    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", help="'' skips the torch.compile row")
+    p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
+    p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "decode_gpu.json"))
     args = p.parse_args(argv)
 
@@ -99,26 +280,36 @@ def main(argv=None) -> int:
     from targets.runtimes import TorchRuntime
 
     device_name = torch.cuda.get_device_name(0)
-    log(f"device {device_name}, torch {torch.__version__}")
+    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except Exception:
+        pass
+    try:
+        versions["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:
+        versions["driver"] = None
+    log(f"device {device_name}, {versions}")
     torch.manual_seed(0)
     base = Mamba(MambaConfig(**{**CONFIG, "n_layer": args.layers})).eval()
     n_params = base.num_parameters()
     state_numel = sum(torch.Size(s.shape).numel() for s in base.state_spec())
-    rows = {}
-    try:
-        from transformers import MambaConfig as HFConfig, MambaForCausalLM
+    rows, nbytes_of, checks, extra = {}, {}, {}, {}
+    if not args.skip_eager:
+        try:
+            from transformers import MambaConfig as HFConfig, MambaForCausalLM
 
-        torch.manual_seed(0)
-        hf = MambaForCausalLM(HFConfig(vocab_size=CONFIG["vocab_size"], hidden_size=CONFIG["d_model"],
-                                       num_hidden_layers=args.layers, state_size=CONFIG["d_state"],
-                                       conv_kernel=CONFIG["d_conv"], expand=CONFIG["expand"])).eval().cuda()
-        rows["transformers eager fp32"] = (HFStep(torch, hf, CONFIG["vocab_size"]), "fp32")
-    except Exception as exc:  # transformers missing or its API moved: the other rows still run
-        log(f"transformers row skipped: {type(exc).__name__}: {exc}")
-    checks = {}
+            torch.manual_seed(0)
+            hf = MambaForCausalLM(HFConfig(vocab_size=CONFIG["vocab_size"], hidden_size=CONFIG["d_model"],
+                                           num_hidden_layers=args.layers, state_size=CONFIG["d_state"],
+                                           conv_kernel=CONFIG["d_conv"], expand=CONFIG["expand"])).eval().cuda()
+            rows["transformers eager fp32"] = (HFStep(torch, hf, CONFIG["vocab_size"]), "fp32", False)
+        except Exception as exc:  # transformers missing or its API moved: the other rows still run
+            log(f"transformers row skipped: {type(exc).__name__}: {exc}")
     for dtype, label in ((None, "fp32"), ("bfloat16", "bf16")):
-        import copy
-
         model = copy.deepcopy(base)
         eager = TorchRuntime(model, device="cuda", dtype=dtype)
         graph = TorchRuntime(model, device="cuda", dtype=dtype, cuda_graph=True)
@@ -126,26 +317,77 @@ def main(argv=None) -> int:
         y_eager, _ = eager.step(x, state)
         y_graph, _ = graph.step(x, state)
         y_graph, _ = graph.step(x, state)  # a replay, not only the capture run
-        checks[label] = float((y_graph.float() - y_eager.float()).norm() / y_eager.float().norm())
-        rows[f"edgeseq torch eager {label}"] = (RuntimeStep(eager), label)
-        rows[f"edgeseq torch cuda-graph {label}"] = (RuntimeStep(graph), label)
-    log(f"cuda-graph vs eager relative error: {checks}")
+        checks[f"torch cuda-graph {label} vs eager"] = float((y_graph.float() - y_eager.float()).norm() / y_eager.float().norm())
+        if not args.skip_eager:
+            rows[f"edgeseq torch eager {label}"] = (RuntimeStep(eager), label, False)
+        rows[f"edgeseq torch cuda-graph {label}"] = (RuntimeStep(graph), label, True)
+    if args.compile_mode:
+        try:
+            t0 = time.time()
+            model = copy.deepcopy(base).cuda().to(torch.bfloat16)
+            row = CompiledGraphStep(torch, model, args.compile_mode)
+            with torch.inference_mode():
+                eager_y, _ = model.step(torch.tensor([1], device="cuda"), model.init_state(1, device="cuda"))
+                for s in row.state:
+                    s.zero_()
+                row()  # one replay from the zero state, then back to it
+                checks["torch.compile graph bf16 vs eager bf16 (first step)"] = float(
+                    (row.logits.float() - eager_y.float()).norm() / eager_y.float().norm())
+                for s in row.state:
+                    s.zero_()
+            rows[f"torch.compile ({args.compile_mode}) + cuda-graph bf16"] = (row, "bf16", True)
+            extra["compile_seconds"] = time.time() - t0
+            log(f"torch.compile row ready in {time.time() - t0:.0f} s")
+        except Exception as exc:
+            log(f"torch.compile row skipped: {type(exc).__name__}: {exc}")
+    floor = GemvFloor(torch, base)
+    rows["cuBLAS GEMV-only floor bf16 (97 F.linear)"] = (floor, "bf16", True)
+    nbytes_of["cuBLAS GEMV-only floor bf16 (97 F.linear)"] = floor.nbytes
+
+    sweep_out = None
+    try:
+        from targets.gpu.mamba import Blocks, FusedMambaStep, available
+
+        if not available():
+            raise RuntimeError("Triton is not importable")
+        chosen = Blocks()
+        for weights, label in (("bf16", "bf16"), ("int8", "w8a16 (int8 weights)"), ("int4", "w4a16 (int4 weights, g128)")):
+            rt = FusedMambaStep(base, weights=weights, blocks=chosen)
+            if weights == "bf16" and args.sweep:
+                results, chosen, parts = sweep(torch, rt)
+                sweep_out = {"variants": results, "chosen": dict(chosen.__dict__), "parts_device_ms": parts}
+                log(f"parts (device ms): {parts}")
+            rt.set_blocks(chosen)
+            checks[f"fused {weights} vs Mamba.step fp32 (same weights)"] = fused_error(torch, rt, base)
+            name = f"edgeseq fused triton {label}"
+            rows[name] = (FusedStep(rt), label, True)
+            nbytes_of[name] = rt.bytes_per_step
+        extra["fused_blocks"] = dict(chosen.__dict__)
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        log(f"fused rows skipped: {type(exc).__name__}: {exc}")
+    log(f"checks: {json.dumps(checks)}")
 
     copy_gbs = copy_bandwidth_gbs(torch)
     log(f"device-to-device copy bandwidth {copy_gbs:.0f} GB/s (read + write)")
     samples = {name: [] for name in rows}
-    for name, (step, _) in rows.items():
+    for name, (step, _, _) in rows.items():
         for _ in range(args.warmup):
             step()
         torch.cuda.synchronize()
+    dev_samples = {name: [] for name, (_, _, g) in rows.items() if g}
     for r in range(args.rounds):
-        for name, (step, _) in rows.items():
+        for name, (step, _, is_graph) in rows.items():
             for _ in range(args.tokens):
                 start = time.perf_counter()
                 step()
                 torch.cuda.synchronize()
                 samples[name].append((time.perf_counter() - start) * 1e3)
-        log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {statistics.median(s):.3f} ms" for n, s in samples.items()))
+            if is_graph:
+                dev_samples[name].append(device_ms(torch, step, inner=50, repeats=4))
+        log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {statistics.median(s):.3f}" for n, s in samples.items()))
 
     from targets.profile import percentile
 
@@ -156,34 +398,38 @@ def main(argv=None) -> int:
     results = []
     for name, values in samples.items():
         precision = rows[name][1]
-        nbytes = bytes_per[precision] * n_params + 2 * 4 * state_numel
+        nbytes = nbytes_of.get(name) or bytes_per[precision] * n_params + 2 * 4 * state_numel
         p50 = percentile(values, 50)
+        dev = statistics.median(dev_samples[name]) if dev_samples.get(name) else None
         roof_measured = nbytes / (copy_gbs * 1e9) * 1e3
         roof_sheet = None if sheet_gbs is None else nbytes / (sheet_gbs * 1e9) * 1e3
         results.append({
             "row": name, "precision": precision, "p50_ms": p50, "p90_ms": percentile(values, 90),
-            "p99_ms": percentile(values, 99), "tokens_per_s": 1e3 / statistics.fmean(values),
+            "p99_ms": percentile(values, 99), "tokens_per_s": 1e3 / statistics.fmean(values), "device_ms": dev,
             "bytes_per_token": nbytes, "roofline_ms_measured_bw": roof_measured, "ratio_measured_bw": p50 / roof_measured,
+            "device_ratio_measured_bw": None if dev is None else dev / roof_measured,
             "roofline_ms_datasheet_bw": roof_sheet, "ratio_datasheet_bw": None if roof_sheet is None else p50 / roof_sheet,
             "speedup_vs_transformers": None if not hf_p50 else hf_p50 / p50,
         })
     report = {
-        "benchmark": "decode_gpu", "device": device_name, "torch": torch.__version__,
+        "benchmark": "decode_gpu", "device": device_name, **versions,
         "model": {**CONFIG, "n_layer": args.layers, "params": n_params}, "tokens_per_round": args.tokens,
         "rounds": args.rounds, "copy_bandwidth_gbs": copy_gbs, "datasheet_bandwidth_gbs": sheet_gbs,
-        "cuda_graph_vs_eager_rel_error": checks, "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+        "checks_rel_error": checks, "sweep": sweep_out, **extra, "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+        "prefill": "not measured (no GPU prefill scan kernel yet)", "tvm_cuda": "not measured (no TVM on the GPU machine)",
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    header = f"{'runtime':34s} {'p50 ms':>9s} {'p90 ms':>9s} {'tok/s':>9s} {'x roof(meas)':>12s} {'x roof(sheet)':>13s} {'vs HF':>8s}"
     print(f"decode step, mamba-130m shape ({args.layers}x768, {n_params / 1e6:.1f}M params), {device_name}, "
-          f"copy bw {copy_gbs:.0f} GB/s")
-    print(header)
+          f"{versions}, copy bw {copy_gbs:.0f} GB/s, {args.rounds}x{args.tokens} steps per row")
+    print(f"{'runtime':52s} {'p50 ms':>8s} {'p90 ms':>8s} {'dev ms':>8s} {'MB':>6s} {'x roof':>7s} {'dev x roof':>10s} {'vs HF':>7s}")
     for row in results:
-        sheet = "-" if row["ratio_datasheet_bw"] is None else f"{row['ratio_datasheet_bw']:.1f}"
+        dev = "-" if row["device_ms"] is None else f"{row['device_ms']:.3f}"
+        dr = "-" if row["device_ratio_measured_bw"] is None else f"{row['device_ratio_measured_bw']:.1f}"
         speed = "-" if row["speedup_vs_transformers"] is None else f"{row['speedup_vs_transformers']:.1f}x"
-        print(f"{row['row']:34s} {row['p50_ms']:9.3f} {row['p90_ms']:9.3f} {row['tokens_per_s']:9.0f} "
-              f"{row['ratio_measured_bw']:12.1f} {sheet:>13s} {speed:>8s}")
+        print(f"{row['row']:52s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {dev:>8s} {row['bytes_per_token'] / 1e6:6.0f} "
+              f"{row['ratio_measured_bw']:7.1f} {dr:>10s} {speed:>7s}")
+    print("checks (relative error):", json.dumps(checks))
     return 0
 
 

@@ -567,11 +567,18 @@ def open_runtime(
         # proof on the device: the shipped reference stream, once per device and runtime (cached)
         check_on_device(artifact.folder, artifact.manifest, f"{artifact.format}-{device}", lambda x, s: rt.step(x, s))
         return rt
-    if runtime not in (None, "torch", "torch-cudagraph"):
+    if runtime not in (None, "torch", "torch-cudagraph", "triton"):
         raise InputError(f"{source}: a model (not an exported artifact) runs in the torch runtime; export it first for {runtime}")
     from edgeseq.checkpoints import load_model
 
     loaded = load_model(source)
+    if runtime == "triton" or (runtime is None and device.startswith("cuda") and not cuda_graph):
+        # the fused Triton step (Mamba on CUDA), verified against Mamba.step; None: not applicable
+        from targets.gpu.runtime import open_fused
+
+        fused = open_fused(loaded.model, device, str(source), required=runtime == "triton")
+        if fused is not None:
+            return fused
     rt = TorchRuntime(loaded.model, device=device, cuda_graph=cuda_graph or runtime == "torch-cudagraph", source=str(source))
     rt.set_threads(threads)
     return rt

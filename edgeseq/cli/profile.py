@@ -22,8 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("--tokens", type=int, default=64, help="timed decode steps (default 64)")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps first (default 8)")
     p.add_argument("--threads", type=int, help="CPU threads for the runtime (default: the runtime's own)")
-    p.add_argument("--runtime", choices=["torch", "torch-cudagraph", "onnxruntime", "tvm"],
-                   help="check that the source runs in this runtime (default: chosen by the source)")
+    p.add_argument("--runtime", choices=["torch", "torch-cudagraph", "triton", "onnxruntime", "tvm"],
+                   help="check that the source runs in this runtime (default: chosen by the source; a Mamba "
+                        "model on a CUDA target gets the fused Triton step when Triton is there)")
     p.add_argument("--targets-file", metavar="FILE", help="extra targets (JSON/TOML), see `edgeseq targets`")
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the TVM RPC server there")
     p.add_argument("--tracker", metavar="HOST:PORT", help="ask this TVM RPC tracker for a free --key device")
