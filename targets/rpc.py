@@ -294,7 +294,13 @@ def open_remote(source: str | Path, rpc: str | None = None, tracker: str | None 
     if device is None:
         device = artifact_device(artifact.manifest.get("target"))
     session = connect(rpc, tracker, key)
-    return RemoteTvmRuntime(artifact, session, device, rpc or f"tracker {tracker} key {key}")
+    runtime = RemoteTvmRuntime(artifact, session, device, rpc or f"tracker {tracker} key {key}")
+    from targets.selfcheck import check_on_device
+
+    # proof on the remote device: its own kernels run the shipped reference stream (not cached:
+    # the cache is keyed by this machine's CPU, not the device's)
+    check_on_device(artifact.folder, artifact.manifest, f"tvm-rpc-{device}", lambda x, s: runtime.step(x, s), use_cache=False)
+    return runtime
 
 
 def profile_remote(
