@@ -92,7 +92,10 @@ class LIF(nn.Module):
         """One time step: ``(I_t, v_{t-1}) -> (s_t, v_t)`` with ``v_t`` after reset."""
         c = self.cfg
         v = membrane + (current - membrane) / c.tau
-        spikes = atan_spike(v - c.threshold, c.surrogate_alpha, inclusive=c.fire_on == "ge")
+        if torch.is_grad_enabled() and (v.requires_grad or current.requires_grad):
+            spikes = atan_spike(v - c.threshold, c.surrogate_alpha, inclusive=c.fire_on == "ge")
+        else:  # inference: the same Heaviside step without the autograd Function's overhead
+            spikes = heaviside(v - c.threshold, inclusive=c.fire_on == "ge")
         if c.reset == "hard":
             v = v * (1.0 - spikes)
         else:
@@ -170,11 +173,55 @@ class _LIFSequence(torch.autograd.Function):
         return grad_h / cfg.tau, grad_v, None
 
 
+def _exact_in(value: float, dtype: torch.dtype) -> bool:
+    """``value`` is representable in ``dtype`` (so ``h >= value`` and ``h - value >= 0`` agree)."""
+    return float(torch.tensor(value, dtype=dtype)) == value
+
+
+def _lif_sequence_inference(current: Tensor, membrane: Tensor, cfg: LIFConfig) -> tuple[Tensor, Tensor]:
+    """:func:`lif_sequence` without autograd: :meth:`LIF.step`'s arithmetic, bit for bit, done in place
+    into preallocated outputs (no per-step tensors, no graph, no stacking).
+
+    Per step: ``d = I_t − v``, ``d /= τ``, ``v += d`` (``h = v + (I_t − v)/τ``), then the comparison
+    and the hard reset ``v *= (h < θ)`` (= ``h · (1 − s)``: the same products, NaN/inf included). When
+    θ is exactly representable in the dtype, ``h ≥ θ`` is the same test as ``h − θ ≥ 0``: the sign of
+    a rounded IEEE difference is the sign of the exact one; otherwise the difference is formed first.
+    """
+    current = current.contiguous()
+    fired = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+    keep = torch.empty(current.shape[1:], dtype=torch.bool, device=current.device)
+    v = membrane.clone()
+    delta = torch.empty_like(v)
+    tau, threshold = cfg.tau, cfg.threshold
+    fire, hold = (torch.ge, torch.lt) if cfg.fire_on == "ge" else (torch.gt, torch.le)
+    direct = _exact_in(threshold, v.dtype)
+    for t in range(current.shape[0]):
+        torch.sub(current[t], v, out=delta)
+        delta.div_(tau)
+        v.add_(delta)  # h
+        if direct:
+            fire(v, threshold, out=fired[t])
+            hold(v, threshold, out=keep)
+        else:
+            torch.sub(v, threshold, out=delta)
+            fire(delta, 0, out=fired[t])
+            hold(delta, 0, out=keep)
+        v.mul_(keep)  # hard reset: h · (1 − s)
+    return fired.to(current.dtype), v
+
+
 def lif_sequence(current: Tensor, membrane: Tensor, cfg: LIFConfig) -> tuple[Tensor, Tensor]:
     """Run LIF neurons over ``current`` ``[T, ...]`` from ``membrane`` ``[...]``: (spikes ``[T, ...]``, final membrane).
 
-    Same values as calling :meth:`LIF.step` T times, and the same gradients (ATan surrogate).
+    Same values as calling :meth:`LIF.step` T times, and the same gradients (ATan surrogate). Without
+    a gradient to track (inference) a hard-reset population runs :func:`_lif_sequence_inference`.
     """
+    needs_grad = torch.is_grad_enabled() and (current.requires_grad or membrane.requires_grad)
+    if (not needs_grad and cfg.reset == "hard" and membrane.shape == current.shape[1:]
+            and membrane.dtype == current.dtype and current.is_floating_point()
+            and not torch.jit.is_tracing() and not bool(getattr(torch.compiler, "is_exporting", lambda: False)())
+            and not bool(getattr(torch.compiler, "is_compiling", lambda: False)())):
+        return _lif_sequence_inference(current, membrane, cfg)
     if torch.jit.is_tracing() or bool(getattr(torch.compiler, "is_exporting", lambda: False)()):
         v, out = membrane, []
         for t in range(current.shape[0]):  # plain ops: what tracers can record
