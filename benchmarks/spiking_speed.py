@@ -8,9 +8,16 @@ For each, in one process and one thread:
 * ``step``: ``model.step`` token by token, batch 1, ``--steps`` steps (generation / streaming);
 
 median of ``--repeats`` runs after a warm-up, in tokens (frames) per second. ``--json FILE`` keeps
-the figures; ``--label`` names the run (e.g. before/after a change). Run::
+the figures; ``--label`` names the run (e.g. before/after a change; run the script with
+``PYTHONPATH`` at an older checkout for "before"). ``--lif`` adds a table of LIF sequence loops
+(``[1024, batch, width]`` currents): the autograd-Function loop (training path), the in-place
+inference loop edgeseq runs without gradients, and the same loop under TorchScript (measured only:
+``torch.jit.script`` is deprecated in torch 2.13, so edgeseq does not use it); spikes and membranes of
+all three are compared bit for bit. ``--chunks`` times SpikeGPT's prefill at other WKV chunk lengths
+and reports how far its logits move from the configured chunk (8 for the zoo model: a different
+chunk changes the rounding, so it is not a bit-exact option). Run::
 
-    python benchmarks/spiking_speed.py [--tokens 1024] [--steps 256] [--repeats 5] [--threads 1]
+    python benchmarks/spiking_speed.py [--tokens 1024] [--steps 256] [--repeats 5] [--threads 1] [--lif] [--chunks]
 """
 
 from __future__ import annotations
@@ -59,6 +66,76 @@ def bench(name: str, model, tokens: int, steps: int, repeats: int) -> dict:
             "step_tok_s": steps / step, "step_ms": 1e3 * step / steps}
 
 
+def lif_table(repeats: int) -> list[dict]:
+    from typing import Tuple
+
+    from edgeseq.spiking.lif import LIFConfig, _lif_sequence_inference, _LIFSequence
+
+    cfg = LIFConfig()
+    scripted = None
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+
+            @torch.jit.script
+            def scripted(current: torch.Tensor, v: torch.Tensor, tau: float, thr: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                fired = torch.empty(current.shape, dtype=torch.bool)
+                keep = torch.empty(current.shape[1:], dtype=torch.bool)
+                delta = torch.empty_like(v)
+                for t in range(current.shape[0]):
+                    torch.sub(current[t], v, out=delta)
+                    delta.div_(tau)
+                    v.add_(delta)
+                    torch.ge(v, thr, out=fired[t])
+                    torch.lt(v, thr, out=keep)
+                    v.mul_(keep)
+                return fired, v
+    except Exception:  # noqa: BLE001 - TorchScript unavailable
+        scripted = None
+    rows = []
+    for shape in ((1024, 1, 128), (1024, 1, 512), (1024, 8, 512)):
+        current = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 2
+        v0 = torch.zeros(shape[1:])
+        variants = {"autograd loop": lambda: _LIFSequence.apply(current, v0, cfg),
+                    "in-place loop": lambda: _lif_sequence_inference(current, v0, cfg)}
+        if scripted is not None:
+            variants["TorchScript loop"] = lambda: scripted(current.contiguous(), v0.clone(), cfg.tau, cfg.threshold)
+        with torch.no_grad():
+            ref_s, ref_v = variants["autograd loop"]()
+            row = {"shape": list(shape)}
+            for name, fn in variants.items():
+                s_, v_ = fn()
+                row[name + " ms"] = 1e3 * _median_seconds(fn, repeats)
+                row[name + " exact"] = bool(torch.equal(s_.to(ref_s.dtype), ref_s) and torch.equal(v_.view(torch.int32), ref_v.view(torch.int32)))
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def chunk_table(tokens: int, repeats: int) -> list[dict]:
+    from edgeseq.corpus import load_split
+
+    model = load_model("spikegpt-shakespeare").model.eval()
+    text = load_split("shakespeare", "validation").text.encode()[:tokens]
+    ids = torch.tensor(list(text)).reshape(1, -1)
+    configured = model.config.wkv_chunk
+    ref_logits, _, ref_spikes = model.forward_with_spikes(ids)
+    rows = []
+    for chunk in sorted({configured, 16, 32, 64}):
+        for block in model.blocks:
+            block.att.chunk = chunk
+        seconds = _median_seconds(lambda: model.prefill(ids), repeats)
+        logits, _, spikes = model.forward_with_spikes(ids)
+        rows.append({"chunk": chunk, "prefill_tok_s": ids.shape[1] / seconds,
+                     "max_abs_logit_diff": float((logits - ref_logits).abs().max()),
+                     "spikes_identical": all(torch.equal(a, b) for a, b in zip(spikes, ref_spikes))})
+    for block in model.blocks:
+        block.att.chunk = configured
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024)
@@ -67,6 +144,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--label", default="")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--lif", action="store_true", help="also time the LIF sequence loops")
+    parser.add_argument("--chunks", action="store_true", help="also time SpikeGPT prefill at other WKV chunk lengths")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,9 +168,23 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['prefill_tok_s']:.0f} | {r['step_tok_s']:.0f} | {r['step_ms']:.2f} |")
+    out = {"label": args.label, "load": [load, load_end], "rows": rows}
+    if args.lif:
+        out["lif"] = lif_table(args.repeats)
+        print("\n| LIF currents [T, B, C] | " + " | ".join(k for k in out["lif"][0] if k.endswith(" ms")) + " |")
+        print("|---|" + "---|" * sum(k.endswith(" ms") for k in out["lif"][0]))
+        for r in out["lif"]:
+            cells = [f"{r[k]:.1f}" + ("" if r[k[:-3] + ' exact'] else " (NOT exact)") for k in r if k.endswith(" ms")]
+            print(f"| {r['shape']} | " + " | ".join(cells) + " |")
+    if args.chunks:
+        out["chunks"] = chunk_table(args.tokens, args.repeats)
+        print("\n| WKV chunk | prefill tok/s | max |Δ logit| vs configured | spikes identical |")
+        print("|---|---|---|---|")
+        for r in out["chunks"]:
+            print(f"| {r['chunk']} | {r['prefill_tok_s']:.0f} | {r['max_abs_logit_diff']:.2e} | {'yes' if r['spikes_identical'] else 'no'} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"label": args.label, "load": [load, load_end], "rows": rows}, f, indent=2)
+            json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ the next decay, we (and spikingjelly) right after the spike.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -178,7 +180,50 @@ def _exact_in(value: float, dtype: torch.dtype) -> bool:
     return float(torch.tensor(value, dtype=dtype)) == value
 
 
-def _lif_sequence_inference(current: Tensor, membrane: Tensor, cfg: LIFConfig) -> tuple[Tensor, Tensor]:
+def _lif_loop(current: Tensor, v: Tensor, fired: Tensor, tau: float, threshold: float, inclusive: bool,
+              direct: bool) -> Tensor:
+    """The hard-reset LIF time loop in place: ``v`` (the membrane) is updated, ``fired[t]`` written."""
+    keep = torch.empty(v.shape, dtype=torch.bool, device=v.device)
+    delta = torch.empty_like(v)
+    for t in range(current.shape[0]):
+        torch.sub(current[t], v, out=delta)
+        delta.div_(tau)
+        v.add_(delta)  # h = v + (I_t - v) / tau
+        if not direct:
+            torch.sub(v, threshold, out=delta)  # h - threshold, compared with 0
+        x = v if direct else delta
+        level = threshold if direct else 0.0
+        if inclusive:
+            torch.ge(x, level, out=fired[t])
+            torch.lt(x, level, out=keep)
+        else:
+            torch.gt(x, level, out=fired[t])
+            torch.le(x, level, out=keep)
+        v.mul_(keep)  # hard reset: h * (1 - s)
+    return v
+
+
+_SCRIPTED_LOOP: object = None  # the TorchScript build of _lif_loop; False when unavailable or disabled
+
+
+def _loop_impl():
+    """``_lif_loop`` compiled with TorchScript (the same ATen kernels without the Python interpreter
+    between them: 1.5-2.5x faster on small populations), or the eager function. TorchScript is
+    deprecated in torch 2.13; it is used while it works (``EDGESEQ_LIF_SCRIPT=0`` turns it off)."""
+    global _SCRIPTED_LOOP
+    if _SCRIPTED_LOOP is None:
+        _SCRIPTED_LOOP = False
+        if os.environ.get("EDGESEQ_LIF_SCRIPT", "1") != "0":
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _SCRIPTED_LOOP = torch.jit.script(_lif_loop)
+            except Exception:  # noqa: BLE001 - no TorchScript in this build: the eager loop
+                _SCRIPTED_LOOP = False
+    return _SCRIPTED_LOOP or _lif_loop
+
+
+def _lif_sequence_inference(current: Tensor, membrane: Tensor, cfg: LIFConfig, scripted: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`lif_sequence` without autograd: :meth:`LIF.step`'s arithmetic, bit for bit, done in place
     into preallocated outputs (no per-step tensors, no graph, no stacking).
 
@@ -189,24 +234,9 @@ def _lif_sequence_inference(current: Tensor, membrane: Tensor, cfg: LIFConfig) -
     """
     current = current.contiguous()
     fired = torch.empty(current.shape, dtype=torch.bool, device=current.device)
-    keep = torch.empty(current.shape[1:], dtype=torch.bool, device=current.device)
-    v = membrane.clone()
-    delta = torch.empty_like(v)
-    tau, threshold = cfg.tau, cfg.threshold
-    fire, hold = (torch.ge, torch.lt) if cfg.fire_on == "ge" else (torch.gt, torch.le)
-    direct = _exact_in(threshold, v.dtype)
-    for t in range(current.shape[0]):
-        torch.sub(current[t], v, out=delta)
-        delta.div_(tau)
-        v.add_(delta)  # h
-        if direct:
-            fire(v, threshold, out=fired[t])
-            hold(v, threshold, out=keep)
-        else:
-            torch.sub(v, threshold, out=delta)
-            fire(delta, 0, out=fired[t])
-            hold(delta, 0, out=keep)
-        v.mul_(keep)  # hard reset: h · (1 − s)
+    loop = _loop_impl() if scripted else _lif_loop
+    v = loop(current, membrane.clone(), fired, float(cfg.tau), float(cfg.threshold), cfg.fire_on == "ge",
+             _exact_in(cfg.threshold, current.dtype))
     return fired.to(current.dtype), v
 
 

@@ -23,10 +23,11 @@ def _reference(cfg: LIFConfig, current: torch.Tensor, membrane: torch.Tensor):
     return torch.stack(spikes), v
 
 
+@pytest.mark.parametrize("scripted", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threshold", [1.0, 0.3, 0.5])
 @pytest.mark.parametrize("fire_on", ["ge", "gt"])
-def test_inference_loop_is_bit_exact(dtype, threshold, fire_on):
+def test_inference_loop_is_bit_exact(dtype, threshold, fire_on, scripted):
     cfg = LIFConfig(tau=2.0, threshold=threshold, fire_on=fire_on)
     current = (torch.randn(3, 64, 17) * 1.5).to(dtype).movedim(1, 0)  # [T, B, C], time not outermost in memory
     assert not current.is_contiguous()
@@ -35,7 +36,7 @@ def test_inference_loop_is_bit_exact(dtype, threshold, fire_on):
     current[11, 2, 1] = float("nan")
     membrane = (torch.rand(3, 17) * threshold).to(dtype)
     with torch.no_grad():
-        spikes, v = _lif_sequence_inference(current, membrane, cfg)
+        spikes, v = _lif_sequence_inference(current, membrane, cfg, scripted=scripted)
         ref_spikes, ref_v = _reference(cfg, current, membrane)
     assert torch.equal(_bits(spikes), _bits(ref_spikes))
     assert torch.equal(_bits(v), _bits(ref_v))
