@@ -13,7 +13,9 @@ backward pass uses the ATan surrogate ``d s / d v = alpha / 2 / (1 + (pi/2 * alp
 The membrane before reset is what the reset acts on; ``state`` holds the membrane *after* reset.
 The reset is not detached from the graph (spikingjelly's default ``detach_reset=False``).
 
-Exact mapping to ``snntorch.Leaky`` (hard reset; proven in ``tests/edgeseq/test_lif.py``)::
+Mapping to ``snntorch.Leaky`` (hard reset; bit-identical spikes and membranes on dyadic currents in
+``tests/edgeseq/test_lif.py``; on real-valued currents the two update formulas round differently,
+up to 2.4e-7 in float32 membranes, see docs/spiking.md)::
 
     beta = 1 - 1/tau,  input = I / tau,  reset_mechanism = "zero",
     threshold = threshold                          for fire_on="gt"

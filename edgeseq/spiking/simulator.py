@@ -1082,7 +1082,10 @@ def simulation_report(
         "warnings": warnings,
     }
     if nir_path is not None:
+        from edgeseq.spiking.nir_export import consumer_warnings
+
         report["nir"] = nir_check(model, inputs, nir_path)
+        report["warnings"] += consumer_warnings(None, notes=report["nir"]["consumers"])
     if compare_dense:
         other_mode: Mode = "dense" if mode == "event" else "event"
         other = simulate(model, inputs, mode=other_mode, record_spikes=True)
@@ -1106,9 +1109,9 @@ def nir_check(model: nn.Module, inputs: Tensor, path: str) -> dict[str, Any]:
     """
     import copy
 
-    from edgeseq.spiking.nir_export import export_nir, read_nir, run_nir
+    from edgeseq.spiking.nir_export import consumer_notes, export_nir, read_nir, run_nir
 
-    export_nir(model, path)
+    export_nir(model, path, warn=False)
     graph = read_nir(path)
     model64 = copy.deepcopy(model).double()
     ours = simulate(model64, _cast_inputs(model64, inputs), record_spikes=True, count_ops=False)
@@ -1122,6 +1125,7 @@ def nir_check(model: nn.Module, inputs: Tensor, path: str) -> dict[str, Any]:
         "node_types": sorted({type(n).__name__ for n in graph.nodes.values()}),
         "spikes_identical": identical,
         "max_abs_output_diff": float((theirs - ours.outputs).abs().max()),
+        "consumers": consumer_notes(graph, _cast_inputs(model64, inputs)),
     }
 
 
