@@ -79,6 +79,34 @@ def figures(name: str, samples: int, length: int | None, recipes=RECIPES) -> lis
     return rows
 
 
+@torch.no_grad()
+def nir_figures(path: str = "/tmp/edgeseq-slmu.nir") -> dict:
+    """The zoo spiking LMUFormer exported to NIR, read back and run by ``run_nir`` on the test split
+    (float64), against the model's own simulation: spikes, scores, accuracy; and the spikes that
+    NIR consumers' strict ``>`` would flip on the same inputs."""
+    import copy
+
+    from edgeseq.spiking.nir_export import consumer_notes, export_nir, read_nir, run_nir
+    from edgeseq.tasks import load_classification
+
+    model = copy.deepcopy(load_model("spiking-lmuformer-digits").model).double().eval()
+    frames, labels = load_classification(model.config.dataset, "test", **(model.config.dataset_options or {}))
+    frames = frames.double()
+    export_nir(model, path, warn=False)
+    graph = read_nir(path)
+    theirs, spikes = run_nir(graph, frames, record=True)
+    ours = simulate(model, frames, record_spikes=True, count_ops=False)
+    identical = all(torch.equal(spikes[k], ours.spike_trace[k].reshape(spikes[k].shape)) for k in spikes)
+    acc = lambda scores: float((scores.mean(1).argmax(-1) == labels).double().mean())  # noqa: E731
+    flips = consumer_notes(graph, frames)["snntorch"].get("strict_threshold_flips")
+    return {"sequences": int(frames.shape[0]), "nodes": len(graph.nodes), "edges": len(graph.edges),
+            "node_types": sorted({type(n).__name__ for n in graph.nodes.values()}), "spikes_identical": identical,
+            "max_abs_score_diff": float((theirs - ours.outputs).abs().max()), "accuracy_nir": acc(theirs),
+            "accuracy_ours": acc(ours.outputs),
+            "predictions_agree": int((theirs.mean(1).argmax(-1) == ours.outputs.mean(1).argmax(-1)).sum()),
+            "strict_threshold_flips": flips}
+
+
 def _k(x: float) -> str:
     return f"{x / 1e6:.2f} M" if abs(x) >= 1e6 else f"{x / 1e3:.2f} k" if abs(x) >= 1e3 else f"{x:.0f}"
 
@@ -130,9 +158,15 @@ def main() -> None:
     rows = figures("spiking-lmuformer-digits", args.lmu_samples, None)
     rows += figures("spikegpt-shakespeare", args.gpt_samples, args.gpt_length)
     print_tables(rows)
+    nir = nir_figures()
+    print(f"\nNIR (zoo spiking LMUFormer, {nir['sequences']} test sequences, float64): {nir['nodes']} nodes, "
+          f"{nir['edges']} edges ({', '.join(nir['node_types'])}); spikes identical: {nir['spikes_identical']}; "
+          f"max |Δ score| {nir['max_abs_score_diff']:.3g}; accuracy {100 * nir['accuracy_nir']:.2f} % (NIR) vs "
+          f"{100 * nir['accuracy_ours']:.2f} % (ours), predictions agree {nir['predictions_agree']}/{nir['sequences']}; "
+          f"strict '>' flips {nir['strict_threshold_flips']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"rows": rows, "nir": nir}, f, indent=2)
 
 
 if __name__ == "__main__":
