@@ -485,9 +485,11 @@ class Simulator:
             w = syn.weight
             key = (id(w), w._version, dtype)
             if cache.get("key") != key:
+                source = w  # kept referenced, so its id cannot be reused by a new weight tensor
                 w = w.detach().to(dtype)
                 by_input = w.t().contiguous() if syn.kind == "linear" else conv_weight_by_input(_ConvView(syn, w))
-                cache.update(key=key, by_input=by_input, column_nnz=(by_input != 0).sum(-1).to(torch.float64))
+                cache.update(key=key, source=source, by_input=by_input,
+                             column_nnz=(by_input != 0).sum(-1).to(torch.float64))
             return cache["by_input"], cache["column_nnz"]
 
         def forward(x: Tensor) -> Tensor:
