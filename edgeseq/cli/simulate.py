@@ -149,7 +149,10 @@ def print_report(report: dict) -> None:
 
     def row(name, layer, energy_pj, style=None):
         rate = layer.get("spike_rate")
-        table.add_row(name, (layer.get("input") or "")[:5], _si(layer["dense_macs"]), _si(layer["eff_macs"]),
+        kind = (layer.get("input") or "")[:5]
+        if layer.get("weight_bits"):  # integer weights (and inputs): w8a8, w4 …
+            kind += f" w{layer['weight_bits']}" + (f"a{layer['act_bits']}" if layer.get("act_bits") else "")
+        table.add_row(name, kind, _si(layer["dense_macs"]), _si(layer["eff_macs"]),
                       _si(layer["eff_acs"]), _si(layer["neuron_updates"]),
                       "" if rate is None else f"{100 * rate:.2f}%", _si(layer["other_ops"]),
                       _si(layer["weight_bytes"] + layer["state_bytes"]), _energy(energy_pj), style=style)
