@@ -136,6 +136,26 @@ class _QuantWeightMixin(nn.Module):
             x = fake_quant(x, self.input_scale.to(x.dtype), self.act_bits)
         return x
 
+    synaptic_kind = "linear"
+
+    def synaptic_spec(self) -> dict[str, Any]:
+        """This layer as edgeseq's spiking simulator executes and counts it (the duck-typed protocol
+        ``edgeseq.spiking.simulator.SYNAPTIC_PROTOCOL``): the values multiplied, integer storage in bytes
+        (``weight_bits`` per weight plus the float scales), and the input transform of ``forward``."""
+        scale_bytes = self.weight_scale.numel() * self.weight_scale.element_size()
+        transforms = self.rotate or self.input_scale is not None
+        return {
+            "kind": self.synaptic_kind,
+            "weight": self.weight,
+            "bias": self.bias,
+            "transform_input": self.quantize_input if transforms else None,
+            "weight_bits": self.weight_bits,
+            "act_bits": self.act_bits if self.input_scale is not None else 0,
+            "weight_bytes": self.weight_int.numel() * self.weight_bits / 8 + scale_bytes,
+            "scale_bytes": scale_bytes,
+            "group_size": self.group_size,
+        }
+
     def quant_spec(self) -> dict[str, Any]:
         """What ``quantize.io`` needs to rebuild this module empty (JSON-able)."""
         return {
@@ -228,6 +248,10 @@ class _QuantConvNd(_QuantWeightMixin):
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return self._conv(self.quantize_input(x), self.weight.to(x.dtype), bias)
+
+    def synaptic_spec(self) -> dict[str, Any]:
+        return {**super().synaptic_spec(), "kind": f"conv{self._dims}d", "stride": self.stride,
+                "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
 
     def quant_spec(self) -> dict[str, Any]:
         return {

@@ -149,7 +149,10 @@ def print_report(report: dict) -> None:
 
     def row(name, layer, energy_pj, style=None):
         rate = layer.get("spike_rate")
-        table.add_row(name, (layer.get("input") or "")[:5], _si(layer["dense_macs"]), _si(layer["eff_macs"]),
+        kind = (layer.get("input") or "")[:5]
+        if layer.get("weight_bits"):  # integer weights (and inputs): w8a8, w4 …
+            kind += f" w{layer['weight_bits']}" + (f"a{layer['act_bits']}" if layer.get("act_bits") else "")
+        table.add_row(name, kind, _si(layer["dense_macs"]), _si(layer["eff_macs"]),
                       _si(layer["eff_acs"]), _si(layer["neuron_updates"]),
                       "" if rate is None else f"{100 * rate:.2f}%", _si(layer["other_ops"]),
                       _si(layer["weight_bytes"] + layer["state_bytes"]), _energy(energy_pj), style=style)
@@ -164,11 +167,22 @@ def print_report(report: dict) -> None:
                   f"{_si(ps['other_ops'])} other), {_si(ps['neuron_updates'])} neuron updates; energy "
                   f"{_energy(energy['per_step_pj'])} on {energy['table']} ({energy['confidence']}; compute "
                   f"{_energy(energy['compute_pj'])}, memory {_energy(energy['memory_pj'])} in total)")
+    if energy.get("integer_table"):
+        console.print(f"integer layers (quantized weights): MACs/ACs priced from {energy['integer_table']}, "
+                      "weight bytes as stored")
+    nb = report.get("neurobench")
+    if nb:
+        sparsity = nb["ActivationSparsity"]
+        console.print(f"NeuroBench definitions, per sample: {_si(nb['Effective_MACs'])} effective MACs, "
+                      f"{_si(nb['Effective_ACs'])} effective ACs, {_si(nb['Dense'])} dense (zero weights skipped, "
+                      f"±1 inputs as spikes), {_si(nb['MembraneUpdates'])} membrane updates"
+                      + ("" if sparsity is None else f", activation sparsity {sparsity:.3f}"))
     cmp = report.get("comparison")
     if cmp:
         ratio = cmp["ops_ratio"]
         console.print(f"dense ANN: {_si(cmp['dense_ops'])} ops vs spiking {_si(cmp['spiking_ops'])} ops: "
-                      + (f"[bold]{ratio:.2f}× fewer operations[/bold]" if ratio else "no spiking ops")
+                      + (f"[bold]{ratio:.2f}× fewer operations[/bold] (neuron updates excluded; "
+                         f"{cmp['ops_ratio_with_neurons']:.2f}× with them)" if ratio else "no spiking ops")
                       + (f"; synaptic ops {cmp['synaptic_ratio']:.2f}× fewer" if cmp["synaptic_ratio"] else "")
                       + (f"; energy {cmp['energy_ratio']:.2f}× lower" if cmp.get("energy_ratio") else ""))
         console.print(f"event-driven vs dense execution: spikes identical: {'yes' if cmp['spikes_identical'] else 'NO'}, "

@@ -138,16 +138,25 @@ def wkv_parallel(
         a, b, p = state
     k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)  # [B, C, T]: time last, per-channel matmuls
     outputs = []
+    constants: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = {}  # per chunk size (all but the last equal)
     for start in range(0, length, chunk):
         k_c, v_c = k_all[..., start:start + chunk], v_all[..., start:start + chunk]  # [B, C, L]
         size = k_c.shape[-1]
-        steps = torch.arange(size, device=k.device, dtype=k.dtype)
-        # log-decay of key i seen from query t: −(t − 1 − i)·w for i < t, −inf for i >= t
-        lag = steps[:, None] - 1 - steps[None, :]  # [L(t), L(i)]
-        past_decay = torch.where(lag >= 0, -lag * decay[:, None, None], -math.inf)  # [C, L, L]
+        if size not in constants:
+            steps = torch.arange(size, device=k.device, dtype=k.dtype)
+            # log-decay of key i seen from query t: −(t − 1 − i)·w for i < t, −inf for i >= t
+            lag = steps[:, None] - 1 - steps[None, :]  # [L(t), L(i)]
+            constants[size] = (
+                torch.where(lag >= 0, -lag * decay[:, None, None], -math.inf),  # past decay [C, L, L]
+                steps * decay[:, None],  # history decay at each query [C, L]
+                (size - 1 - steps) * decay[:, None],  # key decay to the chunk end [C, L]
+                size * decay,  # history decay over the chunk [C]
+                steps,
+            )
+        past_decay, hist_decay, end_decay, chunk_decay, steps = constants[size]
         past_logits = k_c[:, :, None, :] + past_decay  # [B, C, L, L]
         current_logits = bonus[:, None] + k_c  # [B, C, L]
-        hist_logits = p[:, :, None] - steps * decay[:, None]  # [B, C, L]
+        hist_logits = p[:, :, None] - hist_decay  # [B, C, L]
         top = torch.maximum(torch.maximum(past_logits.amax(dim=-1), current_logits), hist_logits).detach()
         past_w = torch.exp(past_logits - top[..., None])
         current_w = torch.exp(current_logits - top)
@@ -156,8 +165,8 @@ def wkv_parallel(
         den = past_w.sum(dim=-1) + current_w + hist_w * b[..., None]
         outputs.append(num / den)
         # state after the chunk: history decayed L steps, key i decayed (L − 1 − i) steps
-        end_logits = k_c - (size - 1 - steps) * decay[:, None]  # [B, C, L]
-        hist_end = p - size * decay
+        end_logits = k_c - end_decay  # [B, C, L]
+        hist_end = p - chunk_decay
         p_new = torch.maximum(end_logits.amax(dim=-1), hist_end).detach()
         key_end = torch.exp(end_logits - p_new[..., None])
         hist_scale = torch.exp(hist_end - p_new)

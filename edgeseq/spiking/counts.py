@@ -22,6 +22,24 @@ Neuromorphic Computing Algorithms and Systems", arXiv:2304.04640, 2023; Nature C
   batch-1 case: no reuse across the sequences of a simulated batch), so figures do not depend on
   the batch size used to simulate.
 
+Whether an input counts as spikes is decided **per input vector** (each row of a linear layer's
+input, each sample's receptive fields of a convolution, at every step), never over the whole
+simulated batch, so a sample's counts do not depend on what else is in the batch.
+
+Quantized synaptic layers (integer weights) carry ``weight_bits`` (and ``act_bits`` when they
+quantize their input): their weight bytes are the integer storage (bits × elements / 8 plus the
+scales; int4 weights count half bytes, so byte counts may be fractional) and energy tables price
+their arithmetic as integer arithmetic (see :mod:`edgeseq.spiking.energy`).
+
+**NeuroBench's own definitions** are counted beside ours (``nb_*`` fields; per sample in
+:meth:`Counts.neurobench`): effective operations skip zero *weights* as well as zero inputs
+(``nb_eff_macs``/``nb_eff_acs``: Σ over non-zero inputs of the non-zero weights of their column),
+an input whose values are all in {−1, 0, 1} counts as spikes, ``nb_dense`` counts every weight
+(zero or not) for every input, biases are not synaptic operations, only the synaptic layers
+(linear/conv modules) are counted (matmuls written in model code are not), and a membrane update
+counts only when the membrane changed (``nb_membrane_updates``; every neuron at a population's
+first step), all normalised per sample (sequence) instead of per step.
+
 Counts are plain integers accumulated over a whole simulation; ``per_step`` divides by the number
 of simulated steps (tokens or frames).
 """
@@ -42,6 +60,10 @@ COUNT_FIELDS = (
     "weight_bytes",
     "dense_weight_bytes",
     "state_bytes",
+    "nb_dense",
+    "nb_eff_macs",
+    "nb_eff_acs",
+    "nb_membrane_updates",
 )
 
 
@@ -64,6 +86,13 @@ class LayerCounts:
     dense_weight_bytes: int = 0  # what a dense execution reads (every weight, every call)
     state_bytes: int = 0
     gathered_columns: int = 0  # event-driven layers: weight columns actually gathered
+    weight_bits: int = 0  # integer weight storage (quantized layers); 0 = float, as simulated
+    act_bits: int = 0  # the layer quantizes its input to this many bits (0 = it multiplies float inputs)
+    # NeuroBench's definitions (see the module docstring)
+    nb_dense: int = 0
+    nb_eff_macs: int = 0
+    nb_eff_acs: int = 0
+    nb_membrane_updates: int = 0
     op_breakdown: dict[str, int] = field(default_factory=dict)  # other_ops by operator name
 
     @property
@@ -80,6 +109,16 @@ class LayerCounts:
     def add_op(self, op: str, n: int) -> None:
         self.other_ops += n
         self.op_breakdown[op] = self.op_breakdown.get(op, 0) + n
+
+    @property
+    def integer_macs(self) -> bool:
+        """Its MACs multiply integer weights by integer (quantized) inputs."""
+        return bool(self.weight_bits and self.act_bits)
+
+    @property
+    def integer_acs(self) -> bool:
+        """Its ACs add integer weights (spike inputs select integer weight columns)."""
+        return bool(self.weight_bits)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,6 +158,20 @@ class Counts:
         return {k: (v / self.steps if isinstance(v, (int, float)) and k != "spike_rate" else v)
                 for k, v in total.items()}
 
+    def neurobench(self) -> dict[str, Any]:
+        """The run under NeuroBench's metric definitions, per sample (a whole sequence), as
+        NeuroBench's ``SynapticOperations``, ``MembraneUpdates`` and ``ActivationSparsity`` report them."""
+        t = self.totals()
+        samples = max(self.samples, 1)
+        return {
+            "Effective_MACs": t["nb_eff_macs"] / samples,
+            "Effective_ACs": t["nb_eff_acs"] / samples,
+            "Dense": t["nb_dense"] / samples,
+            "MembraneUpdates": t["nb_membrane_updates"] / samples,
+            "ActivationSparsity": None if t["spike_rate"] is None else 1.0 - t["spike_rate"],
+            "per": "sample",
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
@@ -127,6 +180,7 @@ class Counts:
             "layers": [layer.to_dict() for layer in self.layers.values()],
             "total": self.totals(),
             "per_step": self.per_step(),
+            "neurobench": self.neurobench(),
         }
 
 
@@ -135,17 +189,22 @@ def dense_comparison(counts: Counts) -> dict[str, Any]:
 
     ``dense_ops = dense MACs + other ops`` (every synaptic layer as a dense matmul);
     ``spiking_ops = effective MACs + effective ACs + other ops``. The ratio is the
-    "N× fewer operations" figure, computed from this run's counts, not assumed.
+    "N× fewer operations" figure, computed from this run's counts, not assumed. ``ops_ratio``
+    **excludes neuron updates**; ``ops_ratio_with_neurons`` adds them to both sides (the dense ANN
+    computes one activation per neuron where the spiking network updates one membrane).
     """
     t = counts.totals()
     spiking_ops = t["total_ops"]
     dense_ops = t["dense_ops"]
+    neurons = t["neuron_updates"]
     return {
         "dense_ops": dense_ops,
         "spiking_ops": spiking_ops,
         "dense_macs": t["dense_macs"],
         "spiking_synaptic_ops": t["synaptic_ops"],
+        "neuron_updates": neurons,
         "ops_ratio": dense_ops / spiking_ops if spiking_ops else None,
+        "ops_ratio_with_neurons": (dense_ops + neurons) / (spiking_ops + neurons) if spiking_ops + neurons else None,
         "synaptic_ratio": t["dense_macs"] / t["synaptic_ops"] if t["synaptic_ops"] else None,
     }
 

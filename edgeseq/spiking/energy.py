@@ -15,6 +15,13 @@ A table gives the energy of one operation of each kind counted by the simulator
 on the simulated model (e.g. float32) are rescaled to it before ``weight_byte``/``state_byte`` are
 charged (an int8 table moves a quarter of a float32 model's bytes).
 
+``integer_table`` (optional) names the table whose ``mac``/``ac`` costs price **integer**
+arithmetic: the MACs of quantized layers that multiply integer weights by quantized inputs (W8A8)
+and the ACs of layers with integer weights (spikes select integer weight columns). The 45 nm
+float tables point to ``45nm-int8`` (Horowitz gives no int4 figures: int4 arithmetic is priced as
+int8, an upper bound). Without it, integer arithmetic is priced at the table's own costs. Weight
+bytes of integer layers are their exact storage (``bits`` does not rescale them).
+
 A cost may be ``null``: the device cannot do that operation (Loihi has no real-valued MACs);
 such counts are reported as *unsupported* and left out of the total, never silently charged zero.
 
@@ -64,10 +71,12 @@ class EnergyTable:
     notes: str = ""
     origin: str = ""
     bits: int | None = None  # storage precision of weights/state on the device (None: as simulated)
+    integer_table: str | None = None  # table pricing integer MACs/ACs (quantized layers)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "unit": "pJ", "confidence": self.confidence,
-                "bits": self.bits, "costs": dict(self.costs), "sources": list(self.sources), "notes": self.notes}
+                "bits": self.bits, "integer_table": self.integer_table, "costs": dict(self.costs),
+                "sources": list(self.sources), "notes": self.notes}
 
     def byte_scale(self, value_bytes: int) -> float:
         """Factor from bytes counted at ``value_bytes`` per value to bytes at this table's precision."""
@@ -83,10 +92,15 @@ def parse_table(data: Any, origin: str) -> EnergyTable:
     """Validate a table's fields (from JSON/TOML) and convert costs to pJ; one-line InputError if wrong."""
     if not isinstance(data, dict):
         raise InputError(f"{origin}: an energy table must be an object with 'name' and 'costs'")
-    unknown = sorted(set(data) - {"name", "description", "unit", "confidence", "bits", "costs", "sources", "notes"})
+    unknown = sorted(set(data) - {"name", "description", "unit", "confidence", "bits", "integer_table", "costs",
+                                  "sources", "notes"})
     if unknown:
         raise InputError(f"{origin}: unknown field(s) {', '.join(unknown)}; allowed: name, description, unit, "
-                         "confidence, bits, costs, sources, notes")
+                         "confidence, bits, integer_table, costs, sources, notes")
+    integer_table = data.get("integer_table")
+    if integer_table is not None and (not isinstance(integer_table, str) or not (TABLE_DIR / f"{integer_table}.json").is_file()):
+        raise InputError(f"{origin}: integer_table must name a shipped table ({', '.join(table_names())}), "
+                         f"not {integer_table!r}")
     bits = data.get("bits")
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 64):
         raise InputError(f"{origin}: bits must be an integer from 1 to 64 (storage precision), not {bits!r}")
@@ -119,7 +133,7 @@ def parse_table(data: Any, origin: str) -> EnergyTable:
     if isinstance(sources, str):
         sources = [sources]
     return EnergyTable(str(name), costs, str(data.get("description", "")), confidence, tuple(map(str, sources)),
-                       str(data.get("notes", "")), origin, bits)
+                       str(data.get("notes", "")), origin, bits, integer_table)
 
 
 def _read_table_file(path: Path) -> Any:
@@ -180,15 +194,40 @@ class LayerEnergy:
         return d
 
 
-def layer_energy(layer: LayerCounts, table: EnergyTable, value_bytes: int = 4) -> LayerEnergy:
+def _integer_costs(table: EnergyTable) -> dict[str, float | None]:
+    if table.integer_table is None or table.integer_table == table.name:
+        return table.costs
+    return load_table(table.integer_table).costs
+
+
+def _cost(layer: LayerCounts, key: str, table: EnergyTable, integer: dict[str, float | None], dense: bool = False) -> float | None:
+    """The cost of one ``key`` operation of ``layer``: integer MACs/ACs of quantized layers from the
+    integer table, everything else from ``table``."""
+    if key == "mac" and (layer.integer_macs or (dense and layer.weight_bits and layer.input == "spike")):
+        return integer.get("mac")
+    if key == "ac" and layer.integer_acs:
+        return integer.get("ac")
+    return table.costs.get(key)
+
+
+def _byte_scale(layer: LayerCounts, key: str, table: EnergyTable, value_bytes: int) -> float:
+    """Weight bytes of integer layers are exact storage; float bytes are rescaled to the table's precision."""
+    if key == "weight_byte" and layer.weight_bits:
+        return 1.0
+    return table.byte_scale(value_bytes)
+
+
+def layer_energy(layer: LayerCounts, table: EnergyTable, value_bytes: int = 4,
+                 integer: dict[str, float | None] | None = None) -> LayerEnergy:
+    integer = _integer_costs(table) if integer is None else integer
     out = LayerEnergy(layer.name)
     for key in COST_KEYS:
         count = getattr(layer, COUNT_OF_COST[key])
         if not count:
             continue
         if key in MEMORY_COSTS:
-            count = count * table.byte_scale(value_bytes)
-        cost = table.costs.get(key)
+            count = count * _byte_scale(layer, key, table, value_bytes)
+        cost = _cost(layer, key, table, integer)
         if cost is None:
             out.unsupported[key] = out.unsupported.get(key, 0) + int(count)
             continue
@@ -204,12 +243,13 @@ def layer_energy(layer: LayerCounts, table: EnergyTable, value_bytes: int = 4) -
 def estimate_energy(counts: Counts, table: EnergyTable | str) -> dict[str, Any]:
     """Energy per layer and in total (pJ), compute and memory apart, plus the dense-ANN estimate.
 
-    ``dense_ann`` charges every synaptic layer's dense MACs at the table's MAC cost, the same other
-    ops, and reads every weight every step (``dense_weight_bytes``): what the same network costs
-    run as a non-spiking ANN on the same device.
+    ``dense_ann`` charges every synaptic layer's dense MACs at the table's MAC cost (integer layers
+    at the integer table's), the same other ops, and reads every weight every step
+    (``dense_weight_bytes``): what the same network costs run as a non-spiking ANN on the same device.
     """
     table = load_table(table) if not isinstance(table, EnergyTable) else table
-    layers = [layer_energy(layer, table, counts.value_bytes) for layer in counts.layers.values()]
+    integer = _integer_costs(table)
+    layers = [layer_energy(layer, table, counts.value_bytes, integer) for layer in counts.layers.values()]
     unsupported: dict[str, int] = {}
     by_op: dict[str, float] = {}
     for le in layers:
@@ -220,10 +260,12 @@ def estimate_energy(counts: Counts, table: EnergyTable | str) -> dict[str, Any]:
     compute = sum(le.compute_pj for le in layers)
     memory = sum(le.memory_pj for le in layers)
     steps = max(counts.steps, 1)
+    integer_layers = [layer.name for layer in counts.layers.values() if layer.integer_acs or layer.integer_macs]
     result: dict[str, Any] = {
         "table": table.name,
         "confidence": table.confidence,
         "unit": "pJ",
+        "integer_table": table.integer_table if integer_layers else None,
         "layers": [le.to_dict() for le in layers],
         "total": {"compute_pj": compute, "memory_pj": memory, "total_pj": compute + memory, "by_op_pj": by_op},
         "per_step_pj": (compute + memory) / steps,
@@ -238,16 +280,25 @@ def estimate_energy(counts: Counts, table: EnergyTable | str) -> dict[str, Any]:
 
 def dense_ann_energy(counts: Counts, table: EnergyTable) -> dict[str, Any]:
     """Energy of the same counts executed as a dense ANN (no events, every weight read every step)."""
-    t = counts.totals()
-    dense_weight_bytes = sum(layer.dense_weight_bytes for layer in counts.layers.values())
-    scale = table.byte_scale(counts.value_bytes)
-    parts = {"mac": t["dense_macs"], "other_op": t["other_ops"], "weight_byte": dense_weight_bytes * scale,
-             "state_byte": t["state_bytes"] * scale}
-    missing = [key for key, n in parts.items() if n and table.costs.get(key) is None]
+    integer = _integer_costs(table)
+    compute = memory = 0.0
+    missing: set[str] = set()
+    for layer in counts.layers.values():
+        parts = {"mac": layer.dense_macs, "other_op": layer.other_ops,
+                 "weight_byte": layer.dense_weight_bytes * _byte_scale(layer, "weight_byte", table, counts.value_bytes),
+                 "state_byte": layer.state_bytes * table.byte_scale(counts.value_bytes)}
+        for key, n in parts.items():
+            if not n:
+                continue
+            cost = _cost(layer, key, table, integer, dense=True)
+            if cost is None:
+                missing.add(key)
+            elif key in MEMORY_COSTS:
+                memory += n * cost
+            else:
+                compute += n * cost
     if missing:
-        return {"total_pj": None, "unsupported": missing}
-    compute = parts["mac"] * (table.costs["mac"] or 0.0) + parts["other_op"] * (table.costs["other_op"] or 0.0)
-    memory = parts["weight_byte"] * (table.costs["weight_byte"] or 0.0) + parts["state_byte"] * (table.costs["state_byte"] or 0.0)
+        return {"total_pj": None, "unsupported": sorted(missing)}
     return {"compute_pj": compute, "memory_pj": memory, "total_pj": compute + memory}
 
 

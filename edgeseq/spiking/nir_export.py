@@ -291,11 +291,13 @@ def check_exportable(model: nn.Module) -> None:
         raise InputError(f"NIR export supports {' and '.join(EXPORTABLE_FAMILIES)} models, not {family or type(model).__name__!r}")
 
 
-def export_nir(model: nn.Module, path: str | Path | None = None, dt: float = DEFAULT_DT):
+def export_nir(model: nn.Module, path: str | Path | None = None, dt: float = DEFAULT_DT, warn: bool = True):
     """Export a spiking model to a NIR graph (and write it to ``path`` when given).
 
     Supports :class:`SpikingMLP` and the Spiking LMUFormer; SpikeGPT is refused with the exact list
-    of operations NIR cannot express.
+    of operations NIR cannot express. With ``warn`` (default) a ``UserWarning`` names every known NIR
+    consumer (snnTorch, Norse) that cannot import the graph or would not reproduce its spikes (``>``
+    versus our ``>=``; Norse's ``dt``); :func:`consumer_notes` measures the difference on inputs.
     """
     if dt <= 0:
         raise InputError(f"dt must be > 0, got {dt}")
@@ -304,6 +306,12 @@ def export_nir(model: nn.Module, path: str | Path | None = None, dt: float = DEF
     graph = export_spiking_mlp(model, dt) if family == "spiking-mlp" else export_spiking_lmuformer(model, dt)
     if path is not None:
         _nir().write(str(path), graph)
+    if warn:
+        import warnings
+
+        lines = consumer_warnings(graph)
+        if lines:
+            warnings.warn("; ".join(lines), UserWarning, stacklevel=2)
     return graph
 
 
@@ -354,14 +362,17 @@ def _order(nodes: dict[str, Any], edges: list[tuple[str, str]]) -> tuple[list[st
 
 
 @torch.no_grad()
-def run_nir(graph, inputs: Tensor, record: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+def run_nir(graph, inputs: Tensor, record: bool = False, fire_on: str | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Run a NIR graph on ``inputs`` ``[B, T, F]`` in discrete time (Euler, ``dt`` from the metadata).
 
     Edges into a node are summed; a feedback edge delivers its source's value of the previous step.
     LIF nodes fire on ``v > v_threshold`` as NIR specifies, or on ``>=`` when their metadata says
-    ``fire_on: ge`` (what edgeseq writes for its neurons). Returns the ``Output`` values
+    ``fire_on: ge`` (what edgeseq writes for its neurons); ``fire_on="gt"``/``"ge"`` overrides the
+    metadata for every node (``"gt"``: what snnTorch and Norse do). Returns the ``Output`` values
     ``[B, T, ...]`` and, with ``record``, every spiking node's spikes ``[T, B, n]``.
     """
+    if fire_on not in (None, "ge", "gt"):
+        raise InputError(f"fire_on must be 'ge', 'gt' or None (the nodes' metadata), not {fire_on!r}")
     nodes, edges = graph.nodes, list(graph.edges)
     dt = float(graph.metadata.get("dt", DEFAULT_DT)) if graph.metadata else DEFAULT_DT
     order, back = _order(nodes, edges)
@@ -413,7 +424,7 @@ def run_nir(graph, inputs: Tensor, record: bool = False) -> tuple[Tensor, dict[s
                 else:
                     v = v + dt * p["r"] * x
                 if kind in ("LIF", "IF"):
-                    ge = (node.metadata or {}).get("fire_on") == "ge"
+                    ge = ((node.metadata or {}).get("fire_on") == "ge") if fire_on is None else fire_on == "ge"
                     spikes = (v >= p["v_threshold"]) if ge else (v > p["v_threshold"])
                     spikes = spikes.double()
                     v = torch.where(spikes.bool(), p["v_reset"].expand_as(v), v)
@@ -445,18 +456,119 @@ def _in_shape(node: Any) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------
+# other NIR consumers: what they read, and where their semantics differ from ours
+# --------------------------------------------------------------------------------------------
+
+# node types each consumer's NIR import maps to modules (snntorch 1.0 + nirtorch 2.x; norse 1.1);
+# Input/Output are structural
+NIR_CONSUMERS: dict[str, dict[str, Any]] = {
+    "snntorch": {
+        "node_types": frozenset({"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "AvgPool2d", "IF", "LIF",
+                                 "CubaLIF"}),
+        "fires_on": "gt",
+        "dt": "fixed at 1e-4 s by its importer (edgeseq's default dt); the LIF threshold is rescaled by tau/(r·dt)",
+    },
+    "norse": {
+        "node_types": frozenset({"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "IF", "LIF",
+                                 "CubaLIF"}),
+        "fires_on": "gt",
+        "dt": "an argument of norse.torch.from_nir (default 1e-3 s); the graph's dt is ignored, so pass "
+              "dt=graph.metadata['dt'] (run_with_norse does)",
+    },
+}
+
+
+def consumer_unsupported(graph, consumer: str) -> list[str]:
+    """Node types of ``graph`` that ``consumer``'s NIR import cannot map (sorted names)."""
+    if consumer not in NIR_CONSUMERS:
+        raise InputError(f"unknown NIR consumer {consumer!r}; known: {', '.join(NIR_CONSUMERS)}")
+    return sorted({type(node).__name__ for node in graph.nodes.values()} - NIR_CONSUMERS[consumer]["node_types"])
+
+
+def consumer_notes(graph, inputs: Tensor | None = None) -> dict[str, dict[str, Any]]:
+    """Per consumer: the node types it cannot import, and where its semantics change our spikes.
+
+    Our neurons fire on ``v >= threshold`` (metadata ``fire_on: ge``); snnTorch and Norse fire on
+    ``v > threshold``. With ``inputs`` the size of that difference is measured: the graph is run by
+    :func:`run_nir` both ways and the spikes that flip are counted (they differ only where a membrane
+    lands exactly on the threshold, which dyadic weights — e.g. quantized ones — make likely)."""
+    ge = any((getattr(node, "metadata", None) or {}).get("fire_on") == "ge" for node in graph.nodes.values())
+    flips = None
+    if inputs is not None and ge:
+        _, ours = run_nir(graph, inputs, record=True)
+        _, strict = run_nir(graph, inputs, record=True, fire_on="gt")
+        total = sum(int(s.numel()) for s in ours.values())
+        changed = sum(int((ours[k] != strict[k]).sum()) for k in ours)
+        fired = sum(int(s.sum()) for s in ours.values())
+        flips = {"neuron_steps": total, "spikes": fired, "changed": changed}
+    notes = {}
+    for consumer, spec in NIR_CONSUMERS.items():
+        entry: dict[str, Any] = {"unsupported": consumer_unsupported(graph, consumer), "dt": spec["dt"]}
+        if ge:
+            entry["fire_on"] = ("edgeseq fires on v >= threshold, " + consumer + " on v > threshold: spikes differ "
+                                "where a membrane lands exactly on the threshold")
+            if flips is not None:
+                entry["strict_threshold_flips"] = flips
+        notes[consumer] = entry
+    return notes
+
+
+def consumer_warnings(graph, inputs: Tensor | None = None, notes: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """One line per consumer whose import or semantics would not reproduce edgeseq's spikes
+    (``notes``: a :func:`consumer_notes` result, to avoid measuring twice)."""
+    lines = []
+    for consumer, note in (notes if notes is not None else consumer_notes(graph, inputs)).items():
+        parts = []
+        if note["unsupported"]:
+            parts.append(f"cannot import {', '.join(note['unsupported'])} nodes")
+        if "fire_on" in note:
+            flips = note.get("strict_threshold_flips")
+            size = "" if flips is None else (f" ({flips['changed']} of {flips['neuron_steps']} neuron-steps flip on these "
+                                             f"inputs)")
+            parts.append(f"fires on v > threshold where edgeseq fires on v >= threshold{size}")
+        if consumer == "norse":
+            parts.append("ignores the graph's dt (pass dt=graph.metadata['dt'] to norse.torch.from_nir)")
+        if parts:
+            lines.append(f"NIR consumer {consumer}: " + "; ".join(parts))
+    return lines
+
+
+@torch.no_grad()
+def run_with_norse(graph, inputs: Tensor, dt: float | None = None) -> Tensor:
+    """Import ``graph`` with ``norse.torch.from_nir`` at the graph's ``dt`` and run it step by step on
+    ``inputs [B, T, F]`` (float32). Norse fires on ``>``; its LIF (``LIFBoxCell``) integrates
+    ``v += dt/tau · (v_leak − v + I)``, our Euler step, when given the graph's ``dt`` — it ignores the
+    graph's own ``dt`` and defaults to 1e-3 s, which scrambles the dynamics silently."""
+    missing = consumer_unsupported(graph, "norse")
+    if missing:
+        raise EdgeseqError(f"Norse's NIR import has no mapping for {', '.join(missing)} node(s) in this graph; "
+                           "run it with edgeseq.spiking.nir_export.run_nir instead")
+    norse = require("norse.torch", "pip install norse --no-deps  (it needs torch and nir only for NIR import)")
+    dt = float(graph.metadata.get("dt", DEFAULT_DT)) if dt is None else float(dt)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = norse.from_nir(graph, dt=dt)
+    outs, state = [], None
+    for t in range(inputs.shape[1]):
+        y, state = net(inputs[:, t].float(), state)
+        outs.append(y)
+    return torch.stack(outs, 1)
+
+
+# --------------------------------------------------------------------------------------------
 # snnTorch's reader
 # --------------------------------------------------------------------------------------------
 
 
 # node types snntorch.import_nir maps to modules (snntorch 1.0); Input/Output are structural
-SNNTORCH_NODE_TYPES = frozenset({"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "AvgPool2d", "IF", "LIF",
-                                 "CubaLIF"})
+SNNTORCH_NODE_TYPES = NIR_CONSUMERS["snntorch"]["node_types"]
 
 
 def snntorch_unsupported(graph) -> list[str]:
     """Node types of ``graph`` that snnTorch's NIR import cannot map (sorted names)."""
-    return sorted({type(node).__name__ for node in graph.nodes.values()} - SNNTORCH_NODE_TYPES)
+    return consumer_unsupported(graph, "snntorch")
 
 
 @torch.no_grad()
@@ -491,6 +603,11 @@ def run_with_snntorch(graph, inputs: Tensor) -> Tensor:
 
 __all__ = [
     "DEFAULT_DT",
+    "NIR_CONSUMERS",
+    "consumer_notes",
+    "consumer_unsupported",
+    "consumer_warnings",
+    "run_with_norse",
     "SPIKEGPT_GAPS",
     "affine_node",
     "check_exportable",

@@ -60,6 +60,37 @@ def test_memory_is_priced_at_the_tables_precision():
     assert estimate_energy(half, "45nm-int8")["total"]["memory_pj"] == pytest.approx((48 + 16 + 64) * 1.25 / 2)
 
 
+def _quantized_counts() -> Counts:
+    counts = Counts(steps=2, samples=1)
+    # W8A8 layer: integer weights × quantized inputs; 10 bytes of integer storage read (exact)
+    counts.layers["q8"] = LayerCounts("q8", "linear", eff_macs=8, dense_macs=24, weight_bytes=10, dense_weight_bytes=20,
+                                      weight_bits=8, act_bits=8)
+    # W4A16 layer behind spikes: integer ACs; half-byte weights
+    counts.layers["q4"] = LayerCounts("q4", "linear", input="spike", eff_acs=4, dense_macs=16, weight_bytes=2.5,
+                                      dense_weight_bytes=8, weight_bits=4)
+    # W4A16 layer with real inputs: float MACs on integer weights
+    counts.layers["q4r"] = LayerCounts("q4r", "linear", eff_macs=6, dense_macs=6, weight_bytes=3, dense_weight_bytes=3,
+                                       weight_bits=4)
+    counts.layers["state"] = LayerCounts("state", "state", state_bytes=64)
+    return counts
+
+
+def test_integer_layers_priced_as_integer_arithmetic():
+    """The 45 nm float tables price integer MACs/ACs from 45nm-int8 and read integer bytes as stored."""
+    e = estimate_energy(_quantized_counts(), "45nm")
+    assert e["integer_table"] == "45nm-int8"
+    compute = 8 * 0.23 + 4 * 0.03 + 6 * 4.6
+    memory = (10 + 2.5 + 3 + 64) * 1.25  # integer weight bytes are not rescaled; state is float32 (bits 32)
+    assert e["total"]["compute_pj"] == pytest.approx(compute)
+    assert e["total"]["memory_pj"] == pytest.approx(memory)
+    dense = 24 * 0.23 + 16 * 0.23 + 6 * 4.6 + (20 + 8 + 3 + 64) * 1.25  # spike-input integer layer: int MACs
+    assert e["dense_ann"]["total_pj"] == pytest.approx(dense)
+    e8 = estimate_energy(_quantized_counts(), "45nm-int8")
+    assert e8["total"]["memory_pj"] == pytest.approx((10 + 2.5 + 3 + 64 / 4) * 1.25)  # only float bytes rescaled
+    loihi = estimate_energy(_quantized_counts(), "loihi")  # no integer_table: its own costs
+    assert loihi["unsupported"] == {"mac": 14} and loihi["integer_table"] is None
+
+
 def test_loihi_reports_macs_unsupported():
     e = estimate_energy(_counts(), "loihi")
     assert e["unsupported"] == {"mac": 8}
@@ -87,6 +118,7 @@ def test_user_tables_json_and_toml(tmp_path):
         ({"costs": {"mac": "4.6", "ac": 1}}, "non-negative number"),
         ({"cost": {}}, "unknown field"),
         ({"costs": {"mac": 1, "ac": 1}, "bits": 0}, "bits"),
+        ({"costs": {"mac": 1, "ac": 1}, "integer_table": "int2-magic"}, "integer_table"),
     ],
 )
 def test_bad_tables(data, message):
