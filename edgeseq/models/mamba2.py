@@ -53,7 +53,8 @@ class Mamba2Config(ModelConfig):
     ngroups: int = 1
     conv_bias: bool = True
     bias: bool = False  # in_proj / out_proj bias
-    norm_eps: float = 1e-5  # the block RMSNorms and the gated RMSNorm
+    norm_eps: float = 1e-5  # the block RMSNorms
+    gated_norm_eps: float = 1e-5  # the gated RMSNorm before out_proj
     tie_embeddings: bool = True
     # dt is clamped to [dt_limit_min, dt_limit_max] after softplus; dt_limit_max 0 = no upper limit
     dt_limit_min: float = 0.0
@@ -78,8 +79,8 @@ class Mamba2Config(ModelConfig):
             raise InputError(f"Mamba2Config: headdim {self.headdim} does not divide d_inner = expand·d_model = {self.d_inner}")
         if self.nheads % self.ngroups:
             raise InputError(f"Mamba2Config: ngroups {self.ngroups} does not divide the {self.nheads} heads")
-        if not self.norm_eps > 0:
-            raise InputError(f"Mamba2Config.norm_eps must be positive, got {self.norm_eps!r}")
+        if not (self.norm_eps > 0 and self.gated_norm_eps > 0):
+            raise InputError(f"Mamba2Config: norm epsilons must be positive, got {self.norm_eps!r}, {self.gated_norm_eps!r}")
         if self.dt_limit_min < 0 or self.dt_limit_max < 0 or (self.dt_limit_max and self.dt_limit_max < self.dt_limit_min):
             raise InputError(f"Mamba2Config: bad dt limits ({self.dt_limit_min}, {self.dt_limit_max})")
 
@@ -220,7 +221,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(h))
         self.A_log = nn.Parameter(torch.empty(h))
         self.D = nn.Parameter(torch.ones(h))
-        self.norm = GatedRMSNorm(di, cfg.ngroups, cfg.norm_eps)
+        self.norm = GatedRMSNorm(di, cfg.ngroups, cfg.gated_norm_eps)
         self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.bias)
         self._init_ssm()
 
