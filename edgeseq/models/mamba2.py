@@ -125,10 +125,11 @@ def _segment_sums(a: Tensor) -> Tensor:
     stable form: no difference of two large cumulative sums). a: [..., L] -> [..., L, L].
     """
     length = a.shape[-1]
-    strict = torch.ones(length, length, dtype=torch.bool, device=a.device).tril(-1)
+    index = torch.arange(length, device=a.device)
+    strict = index[:, None] > index[None, :]  # comparisons, not eye/tril: they export to any ONNX runtime
     rows = a.unsqueeze(-1).expand(*a.shape, length).masked_fill(~strict, 0.0)  # [t, s] = a_t if t > s
     sums = rows.cumsum(-2)
-    return sums.masked_fill(~strict.logical_or(torch.eye(length, dtype=torch.bool, device=a.device)), -math.inf)
+    return sums.masked_fill(index[:, None] < index[None, :], -math.inf)
 
 
 def ssd_scan(
