@@ -29,7 +29,7 @@ def tiny():
     return model, batches, tokens
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(r for r in RECIPES if not RECIPES[r].state_bits))
 def test_every_recipe_applies_and_step_equals_forward(tiny, recipe):
     """Static scales make every quantizer a per-element function, so the parallel and the step form
     compute the same quantized function: checked in float64 (1e-10). In float32 the two forms round
