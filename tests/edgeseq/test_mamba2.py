@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -306,3 +307,30 @@ def test_save_hf_round_trips_through_transformers(tmp_path):
     reloaded = load_model(tmp_path).model
     # the chunk length is a compute setting, not read back from Hugging Face configs
     assert dataclasses.replace(reloaded.config, chunk_size=model.config.chunk_size) == model.config
+
+
+def test_zoo_model_step_equals_forward_on_text():
+    """The trained zoo model (when present), on real text; oracle: ``forward`` (float64 1e-9,
+    float32 with the tolerance of the float32 test above, relative to the logit scale)."""
+    from edgeseq.checkpoints import zoo_names
+
+    if "mamba2-shakespeare" not in zoo_names():
+        pytest.skip("zoo model mamba2-shakespeare not present")
+    loaded = load_model("mamba2-shakespeare")
+    assert isinstance(loaded.model, Mamba2)
+    text = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
+    tokens = torch.tensor([loaded.tokenizer.encode(text)])
+    model32 = loaded.model.eval()
+    with torch.no_grad():
+        parallel32 = model32(tokens)
+        stepped32, _ = model32.step_sequence(tokens)
+        model64 = model32.double()
+        parallel64 = model64(tokens)
+        stepped64, _ = model64.step_sequence(tokens)
+    assert (stepped64 - parallel64).abs().max().item() <= 1e-9
+    scale = parallel64.abs().max().item()
+    assert (parallel32.double() - parallel64).abs().max().item() <= 5e-5 * scale
+    assert (stepped32.double() - parallel64).abs().max().item() <= 5e-5 * scale
+    # a trained model: the next byte after "ROMEO:\n" is predicted far better than uniform (8 bits)
+    nats = torch.nn.functional.cross_entropy(parallel64[0, :-1], tokens[0, 1:]).item()
+    assert nats / math.log(2) < 4.0
