@@ -27,3 +27,9 @@ def test_mamba2_onnx_streams_like_pytorch(tiny_mamba2, recipe, tmp_path):
     assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
     graphs = manifest["graphs"]
     assert [i["shape"] for i in graphs["step"]["inputs"] if i["name"] == "ssm_0"] == [["batch", 4, 12, 8]]
+
+
+def test_mamba2_tvm_step_and_prefill_match_pytorch(tiny_mamba2, tmp_path):
+    manifest = export_artifact(tiny_mamba2, tmp_path / "tvm", format="tvm", target="llvm", steps=16, prefill_length=16)
+    v = manifest["verification"]
+    assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
