@@ -40,6 +40,8 @@ def test_int8_state_is_carried_and_close_to_the_float_state(family):
     # a scale per channel (conv) and per head/channel (SSM); the calibrated range is used
     first_conv = report["state"]["states"]["conv_0"]
     assert first_conv["scales"] == specs[0].shape[0] and first_conv["scale_max"] > first_conv["scale_min"] > 0
+    ssm = specs[1].shape  # Mamba [Di, N]: a scale per channel; Mamba-2 [H, P, N]: per (head, channel)
+    assert report["state"]["states"]["ssm_0"]["scales"] == torch.Size(ssm[:-1]).numel()
     state = int_state.init_state(2)
     assert all(t.dtype == torch.int8 for t in state.values())
     with torch.no_grad():
