@@ -108,9 +108,10 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         gated = y * F.silu(z)
-        grouped = gated.unflatten(-1, (self.groups, -1))
+        # leading dimensions as -1 and back with reshape_as: an ONNX trace keeps the batch dynamic
+        grouped = gated.reshape(-1, self.groups, self.weight.shape[0] // self.groups)
         grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return grouped.flatten(-2) * self.weight
+        return grouped.reshape_as(gated) * self.weight
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,11 +155,13 @@ def ssd_scan(
     B = F.pad(B, (0, 0, 0, 0, 0, pad))
     C = F.pad(C, (0, 0, 0, 0, 0, pad))
     chunks = (length + pad) // chunk
-    # [Bt, c, L, ...]; the heads of a group share its B and C: view heads as (groups, heads/group)
-    xdt = xdt.view(batch, chunks, chunk, groups, heads // groups, -1)  # [b c l g k p]
-    B = B.view(batch, chunks, chunk, groups, n)
-    C = C.view(batch, chunks, chunk, groups, n)
-    a = a.view(batch, chunks, chunk, groups, heads // groups).permute(0, 1, 3, 4, 2)  # [b c g k l]
+    # [Bt, c, L, ...]; the heads of a group share its B and C: view heads as (groups, heads/group).
+    # The batch is always -1 in views: an ONNX trace then keeps it dynamic.
+    p, k = x.shape[3], heads // groups
+    xdt = xdt.reshape(-1, chunks, chunk, groups, k, p)  # [b c l g k p]
+    B = B.reshape(-1, chunks, chunk, groups, n)
+    C = C.reshape(-1, chunks, chunk, groups, n)
+    a = a.reshape(-1, chunks, chunk, groups, k).permute(0, 1, 3, 4, 2)  # [b c g k l]
 
     decay = torch.exp(_segment_sums(a))  # [b c g k l s]: exp(Σ_{s<r≤t} a_r), 0 above the diagonal
     from_start = torch.exp(a.cumsum(-1))  # [b c g k l]: exp(Σ_{r≤t} a_r), decay of the chunk-start state
@@ -173,7 +176,7 @@ def ssd_scan(
 
     # 3. carry the state across chunks (a loop over chunks, not over time)
     total = from_start[..., -1]  # [b c g k]: decay over the whole chunk
-    state = ssm_state.view(batch, groups, heads // groups, *ssm_state.shape[2:])
+    state = ssm_state.reshape(-1, groups, k, p, n)
     starts = []
     for c in range(chunks):
         starts.append(state)
@@ -182,8 +185,8 @@ def ssd_scan(
 
     # 4. the carried state's share of every output: exp(Σ_{r≤t} a_r) C_t · h_start
     y = y + torch.einsum("bcgkl,bclgn,bcgkpn->bclgkp", from_start, C, starts)
-    y = y.reshape(batch, chunks * chunk, heads, -1)[:, :length]
-    return y + x * D[:, None], state.reshape(batch, heads, *state.shape[3:])
+    y = y.reshape(-1, chunks * chunk, heads, p)[:, :length]
+    return y + x * D[:, None], state.reshape(-1, heads, p, n)
 
 
 def ssd_scan_loop(
@@ -247,9 +250,10 @@ class Mamba2Mixer(nn.Module):
         """SiLU'd conv output [..., conv_dim] -> x [..., H, P], B and C [..., G, N] (quantization points applied)."""
         cfg = self.cfg
         x, B, C = xBC.split([cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
-        x = self.ssm_in(x).unflatten(-1, (cfg.nheads, cfg.headdim))
-        B = self.ssm_B(B).unflatten(-1, (cfg.ngroups, cfg.d_state))
-        C = self.ssm_C(C).unflatten(-1, (cfg.ngroups, cfg.d_state))
+        lead = xBC.shape[:-1]
+        x = self.ssm_in(x).reshape(*lead, cfg.nheads, cfg.headdim)
+        B = self.ssm_B(B).reshape(*lead, cfg.ngroups, cfg.d_state)
+        C = self.ssm_C(C).reshape(*lead, cfg.ngroups, cfg.d_state)
         return x, B, C
 
     def forward(self, hidden: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:

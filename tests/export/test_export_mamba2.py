@@ -3,6 +3,7 @@ artifact streams like PyTorch (oracle: the model's own ``step``/``prefill``; flo
 relative, see ``export.verify``). The prefill graph is the SSD block decomposition (chunk 8 over a
 prefill of 16: two chunks and the carried state)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,16 @@ def test_mamba2_onnx_streams_like_pytorch(tiny_mamba2, recipe, tmp_path):
     assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
     graphs = manifest["graphs"]
     assert [i["shape"] for i in graphs["step"]["inputs"] if i["name"] == "ssm_0"] == [["batch", 4, 12, 8]]
+    # the batch stays dynamic inside the graphs (traced at 2; no reshape may bake it in)
+    ort = pytest.importorskip("onnxruntime")
+    dtypes = {"int64": np.int64, "float32": np.float32}
+    for graph in graphs.values():
+        session = ort.InferenceSession(str(tmp_path / recipe / graph["file"]))
+        for batch in (1, 3):
+            feed = {i["name"]: np.zeros([batch if d == "batch" else d for d in i["shape"]], dtypes[i["dtype"]])
+                    for i in graph["inputs"]}
+            outputs = session.run(None, feed)
+            assert all(o.shape[0] == batch for o in outputs)
 
 
 def test_mamba2_tvm_step_and_prefill_match_pytorch(tiny_mamba2, tmp_path):
