@@ -41,6 +41,8 @@ FORMATS: dict[str, str] = {
     "artifact": "export.artifact:ARTIFACT_FORMAT",  # a folder written by `edgeseq export` (runs in its runtime)
     "hf-mamba": "edgeseq.models.mamba_convert:HF_FORMAT",
     "state-spaces-mamba": "edgeseq.models.mamba_convert:STATE_SPACES_FORMAT",
+    "hf-mamba2": "edgeseq.models.mamba2_convert:HF_FORMAT",
+    "state-spaces-mamba2": "edgeseq.models.mamba2_convert:STATE_SPACES_FORMAT",
     "spikegpt-official": "edgeseq.models.spikegpt:OFFICIAL_FORMAT",
     "lmuformer-official": "edgeseq.models.lmuformer:OFFICIAL_FORMAT",
 }

@@ -29,7 +29,7 @@ from torch import Tensor
 from edgeseq.errors import EdgeseqError, InputError, require
 
 MANIFEST = "manifest.json"
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "int8": np.int8}
 
 
 def load_manifest_json(folder: str | Path) -> tuple[Path, dict[str, Any]]:

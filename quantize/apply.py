@@ -39,6 +39,8 @@ def quantize_model(
     quantizes activations or uses GPTQ. Returns ``(qmodel, report)``.
     """
     recipe = get_recipe(recipe)
+    if recipe.state_bits and calib_batches is not None and not isinstance(calib_batches, (list, tuple)):
+        calib_batches = list(calib_batches)  # read twice: the points, then the decode state
     start = time.perf_counter()
     qmodel = copy.deepcopy(model).eval()
     points = _checked_points(qmodel)
@@ -58,6 +60,13 @@ def quantize_model(
             layer = _replace(qmodel, point, plan, recipe, calibration)
             if layer:
                 layers.append(layer)
+    if recipe.state_bits:
+        from quantize.state import attach_state_quant, calibrate_state
+
+        if calib_batches is None:
+            raise InputError(f"recipe {recipe.name!r} quantizes the decode state: calibration data is needed (--calib)")
+        attach_state_quant(qmodel, recipe.state_bits)
+        state_report = calibrate_state(qmodel, calib_batches)
     report = {
         "recipe": recipe.name,
         "recipe_spec": recipe.to_dict(),
@@ -66,6 +75,7 @@ def quantize_model(
         "layers": layers,
         "embeddings": {"bits": qmodel._edgeseq_embedding_bits, "tables": embeddings},
         "summary": _summary(layers),
+        **({"state": state_report} if recipe.state_bits else {}),
         "seconds": round(time.perf_counter() - start, 3),
     }
     return qmodel, report
@@ -251,7 +261,7 @@ def quantize_checkpoint(
         raise InputError(f"{source} is already a {loaded.format} model; quantize the float checkpoint it came from")
     model = loaded.model
     batches, described = None, {}
-    if needs_calibration(_checked_points(model), recipe):
+    if needs_calibration(_checked_points(model), recipe) or recipe.state_bits:
         torch.manual_seed(seed)
         batches, described = calibration_batches(
             model, calib, tokenizer=loaded.tokenizer, meta=loaded.meta, samples=calib_samples, seq_len=seq_len,

@@ -146,6 +146,11 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             raise InputError(f"{folder / QUANT_FILE}: bad spec for {path!r} ({exc})") from None
         parent_path, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
+    state_bits = header["recipe"].get("state_bits", 0) if isinstance(header["recipe"], dict) else 0
+    if state_bits:  # an integer decode state: its scales are in the state dict (quantize.state)
+        from quantize.state import attach_state_quant
+
+        attach_state_quant(model, state_bits)
     load_state_into(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     bits = header.get("embedding_bits", 0)  # folders written before embeddings were quantized: float
     if not isinstance(bits, int) or bits not in (0, 2, 3, 4, 5, 6, 7, 8):

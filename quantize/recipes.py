@@ -19,6 +19,9 @@ A recipe says, for every quantization point a model declares (see
   sum; ``255 · (|w0| + |w1|)`` must stay below 32,768, which holds for every pair when
   ``|w| <= 64``. Such artifacts then compute the same function on every CPU (VNNI, Arm SDOT and
   CUDA accumulate in 32 bits anyway); the accuracy cost is measured in ``docs/quantization.md``;
+* ``state_bits`` — 8 stores and carries the recurrent decode state (``state_spec()``) as int8
+  between ``step`` calls, with static per-channel scales from calibration (Quamba's int8 cache;
+  see :mod:`quantize.state`); 0 keeps it float;
 * ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
   (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
   (``StreamingModel.embeddings_quantizable``).
@@ -64,6 +67,8 @@ class QuantRecipe:
     float_dtype: str = "float32"  # float32 | float16
     # embeddings (integer recipes only; models may opt out)
     embedding_bits: int = 8  # 0 = keep float
+    # decode state carried between steps as integers with static per-channel scales (0 = float)
+    state_bits: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,6 +168,11 @@ RECIPES: dict[str, QuantRecipe] = {
         weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
         weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True,
     ),
+    "w8a8-s8": QuantRecipe(
+        "w8a8-s8", "w8a8 with the decode state (conv and SSM states) stored and carried as int8 (static per-channel scales)",
+        weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
+        rotate=True, state_bits=8, weight_levels=_PAIR_SAFE,
+    ),
     "w4a16": QuantRecipe(
         "w4a16",
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "
@@ -210,6 +220,8 @@ def validate_recipe(recipe: QuantRecipe) -> None:
                          f"for {recipe.weight_bits}-bit weights, got {recipe.weight_levels}")
     if recipe.embedding_bits not in (0, 2, 3, 4, 5, 6, 7, 8):
         raise InputError(f"{where}: embedding_bits must be 0 (float) or 2..8, got {recipe.embedding_bits}")
+    if recipe.state_bits not in (0, 8):
+        raise InputError(f"{where}: state_bits must be 0 (float state) or 8, got {recipe.state_bits}")
     if recipe.act_bits and not recipe.weight_bits:
         raise InputError(f"{where}: quantized activations need quantized weights too (set weight_bits)")
     if recipe.gptq and not recipe.quantizes_weights:

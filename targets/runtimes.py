@@ -26,7 +26,7 @@ import numpy as np
 from edgeseq.errors import EdgeseqError, InputError, require
 
 MANIFEST = "manifest.json"
-_NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16, "float64": np.float64}
+_NP_DTYPES = {"int64": np.int64, "int32": np.int32, "int8": np.int8, "float32": np.float32, "float16": np.float16, "float64": np.float64}
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from edgeseq.errors import InputError
 # family -> (model class, config class)
 MODEL_FAMILIES: dict[str, tuple[str, str]] = {
     "mamba": ("edgeseq.models.mamba:Mamba", "edgeseq.models.mamba:MambaConfig"),
+    "mamba2": ("edgeseq.models.mamba2:Mamba2", "edgeseq.models.mamba2:Mamba2Config"),
     "spikegpt": ("edgeseq.models.spikegpt:SpikeGPT", "edgeseq.models.spikegpt:SpikeGPTConfig"),
     "lmuformer": ("edgeseq.models.lmuformer:LMUFormer", "edgeseq.models.lmuformer:LMUFormerConfig"),
     "spiking-lmuformer": (

@@ -145,7 +145,7 @@ def hf_config_to_edgeseq(config: dict, where: Path) -> MambaConfig:
     """A Hugging Face ``MambaConfig`` dict as an edgeseq :class:`MambaConfig`."""
     model_type = config.get("model_type")
     if model_type != "mamba":
-        hint = " (Mamba-2 checkpoints are not supported yet)" if str(model_type).startswith("mamba") else ""
+        hint = " (Mamba-2 checkpoints load as format 'hf-mamba2')" if model_type == "mamba2" else ""
         raise InputError(f"{where}: model_type is {model_type!r}, edgeseq reads Mamba-1 ('mamba') checkpoints{hint}")
     act = config.get("hidden_act", "silu")
     if act != "silu":
@@ -182,7 +182,8 @@ def state_spaces_config_to_edgeseq(config: dict, where: Path) -> MambaConfig:
         raise InputError(f"{where}: 'ssm_cfg' must be an object")
     layer = ssm_cfg.get("layer", "Mamba1")
     if layer != "Mamba1":
-        raise InputError(f"{where}: ssm_cfg.layer is {layer!r}; edgeseq reads Mamba-1 checkpoints only")
+        raise InputError(f"{where}: ssm_cfg.layer is {layer!r}; this format reads Mamba-1 checkpoints only"
+                         + (" (Mamba-2 loads as format 'state-spaces-mamba2')" if layer == "Mamba2" else ""))
     if config.get("d_intermediate", 0):
         raise InputError(f"{where}: d_intermediate > 0 (MLP blocks between mixers) is not supported")
     if config.get("attn_layer_idx"):
@@ -296,7 +297,10 @@ def load_hf(path: Path) -> LoadedModel:
 
 def detect_state_spaces(path: Path) -> bool:
     config = _read_config_if_any(path)
-    return config is not None and "model_type" not in config and {"d_model", "n_layer"} <= set(config)
+    if config is None or "model_type" in config or not {"d_model", "n_layer"} <= set(config):
+        return False
+    ssm_cfg = config.get("ssm_cfg")
+    return not (isinstance(ssm_cfg, dict) and ssm_cfg.get("layer") == "Mamba2")  # mamba2_convert reads those
 
 
 def load_state_spaces(path: Path) -> LoadedModel:

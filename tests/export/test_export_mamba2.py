@@ -1,0 +1,46 @@
+"""Mamba-2 exports through the generic export path unchanged (ONNX, float32 and w8a8) and its
+artifact streams like PyTorch (oracle: the model's own ``step``/``prefill``; float32 tolerance 1e-4
+relative, see ``export.verify``). The prefill graph is the SSD block decomposition (chunk 8 over a
+prefill of 16: two chunks and the carried state)."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeseq.models.mamba2 import Mamba2, Mamba2Config
+from export.artifact import export_artifact
+
+from .conftest import quantized
+
+
+@pytest.fixture
+def tiny_mamba2():
+    torch.manual_seed(0)
+    return Mamba2(Mamba2Config(vocab_size=256, d_model=24, n_layer=2, d_state=8, headdim=12, ngroups=2,
+                               chunk_size=8)).eval()
+
+
+@pytest.mark.parametrize("recipe", ["fp32", "w8a8"])
+def test_mamba2_onnx_streams_like_pytorch(tiny_mamba2, recipe, tmp_path):
+    model = tiny_mamba2 if recipe == "fp32" else quantized(tiny_mamba2, recipe)
+    manifest = export_artifact(model, tmp_path / recipe, steps=48, prefill_length=16)
+    v = manifest["verification"]
+    assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
+    graphs = manifest["graphs"]
+    assert [i["shape"] for i in graphs["step"]["inputs"] if i["name"] == "ssm_0"] == [["batch", 4, 12, 8]]
+    # the batch stays dynamic inside the graphs (traced at 2; no reshape may bake it in)
+    ort = pytest.importorskip("onnxruntime")
+    dtypes = {"int64": np.int64, "float32": np.float32}
+    for graph in graphs.values():
+        session = ort.InferenceSession(str(tmp_path / recipe / graph["file"]))
+        for batch in (1, 3):
+            feed = {i["name"]: np.zeros([batch if d == "batch" else d for d in i["shape"]], dtypes[i["dtype"]])
+                    for i in graph["inputs"]}
+            outputs = session.run(None, feed)
+            assert all(o.shape[0] == batch for o in outputs)
+
+
+def test_mamba2_tvm_step_and_prefill_match_pytorch(tiny_mamba2, tmp_path):
+    manifest = export_artifact(tiny_mamba2, tmp_path / "tvm", format="tvm", target="llvm", steps=16, prefill_length=16)
+    v = manifest["verification"]
+    assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
