@@ -158,7 +158,7 @@ def verify_runner(
     exact64 = copy.deepcopy(model).double().eval()  # a second correct implementation: float64 rounding
 
     def as64(state):
-        return {k: v.double() for k, v in state.items()}
+        return {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
 
     ref_state = model.init_state(batch, dtype=float_dtype)
     art_state = runner.init_state(batch)

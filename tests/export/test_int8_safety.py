@@ -176,3 +176,12 @@ def test_artifact_on_a_real_avx2_cpu_without_vnni(tiny_mamba, tmp_path, recipe, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["passed"] is passes, result
+
+
+def test_int8_decode_state_artifact_exports_and_verifies(tiny_mamba, tmp_path):
+    """w8a8-s8 (int8 decode state): the state crosses the graph boundary as int8 and the float64
+    noise reference keeps integer state tensors as they are."""
+    manifest = export_artifact(quantized(tiny_mamba, "w8a8-s8"), tmp_path / "s8", steps=16, prefill_length=8, recipe="w8a8-s8")
+    v = manifest["verification"]
+    assert v["passed"] and v["max_rel_state_error"] < 1e-2
+    assert any(t["dtype"] == "int8" for t in manifest["graphs"]["step"]["inputs"])
