@@ -464,8 +464,7 @@ def _unrecognised(path: Path) -> str:
             return f"{config}: not valid JSON ({_first_line(exc)})"
         if isinstance(data, dict) and "model_type" in data:
             kind = data["model_type"]
-            hint = " (Mamba-2 is not supported yet)" if str(kind).startswith("mamba") else ""
-            return f"{config}: model_type is {kind!r}; edgeseq reads Mamba-1 checkpoints (model_type 'mamba'){hint}"
+            return f"{config}: model_type is {kind!r}; edgeseq reads Mamba checkpoints (model_type 'mamba' or 'mamba2')"
         return f"{config}: not a config edgeseq knows (no model_type 'mamba', no state-spaces d_model/n_layer)"
     if path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         # say why it was not recognised: refused as unsafe (a pickle that would run code), or a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 HELP = "train a small model (language model on text, classifier on a task)"
 DESCRIPTION = (
-    "Train a model of FAMILY (mamba, spikegpt, lmuformer, spiking-lmuformer) with AdamW, a cosine "
+    "Train a model of FAMILY (mamba, mamba2, spikegpt, lmuformer, spiking-lmuformer) with AdamW, a cosine "
     "learning rate, gradient clipping and periodic validation, and save it to DIR as an edgeseq "
     "checkpoint (model.safetensors + edgeseq.json with the exact command in its meta). Language "
     "models take --data shakespeare-style text: a text file (first 90% train, last 10% "
