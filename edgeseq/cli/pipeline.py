@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 def run(args):
     from edgeseq.checkpoints import zoo_names
-    from edgeseq.cli.report import _csv, print_summary
+    from edgeseq.cli.report import _csv, finish
     from edgeseq.errors import InputError
     from edgeseq.report import build_report
 
@@ -35,6 +35,4 @@ def run(args):
     summary = build_report(models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets),
                            jobs=args.jobs, progress=not args.json, debug=args.debug, max_bytes=args.max_bytes,
                            max_samples=200, calib_samples=16, profile_tokens=32, verify_steps=32)
-    if not args.json:
-        print_summary(summary)
-    return summary
+    return finish(args, summary)

@@ -41,12 +41,36 @@ def run(args):
         max_bytes=args.max_bytes, max_samples=args.max_samples, calib_samples=args.calib_samples,
         profile_tokens=args.tokens, debug=args.debug,
     )
-    if not args.json:
-        print_summary(summary)
-    return summary
+    return finish(args, summary)
 
 
-def print_summary(summary: dict) -> None:
+def finish(args, summary: dict):
+    """Print the summary; when configurations failed or stayed partial, say which and why on stderr
+    and exit 1 (with ``--json`` the summary is still printed on stdout first)."""
+    import sys
+
+    from edgeseq.report import failure_lines
+
+    lines = failure_lines(summary)
+    if not lines:
+        if not args.json:
+            print_summary(summary)
+        return summary
+    if args.json:
+        from edgeseq.cli import emit_json
+
+        emit_json(summary)
+    else:
+        print_summary(summary, errors=False)
+    sys.stderr.write(f"edgeseq {args.command}: {len(lines)} of {summary['configs']} configurations failed or are "
+                     f"partial (report written: {summary['files'].get('html')}):\n")
+    for line in lines:
+        sys.stderr.write(f"  {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def print_summary(summary: dict, errors: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -58,7 +82,7 @@ def print_summary(summary: dict) -> None:
         status = r["status"] if not r.get("stage_errors") else f"{r['status']} ({len(r['stage_errors'])} stage errors)"
         table.add_row(r["model"], r["recipe"], status, str(r["metric"]), fmt(r["torch"]), fmt(r["artifact"]))
     Console().print(table)
-    for r in summary["results"]:
+    for r in summary["results"] if errors else []:
         for stage, err in (r.get("stage_errors") or {}).items():
             print(f"  {r['model']} / {r['recipe']} / {stage}: {err}")
     print(f"report: {summary['files'].get('html')}")
