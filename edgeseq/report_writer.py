@@ -102,20 +102,22 @@ def _comparison_text(diff: dict | None) -> str | None:
     return text + ("" if diff["measurable"] else " (no measurable difference)")
 
 
-def pareto_flags(results: list[dict]) -> dict[int, str]:
-    """For each result (by id): ``front`` or ``dominated by R`` on (deployed bytes, metric) within
-    its model: a recipe is dominated when another is no larger and no worse, and better in one."""
+def pareto_flags(results: list[dict], cost=None) -> dict[int, str]:
+    """For each result (by id): ``front`` or ``dominated by R`` on (cost, metric) within its model,
+    the cost being deployed bytes unless given: a recipe is dominated when another costs no more and
+    is no worse, and is better in one of the two."""
+    cost = cost or deployed_bytes
     flags: dict[int, str] = {}
-    usable = [r for r in results if r.get("torch_metric") is not None and deployed_bytes(r)]
+    usable = [r for r in results if r.get("torch_metric") is not None and cost(r)]
     for r in usable:
         sign = 1 if r.get("higher_is_better") else -1
         dominated_by = None
         for o in usable:
             if o is r or o["config"]["model"] != r["config"]["model"]:
                 continue
-            smaller_eq = deployed_bytes(o) <= deployed_bytes(r)
+            smaller_eq = cost(o) <= cost(r)
             better_eq = sign * o["torch_metric"] >= sign * r["torch_metric"]
-            strict = deployed_bytes(o) < deployed_bytes(r) or sign * o["torch_metric"] > sign * r["torch_metric"]
+            strict = cost(o) < cost(r) or sign * o["torch_metric"] > sign * r["torch_metric"]
             if smaller_eq and better_eq and strict:
                 dominated_by = o["config"]["recipe"]
                 break
@@ -310,7 +312,10 @@ def make_plots(results: list[dict], folder: Path) -> list[Path]:
         written.append(_save(fig, folder / "accuracy_vs_latency.png"))
         plt.close(fig)
 
-    # 3. energy per token across devices (spiking models)
+    # 3. Pareto view: the metric against deployed bytes and against latency per target, per model
+    written += _pareto_plot(plt, ok, models, targets, folder)
+
+    # 4. energy per token across devices (spiking models)
     devices = energy_devices(ok)
     spiking = [r for r in ok if (r.get("spiking") or {}).get("energy_per_token_j")]
     if devices and spiking:
@@ -323,13 +328,66 @@ def make_plots(results: list[dict], folder: Path) -> list[Path]:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(devices))], devices)
         ax.set_ylabel("energy per token/sample (µJ)")
         ax.set_yscale("log")
-        ax.set_title("Energy per token across devices (spiking models, simulator counts)")
+        missing = sorted({d for r in ok for d in ((r.get("spiking") or {}).get("energy_unsupported_ops_per_token") or {})})
+        title = "Energy per token across devices (spiking models, simulator counts)"
+        if missing:
+            title += f"\nnot shown: {', '.join(missing)} (cannot run some of the model's operations)"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
         written.append(_save(fig, folder / "energy_per_token.png"))
         plt.close(fig)
     return written
+
+
+def _pareto_panel(ax, rows: list[dict], xs: list[float], xlabel: str, flags: dict[int, str]) -> None:
+    front = sorted((x, r) for x, r in zip(xs, rows) if flags.get(id(r)) == "front")
+    for x, r in zip(xs, rows):
+        y = r["torch_metric"]
+        interval = r.get("torch_interval")
+        err = None
+        if interval and None not in interval:
+            err = [[max(y - interval[0], 0)], [max(interval[1] - y, 0)]]
+        dominated = flags.get(id(r)) != "front"
+        ax.errorbar([x], [y], yerr=err, fmt="o", mfc="none" if dominated else None, color="0.55" if dominated else "C0",
+                    ecolor="0.75", capsize=2)
+        ax.annotate(r["config"]["recipe"] + (" (dominated)" if dominated else ""), (x, y), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points", color="0.45" if dominated else "black")
+    if len(front) > 1:
+        ax.plot([x for x, _ in front], [r["torch_metric"] for _, r in front], "-", color="C0", alpha=0.5)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+
+
+def _pareto_plot(plt, ok: list[dict], models: list[str], targets: list[str], folder: Path) -> list[Path]:
+    """One row per model: metric vs deployed bytes, and vs p50 latency on each target. Filled points
+    are the Pareto front (per panel), hollow grey ones dominated; bars are 95 % intervals."""
+    rows_by_model = {m: [r for r in ok if r["config"]["model"] == m] for m in models}
+    if not any(deployed_bytes(r) for r in ok):
+        return []
+    cols = 1 + len(targets)
+    fig, axes = plt.subplots(len(models), cols, figsize=(4.6 * cols, 3.6 * len(models)), squeeze=False)
+    for row_axes, model in zip(axes, models):
+        rows = [r for r in rows_by_model[model] if deployed_bytes(r)]
+        metric = rows_by_model[model][0].get("metric", "metric") if rows_by_model[model] else "metric"
+        label = metric.replace("_", " ") + (" (lower is better)" if metric == "bits_per_byte" else "")
+        _pareto_panel(row_axes[0], rows, [deployed_bytes(r) / 1e6 for r in rows], "deployed size (MB)",
+                      pareto_flags(rows))
+        row_axes[0].set_ylabel(f"{model}\n{label}", fontsize=8)
+        for ax, t in zip(row_axes[1:], targets):
+            timed = [r for r in rows_by_model[model] if ((r.get("targets") or {}).get(t) or {}).get("p50_ms")]
+            flags = pareto_flags(timed, cost=lambda r, t=t: r["targets"][t]["p50_ms"])
+            _pareto_panel(ax, timed, [r["targets"][t]["p50_ms"] for r in timed],
+                          f"p50 latency per token on {t} (ms)", flags)
+            if not timed:
+                ax.text(0.5, 0.5, "no artifact profiled", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("Pareto view: filled = best trade-off, hollow = dominated (another recipe is no larger/slower "
+                 "and no worse)", fontsize=9)
+    fig.tight_layout()
+    path = _save(fig, folder / "pareto.png")
+    plt.close(fig)
+    return [path]
 
 
 def _save(fig, path: Path) -> Path:

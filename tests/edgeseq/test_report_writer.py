@@ -29,7 +29,7 @@ def test_report_files(tmp_path):
         _result("m", "w4a8", 4, 8, None, None, status="error"),
     ]
     paths = write_report(results, tmp_path, title="t")
-    for kind in ("md", "json", "csv", "html", "accuracy_vs_bits", "accuracy_vs_latency", "energy_per_token"):
+    for kind in ("md", "json", "csv", "html", "accuracy_vs_bits", "accuracy_vs_latency", "pareto", "energy_per_token"):
         assert kind in paths, kind
     md = (tmp_path / "report.md").read_text()
     assert "| recipe |" in md and "w4a16" in md and "boom" in md
@@ -38,7 +38,11 @@ def test_report_files(tmp_path):
     assert [r["recipe"] for r in rows] == ["fp32", "w8a8", "w4a16", "w4a8"]
     assert rows[0]["cpu.p50_ms"] == "1.0"
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # plots embedded: one file is enough
+    assert page.count("data:image/png;base64,") == 4  # plots embedded: one file is enough
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # each is smaller or better than the others (a trade-off front); the failed row has no place on it
+    assert [r["pareto"] for r in rows] == ["front", "front", "front", ""]
+    assert rows[3]["failed_stages"] == "boom" and "boom" in page
     assert (tmp_path / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
 
 
