@@ -7,6 +7,7 @@ sweep (``edgeseq.sweep``) stores each unit's result as it finishes, so reports a
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import time
@@ -264,6 +265,79 @@ def _simulate(model, data: str | None, samples: int, tables: list[str]) -> dict:
     }
 
 
+def _percentile(samples: list[float], q: float) -> float:
+    from targets.profile import percentile
+
+    return float(percentile(samples, q))
+
+
+def measure_latency(results: list[dict], targets: list[str], rounds: int = 5, tokens: int = 64,
+                    warmup: int = 8, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Per-token latency of every exported artifact, in ``rounds`` rounds interleaved across the
+    configurations (round 1 of every artifact, then round 2, ...), so that all rows share the
+    machine's conditions; one runtime per artifact stays open across rounds. Only targets that
+    run on this machine's CPU are measured here. Returns ``{unit key: {target: figures}}``."""
+    import sys
+
+    from edgeseq.sweep import config_key
+    from targets.registry import get_target
+    from targets.runtimes import open_runtime
+
+    local = []
+    for t in targets:
+        try:
+            spec = get_target(t, measure_host=False)
+        except Exception:
+            continue
+        if (spec.device or "cpu") == "cpu" and spec.kind == "cpu":
+            local.append(t)
+    units = [r for r in results if r.get("artifact_dir")]
+    out: dict[str, dict[str, Any]] = {}
+    for t in local:
+        runtimes, samples, states, round_p50 = {}, {}, {}, {}
+        try:
+            for r in units:
+                key = config_key(r["config"])
+                try:
+                    rt = open_runtime(r["artifact_dir"], device="cpu")
+                    x, state = rt.example_input(1), rt.init_state(1)
+                    for _ in range(warmup):
+                        _, state = rt.step(x, state)
+                except Exception:  # the unit's own profile stage reports what went wrong
+                    continue
+                runtimes[key], states[key], samples[key], round_p50[key] = (rt, x), state, [], []
+            load_before = load_average()
+            for i in range(rounds):
+                if progress:
+                    print(f"latency: round {i + 1}/{rounds} on {t}, {len(runtimes)} artifacts interleaved",
+                          file=sys.stderr, flush=True)
+                for key, (rt, x) in runtimes.items():
+                    state, these = states[key], []
+                    for _ in range(tokens):
+                        started = time.perf_counter()
+                        _, state = rt.step(x, state)
+                        rt.synchronize()
+                        these.append((time.perf_counter() - started) * 1e3)
+                    states[key] = state
+                    samples[key] += these
+                    round_p50[key].append(round(_percentile(these, 50), 4))
+            load_after = load_average()
+        finally:
+            for rt, _ in runtimes.values():
+                rt.close()
+        for key, values in samples.items():
+            if values:
+                out.setdefault(key, {})[t] = {
+                    "p10_ms": _percentile(values, 10), "p50_ms": _percentile(values, 50),
+                    "p90_ms": _percentile(values, 90), "p99_ms": _percentile(values, 99),
+                    "tokens_per_s": 1e3 / (sum(values) / len(values)), "tokens": len(values), "rounds": rounds,
+                    "round_p50_ms": round_p50[key], "load_before": load_before, "load_after": load_after,
+                    "timing": f"host wall clock, {rounds} rounds × {tokens} steps interleaved across "
+                              f"{len(samples)} artifacts",
+                }
+    return out
+
+
 def build_report(
     models: list[str],
     out_dir: str | Path,
@@ -273,11 +347,17 @@ def build_report(
     jobs: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
+    latency_rounds: int = 5,
+    latency_tokens: int = 64,
     **options: Any,
 ) -> dict[str, Any]:
-    """Run (or resume) the sweep for ``models`` × ``recipes`` and write the report files."""
+    """Run (or resume) the sweep for ``models`` × ``recipes`` and write the report files.
+
+    After the sweep, every artifact's per-token latency on the local CPU targets is measured again
+    in ``latency_rounds`` interleaved rounds of ``latency_tokens`` steps (0 rounds: keep each
+    unit's own profile)."""
     from edgeseq.report_writer import write_report
-    from edgeseq.sweep import folder_lock, run_sweep
+    from edgeseq.sweep import config_key, folder_lock, run_sweep
     from quantize.recipes import get_recipe
 
     recipes = recipes or DEFAULT_RECIPES
@@ -297,6 +377,16 @@ def build_report(
     with folder_lock(out_dir):
         results = run_sweep("edgeseq.report:run_unit", configs, out_dir, options, jobs=jobs,
                             ray_address=ray_address, progress=progress, result_options=result_options)
+        if latency_rounds and targets:
+            # measured anew on every run, all artifacts together: rows never mix machine conditions
+            latency = measure_latency(results, targets, rounds=latency_rounds, tokens=latency_tokens,
+                                      progress=progress)
+            (out_dir / "latency.json").write_text(json.dumps({"run_id": run_id, "units": latency}, indent=2))
+            for r in results:
+                for t, figures in latency.get(config_key(r["config"]), {}).items():
+                    prof = r.setdefault("targets", {}).setdefault(t, {})
+                    prof.update({"single_run": {k: prof.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "tokens")}},
+                                **figures, measured_in_run=run_id)
         preamble = (f"Models: {', '.join(models)}. Recipes: {', '.join(recipes)}. "
                     f"Targets: {', '.join(targets or []) or 'none'}. "
                     f"Data: {data or 'each model’s own validation split'}.")

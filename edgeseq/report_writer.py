@@ -125,21 +125,24 @@ def pareto_flags(results: list[dict], cost=None) -> dict[int, str]:
     return flags
 
 
+TARGET_KEYS = ("p10_ms", "p50_ms", "p90_ms", "p99_ms", "round_p50_spread", "tokens", "load", "tokens_per_s",
+               "roofline_ratio")
+
+
 def _target_cells(r: dict, t: str) -> dict[str, Any]:
     prof = (r.get("targets") or {}).get(t)
     stage_err = (r.get("stage_errors") or {}).get(f"profile:{t}")
-    cells: dict[str, Any] = {}
+    cells: dict[str, Any] = {f"{t}.runtime": prof.get("runtime") if prof else ("failed" if stage_err else None)}
+    for key in TARGET_KEYS:
+        cells[f"{t}.{key}"] = None
     if prof:
-        cells[f"{t}.runtime"] = prof.get("runtime")
-        for key in ("p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "roofline_ratio"):
+        for key in ("p10_ms", "p50_ms", "p90_ms", "p99_ms", "tokens", "tokens_per_s", "roofline_ratio"):
             cells[f"{t}.{key}"] = prof.get(key)
-        cells[f"{t}.tokens"] = prof.get("tokens")
+        rounds = prof.get("round_p50_ms") or []
+        if rounds:
+            cells[f"{t}.round_p50_spread"] = f"{min(rounds):.3g}–{max(rounds):.3g} ms over {len(rounds)} rounds"
         lb, la = prof.get("load_before"), prof.get("load_after")
         cells[f"{t}.load"] = None if lb is None else f"{lb}→{la}"
-    else:
-        cells[f"{t}.runtime"] = "failed" if stage_err else None
-        for key in ("p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "roofline_ratio", "tokens", "load"):
-            cells[f"{t}.{key}"] = None
     return cells
 
 
@@ -203,9 +206,12 @@ def provenance(results: list[dict]) -> list[str]:
                      f"PyTorch threads {m.get('torch_threads') or '?'}, load average {m.get('load_avg_1m')} at start")
     if len(runs) > 1:
         lines.append(f"rows come from {len(runs)} different runs (resumed); compare latency across runs with care")
+    timings = sorted({str(p.get("timing")) for r in results for p in (r.get("targets") or {}).values() if p.get("timing")})
     lines.append("latency: measured through each configuration's exported artifact in the runtime named in the "
-                 "`<target>.runtime` column; a configuration whose export failed shows `failed` and no latency "
-                 "(never a PyTorch figure in its place); `<target>.load` is the 1-minute load average before→after")
+                 "`<target>.runtime` column (" + ("; ".join(timings) or "no timing recorded") + "); a configuration "
+                 "whose export failed shows `failed` and no latency (never a PyTorch figure in its place); "
+                 "`<target>.load` is the 1-minute load average before→after, `round_p50_spread` the range of the "
+                 "rounds' medians")
     lines.append("accuracy: 95 % confidence intervals (bits/byte: standard error over blocks of text; accuracy: "
                  "Wilson); `vs_float` is the paired difference to the float recipe on the same data, "
                  "± its 95 % half-width, marked \"no measurable difference\" when the interval contains 0")
