@@ -365,6 +365,12 @@ def build_report(
         get_recipe(recipe)  # unknown recipe: one clear error before any work
     if not models:
         raise InputError("no model to report on")
+    if latency_rounds < 0 or latency_tokens < 1:
+        raise InputError(f"--latency-rounds must be >= 0 and --latency-tokens >= 1 (got {latency_rounds}, {latency_tokens})")
+    for name, low in (("max_bytes", 2), ("max_samples", 1), ("calib_samples", 1), ("profile_tokens", 1)):
+        value = options.get(name)
+        if value is not None and value < low:
+            raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     out_dir = Path(out_dir)
     configs = [{"model": m, "recipe": r} for m in models for r in recipes]
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"

@@ -27,7 +27,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-bytes", type=int, default=20_000, help="text evaluated per LM configuration")
     p.add_argument("--max-samples", type=int, default=200, help="samples evaluated per classifier configuration")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences per recipe")
-    p.add_argument("--tokens", type=int, default=64, help="decode steps profiled per target")
+    p.add_argument("--tokens", type=int, default=64, help="decode steps of each configuration's own profile")
+    p.add_argument("--latency-rounds", type=int, default=5,
+                   help="after the sweep, rounds of per-token timing interleaved across all artifacts (0: none)")
+    p.add_argument("--latency-tokens", type=int, default=64, help="decode steps per artifact per round")
     p.add_argument("--jobs", type=int, default=1, help="local worker processes")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run the sweep on a Ray cluster ('local' starts one)")
 
@@ -39,7 +42,8 @@ def run(args):
         args.models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets), data=args.data,
         jobs=args.jobs, ray_address=args.ray, progress=not args.json, export_format=args.format,
         max_bytes=args.max_bytes, max_samples=args.max_samples, calib_samples=args.calib_samples,
-        profile_tokens=args.tokens, debug=args.debug,
+        profile_tokens=args.tokens, debug=args.debug, latency_rounds=args.latency_rounds,
+        latency_tokens=args.latency_tokens,
     )
     return finish(args, summary)
 

@@ -197,3 +197,5 @@ def test_doc_commands_run_against_the_zoo(page, tmp_path, monkeypatch, capsys):
         elif "-o" in argv[:-1]:
             produced.add(argv[argv.index("-o") + 1])
     assert not failures, "\n".join(failures)
+    if page.name == "README.md":
+        assert ran >= 7  # every single step of the quick start ran
