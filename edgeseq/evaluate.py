@@ -375,7 +375,9 @@ def evaluate_with_interval(
         nats = lm_token_nats(model, ids, chunk_len=chunk_len)
         targets = ids[1:].tolist()
         cache: dict[int, int] = {}
-        token_bytes = [cache.setdefault(t, len(tokenizer.decode_bytes([t]))) for t in targets]
+        for t in set(targets):
+            cache[t] = len(tokenizer.decode_bytes([t]))
+        token_bytes = [cache[t] for t in targets]
         blocks: list[list[float]] = []
         acc_n = acc_b = 0.0
         for value, nb in zip(nats.tolist(), token_bytes):

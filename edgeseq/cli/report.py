@@ -40,7 +40,7 @@ def run(args):
 
     summary = build_report(
         args.models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets), data=args.data,
-        jobs=args.jobs, ray_address=args.ray, progress=not args.json, export_format=args.format,
+        jobs=args.jobs, ray_address=args.ray, progress=True, export_format=args.format,
         max_bytes=args.max_bytes, max_samples=args.max_samples, calib_samples=args.calib_samples,
         profile_tokens=args.tokens, debug=args.debug, latency_rounds=args.latency_rounds,
         latency_tokens=args.latency_tokens,
