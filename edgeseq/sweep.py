@@ -178,7 +178,7 @@ def run_sweep(
     with folder_lock(folder):
         results_dir.mkdir(parents=True, exist_ok=True)
         pending = [(k, c) for k, c in zip(keys, configs) if not is_done(k)]
-        bar = SweepProgress(len(configs), len(configs) - len(pending), progress)
+        bar = SweepProgress(len(configs), len(configs) - len(pending), progress, pending=[c for _, c in pending])
 
         def store(key: str, result: dict[str, Any]) -> None:
             if wanted is not None:
@@ -254,11 +254,16 @@ def _duration(seconds: float) -> str:
 
 class SweepProgress:
     """Plain progress lines on stderr (terminal or not): which configuration and stage runs, and an
-    ETA from the measured time of the configurations finished so far in this run."""
+    ETA from the measured times of the configurations finished so far in this run: a configuration
+    still to run counts the mean time of those finished with the same first value (the model),
+    else the mean of all."""
 
-    def __init__(self, total: int, done: int, enabled: bool, stream: Any = None):
+    def __init__(self, total: int, done: int, enabled: bool, stream: Any = None,
+                 pending: list[dict[str, Any]] | None = None):
         global _CURRENT
         self.total, self.done, self.enabled = total, done, enabled
+        self.remaining = [self._group(c) for c in (pending or [])]
+        self.by_group: dict[str, list[float]] = {}
         self.stream = stream or sys.stderr
         self.started_at = time.perf_counter()
         self.unit_started = self.started_at
@@ -273,12 +278,20 @@ class SweepProgress:
         if self.enabled:
             print(text, file=self.stream, flush=True)
 
+    @staticmethod
+    def _group(config: dict[str, Any]) -> str:
+        return str(next(iter(config.values()), "")) if config else ""
+
     def eta(self) -> str:
         remaining = self.total - self.done
         if not self.durations:
             return "ETA after the first configuration"
         mean = statistics.fmean(self.durations)
-        return f"ETA {_duration(mean * remaining)} ({_duration(mean)} per configuration, measured)"
+        if len(self.remaining) == remaining:
+            seconds = sum(statistics.fmean(self.by_group[g]) if g in self.by_group else mean for g in self.remaining)
+        else:
+            seconds = mean * remaining
+        return f"ETA {_duration(seconds)} ({_duration(mean)} per configuration so far, measured)"
 
     def started(self, config: dict[str, Any]) -> None:
         self.unit_started = time.perf_counter()
@@ -294,6 +307,11 @@ class SweepProgress:
         seconds = result.get("seconds")
         self.durations.append(float(seconds) if isinstance(seconds, (int, float)) else
                               time.perf_counter() - self.unit_started)
+        config = result.get("config") or {}
+        group = self._group(config)
+        self.by_group.setdefault(group, []).append(self.durations[-1])
+        if group in self.remaining:
+            self.remaining.remove(group)
         label = " ".join(str(v) for v in (result.get("config") or {}).values()) or self.label
         status = result.get("status")
         why = ""

@@ -95,18 +95,23 @@ def test_progress_lines_name_the_unit_and_stage_and_give_an_eta():
     from edgeseq.sweep import SweepProgress, stage
 
     stream = io.StringIO()
-    bar = SweepProgress(3, 1, True, stream=stream)
+    bar = SweepProgress(4, 1, True, stream=stream, pending=[{"model": "m", "recipe": r} for r in ("w8a8", "w4a8")]
+                        + [{"model": "big", "recipe": "fp32"}])
     bar.started({"model": "m", "recipe": "w8a8"})
     stage("export")
     bar.finished({"config": {"model": "m", "recipe": "w8a8"}, "status": "partial", "seconds": 30.0,
                   "stage_errors": {"export": "boom"}})
+    bar.finished({"config": {"model": "big", "recipe": "fp32"}, "status": "ok", "seconds": 90.0})
+    # the one left is a configuration of m: it counts m's measured 30 s, not the overall mean of 60 s
+    assert stream.getvalue().splitlines()[-1] == "[3/4] big fp32: ok in 1m30s; ETA 30s (1m00s per configuration so far, measured)"
     bar.started({"model": "m", "recipe": "w4a8"})
     bar.close()
     stage("ignored after close")
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("sweep: 1/3 configurations already done")
-    assert lines[1] == "[2/3] m w8a8: started; ETA after the first configuration"
-    assert lines[2].startswith("[2/3] m w8a8: export (at ")
-    assert lines[3] == "[2/3] m w8a8: partial in 30s: failed stages export; ETA 30s (30s per configuration, measured)"
-    assert lines[4].startswith("[3/3] m w4a8: started; ETA 30s")
+    assert lines[0].startswith("sweep: 1/4 configurations already done")
+    assert lines[1] == "[2/4] m w8a8: started; ETA after the first configuration"
+    assert lines[2].startswith("[2/4] m w8a8: export (at ")
+    assert lines[3] == ("[2/4] m w8a8: partial in 30s: failed stages export; "
+                        "ETA 1m00s (30s per configuration so far, measured)")
+    assert lines[5].startswith("[4/4] m w4a8: started; ETA 30s")
     assert "ignored" not in stream.getvalue()
