@@ -348,7 +348,7 @@ def make_plots(results: list[dict], folder: Path) -> list[Path]:
 
 
 def _pareto_panel(ax, rows: list[dict], xs: list[float], xlabel: str, flags: dict[int, str]) -> None:
-    front = sorted((x, r) for x, r in zip(xs, rows) if flags.get(id(r)) == "front")
+    front = sorted(((x, r) for x, r in zip(xs, rows) if flags.get(id(r)) == "front"), key=lambda p: p[0])
     for x, r in zip(xs, rows):
         y = r["torch_metric"]
         interval = r.get("torch_interval")

@@ -49,3 +49,13 @@ def test_report_files(tmp_path):
 def test_flat_rows_tolerate_missing_sections():
     rows = flat_rows([{"config": {"model": "m", "recipe": "fp32"}, "status": "error", "error": "x"}])
     assert rows[0]["torch"] is None and rows[0]["error"] == "x"
+
+
+def test_pareto_plot_with_ties_in_size(tmp_path):
+    # two recipes with the same deployed size (w4a8 and w4a16 of one model) are both drawn
+    results = [_result("m", "w4a8", 4, 8, 2.10, 0.5), _result("m", "w4a16", 4, 16, 2.05, 0.6),
+               _result("m", "fp32", 32, 32, 2.00, 1.0)]
+    paths = write_report(results, tmp_path, title="t")
+    assert (tmp_path / "pareto.png").is_file() and "pareto" in paths
+    rows = flat_rows(results)
+    assert [r["pareto"] for r in rows] == ["dominated by w4a16", "front", "front"]
