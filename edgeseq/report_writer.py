@@ -185,9 +185,13 @@ def flat_rows(results: list[dict]) -> list[dict[str, Any]]:
 
 
 def _table_keys(flat: list[dict]) -> list[str]:
+    """Columns of a model's md/html table: those with a value; ``metric``, ``eval_size`` and ``run``
+    only when they differ between rows (else the text above the table states them once)."""
     always = {"status", "failed_stages"}
+    stated = {"metric", "eval_size", "run"}
     return [k for k in flat[0] if k not in ("model", "error")
-            and (k in always or any(f.get(k) is not None for f in flat))]
+            and (k in always or any(f.get(k) is not None for f in flat))
+            and not (k in stated and len({f.get(k) for f in flat}) <= 1)]
 
 
 def provenance(results: list[dict]) -> list[str]:
@@ -234,7 +238,10 @@ def markdown_tables(results: list[dict]) -> str:
             meta.append(f"{first['params']:,} parameters")
         sizes = sorted({f["eval_size"] for f in flat if f.get("eval_size")})
         if sizes:
-            meta.append("evaluated on " + "; ".join(sizes))
+            meta.append(f"`{first.get('metric')}` evaluated on " + "; ".join(sizes))
+        runs = sorted({str(f["run"]) for f in flat if f.get("run")})
+        if len(runs) == 1:
+            meta.append(f"run `{runs[0]}`")
         out.append(", ".join(meta) + "\n")
         keys = _table_keys(flat)
         out.append("| " + " | ".join(keys) + " |")
@@ -465,8 +472,10 @@ def _html(title: str, preamble: str, results: list[dict], plots: list[Path]) -> 
         keys = _table_keys(flat)
         sizes = sorted({f["eval_size"] for f in flat if f.get("eval_size")})
         parts.append(f"<h2>{html.escape(model)}</h2>")
+        runs = sorted({str(f["run"]) for f in flat if f.get("run")})
         if sizes:
-            parts.append(f"<p>Evaluated on {html.escape('; '.join(sizes))}.</p>")
+            parts.append(f"<p>{html.escape(str(rows[0].get('metric')))} evaluated on {html.escape('; '.join(sizes))}"
+                         + (f"; run {html.escape(runs[0])}" if len(runs) == 1 else "") + ".</p>")
         parts.append("<table><tr>")
         parts += [f"<th>{html.escape(k)}</th>" for k in keys]
         parts.append("</tr>")
