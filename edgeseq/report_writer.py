@@ -208,7 +208,10 @@ def provenance(results: list[dict]) -> list[str]:
         lines.append(f"run `{rid}` (started {info['started'] or '?'}, {info['rows']} configuration(s)): "
                      f"{m.get('cpu') or '?'} ({m.get('arch') or '?'}; ISA {isa}), {m.get('cores') or '?'} cores, "
                      f"PyTorch threads {m.get('torch_threads') or '?'}, load average {m.get('load_avg_1m')} at start")
-    if len(runs) > 1:
+    latency_runs = {p.get("measured_in_run") for r in results for p in (r.get("targets") or {}).values()}
+    if len(latency_runs) == 1 and None not in latency_runs:
+        lines.append(f"latency of every row was measured together, in run `{latency_runs.pop()}`")
+    elif len(runs) > 1:
         lines.append(f"rows come from {len(runs)} different runs (resumed); compare latency across runs with care")
     timings = sorted({str(p.get("timing")) for r in results for p in (r.get("targets") or {}).values() if p.get("timing")})
     lines.append("latency: measured through each configuration's exported artifact in the runtime named in the "
