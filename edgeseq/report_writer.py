@@ -399,7 +399,8 @@ def _pareto_plot(plt, ok: list[dict], models: list[str], targets: list[str], fol
             if not timed:
                 ax.text(0.5, 0.5, "no artifact profiled", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle("Pareto view: filled = best trade-off, hollow = dominated (another recipe is no larger/slower "
-                 "and no worse)", fontsize=9)
+                 "and no worse)\nbars: 95 % interval of each figure alone; the paired differences in the table "
+                 "(vs_float) are tighter", fontsize=9)
     fig.tight_layout()
     path = _save(fig, folder / "pareto.png")
     plt.close(fig)
