@@ -267,3 +267,166 @@ __all__ = [
     "lm_nats",
     "truncate_text",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# confidence intervals (used by reports): how much a figure can be trusted at this size
+# --------------------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+DEFAULT_BLOCK_BYTES = 256  # bits/byte standard error: blocks of this many predicted bytes
+
+
+@torch.no_grad()
+def lm_token_nats(model: Any, ids: Tensor, chunk_len: int = DEFAULT_CHUNK) -> Tensor:
+    """Next-token cross-entropy per predicted token (nats, float64 ``[N-1]``), via chunked prefill
+    exactly as ``lm_nats`` (whose total is this tensor's sum)."""
+    if ids.numel() < 2:
+        raise InputError(f"the text holds {ids.numel()} token(s); need at least 2 to evaluate")
+    device = _model_device(model)
+    ids = ids.to(device)
+    n_predicted = ids.numel() - 1
+    state = model.init_state(1)
+    out = []
+    for start in range(0, n_predicted, chunk_len):
+        inputs = ids[start : min(start + chunk_len, n_predicted)]
+        targets = ids[start + 1 : start + 1 + inputs.numel()]
+        logits, state = model.prefill(inputs[None], state)
+        logits = _as_tensor(logits).to(device)[0]
+        if not logits.is_floating_point() or logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        out.append(F.cross_entropy(logits, targets, reduction="none").double().cpu())
+    return torch.cat(out)
+
+
+def ratio_stderr(numerators: list[float], denominators: list[float]) -> float:
+    """Standard error of ``Σ num / Σ den`` over independent blocks (ratio estimator)."""
+    k = len(numerators)
+    total_den = float(sum(denominators))
+    if k < 2 or total_den <= 0:
+        return float("nan")
+    ratio = float(sum(numerators)) / total_den
+    ss = sum((n - ratio * d) ** 2 for n, d in zip(numerators, denominators))
+    return math.sqrt(k / (k - 1) * ss) / total_den
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (accuracy ``correct / n``)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(a: dict, b: dict, z: float = Z95) -> dict | None:
+    """Difference ``a − b`` of two results of ``evaluate_with_interval`` on the same data, with the
+    standard error of the paired difference (same text blocks / same samples). ``None`` when the two
+    were not scored on the same items. ``measurable`` is False when the difference lies within
+    ``z`` standard errors of zero ("no measurable difference")."""
+    if a.get("task") != b.get("task"):
+        return None
+    if a.get("task") == "lm":
+        ba, bb = a.get("blocks") or [], b.get("blocks") or []
+        if len(ba) != len(bb) or len(ba) < 2 or any(x[1] != y[1] for x, y in zip(ba, bb)):
+            return None
+        nums = [(x[0] - y[0]) / math.log(2) for x, y in zip(ba, bb)]
+        dens = [x[1] for x in ba]
+        diff = sum(nums) / sum(dens)
+        se = ratio_stderr(nums, dens)
+    else:
+        ma, mb = a.get("correct_mask") or "", b.get("correct_mask") or ""
+        if len(ma) != len(mb) or len(ma) < 2:
+            return None
+        d = [int(x) - int(y) for x, y in zip(ma, mb)]
+        n = len(d)
+        diff = sum(d) / n
+        var = sum((v - diff) ** 2 for v in d) / (n - 1)
+        se = math.sqrt(var / n)
+        if se == 0 and diff == 0:
+            return {"difference": 0.0, "stderr": 0.0, "low": 0.0, "high": 0.0, "measurable": False}
+    low, high = diff - z * se, diff + z * se
+    return {"difference": diff, "stderr": se, "low": low, "high": high, "measurable": not (low <= 0 <= high)}
+
+
+def evaluate_with_interval(
+    model: Any,
+    tokenizer: Any = None,
+    data: Any = None,
+    *,
+    split: str = "validation",
+    max_bytes: int | None = None,
+    max_samples: int | None = None,
+    chunk_len: int = DEFAULT_CHUNK,
+    batch_size: int = DEFAULT_BATCH,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    meta: dict | None = None,
+) -> dict:
+    """``evaluate``'s figures plus a 95 % confidence interval and what a paired comparison needs.
+
+    Language models: ``bits_per_byte`` with ``stderr`` from blocks of ``block_bytes`` predicted
+    bytes (``blocks``: ``[nats, bytes]`` per block). Classifiers: ``accuracy`` with a Wilson
+    interval (``correct_mask``: one ``0``/``1`` per sample, in order).
+    """
+    task = model_task(model)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    data = default_data(model, meta) if data is None else data
+    start = time.perf_counter()
+    if task == "lm":
+        tokenizer = tokenizer or ByteTokenizer()
+        text_split = data if isinstance(data, TextSplit) else load_split(data, split)
+        text = truncate_text(require_text(text_split).text, max_bytes)
+        ids = encode_text(tokenizer, text)
+        nats = lm_token_nats(model, ids, chunk_len=chunk_len)
+        targets = ids[1:].tolist()
+        cache: dict[int, int] = {}
+        for t in set(targets):
+            cache[t] = len(tokenizer.decode_bytes([t]))
+        token_bytes = [cache[t] for t in targets]
+        blocks: list[list[float]] = []
+        acc_n = acc_b = 0.0
+        for value, nb in zip(nats.tolist(), token_bytes):
+            acc_n += value
+            acc_b += nb
+            if acc_b >= block_bytes:
+                blocks.append([acc_n, int(acc_b)])
+                acc_n = acc_b = 0.0
+        if acc_b:
+            blocks.append([acc_n, int(acc_b)])
+        n_bytes = max(len(text.encode("utf-8")) - len(tokenizer.decode_bytes([int(ids[0])])), 1)
+        total = float(nats.sum())
+        bpb = total / math.log(2) / n_bytes
+        se = ratio_stderr([b[0] / math.log(2) for b in blocks], [b[1] for b in blocks])
+        result = {
+            "task": "lm", "dataset": text_split.dataset, "split": text_split.split, "bits_per_byte": bpb,
+            "loss_nats": total / nats.numel(), "tokens": int(nats.numel()), "bytes": n_bytes,
+            "stderr": se, "interval": [bpb - Z95 * se, bpb + Z95 * se],
+            "interval_method": f"95 % normal, standard error over {len(blocks)} blocks of ~{block_bytes} bytes",
+            "blocks": blocks,
+        }
+    else:
+        from edgeseq.tasks import load_classification
+
+        data_options = (meta or {}).get("dataset_options") or getattr(getattr(model, "config", None), "dataset_options", None)
+        if isinstance(data, tuple):
+            frames, labels, dataset = torch.as_tensor(data[0], dtype=torch.float32), torch.as_tensor(data[1]), "arrays"
+        else:
+            frames, labels = load_classification(data, split, **(data_options or {}))
+            dataset = str(data)
+        if max_samples is not None:
+            if max_samples < 1:
+                raise InputError(f"--max-samples must be positive, got {max_samples}")
+            frames, labels = frames[:max_samples], labels[:max_samples]
+        hits = (classify_predictions(model, frames, batch_size=batch_size) == labels.to(torch.int64)).tolist()
+        correct, n = int(sum(hits)), len(hits)
+        result = {
+            "task": "classify", "dataset": dataset, "split": split, "accuracy": correct / n, "samples": n,
+            "correct": correct, "stderr": math.sqrt(max(correct / n * (1 - correct / n), 0.0) / n),
+            "interval": list(wilson_interval(correct, n)), "interval_method": "95 % Wilson (binomial)",
+            "correct_mask": "".join("1" if h else "0" for h in hits),
+        }
+    result["wall_s"] = round(time.perf_counter() - start, 3)
+    return result

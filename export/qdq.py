@@ -203,12 +203,27 @@ def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[t
     yield twin, weights
 
 
+def pack_int4(values: np.ndarray) -> bytes:
+    """Signed 4-bit values (−8..7), row-major, two per byte: element ``2i`` in the low nibble and
+    ``2i+1`` in the high nibble (the ONNX ``INT4`` layout); an odd count pads the last high nibble."""
+    flat = np.asarray(values, dtype=np.int8).ravel()
+    if flat.size and (flat.min() < -8 or flat.max() > 7):
+        raise ValueError(f"int4 values must lie in -8..7 (got {int(flat.min())}..{int(flat.max())})")
+    nibbles = (flat.astype(np.uint8) & 0x0F)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+
+
 def _int_tensor(name: str, values: np.ndarray, bits: int):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     if bits <= 4:
-        # int4: two values per byte (the helper packs them)
-        return helper.make_tensor(name, TensorProto.INT4, list(values.shape), values.astype(np.int8).flatten().tolist())
+        # int4: two values per byte in raw_data, so the graph holds (and a device loads) the packed
+        # bytes; onnx's helper would store one int32 per byte pair in int32_data instead
+        tensor = TensorProto(name=name, data_type=TensorProto.INT4, dims=list(values.shape))
+        tensor.raw_data = pack_int4(values)
+        return tensor
     return numpy_helper.from_array(values.astype(np.int8), name)
 
 

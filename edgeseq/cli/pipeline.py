@@ -11,6 +11,13 @@ DESCRIPTION = (
 )
 
 
+# Language models are scored on their whole validation split (100,386 bytes for the Shakespeare
+# models): on mamba-shakespeare the paired w8a8-vs-fp32 difference is +0.0003 ± 0.0008 bits/byte
+# (95 %) on the first 20,000 bytes — unresolved — and +0.0008 ± 0.0006 on 50,000; the whole split
+# resolves it, and its fp32 figure is the one the zoo table states (docs/report.md).
+PIPELINE_MAX_BYTES = None
+
+
 def add_arguments(p) -> None:
     from edgeseq.report import DEFAULT_RECIPES
 
@@ -19,22 +26,25 @@ def add_arguments(p) -> None:
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipes")
     p.add_argument("--targets", default="cpu", help="comma-separated targets to profile on")
     p.add_argument("--jobs", type=int, default=1, help="local worker processes")
-    p.add_argument("--max-bytes", type=int, default=3000, help="text evaluated per language-model configuration")
+    p.add_argument("--max-bytes", type=int, default=PIPELINE_MAX_BYTES,
+                   help="text evaluated per language-model configuration (default: the whole validation split)")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="samples evaluated per classifier configuration (default: the whole validation split)")
+    p.add_argument("--latency-rounds", type=int, default=5, help="interleaved latency rounds after the sweep (0: none)")
 
 
 def run(args):
     from edgeseq.checkpoints import zoo_names
-    from edgeseq.cli.report import _csv, print_summary
+    from edgeseq.cli.report import _csv, finish
     from edgeseq.errors import InputError
     from edgeseq.report import build_report
 
     models = _csv(args.models) or zoo_names()
     if not models:
         raise InputError("no zoo models are installed (edgeseq/zoo is empty); reinstall edgeseq")
-    # sized to finish in minutes on 2 cores: short evaluation/verification/profiling per configuration
+    # progress lines go to stderr, also with --json (stdout then holds only the summary)
     summary = build_report(models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets),
-                           jobs=args.jobs, progress=not args.json, debug=args.debug, max_bytes=args.max_bytes,
-                           max_samples=200, calib_samples=16, profile_tokens=32, verify_steps=32)
-    if not args.json:
-        print_summary(summary)
-    return summary
+                           jobs=args.jobs, progress=True, debug=args.debug, max_bytes=args.max_bytes,
+                           max_samples=args.max_samples, calib_samples=16, profile_tokens=32, verify_steps=32,
+                           latency_rounds=args.latency_rounds)
+    return finish(args, summary)

@@ -27,7 +27,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-bytes", type=int, default=20_000, help="text evaluated per LM configuration")
     p.add_argument("--max-samples", type=int, default=200, help="samples evaluated per classifier configuration")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences per recipe")
-    p.add_argument("--tokens", type=int, default=64, help="decode steps profiled per target")
+    p.add_argument("--tokens", type=int, default=64, help="decode steps of each configuration's own profile")
+    p.add_argument("--latency-rounds", type=int, default=5,
+                   help="after the sweep, rounds of per-token timing interleaved across all artifacts (0: none)")
+    p.add_argument("--latency-tokens", type=int, default=64, help="decode steps per artifact per round")
     p.add_argument("--jobs", type=int, default=1, help="local worker processes")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run the sweep on a Ray cluster ('local' starts one)")
 
@@ -37,16 +40,41 @@ def run(args):
 
     summary = build_report(
         args.models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets), data=args.data,
-        jobs=args.jobs, ray_address=args.ray, progress=not args.json, export_format=args.format,
+        jobs=args.jobs, ray_address=args.ray, progress=True, export_format=args.format,
         max_bytes=args.max_bytes, max_samples=args.max_samples, calib_samples=args.calib_samples,
-        profile_tokens=args.tokens, debug=args.debug,
+        profile_tokens=args.tokens, debug=args.debug, latency_rounds=args.latency_rounds,
+        latency_tokens=args.latency_tokens,
     )
-    if not args.json:
-        print_summary(summary)
-    return summary
+    return finish(args, summary)
 
 
-def print_summary(summary: dict) -> None:
+def finish(args, summary: dict):
+    """Print the summary; when configurations failed or stayed partial, say which and why on stderr
+    and exit 1 (with ``--json`` the summary is still printed on stdout first)."""
+    import sys
+
+    from edgeseq.report import failure_lines
+
+    lines = failure_lines(summary)
+    if not lines:
+        if not args.json:
+            print_summary(summary)
+        return summary
+    if args.json:
+        from edgeseq.cli import emit_json
+
+        emit_json(summary)
+    else:
+        print_summary(summary, errors=False)
+    sys.stderr.write(f"edgeseq {args.command}: {len(lines)} of {summary['configs']} configurations failed or are "
+                     f"partial (report written: {summary['files'].get('html')}):\n")
+    for line in lines:
+        sys.stderr.write(f"  {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def print_summary(summary: dict, errors: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -58,7 +86,7 @@ def print_summary(summary: dict) -> None:
         status = r["status"] if not r.get("stage_errors") else f"{r['status']} ({len(r['stage_errors'])} stage errors)"
         table.add_row(r["model"], r["recipe"], status, str(r["metric"]), fmt(r["torch"]), fmt(r["artifact"]))
     Console().print(table)
-    for r in summary["results"]:
+    for r in summary["results"] if errors else []:
         for stage, err in (r.get("stage_errors") or {}).items():
             print(f"  {r['model']} / {r['recipe']} / {stage}: {err}")
     print(f"report: {summary['files'].get('html')}")

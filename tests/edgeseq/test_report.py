@@ -13,7 +13,8 @@ from edgeseq.checkpoints import save_model  # noqa: E402
 from edgeseq.models.mamba import Mamba, MambaConfig  # noqa: E402
 from edgeseq.report import build_report  # noqa: E402
 
-OPTIONS = dict(max_bytes=300, calib_samples=4, profile_tokens=4, profile_prompt_len=4, verify_steps=8)
+OPTIONS = dict(max_bytes=300, calib_samples=4, profile_tokens=4, profile_prompt_len=4, verify_steps=8,
+               latency_rounds=3, latency_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,12 @@ def test_report_matches_artifact_and_resumes(tiny_model, tmp_path):
         assert round(r["artifact"], 3) == round(r["torch"], 3)
     results = json.loads((out / "report.json").read_text())["results"]
     assert {r["config"]["recipe"] for r in results} == {"fp32", "w8a8"}
-    assert results[0]["targets"]["cpu"]["p50_ms"] > 0
+    cpu = results[0]["targets"]["cpu"]
+    assert cpu["p50_ms"] > 0 and cpu["p10_ms"] <= cpu["p50_ms"] <= cpu["p90_ms"]
+    # latency from interleaved rounds over every artifact, with the unit's own short profile kept aside
+    assert cpu["rounds"] == 3 and cpu["tokens"] == 24 and len(cpu["round_p50_ms"]) == 3
+    assert cpu["runtime"] == "onnxruntime" and "interleaved across 2 artifacts" in cpu["timing"]
+    assert cpu["single_run"]["tokens"] == 4
     for name in ("report.md", "report.csv", "report.html", "accuracy_vs_bits.png"):
         assert (out / name).is_file(), name
 

@@ -83,3 +83,24 @@ def test_units_with_failed_stages_are_kept_and_retried(tmp_path, monkeypatch):
     assert results[0]["status"] == "partial"
     results = run_sweep("x:y", [{"x": 1}], tmp_path, {"broken": False}, progress=False)
     assert results[0]["status"] == "ok" and calls == [1, 1]
+
+
+def test_result_files_get_the_users_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run_sweep(FN, [{"x": 2}], tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    (path,) = (tmp_path / "results").glob("*.json")
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a team, not mkstemp's 0600
+
+
+def test_a_stored_result_made_with_other_options_is_redone(tmp_path):
+    log = tmp_path / "calls.log"
+    run_sweep(FN, [{"x": 2}], tmp_path, {"log": str(log)}, progress=False, result_options={"size": 1})
+    run_sweep(FN, [{"x": 2}], tmp_path, {"log": str(log)}, progress=False, result_options={"size": 1})
+    assert _calls(log) == [2]
+    (result,) = run_sweep(FN, [{"x": 2}], tmp_path, {"log": str(log)}, progress=False, result_options={"size": 2})
+    assert _calls(log) == [2, 2] and result["options"] == {"size": 2}
