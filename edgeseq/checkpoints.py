@@ -502,8 +502,10 @@ def load_model(source: str | Path, format: str | None = None) -> LoadedModel:
         loaded = _format(name).load(path)
         loaded.model.eval()
         return loaded
-    if _looks_like_hub_id(source_str):
+    if _looks_like_hub_id(source_str) and not Path(source_str.split("/")[0]).expanduser().is_dir():
         return load_model(download_from_hub(source_str), format=format)
+    if path.parent != Path(".") and path.parent.is_dir():  # a local folder that lacks this entry
+        raise InputError(f"{source_str}: no such file or folder (in {path.parent}); check the path")
     known = ", ".join(zoo_names()) or "none"
     raise InputError(f"{source_str!r} is neither a zoo model ({known}) nor an existing path")
 

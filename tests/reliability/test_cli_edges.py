@@ -214,3 +214,20 @@ def test_eval_json_keeps_the_progress_bar_on_stderr(capsys, tiny_ckpt, monkeypat
     monkeypatch.setattr(evaluate, "evaluate_loaded", spy)
     code, out, _ = run_cli(capsys, "eval", tiny_ckpt, "--max-bytes", 64, "--json")
     assert code == 0 and seen["quiet"] is False and strict_json(out)["task"] == "lm"
+
+
+def test_a_missing_path_in_an_existing_folder_is_not_a_hub_id(tmp_path):
+    """``out/missing`` where ``out/`` exists locally: "no such file or folder", never a hub download."""
+    from edgeseq.checkpoints import load_model
+    from edgeseq.errors import InputError
+
+    (tmp_path / "out").mkdir()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(InputError, match="out/missing: no such file or folder"):
+            load_model("out/missing")
+    finally:
+        os.chdir(cwd)
