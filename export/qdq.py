@@ -399,9 +399,16 @@ def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")  # as export.runtime.ort_session
     optimized = os.path.join(scratch_dir, "optimized.onnx")
     options.optimized_model_filepath = optimized
-    ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    try:
+        ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # the same fallback as export.runtime.ort_session (QDQ propagation on opset 21)
+        if "output_dtype" not in str(exc):
+            raise
+        ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["QDQPropagationTransformer"])
     counts: dict[str, int] = {}
     for node in onnx.load(optimized).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1

@@ -111,6 +111,9 @@ def manifest_paths(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         found.append(("tokenizer.file", tokenizer["file"]))
     if manifest.get("init_state") is not None:
         found.append(("init_state", manifest["init_state"]))
+    reference = manifest.get("reference")
+    if isinstance(reference, dict) and reference.get("file") is not None:
+        found.append(("reference.file", reference["file"]))
     return found
 
 
