@@ -275,6 +275,9 @@ def _copy_to(model: StreamingModel, dtype: torch.dtype) -> StreamingModel:
 def _host_manifest(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
     host = dict(manifest)
     host["target"] = get_target("cpu").to_dict()
+    # the host build embeds no CUDA kernels: its graphs name no cubin (the reader checks every named file)
+    host["graphs"] = {kind: {k: v for k, v in spec.items() if k not in ("cubin", "cuda_source_sha256")}
+                      for kind, spec in manifest["graphs"].items()}
     host["files"] = mf.file_entries(folder)
     return host
 
