@@ -348,16 +348,21 @@ class MambaBlock(nn.Module):
         self.mixer = MambaMixer(cfg)
 
 
-class Mamba(StreamingModel):
-    """A Mamba-1 language model over token ids, with a tied (by default) LM head."""
+class SelectiveSSMLM(StreamingModel):
+    """The language-model shell the Mamba families share: token embedding, pre-norm residual
+    blocks (``block_class``: ``norm`` + ``mixer`` with ``forward(x, state)`` and ``step``), final
+    RMSNorm and an LM head tied to the embedding by default. Per layer the state is
+    ``conv_{i}`` and ``ssm_{i}``; subclasses give their shapes (``state_spec``)."""
 
     task = "lm"
+    config_class: type = None  # type: ignore[assignment]
+    block_class: type = None  # type: ignore[assignment]
 
-    def __init__(self, config: MambaConfig | None = None):
+    def __init__(self, config=None):
         super().__init__()
-        self.config = cfg = config or MambaConfig()
+        self.config = cfg = config or self.config_class()
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(self.block_class(cfg) for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._init_weights()
@@ -400,6 +405,16 @@ class Mamba(StreamingModel):
             hidden = hidden + out
             new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
         return self.head(hidden), new_state
+
+
+class Mamba(SelectiveSSMLM):
+    """A Mamba-1 language model over token ids, with a tied (by default) LM head."""
+
+    config_class = MambaConfig
+    block_class = MambaBlock
+
+    def __init__(self, config: MambaConfig | None = None):
+        super().__init__(config)
 
     def state_spec(self) -> list[StateSpec]:
         cfg = self.config

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeseq.models.mamba import RMSNorm
-from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
+from edgeseq.models.mamba import RMSNorm, SelectiveSSMLM
+from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, StateSpec
 
 
 @dataclass
@@ -302,58 +302,14 @@ class Mamba2Block(nn.Module):
         self.mixer = Mamba2Mixer(cfg)
 
 
-class Mamba2(StreamingModel):
+class Mamba2(SelectiveSSMLM):
     """A Mamba-2 language model over token ids, with a tied (by default) LM head."""
 
-    task = "lm"
+    config_class = Mamba2Config
+    block_class = Mamba2Block
 
     def __init__(self, config: Mamba2Config | None = None):
-        super().__init__()
-        self.config = cfg = config or Mamba2Config()
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Mamba2Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        for block in self.layers:
-            # prenorm residual rescaling of the reference implementation
-            nn.init.kaiming_uniform_(block.mixer.out_proj.weight, a=math.sqrt(5))
-            with torch.no_grad():
-                block.mixer.out_proj.weight /= math.sqrt(self.config.n_layer)
-
-    def head(self, hidden: Tensor) -> Tensor:
-        hidden = self.norm_f(hidden)
-        weight = self.embedding.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        logits, _ = self._parallel(input_ids, None)
-        return logits
-
-    def prefill(self, input_ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self._parallel(input_ids, state)
-
-    def _parallel(self, input_ids: Tensor, state: State | None) -> tuple[Tensor, State]:
-        hidden = self.embedding(input_ids)
-        new_state: State = {}
-        for i, block in enumerate(self.layers):
-            layer_state = None if state is None else (state[f"conv_{i}"], state[f"ssm_{i}"])
-            out, conv_state, ssm_state = block.mixer(block.norm(hidden), layer_state)
-            hidden = hidden + out
-            new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
-        return self.head(hidden), new_state
-
-    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
-        hidden = self.embedding(token)
-        new_state: State = {}
-        for i, block in enumerate(self.layers):
-            out, conv_state, ssm_state = block.mixer.step(block.norm(hidden), state[f"conv_{i}"], state[f"ssm_{i}"])
-            hidden = hidden + out
-            new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
-        return self.head(hidden), new_state
+        super().__init__(config)
 
     def state_spec(self) -> list[StateSpec]:
         cfg = self.config
