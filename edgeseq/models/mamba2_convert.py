@@ -28,17 +28,15 @@ via ``d_ssm``, ``D_has_hdim``, ``norm_before_gate``, attention layers) are refus
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from torch import Tensor
-
-from edgeseq.checkpoints import CheckpointFormat, LoadedModel, load_state_into, read_json
+from edgeseq.checkpoints import CheckpointFormat, LoadedModel, read_json
 from edgeseq.errors import InputError
 from edgeseq.models.mamba2 import Mamba2, Mamba2Config
 from edgeseq.models.mamba_convert import (
     HF_CONFIG,
+    _build_and_fill,
     _checked_tokenizer,
     _folder_of,
     _get,
@@ -46,7 +44,7 @@ from edgeseq.models.mamba_convert import (
     _read_config_if_any,
     read_checkpoint_weights,
     rename_to_edgeseq,
-    rename_to_hf,
+    write_hf_folder,
 )
 
 
@@ -180,24 +178,12 @@ def _config(where: Path, **fields) -> Mamba2Config:
 # --------------------------------------------------------------------------------------------
 
 
-def _build_and_fill(cfg: Mamba2Config, tensors: dict[str, Tensor], weights_path: Path) -> Mamba2:
-    embedding = tensors["embedding.weight"]
-    if embedding.ndim == 2 and embedding.shape[0] != cfg.vocab_size:
-        raise InputError(
-            f"{weights_path}: tensor 'embedding.weight' has {embedding.shape[0]} rows but the config's "
-            f"vocabulary is {cfg.vocab_size}; config.json and the weights do not belong together"
-        )
-    model = Mamba2(cfg)
-    load_state_into(model, tensors, weights_path)
-    return model
-
-
 def _load(path: Path, to_config, format_name: str) -> LoadedModel:
     folder = _folder_of(path)
     config_path = folder / HF_CONFIG
     cfg = to_config(read_json(config_path), config_path)
     tensors, weights_path = read_checkpoint_weights(folder)
-    model = _build_and_fill(cfg, rename_to_edgeseq(tensors, cfg.tie_embeddings, weights_path), weights_path)
+    model = _build_and_fill(cfg, rename_to_edgeseq(tensors, cfg.tie_embeddings, weights_path), weights_path, Mamba2)
     return LoadedModel(model, _checked_tokenizer(folder, cfg), str(path), format_name, {"task": "lm"})
 
 
@@ -261,27 +247,12 @@ def hf_config_dict(cfg: Mamba2Config) -> dict:
 
 def save_hf(model: Mamba2, folder: str | Path, tokenizer=None) -> Path:
     """Write ``model`` as a Hugging Face Mamba-2 folder (``config.json`` + ``model.safetensors``)."""
-    from safetensors.torch import save_file
-
-    from edgeseq.checkpoints import _atomic_write
-
     if not isinstance(model, Mamba2):
         raise InputError(f"save_hf writes Mamba-2 models only, got {type(model).__name__}")
     cfg = model.config
     if cfg.gated_norm_eps != cfg.norm_eps:
         raise InputError("Hugging Face Mamba-2 has one epsilon for both norms; this model's differ")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    hf_state = rename_to_hf(state, cfg.tie_embeddings)
-    if tokenizer is not None and getattr(tokenizer, "kind", "bytes") == "hf":
-        import shutil
-
-        shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
-    _atomic_write(folder / "model.safetensors", lambda p: save_file(hf_state, str(p), metadata={"format": "pt"}))
-    config_text = json.dumps(hf_config_dict(cfg), indent=2) + "\n"
-    _atomic_write(folder / HF_CONFIG, lambda p: Path(p).write_text(config_text))
-    return folder
+    return write_hf_folder(model, folder, hf_config_dict(cfg), tokenizer)
 
 
 __all__ = [

@@ -256,14 +256,15 @@ def rename_to_hf(state: dict[str, Tensor], tied: bool) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-def _build_and_fill(cfg: MambaConfig, tensors: dict[str, Tensor], weights_path: Path) -> Mamba:
+def _build_and_fill(cfg, tensors: dict[str, Tensor], weights_path: Path, model_class: type = Mamba):
+    """A ``model_class(cfg)`` filled from edgeseq-named tensors; a vocabulary mismatch is one line."""
     embedding = tensors["embedding.weight"]
     if embedding.ndim == 2 and embedding.shape[0] != cfg.vocab_size:
         raise InputError(
             f"{weights_path}: tensor 'embedding.weight' has {embedding.shape[0]} rows but the config's "
             f"vocabulary is {cfg.vocab_size}; config.json and the weights do not belong together"
         )
-    model = Mamba(cfg)
+    model = model_class(cfg)
     load_state_into(model, tensors, weights_path)
     return model
 
@@ -349,23 +350,27 @@ def hf_config_dict(cfg: MambaConfig) -> dict:
 
 def save_hf(model: Mamba, folder: str | Path, tokenizer=None) -> Path:
     """Write ``model`` as a Hugging Face Mamba folder (``config.json`` + ``model.safetensors``)."""
+    if not isinstance(model, Mamba):
+        raise InputError(f"save_hf writes Mamba models only, got {type(model).__name__}")
+    return write_hf_folder(model, folder, hf_config_dict(model.config), tokenizer)
+
+
+def write_hf_folder(model, folder: str | Path, config: dict, tokenizer=None) -> Path:
+    """``model.safetensors`` (HF key names) + ``config.json`` (+ ``tokenizer.json``), each written atomically."""
     from safetensors.torch import save_file
 
     from edgeseq.checkpoints import _atomic_write
 
-    if not isinstance(model, Mamba):
-        raise InputError(f"save_hf writes Mamba models only, got {type(model).__name__}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    hf_state = rename_to_hf(state, cfg.tie_embeddings)
+    hf_state = rename_to_hf(state, model.config.tie_embeddings)
     if tokenizer is not None and getattr(tokenizer, "kind", "bytes") == "hf":
         import shutil
 
         shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
     _atomic_write(folder / "model.safetensors", lambda p: save_file(hf_state, str(p), metadata={"format": "pt"}))
-    config_text = json.dumps(hf_config_dict(cfg), indent=2) + "\n"
+    config_text = json.dumps(config, indent=2) + "\n"
     _atomic_write(folder / HF_CONFIG, lambda p: Path(p).write_text(config_text))
     return folder
 
@@ -381,5 +386,6 @@ __all__ = [
     "rename_to_edgeseq",
     "rename_to_hf",
     "save_hf",
+    "write_hf_folder",
     "state_spaces_config_to_edgeseq",
 ]
