@@ -46,6 +46,7 @@ import torch
 from edgeseq.errors import EdgeseqError
 from edgeseq.streaming import StreamingModel
 from export.graphs import sample_inputs
+from targets.selfcheck import step_errors
 
 EXACT_FLOOR = {"float32": 1e-4, "float16": 2e-2, "quantized": 1e-4}
 EXACT_STEP = EXACT_FLOOR["float32"]  # the least relative error of a sample-step that counts as inexact
@@ -107,23 +108,9 @@ def exact_tolerance(reference_errors: np.ndarray, floor: float) -> float:
     return max(floor, NOISE_MARGIN * float(np.quantile(reference_errors, 0.25)))
 
 
-def per_sample_errors(ref: torch.Tensor, got: torch.Tensor) -> np.ndarray:
-    """``[B]`` (or ``[B, T]`` for ``[B, T, ...]`` with ``per_position``) max |Δ| ÷ the tensor's peak |ref|."""
-    r, g = ref.double().numpy(), got.double().numpy()
-    peak = max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
-    diff = np.abs(r - g)
-    return diff.reshape(diff.shape[0], -1).max(axis=1) / peak if diff.size else np.zeros(r.shape[:1])
-
-
 def _step_errors(ref_y, ref_state, y, state) -> np.ndarray:
-    errors = per_sample_errors(ref_y, y)
-    for name, r in ref_state.items():
-        s = state[name]
-        if r.dim() and r.shape[0] == errors.shape[0]:
-            errors = np.maximum(errors, per_sample_errors(r, s))
-        else:  # a state without a batch dimension first: one figure for every sample
-            errors = np.maximum(errors, float(per_sample_errors(r.reshape(1, -1), s.reshape(1, -1))[0]))
-    return errors
+    names = list(ref_state)
+    return step_errors(ref_y.detach(), [ref_state[n].detach() for n in names], y.detach(), [state[n].detach() for n in names])
 
 
 def _position_errors(ref: torch.Tensor, got: torch.Tensor) -> np.ndarray:

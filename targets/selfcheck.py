@@ -71,13 +71,27 @@ def write_reference(folder: Path, x: np.ndarray, y: np.ndarray, states: dict[str
     return {"file": REFERENCE_FILE, "steps": int(x.shape[0]), "batch": int(x.shape[1]), "state": list(states), **rule}
 
 
-def _per_sample(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    ref, got = ref.astype(np.float64), np.asarray(got).astype(np.float64)
+def per_sample_errors(ref: Any, got: Any) -> np.ndarray:
+    """``[B]``: per sample, max |Δ| ÷ the tensor's peak |ref| (numpy arrays or CPU tensors)."""
+    ref, got = np.asarray(ref).astype(np.float64), np.asarray(got).astype(np.float64)
     if ref.shape != got.shape:
-        raise EdgeseqError(f"reference check: the device returned shape {got.shape}, the reference holds {ref.shape}")
+        raise EdgeseqError(f"reference check: the runtime returned shape {got.shape}, the reference holds {ref.shape}")
     peak = max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12)
     diff = np.abs(ref - got)
     return diff.reshape(diff.shape[0], -1).max(axis=1) / peak if diff.size else np.zeros(ref.shape[:1])
+
+
+def step_errors(ref_y: Any, ref_state: Sequence[Any], y: Any, state: Sequence[Any]) -> np.ndarray:
+    """``[B]`` errors of one teacher-forced step: the output and every new state tensor, per sample
+    (a state without the batch first gives one figure for every sample)."""
+    errors = per_sample_errors(ref_y, y)
+    for ref, got in zip(ref_state, state):
+        ref, got = np.asarray(ref), np.asarray(got)
+        if ref.ndim and ref.shape[0] == errors.shape[0]:
+            errors = np.maximum(errors, per_sample_errors(ref, got))
+        else:
+            errors = np.maximum(errors, float(per_sample_errors(ref.reshape(1, -1), got.reshape(1, -1))[0]))
+    return errors
 
 
 def compare_reference(folder: Path, entry: dict[str, Any], step: StepFn) -> dict[str, Any]:
@@ -95,10 +109,7 @@ def compare_reference(folder: Path, entry: dict[str, Any], step: StepFn) -> dict
         y, new_state = step(np.ascontiguousarray(data["x"][t]), state)
         if not np.isfinite(np.asarray(y, dtype=np.float64)).all():
             return {"passed": False, "detail": f"step {t} returned NaN or Inf"}
-        e = _per_sample(data["y"][t], y)
-        for n, got in zip(names, new_state):
-            ref = data[f"state.{n}"][t + 1]
-            e = np.maximum(e, _per_sample(ref, got) if ref.ndim and ref.shape[0] == e.shape[0] else _per_sample(ref.reshape(1, -1), np.asarray(got).reshape(1, -1)).max())
+        e = step_errors(data["y"][t], [data[f"state.{n}"][t + 1] for n in names], y, new_state)
         errors.append(e)
         worst = max(worst, float(e.max()))
     errors_all = np.concatenate(errors)
@@ -169,5 +180,5 @@ def torch_step_adapter(runner: Any, state_names: Sequence[str]) -> StepFn:
     return step
 
 
-__all__ = ["KERNEL_FEATURES", "REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features",
+__all__ = ["KERNEL_FEATURES", "REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors",
            "torch_step_adapter", "write_reference"]
