@@ -258,10 +258,12 @@ def _failure_hint(format: str, quantized: bool, manifest: dict[str, Any]) -> str
 
 def _keep(staging: Path, folder: Path, manifest: dict[str, Any]) -> None:
     """Copy a refused artifact for inspection (its manifest says it failed; readers refuse it)."""
+    try:
+        check_replaceable(folder, force=True)  # the --force rule: only an earlier artifact or an empty folder
+    except InputError as exc:
+        raise InputError(f"--keep-failed: {exc}") from None
     if folder.exists():
-        shutil.rmtree(folder) if (folder / MANIFEST).exists() or not any(folder.iterdir()) else None
-    if folder.exists():
-        raise InputError(f"--keep-failed {folder}: the folder exists and is not an edgeseq artifact; choose a new folder")
+        shutil.rmtree(folder)
     shutil.copytree(staging, folder)
     _write_manifest(folder, manifest)
 

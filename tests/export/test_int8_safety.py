@@ -185,3 +185,21 @@ def test_int8_decode_state_artifact_exports_and_verifies(tiny_mamba, tmp_path):
     v = manifest["verification"]
     assert v["passed"] and v["max_rel_state_error"] < 1e-2
     assert any(t["dtype"] == "int8" for t in manifest["graphs"]["step"]["inputs"])
+
+
+def test_keep_failed_keeps_a_refused_artifact_and_never_a_users_folder(tiny_mamba, tmp_path, monkeypatch):
+    import export.verify as verify
+
+    monkeypatch.setattr(verify, "allowed_inexact", lambda *args: -1.0)  # no artifact can pass
+    kept = tmp_path / "kept"
+    with pytest.raises(EdgeseqError, match="verification failed"):
+        export_artifact(tiny_mamba, tmp_path / "a", steps=4, prefill=False, keep_failed=kept)
+    assert not (tmp_path / "a").exists()
+    manifest = json.loads((kept / "manifest.json").read_text())
+    assert manifest["verification"]["passed"] is False and (kept / "step.onnx").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text("{}")  # a user's file that happens to share the name
+    with pytest.raises(Exception, match="keep-failed"):
+        export_artifact(tiny_mamba, tmp_path / "b", steps=4, prefill=False, keep_failed=mine)
+    assert (mine / "manifest.json").read_text() == "{}"
