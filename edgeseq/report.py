@@ -206,7 +206,7 @@ def _model_sizes(model) -> dict[str, int]:
 def _artifact_bytes(artifact_dir: str, export_format: str) -> int:
     """Bytes a device holds for the artifact's step graph (ONNX: its initializers, 4-bit packed):
     the figure ``edgeseq profile`` reports as ``model_bytes``."""
-    from targets.runtimes import read_artifact
+    from targets.manifest import read_artifact
 
     return int(read_artifact(artifact_dir).model_bytes)
 

@@ -33,10 +33,11 @@ from export.graphs import check_state_spec, has_parallel_prefill
 from export.int8_safety import check_pairwise_safe
 from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opset, export_graph
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
-from export.runtime import MANIFEST, open_artifact, read_manifest
 from export.tvm_build import EXPORT_TARGETS, build_library, get_target
 from export.verify import allowed_inexact, require_passed, verify_runner
-from targets.selfcheck import REFERENCE_STEPS, check_on_device, torch_step_adapter, write_reference
+from targets.manifest import MANIFEST, read_manifest
+from targets.runtimes import ORT_SESSION_CONFIG, open_artifact
+from targets.selfcheck import REFERENCE_STEPS, check_on_device, write_reference
 
 FORMATS = ("onnx", "tvm")
 
@@ -163,12 +164,12 @@ def export_artifact(
         manifest["verification"] = result.to_dict()
         say("writing the reference stream the device checks on first load")
         manifest["reference"] = _write_reference(reference, staging, result, quantized, float_dtype=torch_dtype)
-        check_on_device(staging, manifest, runner.runtime, torch_step_adapter(runner, list(model.init_state(1))), use_cache=False)
+        check_on_device(staging, manifest, runner.runtime, runner.engine.step, use_cache=False)
         if format == "onnx":
             from export.qdq import runtime_kernels
 
             manifest["export_host"]["onnxruntime"] = {
-                "session_options": {"session.qdq_matmulnbits_accuracy_level": "1", "graph_optimization_level": "ORT_ENABLE_ALL"},
+                "session_options": {**ORT_SESSION_CONFIG, "graph_optimization_level": "ORT_ENABLE_ALL"},
                 "kernels": {kind: runtime_kernels(str(staging / spec["file"]), str(scratch)) for kind, spec in graphs.items()},
             }
         manifest["created"] = mf.now_utc()

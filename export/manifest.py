@@ -30,7 +30,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from export.runtime import sha256_file
+from targets.manifest import sha256_file
 
 FORMAT_VERSION = 1
 

@@ -238,7 +238,7 @@ def write_cubin(executable, path: Path, cuda_arch: str) -> dict[str, Any]:
     TVM 0.27 stores CUDA *source* in the library (format ``cuda``) and compiles it when the
     library is loaded, through a ``tvm_callback_cuda_compile`` function that only the full TVM
     Python package registers. edgeseq compiles the kernels here instead and ships the cubin
-    next to the ``.so``; :func:`export.runtime.register_cubins` answers that callback on the
+    next to the ``.so``; :func:`targets.runtimes.register_cubins` answers that callback on the
     device with the shipped binary (matched by the source's sha256), so the device needs only
     the TVM runtime and the CUDA driver. Returns the facts checked and recorded in the manifest.
     """

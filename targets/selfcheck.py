@@ -169,16 +169,4 @@ def check_on_device(folder: str | Path, manifest: dict[str, Any], runtime: str, 
     return result
 
 
-def torch_step_adapter(runner: Any, state_names: Sequence[str]) -> StepFn:
-    """A numpy step over a runner that takes/returns torch tensors and a state dict."""
-    import torch
-
-    def step(x: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        y, new = runner.step(torch.from_numpy(x), {n: torch.from_numpy(s) for n, s in zip(state_names, state)})
-        return y.detach().cpu().numpy(), [new[n].detach().cpu().numpy() for n in state_names]
-
-    return step
-
-
-__all__ = ["KERNEL_FEATURES", "REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors",
-           "torch_step_adapter", "write_reference"]
+__all__ = ["KERNEL_FEATURES", "REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors", "write_reference"]

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args):
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
     from export.stream import classify_frames, generate
 
     runner = open_artifact(args.artifact, threads=args.threads)

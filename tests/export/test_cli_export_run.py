@@ -55,7 +55,7 @@ def test_tampered_artifact_is_refused(tiny_mamba, tmp_path):
 
     from edgeseq.errors import InputError
     from export.artifact import export_artifact
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
 
     export_artifact(tiny_mamba, tmp_path / "art", steps=2, prefill=False)
     with open(tmp_path / "art" / "step.onnx", "ab") as f:
@@ -71,7 +71,7 @@ def test_bits_per_byte_through_the_artifact_equals_pytorch(tiny_mamba, tmp_path)
 
     from edgeseq.evaluate import lm_nats
     from export.artifact import export_artifact
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
 
     export_artifact(tiny_mamba, tmp_path / "art", steps=4, prefill_length=16)
     ids = torch.tensor(list(b"To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer" * 3))

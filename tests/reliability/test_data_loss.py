@@ -104,7 +104,7 @@ def test_readers_require_a_passed_verification(capsys, tmp_path, artifact, case,
 def test_python_readers_require_verification_too(tmp_path, artifact):
     from edgeseq.checkpoints import load_model
     from edgeseq.errors import InputError
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
     from targets.runtimes import open_runtime
 
     folder = _unverified_copy(artifact, tmp_path / "a", PARTIAL_CASES["no verification record (killed export)"])
