@@ -33,7 +33,7 @@ from export.graphs import check_state_spec, has_parallel_prefill
 from export.int8_safety import check_pairwise_safe
 from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opset, export_graph
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
-from export.tvm_build import EXPORT_TARGETS, build_library, get_target
+from export.tvm_build import build_library, get_target, host_target
 from export.verify import allowed_inexact, require_passed, verify_runner
 from targets.manifest import MANIFEST, read_manifest
 from targets.runtimes import ORT_SESSION_CONFIG, open_artifact
@@ -116,7 +116,7 @@ def export_artifact(
                 io_spec = _io(model, kind, prefill_length, torch_dtype)
                 if not export_target.runs_here:
                     say(f"compiling the {kind} graph for this CPU to verify the same Relax module")
-                    build_library(model, scratch / file, get_target("cpu"), kind, prefill_length)
+                    build_library(model, scratch / file, host_target(), kind, prefill_length)
             graphs[kind] = {"file": file, **io_spec.to_dict()}
             if format == "onnx" and quantized:
                 import onnx
@@ -134,7 +134,7 @@ def export_artifact(
             "embedding_bits": (embedding_bits if quantized and embedding_bits else None),
             "format": format,
             "dtype": dtype,
-            "target": {**export_target.to_dict(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
+            "target": {**export_target.build_record(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
             "opset": opset if format == "onnx" else None,
             "graphs": graphs,
             "tokenizer": _write_tokenizer(tokenizer, staging),
@@ -277,7 +277,7 @@ def _copy_to(model: StreamingModel, dtype: torch.dtype) -> StreamingModel:
 
 def _host_manifest(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
     host = dict(manifest)
-    host["target"] = get_target("cpu").to_dict()
+    host["target"] = host_target().build_record()
     # the host build embeds no CUDA kernels: its graphs name no cubin (the reader checks every named file)
     host["graphs"] = {kind: {k: v for k, v in spec.items() if k not in ("cubin", "cuda_source_sha256")}
                       for kind, spec in manifest["graphs"].items()}
@@ -435,4 +435,4 @@ def _progress_printer(stream=sys.stderr) -> Callable[[str], None]:
     return say
 
 
-__all__ = ["ARTIFACT_FORMAT", "EXPORT_TARGETS", "FORMATS", "export_artifact", "export_loaded"]
+__all__ = ["ARTIFACT_FORMAT", "FORMATS", "export_artifact", "export_loaded"]

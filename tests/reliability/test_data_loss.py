@@ -176,3 +176,16 @@ def test_interrupted_quantize_overwrite_never_mixes_old_and_new(capsys, tmp_path
     assert "(from --output)" in err
     with pytest.raises(InputError):
         load_model(out)
+
+
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_a_graph_altered_after_export_is_refused(capsys, tmp_path, artifact, command):
+    """What `profile` times is what verification checked: a graph changed afterwards (one byte
+    appended) no longer matches its sha256 and every reader refuses it in one line."""
+    folder = tmp_path / "altered"
+    shutil.copytree(artifact, folder)
+    with open(folder / "step.onnx", "ab") as f:
+        f.write(b"\0")
+    argv = {"run": ["run", folder, "--max-new-tokens", 2], "profile": ["profile", folder, "--tokens", 2]}[command]
+    code, out, err = run_cli(capsys, *argv, "--json")
+    assert_one_line_error(code, out, err, 2, "contents differ from manifest.json", json_mode=True)
