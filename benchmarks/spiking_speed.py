@@ -69,7 +69,7 @@ def bench(name: str, model, tokens: int, steps: int, repeats: int) -> dict:
 def lif_table(repeats: int) -> list[dict]:
     from typing import Tuple
 
-    from edgeseq.spiking.lif import LIFConfig, _lif_sequence_inference, _LIFSequence
+    from edgeseq.models.lif import LIFConfig, _lif_sequence_inference, _LIFSequence
 
     cfg = LIFConfig()
     scripted = None

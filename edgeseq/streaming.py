@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -98,6 +98,29 @@ class StateSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).replace("torch.", "")}
 
 
+@dataclass
+class QuantizationRecord:
+    """What post-training quantization did to a model, carried on it as ``model.quantization``.
+
+    ``quantize`` sets it; export (integer embedding tables), the spiking simulator (integer-rounded
+    tables), ``edgeseq info`` and the quantized-folder writer read it. ``None`` on a float model.
+    """
+
+    recipe: str
+    embedding_bits: int = 0  # 0: float embedding tables; else rows rounded to this many bits
+    embedding_tables: list[str] = field(default_factory=list)  # module paths of the rounded tables
+    state_bits: int = 0  # 0: float decode state; else the state is carried as integers
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quantization_of(model: Any) -> QuantizationRecord | None:
+    """A model's :class:`QuantizationRecord` (None for float models and other objects)."""
+    record = getattr(model, "quantization", None)
+    return record if isinstance(record, QuantizationRecord) else None
+
+
 @dataclass(frozen=True)
 class QuantPoint:
     """A place where a quantizer may act, declared by the model (the quantizer stays generic).
@@ -162,6 +185,8 @@ class StreamingModel(nn.Module):
     # recipe's ``embedding_bits``). A model whose embedding output feeds a threshold (a spiking
     # encoder) sets this False: rounding the table moves values across the threshold.
     embeddings_quantizable: ClassVar[bool] = True
+    # set by quantization (see QuantizationRecord); None on a float model
+    quantization: QuantizationRecord | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -280,6 +305,8 @@ class FlatPrefill(nn.Module):
 
 
 __all__ = [
+    "QuantizationRecord",
+    "quantization_of",
     "ActPoint",
     "FlatPrefill",
     "FlatStep",

@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import torch
 
-from edgeseq.checkpoints import CheckpointFormat, LoadedModel
+from edgeseq.checkpoints import CheckpointFormat, LoadedModel, register_format
 from edgeseq.errors import InputError
-from edgeseq.streaming import StreamingModel
+from edgeseq.streaming import StreamingModel, quantization_of
 from export import manifest as mf
 from export.graphs import check_state_spec, has_parallel_prefill
 from export.int8_safety import check_pairwise_safe
@@ -87,10 +87,12 @@ def export_artifact(
     model = model.eval()
     check_state_spec(model)
     if embedding_bits is None:  # what the quantization recipe did (0 for float models and old folders)
-        embedding_bits = getattr(model, "_edgeseq_embedding_bits", 0)
+        record = quantization_of(model)
+        embedding_bits = record.embedding_bits if record else 0
+    int_embeddings: dict[str, Any] = {}
     if quantized and embedding_bits:
         model = _copy_to(model, torch.float32)
-        model._edgeseq_int_embeddings = quantize_embeddings(model, embedding_bits)
+        int_embeddings = quantize_embeddings(model, embedding_bits)
     torch_dtype = DTYPES[dtype]
     reference = model if torch_dtype == torch.float32 else _copy_to(model, torch_dtype)
     with_prefill = prefill and has_parallel_prefill(model)
@@ -108,7 +110,7 @@ def export_artifact(
             if format == "onnx":
                 say(f"exporting the {kind} graph to ONNX (opset {opset}, {dtype}{', int weights' if quantized else ''})")
                 file = f"{kind}.onnx"
-                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype)
+                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype, int_embeddings)
             else:
                 say(f"compiling the {kind} graph with TVM for {export_target.name}")
                 file = f"{kind}.so"
@@ -424,10 +426,10 @@ def _load(path: Path) -> LoadedModel:
     return LoadedModel(model=runner, tokenizer=tokenizer, source=str(path), format="artifact", meta=meta)
 
 
-ARTIFACT_FORMAT = CheckpointFormat(name="artifact", detect=_detect, load=_load)
+ARTIFACT_FORMAT = register_format(CheckpointFormat(name="artifact", detect=_detect, load=_load))
 
 
-def _progress_printer(stream=sys.stderr) -> Callable[[str], None]:
+def progress_printer(stream=sys.stderr) -> Callable[[str], None]:
     def say(message: str) -> None:
         stream.write(f"[export] {message}\n")
         stream.flush()

@@ -167,7 +167,8 @@ def _conv_weight(layer) -> IntegerWeight:
 
 
 @contextlib.contextmanager
-def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[tuple[nn.Module, dict[str, IntegerWeight]]]:
+def quantized_for_export(model: nn.Module, prefix: str = "model.", int_embeddings: dict[str, Any] | None = None,
+                         ) -> Iterator[tuple[nn.Module, dict[str, IntegerWeight]]]:
     """Yield ``(model_to_trace, {initializer name: IntegerWeight})``.
 
     Float models pass through unchanged (and an empty dict). Quantized models are deep-copied
@@ -198,7 +199,7 @@ def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[t
             continue
         parent_name, _, leaf = name.rpartition(".")
         setattr(twin.get_submodule(parent_name) if parent_name else twin, leaf, new)
-    for name, (values, scale) in getattr(model, "_edgeseq_int_embeddings", {}).items():
+    for name, (values, scale) in (int_embeddings or {}).items():
         weights[f"{prefix}{name}.weight"] = IntegerWeight(values.cpu().numpy(), scale.cpu().numpy(), 8, axis=0)
     yield twin, weights
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.streaming import ActPoint, QuantPoint
+from edgeseq.streaming import ActPoint, QuantizationRecord, QuantPoint
 from quantize.calibrate import Calibration, calibrate, rotates
 from quantize.gptq import gptq_quantize
 from quantize.hadamard import fuse_rotation
@@ -52,7 +52,8 @@ def quantize_model(
     if not recipe.is_float and recipe.embedding_bits and getattr(qmodel, "embeddings_quantizable", True):
         # before calibration, so activation scales are measured on the tables that get deployed
         embeddings = sorted(quantize_embeddings(qmodel, recipe.embedding_bits))
-    qmodel._edgeseq_embedding_bits = recipe.embedding_bits if embeddings else 0
+    qmodel.quantization = QuantizationRecord(recipe=recipe.name, embedding_bits=recipe.embedding_bits if embeddings else 0,
+                                             embedding_tables=embeddings, state_bits=recipe.state_bits)
     if not recipe.is_float:
         plans = [_plan(qmodel, point, recipe) for point in points]  # validates group sizes before any work
         calibration = calibrate(qmodel, points, recipe, calib_batches, progress=progress)
@@ -73,7 +74,7 @@ def quantize_model(
         "family": getattr(getattr(model, "config", None), "family", ""),
         "calibration": calibration.summary(),
         "layers": layers,
-        "embeddings": {"bits": qmodel._edgeseq_embedding_bits, "tables": embeddings},
+        "embeddings": {"bits": qmodel.quantization.embedding_bits, "tables": embeddings},
         "summary": _summary(layers),
         **({"state": state_report} if recipe.state_bits else {}),
         "seconds": round(time.perf_counter() - start, 3),

@@ -33,11 +33,11 @@ def run(args):
     from pathlib import Path
 
     from edgeseq.checkpoints import load_model
-    from export.artifact import _progress_printer, export_loaded
+    from export.artifact import progress_printer, export_loaded
 
     loaded = load_model(args.model)
     output = args.output or str(Path("exports") / f"{Path(str(args.model)).name}-{args.format}-{args.target}")
-    log = _progress_printer(sys.stderr)
+    log = progress_printer(sys.stderr)
     manifest = export_loaded(
         loaded, output, format=args.format, target=args.target, opset=args.opset, dtype=args.dtype,
         steps=args.steps, prefill=not args.no_prefill, prefill_length=args.prefill_length, force=args.force,

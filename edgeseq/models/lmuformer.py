@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.spiking.lif import LIF
+from edgeseq.models.lif import LIF
 from edgeseq.streaming import ModelConfig, QuantPoint, State, StateSpec, StreamingModel
 
 # --------------------------------------------------------------------------------------------

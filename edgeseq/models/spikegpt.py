@@ -16,7 +16,7 @@ Architecture (RWKV-4 of Peng et al., 2023, with LIF neurons after each mixer)::
                   out = W_o (σ(r) ⊙ wkv)                  w = exp(time_decay), u = time_first
     ChannelMix    out = σ(W_r x'_r) ⊙ W_v relu(W_k x'_k)²  hidden d_ffn = 4·d_model
 
-The LIF neurons (tau 2, threshold 1, hard reset to 0, fire on v ≥ 1; see ``edgeseq.spiking.lif``)
+The LIF neurons (tau 2, threshold 1, hard reset to 0, fire on v ≥ 1; see ``edgeseq.models.lif``)
 turn each mixer's output into spikes that are added to the residual stream.
 
 WKV is evaluated in the numerically stable form of RWKV-4: the running numerator and
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.spiking.lif import LIF, atan_spike
+from edgeseq.models.lif import LIF, atan_spike
 from edgeseq.streaming import ModelConfig, QuantPoint, State, StateSpec, StreamingModel
 
 # the initial WKV exponent: "no history yet" (e^{p} = 0 for every practical purpose; finite so

@@ -41,8 +41,9 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from edgeseq.errors import InputError
+from edgeseq.streaming import quantization_of
 from edgeseq.spiking.counts import Counts, LayerCounts
-from edgeseq.spiking.lif import LIF
+from edgeseq.models.lif import LIF
 
 Mode = Literal["event", "dense"]
 STATE_BUCKET = "(recurrent state)"
@@ -702,7 +703,8 @@ class Simulator:
 
     def __enter__(self) -> "Simulator":
         self._modules = dict(self.model.named_modules())
-        embedding_bits = int(getattr(self.model, "_edgeseq_embedding_bits", 0) or 0)  # integer-rounded tables
+        record = quantization_of(self.model)
+        embedding_bits = record.embedding_bits if record else 0  # integer-rounded tables
         for name, module in self._modules.items():
             if not name:
                 continue

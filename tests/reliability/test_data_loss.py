@@ -163,14 +163,14 @@ def test_interrupted_quantize_overwrite_never_mixes_old_and_new(capsys, tmp_path
     out = tmp_path / "q"
     code, _, err = run_cli(capsys, "quantize", tiny_ckpt, "--recipe", "fp16", "-o", out, "--json")
     assert code == 0, err
-    real = qio._atomic_write
+    real = qio.atomic_write
 
     def full_disk_at_the_header(path, write):
         if path.name == qio.QUANT_FILE:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, write)
 
-    monkeypatch.setattr(qio, "_atomic_write", full_disk_at_the_header)
+    monkeypatch.setattr(qio, "atomic_write", full_disk_at_the_header)
     code, stdout, err = run_cli(capsys, "quantize", tiny_ckpt, "--recipe", "fp32", "-o", out, "--force", "--json")
     assert_one_line_error(code, stdout, err, 1, "no space left", json_mode=True)
     assert "(from --output)" in err
