@@ -110,9 +110,10 @@ class QuantizationRecord:
     embedding_bits: int = 0  # 0: float embedding tables; else rows rounded to this many bits
     embedding_tables: list[str] = field(default_factory=list)  # module paths of the rounded tables
     state_bits: int = 0  # 0: float decode state; else the state is carried as integers
+    report: dict[str, Any] = field(default_factory=dict, repr=False)  # quantize's per-layer report, when at hand
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "report"}
 
 
 def quantization_of(model: Any) -> QuantizationRecord | None:

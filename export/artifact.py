@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -42,28 +43,70 @@ from targets.selfcheck import REFERENCE_STEPS, check_on_device, write_reference
 FORMATS = ("onnx", "tvm")
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to build and verify an artifact (``edgeseq export``'s options)."""
+
+    format: str = "onnx"  # onnx | tvm
+    target: str = "host"  # a name from the target registry (`edgeseq targets`)
+    dtype: str = "float32"  # float32 | float16 (ONNX only)
+    opset: int | None = None  # ONNX opset (default 18; 21 for 4-bit weights)
+    prefill: bool = True  # also export the parallel prefill graph (models that have one)
+    prefill_length: int = 64  # positions per prefill-graph call
+    steps: int = 256  # streaming steps verified against PyTorch
+    batch: int = 2  # batch of the verification stream
+    threads: int | None = None  # ONNX Runtime threads during verification
+    force: bool = False  # replace an earlier artifact at the output
+    keep_failed: str | Path | None = None  # keep a refused artifact there for inspection
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the exported model came from (recorded in the manifest)."""
+
+    source: str = ""
+    recipe: str | None = None
+    tokenizer: Any = None
+    embedding_bits: int | None = None  # None: what the model's QuantizationRecord says
+    source_meta: dict[str, Any] | None = None
+
+
+_OPTION_FIELDS = {f.name for f in fields(ExportOptions)}
+_PROVENANCE_FIELDS = {f.name for f in fields(Provenance)}
+
+
+def export_options(options: ExportOptions | None = None, provenance: Provenance | None = None,
+                   **values: Any) -> tuple[ExportOptions, Provenance]:
+    """``(options, provenance)`` with ``values`` (keyword form of their fields) applied on top."""
+    unknown = sorted(set(values) - _OPTION_FIELDS - _PROVENANCE_FIELDS)
+    if unknown:
+        raise InputError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTION_FIELDS | _PROVENANCE_FIELDS))}")
+    options = replace(options or ExportOptions(), **{k: v for k, v in values.items() if k in _OPTION_FIELDS})
+    provenance = replace(provenance or Provenance(), **{k: v for k, v in values.items() if k in _PROVENANCE_FIELDS})
+    return options, provenance
+
+
 def export_artifact(
     model: StreamingModel,
     out: str | Path,
-    format: str = "onnx",
-    target: str = "cpu",
-    opset: int | None = None,
-    dtype: str = "float32",
-    steps: int = 256,
-    batch: int = 2,
-    prefill: bool = True,
-    prefill_length: int = 64,
-    force: bool = False,
-    recipe: str | None = None,
-    source: str = "",
-    tokenizer: Any = None,
-    threads: int | None = None,
-    embedding_bits: int | None = None,
-    source_meta: dict[str, Any] | None = None,
+    options: ExportOptions | None = None,
+    provenance: Provenance | None = None,
     log: Callable[[str], None] | None = None,
-    keep_failed: str | Path | None = None,
+    **values: Any,
 ) -> dict[str, Any]:
-    """Export, verify and write an artifact folder; returns its manifest (see the module docs)."""
+    """Export, verify and write an artifact folder; returns its manifest (see the module docs).
+
+    ``options`` (:class:`ExportOptions`) and ``provenance`` (:class:`Provenance`) may also be given
+    field by field as keywords: ``export_artifact(model, out, format="tvm", target="aarch64")``.
+    """
+    options, provenance = export_options(options, provenance, **values)
+    format, target, opset, dtype = options.format, options.target, options.opset, options.dtype
+    steps, batch, prefill, prefill_length = options.steps, options.batch, options.prefill, options.prefill_length
+    force, threads, keep_failed = options.force, options.threads, options.keep_failed
+    recipe, source, tokenizer = provenance.recipe, provenance.source, provenance.tokenizer
+    embedding_bits, source_meta = provenance.embedding_bits, provenance.source_meta
+    if recipe is None and quantization_of(model) is not None:
+        recipe = quantization_of(model).recipe
     say = log or (lambda message: None)
     out = Path(out)
     if format not in FORMATS:
@@ -437,4 +480,5 @@ def progress_printer(stream=sys.stderr) -> Callable[[str], None]:
     return say
 
 
-__all__ = ["ARTIFACT_FORMAT", "FORMATS", "export_artifact", "export_loaded"]
+__all__ = ["ARTIFACT_FORMAT", "ExportOptions", "FORMATS", "Provenance", "export_artifact", "export_loaded", "export_options",
+           "progress_printer"]

@@ -87,6 +87,15 @@ def quantize_model(
 # --------------------------------------------------------------------------------------------
 
 
+def needs_calibration_data(model: nn.Module, recipe: str | QuantRecipe) -> bool:
+    """Whether quantizing ``model`` under ``recipe`` needs calibration batches (static activation
+    scales, GPTQ, or an integer decode state)."""
+    from quantize.calibrate import needs_calibration
+
+    recipe = get_recipe(recipe)
+    return needs_calibration(_checked_points(model), recipe) or bool(recipe.state_bits)
+
+
 def _checked_points(model: nn.Module) -> list[QuantPoint]:
     if not hasattr(model, "quant_points"):
         raise InputError(f"{type(model).__name__} declares no quantization points (quant_points)")
@@ -252,7 +261,7 @@ def quantize_checkpoint(
     """Load ``source``, calibrate on ``calib`` (default: the model's own task), quantize, save to
     ``output``; returns a JSON-able summary (per-layer scales/clipping, sizes, paths)."""
     from edgeseq.checkpoints import load_model
-    from quantize.calibrate import calibration_batches, needs_calibration
+    from quantize.calibrate import calibration_batches
     from quantize.io import model_bytes, save_quantized
     from quantize.recipes import with_overrides
 
@@ -262,7 +271,7 @@ def quantize_checkpoint(
         raise InputError(f"{source} is already a {loaded.format} model; quantize the float checkpoint it came from")
     model = loaded.model
     batches, described = None, {}
-    if needs_calibration(_checked_points(model), recipe) or recipe.state_bits:
+    if needs_calibration_data(model, recipe):
         torch.manual_seed(seed)
         batches, described = calibration_batches(
             model, calib, tokenizer=loaded.tokenizer, meta=loaded.meta, samples=calib_samples, seq_len=seq_len,
@@ -286,4 +295,4 @@ def quantize_checkpoint(
         "seconds": report["seconds"],
     }
 
-__all__ = ["quantize_checkpoint", "quantize_model"]
+__all__ = ["needs_calibration_data", "quantize_checkpoint", "quantize_model"]
