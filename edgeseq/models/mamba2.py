@@ -42,6 +42,8 @@ from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, StateSpec
 @dataclass
 class Mamba2Config(ModelConfig):
     family = "mamba2"
+    input_size_field = "vocab_size"
+    output_size_field = "vocab_size"
 
     vocab_size: int = 256
     d_model: int = 128
