@@ -70,7 +70,7 @@ def test_eval_human_output(capsys, tiny_checkpoint):
 
 
 def test_generate_json(capsys, tiny_checkpoint):
-    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-tokens", 5,
+    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-new-tokens", 5,
                              "--temperature", 0, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -78,7 +78,7 @@ def test_generate_json(capsys, tiny_checkpoint):
 
 
 def test_generate_streams_text(capsys, tiny_checkpoint):
-    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-tokens", 4)
+    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-new-tokens", 4)
     assert code == 0 and out.startswith("All") and "4 tokens" in err
 
 
