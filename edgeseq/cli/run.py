@@ -30,7 +30,7 @@ def run(args):
         from edgeseq.cli.generate import stream_generation
 
         tokenizer = load_model(args.artifact).tokenizer if runner.manifest.get("tokenizer", {}).get("kind") == "hf" else None
-        result = stream_generation(runner, tokenizer, args)
+        result = {"model": str(args.artifact), **stream_generation(runner, tokenizer, args)}
         return result if args.json else None
     result = classify_frames(runner, args.input)
     if args.json:

@@ -31,6 +31,12 @@ def test_export_then_run_generates_through_the_artifact(tiny_mamba, tmp_path, ca
             token = int(logits[0].argmax())
             expected.append(token)
     assert result["token_ids"] == expected
+    # `edgeseq generate` on the checkpoint: the same loop, flags and JSON, the same continuation
+    assert main(["generate", str(tmp_path / "ckpt"), "--prompt", "hello world", "--max-new-tokens", "6",
+                 "--temperature", "0", "--json"]) == 0
+    through_torch = json.loads(capsys.readouterr().out)
+    assert through_torch["token_ids"] == expected and through_torch["runtime"] == "pytorch"
+    assert set(through_torch) == set(result)
 
     # the existing folder is refused (exit code 2, one line)
     code = main(["export", str(tmp_path / "ckpt"), "-o", str(out), "--steps", "2"])
