@@ -12,9 +12,10 @@ A streaming model is a ``torch.nn.Module`` with
   vocabulary size, or frames of a number of features; logits over a vocabulary, or class scores;
 * ``quant_points()`` — where a quantizer may act (see :class:`QuantPoint`).
 
-``state_spec()`` and ``io_spec()`` together describe the step graph completely: everything that
-builds inputs for a model, exports it or runs it (export, runtimes, the spiking simulator,
-training's data plumbing, verification) reads the sizes from them, never from config field names.
+``state_spec()`` and ``io_spec()`` together describe the step graph completely: what builds
+inputs for a model or exports it (export's graph I/O and verification inputs, the spiking
+simulator's data, training's data plumbing, generation) reads the sizes from them, never from
+config field names; ``IOSpec.to_dict()`` is the record of it a manifest stores.
 Configs name the fields that set those sizes (``ModelConfig.input_size_field`` and
 ``output_size_field``) so that a model can be built to fit its data before it exists.
 
