@@ -161,8 +161,10 @@ def _check_io_fits_data(model, task: str, vocab_size: int, frame_dim: int | None
     """The model's declared step input/output against the data (an ``--set`` may have changed a size)."""
     io = model.io_spec()
     if task == "lm":
-        if io.input_kind != "tokens" or io.input_size < vocab_size:
-            raise InputError(f"the model takes {io.input_kind} below {io.input_size}, the tokenizer has {vocab_size} tokens")
+        if io.input_kind != "tokens":
+            raise InputError(f"{type(model).__name__} takes frames of features; text data needs a language model")
+        if io.input_size < vocab_size:
+            raise InputError(f"the model takes token ids below {io.input_size}, the tokenizer has {vocab_size} tokens")
         return
     if io.input_kind != "features":
         raise InputError(f"{type(model).__name__} takes token ids; this data holds frames of features")
