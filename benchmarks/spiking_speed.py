@@ -43,9 +43,10 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def _inputs(model, length: int):
-    if getattr(model, "task", "lm") == "lm":
-        return torch.randint(0, min(256, model.config.vocab_size), (1, length), generator=torch.Generator().manual_seed(0))
-    return torch.rand(1, length, model.config.input_dim, generator=torch.Generator().manual_seed(0))
+    io = model.io_spec()
+    if io.input_kind == "tokens":
+        return torch.randint(0, min(256, io.input_size), (1, length), generator=torch.Generator().manual_seed(0))
+    return torch.rand(1, length, io.input_size, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

@@ -39,12 +39,12 @@ ZOO_DIR = Path(__file__).parent / "zoo"
 # The core's foreign formats: name -> "module:attribute" of a CheckpointFormat (imported on first
 # use). Each provides detect(path) -> bool (cheap: file names / config keys) and load(path) -> LoadedModel.
 CORE_FORMATS: dict[str, str] = {
-    "hf-mamba": "edgeseq.models.mamba_convert:HF_FORMAT",
-    "state-spaces-mamba": "edgeseq.models.mamba_convert:STATE_SPACES_FORMAT",
-    "hf-mamba2": "edgeseq.models.mamba2_convert:HF_FORMAT",
-    "state-spaces-mamba2": "edgeseq.models.mamba2_convert:STATE_SPACES_FORMAT",
-    "spikegpt-official": "edgeseq.models.spikegpt:OFFICIAL_FORMAT",
-    "lmuformer-official": "edgeseq.models.lmuformer:OFFICIAL_FORMAT",
+    "hf-mamba": "edgeseq.convert.mamba:HF_FORMAT",
+    "state-spaces-mamba": "edgeseq.convert.mamba:STATE_SPACES_FORMAT",
+    "hf-mamba2": "edgeseq.convert.mamba2:HF_FORMAT",
+    "state-spaces-mamba2": "edgeseq.convert.mamba2:STATE_SPACES_FORMAT",
+    "spikegpt-official": "edgeseq.convert.spikegpt:OFFICIAL_FORMAT",
+    "lmuformer-official": "edgeseq.convert.lmuformer:OFFICIAL_FORMAT",
 }
 
 

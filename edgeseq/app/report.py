@@ -239,7 +239,8 @@ def _profile(artifact_or_model: str, target: str, tokens: int, prompt_len: int) 
 
 def _simulate(model, data: str | None, samples: int, tables: list[str]) -> dict:
     from edgeseq.spiking.energy import estimate_energy, table_names
-    from edgeseq.spiking.simulator import simulate, simulation_data
+    from edgeseq.spiking.engine import simulate
+    from edgeseq.spiking.report import simulation_data
 
     sim_data = simulation_data(model, data, samples=samples)
     inputs = getattr(sim_data, "inputs", sim_data)

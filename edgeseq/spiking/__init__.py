@@ -1,8 +1,7 @@
-"""The spiking backend: the event-driven simulator, operation counts, energy tables and NIR export.
-
-The LIF neurons the spiking models are built from live with the models (:mod:`edgeseq.models.lif`)
-and are re-exported here.
-"""
+"""The spiking backend: LIF neurons re-exported from the models (``edgeseq.models.lif``), the
+event-driven simulation (``engine``), whole-model simulation reports (``report``), operation
+counts (``counts``), energy tables (``energy``), NIR export (``nir_export``) and a minimal spiking
+model (``mlp``)."""
 
 from edgeseq.models.lif import LIF, LIFConfig, atan_spike, heaviside
 

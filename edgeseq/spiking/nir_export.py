@@ -163,7 +163,7 @@ class _GraphBuilder:
 
 
 def export_spiking_mlp(model: nn.Module, dt: float = DEFAULT_DT):
-    """:class:`edgeseq.spiking.simulator.SpikingMLP` → NIR: Input → (Affine → LIF)* → Affine → Output."""
+    """:class:`edgeseq.spiking.mlp.SpikingMLP` → NIR: Input → (Affine → LIF)* → Affine → Output."""
     nir = _nir()
     b = _GraphBuilder(dt)
     cfg = model.config

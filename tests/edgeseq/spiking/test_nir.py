@@ -15,7 +15,8 @@ from edgeseq.errors import EdgeseqError
 from edgeseq.models.lif import LIF
 from edgeseq.spiking.nir_export import (DEFAULT_DT, export_nir, lif_node, read_nir, run_nir, run_with_snntorch,
                                          snntorch_unsupported)
-from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulate
+from edgeseq.spiking.engine import simulate
+from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
 nir = pytest.importorskip("nir")
 
