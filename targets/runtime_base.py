@@ -92,20 +92,14 @@ class StepIO:
 
 
 def step_io_from_model(model: Any) -> StepIO:
-    """The StepIO of a StreamingModel (its ``state_spec`` and task)."""
-    cfg = model.config
-    if model.task == "lm":
+    """The StepIO of a StreamingModel (its ``io_spec`` and ``state_spec``)."""
+    io = model.io_spec()
+    if io.input_kind == "tokens":
         x = TensorSpec("token", ["batch"], "int64")
     else:
-        features = next(
-            (getattr(cfg, n) for n in ("input_dim", "n_features", "in_features", "n_mels") if isinstance(getattr(cfg, n, None), int)),
-            None,
-        )
-        if features is None:
-            raise InputError(f"{type(model).__name__}: cannot tell the frame size of this classifier (no config.input_dim)")
-        x = TensorSpec("frame", ["batch", features], "float32")
+        x = TensorSpec("frame", ["batch", io.input_size], "float32")
     state = [TensorSpec(s.name, ["batch", *s.shape], str(s.dtype).replace("torch.", "")) for s in model.state_spec()]
-    return StepIO(x, state, model.task, getattr(cfg, "vocab_size", None))
+    return StepIO(x, state, model.task, io.vocab_size)
 
 
 def step_io_from_manifest(manifest: dict[str, Any]) -> StepIO:
@@ -118,9 +112,12 @@ def step_io_from_manifest(manifest: dict[str, Any]) -> StepIO:
     prefill = graphs.get("prefill") if isinstance(graphs.get("prefill"), dict) else {}
     prefill_length = prefill.get("length") or prefill.get("prefill_length")
     model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    config = model.get("config") or manifest.get("config") or {}
     task = model.get("task") or manifest.get("task") or ("lm" if specs[0].dtype.startswith("int") else "classify")
-    return StepIO(specs[0], specs[1:], task, config.get("vocab_size"), prefill_length)
+    io = model.get("io") if isinstance(model.get("io"), dict) else {}  # the model's io_spec(), recorded at export
+    vocab = io.get("input_size") if io.get("input_kind") == "tokens" else None
+    if vocab is None and task == "lm":  # manifests written before io_spec was recorded
+        vocab = (model.get("config") or manifest.get("config") or {}).get("vocab_size")
+    return StepIO(specs[0], specs[1:], task, vocab, prefill_length)
 
 
 def peak_rss_bytes() -> int:
