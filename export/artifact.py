@@ -36,7 +36,7 @@ from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opse
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
 from export.tvm_build import build_library, get_target, host_target
 from export.verify import allowed_inexact, require_passed, verify_runner
-from targets.manifest import MANIFEST, read_manifest
+from targets.manifest import MANIFEST, load_manifest_json, read_manifest
 from targets.runtimes import ORT_SESSION_CONFIG, open_artifact
 from targets.selfcheck import REFERENCE_STEPS, check_on_device, write_reference
 
@@ -363,10 +363,10 @@ def is_edgeseq_artifact(folder: Path) -> bool:
     """A folder ``edgeseq export`` wrote: a manifest with ``edgeseq_artifact`` and nothing in the
     folder but the files that manifest lists."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        _, manifest = load_manifest_json(folder)
+    except (OSError, InputError):
         return False
-    if not isinstance(manifest, dict) or "edgeseq_artifact" not in manifest or not isinstance(manifest.get("files"), list):
+    if "edgeseq_artifact" not in manifest or not isinstance(manifest.get("files"), list):
         return False
     listed = {str(e.get("path")) for e in manifest["files"] if isinstance(e, dict)} | {MANIFEST}
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
