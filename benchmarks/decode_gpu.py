@@ -208,6 +208,23 @@ def fused_error(torch, rt, base) -> float:
     return max(worst, worst_state)
 
 
+def quantized_model(torch, base, recipe: str):
+    """``quantize_model`` of the benchmark model under a named recipe (a ``-norotate`` suffix: the
+    same recipe without the Hadamard rotation, where no recipe has that name), calibrated on 4 random 64-token sequences (random
+    weights: the scales only need to be the recipe's, not good), on the GPU."""
+    from quantize.apply import quantize_model
+    from quantize.recipes import RECIPES, get_recipe, with_overrides
+
+    if recipe in RECIPES:
+        r = RECIPES[recipe]
+    else:
+        r = with_overrides(get_recipe(recipe.removesuffix("-norotate")), rotate=False)
+    gen = torch.Generator().manual_seed(2)
+    calib = [torch.randint(0, CONFIG["vocab_size"], (1, 64), generator=gen).cuda() for _ in range(4)]
+    qmodel, _ = quantize_model(copy.deepcopy(base).cuda(), r, calib, progress=False)
+    return qmodel.eval()
+
+
 def sweep(torch, rt) -> tuple[list, object, dict]:
     """Device time of the fused step under launch shapes, searched stage by stage (each stage keeps
     the best of the previous ones): PDL x L2 prefetch, then the in_proj kernel's shape, the SSM
@@ -268,8 +285,14 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", help="'' skips the torch.compile row")
     p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
     p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
+    p.add_argument("--quick", action="store_true", help="only the fused rows and the cuBLAS floor (no eager, no compile)")
+    p.add_argument("--recipes", default="w4a16,w4a16-norotate,w8a8,w8a8-norotate",
+                   help="quantization recipes run through the fused quantized runtime ('' for none); "
+                        "a '-norotate' suffix turns the recipe's Hadamard rotation off")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "decode_gpu.json"))
     args = p.parse_args(argv)
+    if args.quick:
+        args.skip_eager, args.compile_mode = True, ""
 
     import torch
 
@@ -363,6 +386,18 @@ def main(argv=None) -> int:
             rows[name] = (FusedStep(rt), label, True)
             nbytes_of[name] = rt.bytes_per_step
         extra["fused_blocks"] = dict(chosen.__dict__)
+        for recipe in [r for r in args.recipes.split(",") if r]:
+            t0 = time.time()
+            qmodel = quantized_model(torch, base, recipe)
+            from targets.gpu.qmamba import QuantFusedMambaStep
+
+            rt = QuantFusedMambaStep(qmodel, blocks=chosen)
+            checks[f"fused recipe {recipe} vs fake-quant model fp32"] = fused_error(torch, rt, base)
+            name = f"edgeseq fused triton recipe {recipe} ({3 if rt.rotate else 2} kernels/layer)"
+            rows[name] = (FusedStep(rt), recipe, True)
+            nbytes_of[name] = rt.bytes_per_step
+            extra.setdefault("recipe_seconds", {})[recipe] = time.time() - t0
+            del qmodel
     except Exception as exc:
         import traceback
 
@@ -398,7 +433,7 @@ def main(argv=None) -> int:
     results = []
     for name, values in samples.items():
         precision = rows[name][1]
-        nbytes = nbytes_of.get(name) or bytes_per[precision] * n_params + 2 * 4 * state_numel
+        nbytes = nbytes_of.get(name) or bytes_per.get(precision, 2) * n_params + 2 * 4 * state_numel
         p50 = percentile(values, 50)
         dev = statistics.median(dev_samples[name]) if dev_samples.get(name) else None
         roof_measured = nbytes / (copy_gbs * 1e9) * 1e3

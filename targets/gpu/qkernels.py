@@ -28,15 +28,25 @@ import triton.language as tl
 
 from targets.gpu.kernels import AMAX_RESET, _copy_share
 
-ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: (t + M) - M rounds |t| < 2^22 half to even in fp32
+try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
+    from triton.language.extra.cuda.libdevice import rint as _rint_dev
+except ImportError:  # pragma: no cover
+    _rint_dev = None
+
 
 
 @triton.jit
-def _qint(x, s):
-    """The integer level (as fp32) of fake_quant(x, s, 8): clamp(round_half_even(x / s), -128, 127)."""
+def _qint(x, s, INTERP: tl.constexpr):
+    """The integer level (as fp32) of fake_quant(x, s, 8): clamp(round_half_even(x / s), -128, 127),
+    x / s with IEEE rounding as torch divides. On the GPU the rounding is libdevice ``rint`` (PTX
+    cvt.rni): the compiler may fold the add-and-subtract trick, which the interpreter (numpy fp32)
+    uses instead."""
     t = tl.math.div_rn(x, s)
     t = tl.minimum(tl.maximum(t, -130.0), 130.0)
-    t = (t + 12582912.0) - 12582912.0
+    if INTERP:
+        t = (t + 12582912.0) - 12582912.0
+    else:
+        t = _rint_dev(t)
     return tl.minimum(tl.maximum(t, -128.0), 127.0)
 
 
@@ -57,7 +67,7 @@ def q_in_kernel(
     D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
     BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
     NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
-    FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr,
+    FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr,
 ):
     """RMSNorm -> in_proj (x, z rows of BC channels; integer weights, per-chunk scales) -> conv + SiLU
     (-> ssm_in rounding) -> this block's x_proj share added into xsum. The d_model row is read as
@@ -130,8 +140,8 @@ def q_in_kernel(
         ue = ve * rstd * nwe
         uo = vo * rstd * nwo
         if IN_AQ:
-            ue = _qint(ue, s_a)
-            uo = _qint(uo, s_a)
+            ue = _qint(ue, s_a, INTERP)
+            uo = _qint(uo, s_a, INTERP)
         bxi = bx.to(tl.int32)
         bzi = bz.to(tl.int32)
         px = tl.sum(((bxi & 15) - 8).to(tl.float32) * ue[None, :, :] + ((bxi >> 4) - 8).to(tl.float32) * uo[None, :, :], axis=2)
@@ -139,7 +149,7 @@ def q_in_kernel(
     else:
         u = v * rstd * nw
         if IN_AQ:
-            u = _qint(u, s_a)
+            u = _qint(u, s_a, INTERP)
         px = tl.sum(wx.to(tl.float32) * u[None, :, :], axis=2)
         pz = tl.sum(wz.to(tl.float32) * u[None, :, :], axis=2)
     acc_x = tl.sum(px * sxg, axis=1)
@@ -152,7 +162,7 @@ def q_in_kernel(
     xs = conv / (1.0 + tl.exp(-conv))
     if SSM_AQ:  # the ssm_in point: x rounded once, used by x_proj and the scan
         s_m = tl.load(act_s_ptr + 1)
-        xs = _qint(xs, s_m) * s_m
+        xs = _qint(xs, s_m, INTERP) * s_m
     shift = (kk[:, None] == (kk[None, :] + 1)).to(tl.float32)
     new_window = tl.sum(window[:, :, None] * shift[None, :, :], axis=1)
     tl.debug_barrier()
@@ -196,7 +206,7 @@ def q_ssm_kernel(
     XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, NGD: tl.constexpr, GD: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, DT_AQ: tl.constexpr, OUT_AQ: tl.constexpr,
     ROT: tl.constexpr, P2: tl.constexpr, RESET_AMAX: tl.constexpr, ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
-    LDW: tl.constexpr,
+    LDW: tl.constexpr, INTERP: tl.constexpr,
 ):
     """dt_proj (integer weights) + softplus, the state update, y = C·h + D·x, gate. Without rotation
     (ROT False, 2-D grid as ``mamba_ssm_out2_kernel``): (rounded) y times this block's out_proj share
@@ -226,7 +236,7 @@ def q_ssm_kernel(
     hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     if DT_AQ:
         s_d = tl.load(act_s_ptr + 2)
-        dt_low = _qint(dt_low, s_d)
+        dt_low = _qint(dt_low, s_d, INTERP)
         dt = tl.sum(wdt.to(tl.float32) * sdt * dt_low[None, :], axis=1) * s_d + dtb
     else:
         dt = tl.sum(wdt.to(tl.float32) * sdt * dt_low[None, :], axis=1) + dtb
@@ -245,7 +255,7 @@ def q_ssm_kernel(
     else:
         if OUT_AQ:
             s_o = tl.load(act_s_ptr + 3)
-            yq = _qint(y, s_o)
+            yq = _qint(y, s_o, INTERP)
             _out_share(h_ptr, w_oT_ptr, s_o_ptr, yq * s_o, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW)
         else:
             _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW)
@@ -265,6 +275,7 @@ def q_rot_out_kernel(
     D: tl.constexpr, E: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr,
     P2: tl.constexpr, M: tl.constexpr, NPP: tl.constexpr, BNPP: tl.constexpr, PER_ROW: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, OUT_AQ: tl.constexpr, LDW: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
     """The rotated out_proj input for channels [pe*BE, (pe+1)*BE) (all in row a = pe*BE // P2 of
     H_m ⊗ H_p): rot[a, b] = sum_k hm[a, k // PER_ROW] * ppart[k, b] (hm holds H_m / sqrt(E)), rounded
@@ -281,7 +292,7 @@ def q_rot_out_kernel(
     rot = tl.sum(coef[:, None] * pp, axis=0)
     if OUT_AQ:
         s_o = tl.load(act_s_ptr + 3)
-        rot = _qint(rot, s_o) * s_o
+        rot = _qint(rot, s_o, INTERP) * s_o
     _out_share(h_ptr, w_oT_ptr, s_o_ptr, rot, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW)
     if pe == 0:
         if po == 0:

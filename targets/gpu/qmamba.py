@@ -266,13 +266,13 @@ class QuantFusedMambaStep(FusedMambaStep):
                     self.eps, self.V,
                     D=D, E=E, K=K, KP=_pow2(K), XD=XD, BX=_pow2(XD), BC=self.BC, CH=self.CH, NCH=self.NCH,
                     BNCH=_pow2(self.NCH), NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, WB=self.wbits,
-                    IN_AQ=aq["in"], SSM_AQ=aq["ssm"], FIRST=(i == 0), FROM_ARGMAX=from_argmax, LDW=ldw,
+                    IN_AQ=aq["in"], SSM_AQ=aq["ssm"], FIRST=(i == 0), FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(),
                     num_warps=b.warps_in,
                 )
             if "ssm" not in parts:
                 continue
             common = dict(D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=XD, BX=_pow2(XD), NGD=R // g_dt, GD=g_dt,
-                          NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldw)
+                          NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldw, INTERP=interpreted())
             if self.rotate:
                 q_ssm_kernel[(E // self.BEB, 1)](
                     self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[i], L["w_dt"], L["s_dt"], L["dt_b"],
@@ -284,7 +284,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                     self.h, self.ppart, self.hm, L["acts"], L["w_oT"], L["s_o"], self.xsum[i],
                     D=D, E=E, XD=XD, BX=_pow2(XD), BE=self.BE, BO=self.BO, P2=self.hm_p, M=self.hm_m,
                     NPP=E // self.BEB, BNPP=_pow2(E // self.BEB), PER_ROW=self.hm_p // self.BEB, NGO=E // g_o,
-                    GO=g_o, WB=self.wbits, OUT_AQ=aq["out"], LDW=ldw, num_warps=b.warps_ssm,
+                    GO=g_o, WB=self.wbits, OUT_AQ=aq["out"], LDW=ldw, INTERP=interpreted(), num_warps=b.warps_ssm,
                 )
             else:
                 grid = (E // self.BE, triton_cdiv(D, self.BO))
