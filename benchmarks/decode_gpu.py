@@ -208,6 +208,82 @@ def fused_error(torch, rt, base) -> float:
     return max(worst, worst_state)
 
 
+TVM_CUDA_NOTE = ("not measured: the GPU machine has no TVM (no package registry there) and a TVM CUDA module "
+                 "needs TVM's runtime to load; see docs/gpu.md")
+
+
+def measure_prefill(torch, base, lengths: list, repeats: int = 5) -> dict:
+    """Prompt prefill, tokens/s (median of `repeats` timed runs after 2 warm-ups, host clock around a
+    synchronize): edgeseq's PyTorch prefill (``Mamba.prefill``, fp32 and bf16) and the GPU prefill
+    (``targets.gpu.prefill``: bf16 GEMMs + the chunked Triton scan), with the GPU prefill's error
+    against ``Mamba.prefill`` in fp32 (last logits, relative)."""
+    from targets.gpu.prefill import MambaPrefill
+
+    model32 = copy.deepcopy(base).cuda().eval()
+    model16 = copy.deepcopy(base).cuda().to(torch.bfloat16).eval()
+    gpu = MambaPrefill(base)
+    out = {"repeats": repeats, "rows": []}
+    gen = torch.Generator().manual_seed(3)
+    for length in lengths:
+        tokens = torch.randint(0, CONFIG["vocab_size"], (1, length), generator=gen).cuda()
+        with torch.inference_mode():
+            ref, _ = model32.prefill(tokens)
+            got, _ = gpu.prefill(tokens[0])
+        err = float((got - ref[0, -1]).norm() / ref[0, -1].norm())
+        runs = {"edgeseq torch prefill fp32": lambda: model32.prefill(tokens),
+                "edgeseq torch prefill bf16": lambda: model16.prefill(tokens),
+                "edgeseq gpu prefill (bf16 GEMMs + chunked Triton scan)": lambda: gpu.prefill(tokens[0])}
+        for name, fn in runs.items():
+            times = []
+            with torch.inference_mode():
+                for i in range(2 + repeats):
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    fn()
+                    torch.cuda.synchronize()
+                    if i >= 2:
+                        times.append(time.perf_counter() - start)
+            ms = statistics.median(times) * 1e3
+            row = {"row": name, "prompt": length, "ms": ms, "tokens_per_s": length / ms * 1e3}
+            if name.startswith("edgeseq gpu"):
+                row["rel_error_vs_fp32_prefill"] = err
+            out["rows"].append(row)
+            log(f"prefill {length}: {name} {ms:.2f} ms, {row['tokens_per_s']:.0f} tok/s")
+    del model32, model16, gpu
+    torch.cuda.empty_cache()
+    return out
+
+
+def quant_step_errors(torch, rt, steps: int = 12) -> dict:
+    """Int8-activation runtimes: relative logits error of single steps, each from the fake-quant
+    model's state (teacher forcing), against that model in fp32 — and, as the noise floor, the same
+    model run by PyTorch in fp32 against float64. A rounding flip (an fp32 input a last bit away
+    from a rounding boundary) moves one activation a level and the rest of the step to the recipe's
+    quantization noise; flip-free steps show the integer path agreeing to fp32 rounding."""
+    ref = rt.dequantized_model().cuda()
+    ref64 = rt.dequantized_model().double().cuda()
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=gen).cuda() for k, v in ref.init_state(1).items()}
+    fused, torch32 = [], []
+    for tok in range(3, 3 + 4001 * steps, 4001):
+        rt.load_state(state)
+        logits = rt.step(tok % rt.V).clone()
+        t = torch.tensor([tok % rt.V], device="cuda")
+        with torch.inference_mode():
+            y, new_state = ref.step(t, state)
+            y64, _ = ref64.step(t, {k: v.double() for k, v in state.items()})
+        fused.append(float((logits.double() - y64[0]).norm() / y64[0].norm()))
+        torch32.append(float((y[0].double() - y64[0]).norm() / y64[0].norm()))
+        state = new_state
+    rt.reset()
+    del ref, ref64
+    torch.cuda.empty_cache()
+    return {"fused_vs_float64_median": statistics.median(fused), "fused_vs_float64_max": max(fused),
+            "fused_steps_below_1e-5": sum(e < 1e-5 for e in fused),
+            "torch_fp32_vs_float64_median": statistics.median(torch32), "torch_fp32_vs_float64_max": max(torch32),
+            "torch_fp32_steps_below_1e-5": sum(e < 1e-5 for e in torch32), "steps": steps}
+
+
 def quantized_model(torch, base, recipe: str):
     """``quantize_model`` of the benchmark model under a named recipe (a ``-norotate`` suffix: the
     same recipe without the Hadamard rotation, where no recipe has that name), calibrated on 4 random 64-token sequences (random
@@ -285,6 +361,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", help="'' skips the torch.compile row")
     p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
     p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
+    p.add_argument("--prefill", default="512,4096", help="prompt lengths for the prefill rows ('' for none)")
     p.add_argument("--quick", action="store_true", help="only the fused rows and the cuBLAS floor (no eager, no compile)")
     p.add_argument("--recipes", default="w4a16,w4a16-norotate,w8a8,w8a8-norotate",
                    help="quantization recipes run through the fused quantized runtime ('' for none); "
@@ -392,7 +469,10 @@ def main(argv=None) -> int:
             from targets.gpu.qmamba import QuantFusedMambaStep
 
             rt = QuantFusedMambaStep(qmodel, blocks=chosen)
-            checks[f"fused recipe {recipe} vs fake-quant model fp32"] = fused_error(torch, rt, base)
+            if rt.aq["in"]:  # int8 activations: single steps from the reference state (see quant_step_errors)
+                checks[f"fused recipe {recipe} vs fake-quant model fp32, single steps"] = quant_step_errors(torch, rt)
+            else:
+                checks[f"fused recipe {recipe} vs fake-quant model fp32"] = fused_error(torch, rt, base)
             name = f"edgeseq fused triton recipe {recipe} ({3 if rt.rotate else 2} kernels/layer)"
             rows[name] = (FusedStep(rt), recipe, True)
             nbytes_of[name] = rt.bytes_per_step
@@ -404,6 +484,8 @@ def main(argv=None) -> int:
         traceback.print_exc()
         log(f"fused rows skipped: {type(exc).__name__}: {exc}")
     log(f"checks: {json.dumps(checks)}")
+
+    prefill_out = measure_prefill(torch, base, [int(t) for t in args.prefill.split(",") if t]) if args.prefill else None
 
     copy_gbs = copy_bandwidth_gbs(torch)
     log(f"device-to-device copy bandwidth {copy_gbs:.0f} GB/s (read + write)")
@@ -451,7 +533,7 @@ def main(argv=None) -> int:
         "model": {**CONFIG, "n_layer": args.layers, "params": n_params}, "tokens_per_round": args.tokens,
         "rounds": args.rounds, "copy_bandwidth_gbs": copy_gbs, "datasheet_bandwidth_gbs": sheet_gbs,
         "checks_rel_error": checks, "sweep": sweep_out, **extra, "peak_mem_bytes": torch.cuda.max_memory_allocated(),
-        "prefill": "not measured (no GPU prefill scan kernel yet)", "tvm_cuda": "not measured (no TVM on the GPU machine)",
+        "prefill": prefill_out, "tvm_cuda": TVM_CUDA_NOTE,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -464,6 +546,11 @@ def main(argv=None) -> int:
         speed = "-" if row["speedup_vs_transformers"] is None else f"{row['speedup_vs_transformers']:.1f}x"
         print(f"{row['row']:52s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {dev:>8s} {row['bytes_per_token'] / 1e6:6.0f} "
               f"{row['ratio_measured_bw']:7.1f} {dr:>10s} {speed:>7s}")
+    if prefill_out:
+        print(f"{'prefill':52s} {'prompt':>8s} {'ms':>8s} {'tok/s':>9s}")
+        for row in prefill_out["rows"]:
+            print(f"{row['row']:52s} {row['prompt']:8d} {row['ms']:8.2f} {row['tokens_per_s']:9.0f}"
+                  + (f"  err {row['rel_error_vs_fp32_prefill']:.1e}" if "rel_error_vs_fp32_prefill" in row else ""))
     print("checks (relative error):", json.dumps(checks))
     return 0
 

@@ -71,6 +71,9 @@ class Blocks:
     # used when d_inner / in_channels programs fit one per multiprocessor, else the per-layer kernels run
     persistent: bool = False
     fence: bool = False  # the persistent kernel's barrier: every thread fences (on top of bar.sync + release)
+    # recipe-quantized runtime (qmamba): in_proj rows as [chunks, CH] tiles with one scale per chunk
+    # (True), or flat rows with a scale per element (False)
+    q_chunked: bool = True
 
 
 def quantize_rows_int8(w):

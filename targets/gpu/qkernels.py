@@ -61,49 +61,67 @@ def _parity(v):
 
 
 @triton.jit
+def _sum_all(x, L3: tl.constexpr):
+    if L3:
+        out = tl.sum(tl.sum(x, axis=1), axis=0)
+    else:
+        out = tl.sum(x, axis=0)
+    return out
+
+
+@triton.jit
 def q_in_kernel(
     tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, norm_w_ptr, w_in_ptr, s_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
     w_xT_ptr, s_x_ptr, act_s_ptr, xc_ptr, zg_ptr, xsum_ptr, eps, vocab,
     D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
     BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
     NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
-    FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr,
+    FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr, L3: tl.constexpr,
+    BDW: tl.constexpr,
 ):
-    """RMSNorm -> in_proj (x, z rows of BC channels; integer weights, per-chunk scales) -> conv + SiLU
-    (-> ssm_in rounding) -> this block's x_proj share added into xsum. The d_model row is read as
-    [NCH chunks, CH] so that each chunk has one weight scale: partial dot products per chunk (exact
-    integers when the input is rounded), then scaled and summed."""
+    """RMSNorm -> in_proj (x, z rows of BC channels; integer weights) -> conv + SiLU (-> ssm_in
+    rounding) -> this block's x_proj share added into xsum. The d_model row is cut into NCH chunks
+    of CH columns, each inside one scale group; a 4-bit byte of chunk j holds columns j*CH + k (low
+    nibble) and j*CH + CH/2 + k (high), so both halves of the activation are contiguous loads.
+    L3: the row as a [NCH, CH] tile, partial dot products per chunk (exact integers when the input
+    is rounded), scaled once per chunk; else a flat row of BDW stored elements with one scale each."""
     pid = tl.program_id(0)
     chans = pid * BC + tl.arange(0, BC)
-    j = tl.arange(0, BNCH)
-    jm = j < NCH
     kk = tl.arange(0, KP)
     xo = tl.arange(0, BX)
-    sidx = (j * CH) // GI  # the scale group of each chunk
-    sxg = tl.load(s_in_ptr + chans[:, None] * NGI + sidx[None, :], mask=jm[None, :], other=0.0)
-    szg = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + sidx[None, :], mask=jm[None, :], other=0.0)
-    m3 = jm[None, :, None]
     if WB == 4:
-        k2 = tl.arange(0, CH // 2)
-        boff = j[:, None] * (CH // 2) + k2[None, :]  # [BNCH, CH/2] byte of each column pair
-        bm = jm[:, None]
-        bx = tl.load(w_in_ptr + chans[:, None, None] * LDW + boff[None, :, :], mask=m3, other=0)
-        bz = tl.load(w_in_ptr + (chans[:, None, None] + E) * LDW + boff[None, :, :], mask=m3, other=0)
-        ce = 2 * boff
-        nwe = tl.load(norm_w_ptr + ce, mask=bm, other=0.0)
-        nwo = tl.load(norm_w_ptr + ce + 1, mask=bm, other=0.0)
+        HALF: tl.constexpr = CH // 2
     else:
-        k1 = tl.arange(0, CH)
-        coff = j[:, None] * CH + k1[None, :]
-        bm = jm[:, None]
-        wx = tl.load(w_in_ptr + chans[:, None, None] * LDW + coff[None, :, :], mask=m3, other=0)
-        wz = tl.load(w_in_ptr + (chans[:, None, None] + E) * LDW + coff[None, :, :], mask=m3, other=0)
-        nw = tl.load(norm_w_ptr + coff, mask=bm, other=0.0)
+        HALF: tl.constexpr = CH
+    if L3:
+        j = tl.arange(0, BNCH)
+        jm = j < NCH
+        kq = tl.arange(0, HALF)
+        boff = j[:, None] * HALF + kq[None, :]  # stored element (byte) index in the row
+        cl = j[:, None] * CH + kq[None, :]  # the column it holds (the low nibble's)
+        am = jm[:, None]
+        wm = jm[None, :, None]
+        woff = chans[:, None, None] * LDW + boff[None, :, :]
+        sxg = tl.load(s_in_ptr + chans[:, None] * NGI + ((j * CH) // GI)[None, :], mask=jm[None, :], other=0.0)
+        szg = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + ((j * CH) // GI)[None, :], mask=jm[None, :], other=0.0)
+    else:
+        boff = tl.arange(0, BDW)
+        am = boff < NCH * HALF
+        cl = (boff // HALF) * CH + boff % HALF
+        wm = am[None, :]
+        woff = chans[:, None] * LDW + boff[None, :]
+        sxg = tl.load(s_in_ptr + chans[:, None] * NGI + (cl // GI)[None, :], mask=wm, other=0.0)
+        szg = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + (cl // GI)[None, :], mask=wm, other=0.0)
+    bx = tl.load(w_in_ptr + woff, mask=wm, other=0)
+    bz = tl.load(w_in_ptr + E * LDW + woff, mask=wm, other=0)
+    nwl = tl.load(norm_w_ptr + cl, mask=am, other=0.0)
+    if WB == 4:
+        nwh = tl.load(norm_w_ptr + cl + HALF, mask=am, other=0.0)
     wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
     sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
     cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
     cb = tl.load(conv_b_ptr + chans)
-    # activations
+    # activations: the residual row (or the token's int8 embedding row for layer 0)
     if FIRST:
         if FROM_ARGMAX:
             key = tl.load(amax_ptr)
@@ -111,52 +129,49 @@ def q_in_kernel(
         else:
             tok = tl.load(tok_ptr)
         es = tl.load(emb_s_ptr + tok)
+        vl = tl.load(emb_ptr + tok * D + cl, mask=am, other=0).to(tl.float32) * es
+        if pid == 0:
+            tl.store(h_ptr + cl, vl, mask=am)
         if WB == 4:
-            ve = tl.load(emb_ptr + tok * D + ce, mask=bm, other=0).to(tl.float32) * es
-            vo = tl.load(emb_ptr + tok * D + ce + 1, mask=bm, other=0).to(tl.float32) * es
+            vh = tl.load(emb_ptr + tok * D + cl + HALF, mask=am, other=0).to(tl.float32) * es
             if pid == 0:
-                tl.store(h_ptr + ce, ve, mask=bm)
-                tl.store(h_ptr + ce + 1, vo, mask=bm)
-        else:
-            v = tl.load(emb_ptr + tok * D + coff, mask=bm, other=0).to(tl.float32) * es
-            if pid == 0:
-                tl.store(h_ptr + coff, v, mask=bm)
+                tl.store(h_ptr + cl + HALF, vh, mask=am)
     else:
+        vl = tl.load(h_ptr + cl, mask=am, other=0.0)
         if WB == 4:
-            ve = tl.load(h_ptr + ce, mask=bm, other=0.0)
-            vo = tl.load(h_ptr + ce + 1, mask=bm, other=0.0)
-        else:
-            v = tl.load(h_ptr + coff, mask=bm, other=0.0)
-    smask = kk[None, :] < (K - 1)
-    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
+            vh = tl.load(h_ptr + cl + HALF, mask=am, other=0.0)
     if WB == 4:
-        ss = tl.sum(tl.sum(ve * ve + vo * vo, axis=1), axis=0)
+        ss = _sum_all(vl * vl + vh * vh, L3)
     else:
-        ss = tl.sum(tl.sum(v * v, axis=1), axis=0)
+        ss = _sum_all(vl * vl, L3)
     rstd = 1.0 / tl.sqrt(ss / D + eps)
     if IN_AQ:
         s_a = tl.load(act_s_ptr + 0)
+    ul = vl * rstd * nwl
+    if IN_AQ:
+        ul = _qint(ul, s_a, INTERP)
     if WB == 4:
-        ue = ve * rstd * nwe
-        uo = vo * rstd * nwo
+        uh = vh * rstd * nwh
         if IN_AQ:
-            ue = _qint(ue, s_a, INTERP)
-            uo = _qint(uo, s_a, INTERP)
+            uh = _qint(uh, s_a, INTERP)
         bxi = bx.to(tl.int32)
         bzi = bz.to(tl.int32)
-        px = tl.sum(((bxi & 15) - 8).to(tl.float32) * ue[None, :, :] + ((bxi >> 4) - 8).to(tl.float32) * uo[None, :, :], axis=2)
-        pz = tl.sum(((bzi & 15) - 8).to(tl.float32) * ue[None, :, :] + ((bzi >> 4) - 8).to(tl.float32) * uo[None, :, :], axis=2)
+        px = ((bxi & 15) - 8).to(tl.float32) * ul[None] + ((bxi >> 4) - 8).to(tl.float32) * uh[None]
+        pz = ((bzi & 15) - 8).to(tl.float32) * ul[None] + ((bzi >> 4) - 8).to(tl.float32) * uh[None]
     else:
-        u = v * rstd * nw
-        if IN_AQ:
-            u = _qint(u, s_a, INTERP)
-        px = tl.sum(wx.to(tl.float32) * u[None, :, :], axis=2)
-        pz = tl.sum(wz.to(tl.float32) * u[None, :, :], axis=2)
-    acc_x = tl.sum(px * sxg, axis=1)
-    acc_z = tl.sum(pz * szg, axis=1)
+        px = bx.to(tl.float32) * ul[None]
+        pz = bz.to(tl.float32) * ul[None]
+    if L3:
+        acc_x = tl.sum(tl.sum(px, axis=2) * sxg, axis=1)
+        acc_z = tl.sum(tl.sum(pz, axis=2) * szg, axis=1)
+    else:
+        acc_x = tl.sum(px * sxg, axis=1)
+        acc_z = tl.sum(pz * szg, axis=1)
     if IN_AQ:
         acc_x = acc_x * s_a
         acc_z = acc_z * s_a
+    smask = kk[None, :] < (K - 1)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
     window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)
     conv = tl.sum(window * cw, axis=1) + cb
     xs = conv / (1.0 + tl.exp(-conv))
@@ -179,16 +194,20 @@ def _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, c0, po, D: tl.constexpr, BO: 
     """out_proj rows `chans` (stored transposed [E, D]) times y, columns [po*BO, (po+1)*BO), added
     into the residual; the channels lie in one scale group (c0 // GO)."""
     if WB == 4:
-        o2 = po * (BO // 2) + tl.arange(0, BO // 2)
-        dm2 = o2 < (D // 2)
-        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + o2[None, :], mask=dm2[None, :], other=0)
-        soe = tl.load(s_o_ptr + (2 * o2) * NGO + c0 // GO, mask=dm2, other=0.0)
-        soo = tl.load(s_o_ptr + (2 * o2 + 1) * NGO + c0 // GO, mask=dm2, other=0.0)
+        # byte k of column block po holds columns po*BO + k (low nibble) and po*BO + BO/2 + k (high)
+        k = tl.arange(0, BO // 2)
+        cl = po * BO + k
+        ch = cl + BO // 2
+        ml = cl < D
+        mh = ch < D
+        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + (po * (BO // 2) + k)[None, :])
+        sol = tl.load(s_o_ptr + cl * NGO + c0 // GO, mask=ml, other=0.0)
+        soh = tl.load(s_o_ptr + ch * NGO + c0 // GO, mask=mh, other=0.0)
         boi = bo.to(tl.int32)
-        ce = tl.sum(((boi & 15) - 8).to(tl.float32) * y[:, None], axis=0) * soe
-        co = tl.sum(((boi >> 4) - 8).to(tl.float32) * y[:, None], axis=0) * soo
-        tl.atomic_add(h_ptr + 2 * o2, ce, mask=dm2, sem="relaxed")
-        tl.atomic_add(h_ptr + 2 * o2 + 1, co, mask=dm2, sem="relaxed")
+        lo = tl.sum(((boi & 15) - 8).to(tl.float32) * y[:, None], axis=0) * sol
+        hi = tl.sum(((boi >> 4) - 8).to(tl.float32) * y[:, None], axis=0) * soh
+        tl.atomic_add(h_ptr + cl, lo, mask=ml, sem="relaxed")
+        tl.atomic_add(h_ptr + ch, hi, mask=mh, sem="relaxed")
     else:
         cols = po * BO + tl.arange(0, BO)
         cm = cols < D
@@ -224,7 +243,10 @@ def q_ssm_kernel(
     n = tl.arange(0, BN)
     nm = n[None, :] < N
     wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0)
-    sdt = tl.load(s_dt_ptr + chans[:, None] * NGD + r[None, :] // GD, mask=rm, other=0.0)
+    if NGD == 1:
+        sdt = tl.load(s_dt_ptr + chans)[:, None]
+    else:
+        sdt = tl.load(s_dt_ptr + chans[:, None] * NGD + r[None, :] // GD, mask=rm, other=0.0)
     dtb = tl.load(dt_b_ptr + chans)
     a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     dsk = tl.load(dskip_ptr + chans)

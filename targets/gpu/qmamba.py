@@ -48,12 +48,27 @@ def _scales(layer, in_features: int):
     return s.reshape(out, 1).contiguous().clone() if s.dim() == 1 else torch.as_tensor(s), in_features
 
 
-def pack_int4_pairs(q):
-    """Integers in [-8, 7], two along the last dimension per byte: low nibble the even column, value + 8."""
+def pack_int4_halves(q, block: int):
+    """Integers in [-8, 7] of a [rows, cols] tensor, two per byte, value + 8: in each block of `block`
+    columns (the last one zero-padded), byte k holds column k (low nibble) and column k + block/2
+    (high nibble), so a kernel's two halves of the activation are contiguous. [rows, nblocks*block/2]."""
     import torch
 
-    u = (q.to(torch.int32) + 8)
-    return (u[..., 0::2] | (u[..., 1::2] << 4)).to(torch.uint8).contiguous()
+    rows, cols = q.shape
+    nb = -(-cols // block)
+    full = torch.zeros(rows, nb * block, dtype=torch.int32)
+    full[:, :cols] = q.to(torch.int32).cpu()
+    u = (full + 8).reshape(rows, nb, block)
+    half = block // 2
+    return (u[:, :, :half] | (u[:, :, half:] << 4)).reshape(rows, nb * half).to(torch.uint8).contiguous()
+
+
+def unpack_int4_halves(packed, block: int, cols: int):
+    import torch
+
+    rows = packed.shape[0]
+    p = packed.to(torch.int32).reshape(rows, -1, block // 2)
+    return torch.cat([(p & 15) - 8, (p >> 4) - 8], dim=2).reshape(rows, -1)[:, :cols]
 
 
 def int8_embedding(weight):
@@ -158,6 +173,13 @@ class QuantFusedMambaStep(FusedMambaStep):
 
             self.hm_m, self.hm_p = hadamard_factors(E)
             self.hm = (_base_matrix(self.hm_m) / math.sqrt(E)).float().to(dev).contiguous()
+        g_in = mixers[0].in_proj.group_size or D
+        # chunks of the d_model row inside one in_proj scale group; 4-bit packing blocks of in_proj
+        # (CH) and out_proj (PB columns: the SSM kernel's column block)
+        self.CH = _pow2_divisor(math.gcd(D, g_in), 128)
+        if self.wbits == 4 and (self.CH < 2 or D % 2):
+            raise InputError(f"4-bit in_proj needs an even d_model and groups (d_model {D}, group {g_in})")
+        self.PB = max(2, min(128, _pow2(D)))
         self.layers, self.groups = [], None
         with torch.no_grad():
             for block, mx in zip(qmodel.layers, mixers):
@@ -173,7 +195,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                 q_in = mx.in_proj.weight_int.detach()
                 q_oT = mx.out_proj.weight_int.detach().t().contiguous()  # [E, D]
                 if self.wbits == 4:
-                    w_in, w_oT = pack_int4_pairs(q_in), pack_int4_pairs(q_oT)
+                    w_in, w_oT = pack_int4_halves(q_in, self.CH), pack_int4_halves(q_oT, self.PB)
                 else:
                     w_in, w_oT = q_in.to(torch.int8).contiguous(), q_oT.to(torch.int8).contiguous()
                 acts = torch.zeros(4)
@@ -230,13 +252,9 @@ class QuantFusedMambaStep(FusedMambaStep):
         g_in, g_x, g_dt, g_o = self.groups
         D, E = self.D, self.E
         self.BC = _divisor_block(E, min(blocks.in_channels, _pow2_divisor(g_x, 1 << 30)))
-        self.CH = _pow2_divisor(math.gcd(D, g_in), 128)
-        if self.wbits == 4 and (self.CH < 2 or D % 2):
-            raise InputError(f"4-bit in_proj needs an even d_model and groups (d_model {D}, group {g_in})")
         self.NCH = D // self.CH
-        self.BO = min(_pow2(blocks.ssm_cols or 128), _pow2(D))
-        if self.wbits == 4:
-            self.BO = max(self.BO, 2)
+        # 4-bit out_proj: the column block is the packing block
+        self.BO = self.PB if self.wbits == 4 else min(_pow2(blocks.ssm_cols or 128), _pow2(D))
         limit = math.gcd(E, g_o)
         if self.rotate:
             self.BEB = _divisor_block(math.gcd(limit, self.hm_p), blocks.ssm_channels)  # SSM kernel (1-D)
@@ -256,6 +274,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         b, D, E, N, R, K, XD = self.blocks, self.D, self.E, self.N, self.R, self.K, self.XD
         g_in, g_x, g_dt, g_o = self.groups
         ldw = D if self.wbits == 8 else D // 2
+        ldo = D if self.wbits == 8 else triton_cdiv(D, self.PB) * self.PB // 2
         nl = len(self.layers)
         aq = self.aq
         for i, L in enumerate(self.layers):
@@ -267,12 +286,13 @@ class QuantFusedMambaStep(FusedMambaStep):
                     D=D, E=E, K=K, KP=_pow2(K), XD=XD, BX=_pow2(XD), BC=self.BC, CH=self.CH, NCH=self.NCH,
                     BNCH=_pow2(self.NCH), NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, WB=self.wbits,
                     IN_AQ=aq["in"], SSM_AQ=aq["ssm"], FIRST=(i == 0), FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(),
+                    L3=b.q_chunked, BDW=_pow2(ldw),
                     num_warps=b.warps_in,
                 )
             if "ssm" not in parts:
                 continue
             common = dict(D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=XD, BX=_pow2(XD), NGD=R // g_dt, GD=g_dt,
-                          NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldw, INTERP=interpreted())
+                          NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted())
             if self.rotate:
                 q_ssm_kernel[(E // self.BEB, 1)](
                     self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[i], L["w_dt"], L["s_dt"], L["dt_b"],
@@ -284,7 +304,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                     self.h, self.ppart, self.hm, L["acts"], L["w_oT"], L["s_o"], self.xsum[i],
                     D=D, E=E, XD=XD, BX=_pow2(XD), BE=self.BE, BO=self.BO, P2=self.hm_p, M=self.hm_m,
                     NPP=E // self.BEB, BNPP=_pow2(E // self.BEB), PER_ROW=self.hm_p // self.BEB, NGO=E // g_o,
-                    GO=g_o, WB=self.wbits, OUT_AQ=aq["out"], LDW=ldw, INTERP=interpreted(), num_warps=b.warps_ssm,
+                    GO=g_o, WB=self.wbits, OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), num_warps=b.warps_ssm,
                 )
             else:
                 grid = (E // self.BE, triton_cdiv(D, self.BO))
@@ -309,4 +329,4 @@ class QuantFusedMambaStep(FusedMambaStep):
         return False
 
 
-__all__ = ["QuantFusedMambaStep", "int8_embedding", "pack_int4_pairs", "interpreted"]
+__all__ = ["QuantFusedMambaStep", "int8_embedding", "interpreted", "pack_int4_halves", "unpack_int4_halves"]

@@ -7,9 +7,13 @@ must compute its function. Weight-only recipes (W4A16): only the fp32 summation 
 kernels; 1e-4 leaves margin for 24 layers while a wrong scale index, nibble order or a Hadamard
 sign gives errors of order 1. Int8-activation recipes (W8A8): the kernels round each quantized
 input exactly as ``fake_quant`` (IEEE division, half to even) and then sum integers exactly, but
-their fp32 input to the rounding (an RMSNorm, a conv) can differ from PyTorch's in the last bit; at
-a rounding tie that moves one activation by one level (one scale step), seen ~1e-6 end to end;
-1e-3 bounds a few such flips per step.
+their fp32 input to the rounding (an RMSNorm, a conv) can differ from PyTorch's in the last bit.
+Near a rounding boundary that moves one activation by one level, ~1e-3 of the layer's output, and
+every later rounding sees that difference: one such flip takes the whole step to the recipe's own
+quantization noise (~1e-2; the same happens between PyTorch's fp32 and float64 runs of the
+fake-quant model). So W8A8 is checked step by step from the reference's state (teacher forcing)
+on 2 layers at the 130m width, where a flip-free step is the common case: most steps must agree to
+1e-5 (the integer path is right), none may exceed the quantization-noise scale (5e-2).
 
 GPU tests skip without CUDA + Triton; the interpreter test runs the kernels on CPU.
 """
@@ -74,14 +78,14 @@ def check_quant_runtime(qmodel, device: str, tokens, tol: float, **kw) -> dict:
 
 
 def test_int4_pairs_and_int8_embedding_are_exact():
-    from targets.gpu.qmamba import int8_embedding, pack_int4_pairs
+    from targets.gpu.qmamba import int8_embedding, pack_int4_halves, unpack_int4_halves
 
     q = torch.randint(-8, 8, (5, 12))
-    packed = pack_int4_pairs(q)
-    assert packed.dtype == torch.uint8 and packed.shape == (5, 6)
-    lo = (packed & 15).to(torch.int32) - 8
-    hi = (packed >> 4).to(torch.int32) - 8
-    assert torch.equal(torch.stack([lo, hi], -1).reshape(5, 12), q.to(torch.int32))
+    packed = pack_int4_halves(q, 8)  # blocks of 8 columns, the second zero-padded
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 8)
+    assert int(packed[0, 0]) == (int(q[0, 0]) + 8) | ((int(q[0, 4]) + 8) << 4)
+    assert bool(((packed[:, 4:] >> 4) == 8).all())  # padding columns 12..15: value 0 (+ 8) in the high nibbles
+    assert torch.equal(unpack_int4_halves(packed, 8, 12), q.to(torch.int32))
     qmodel = quantized(_model(0, vocab_size=200, d_model=32, n_layer=1), "w4a16")
     table, scale = int8_embedding(qmodel.embedding.weight)
     assert table.dtype == torch.int8 and table.abs().max() == 127
@@ -118,14 +122,41 @@ def test_interpreted_quant_kernels_match_fake_quant():
     assert out.stdout.count("kernels_per_layer") == 5
 
 
+def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
+    """Relative logits error of single fused steps, each from the reference's state."""
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    rt = QuantFusedMambaStep(qmodel, device=device, **kw)
+    ref = rt.dequantized_model().to(device)
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=gen).to(device) for k, v in ref.init_state(1).items()}
+    errors = []
+    for tok in tokens:
+        rt.load_state(state)
+        logits = rt.step(tok).clone()
+        with torch.no_grad():
+            y, state = ref.step(torch.tensor([tok], device=device), state)
+        errors.append(_rel(logits, y[0]))
+    return errors
+
+
 @gpu
-@pytest.mark.parametrize("recipe,over,tol", [("w4a16", {}, 1e-4), ("w4a16", {"rotate": False}, 1e-4),
-                                             ("w8a8", {}, 1e-3), ("w8a8", {"rotate": False}, 1e-3)])
-def test_quant_130m_shape_matches_fake_quant(recipe, over, tol):
-    """The named recipes at the mamba-130m shape (groups of 128, the 12 x 128 rotation)."""
+@pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
+def test_w4a16_130m_shape_matches_fake_quant(recipe, over):
+    """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation)."""
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
-    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], tol)
+    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4)
     print(recipe, over, worst)
+
+
+@gpu
+@pytest.mark.parametrize("over", [{}, {"rotate": False}])
+def test_w8a8_130m_width_matches_fake_quant_step_by_step(over):
+    model = _model(0, vocab_size=50280, d_model=768, n_layer=2).cuda()
+    errors = teacher_forced_errors(quantized(model, "w8a8", **over), "cuda", list(range(3, 50000, 3125)))
+    print("w8a8", over, errors)
+    assert sum(e < 1e-5 for e in errors) >= 0.75 * len(errors), errors
+    assert max(errors) < 5e-2, errors
 
 
 @gpu
