@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", default="w4a16-norotate,w4a16,w8a8-norotate,w8a8")
     p.add_argument("--variants", default="")
     p.add_argument("--out", default="decode_gpu_parts.json")
+    p.add_argument("--step-only", action="store_true", help="time only the whole step")
+    p.add_argument("--skip", default="", help="comma-separated runtimes to leave out (bf16, int4)")
     args = p.parse_args(argv)
     import torch
 
@@ -33,7 +35,8 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     base = Mamba(MambaConfig(**CONFIG)).eval()
-    runtimes = {"bf16": FusedMambaStep(base), "int4 (weight-only)": FusedMambaStep(base, weights="int4")}
+    runtimes = {name: FusedMambaStep(base, weights=w) for name, w in (("bf16", "bf16"), ("int4 (weight-only)", "int4"))
+                if w not in args.skip.split(",")}
     out = {"device": torch.cuda.get_device_name(0), "rows": [], "checks": {}}
     for recipe in [r for r in args.recipes.split(",") if r]:
         rt = QuantFusedMambaStep(quantized_model(torch, base, recipe))
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
             try:
                 rt.set_blocks(Blocks(**v))
                 row = {"runtime": name, "blocks": v}
-                for part, parts in (("step", ("in", "ssm", "head")), ("in", ("in",)), ("ssm", ("ssm",)), ("head", ("head",))):
+                kinds = (("step", ("in", "ssm", "head")), ("in", ("in",)), ("ssm", ("ssm",)), ("head", ("head",)))
+                for part, parts in kinds[:1] if args.step_only else kinds:
                     row[part] = device_ms(torch, rt.graph(False, parts).replay, inner=20, repeats=10) * 1e3
                 rt.reset()
             except Exception as exc:

@@ -77,7 +77,7 @@ def q_in_kernel(
     BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
     NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
     FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr, L3: tl.constexpr,
-    BDW: tl.constexpr,
+    BDW: tl.constexpr, EVW: tl.constexpr,
 ):
     """RMSNorm -> in_proj (x, z rows of BC channels; integer weights) -> conv + SiLU (-> ssm_in
     rounding) -> this block's x_proj share added into xsum. The d_model row is cut into NCH chunks
@@ -112,12 +112,12 @@ def q_in_kernel(
         woff = chans[:, None] * LDW + boff[None, :]
         sxg = tl.load(s_in_ptr + chans[:, None] * NGI + (cl // GI)[None, :], mask=wm, other=0.0)
         szg = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + (cl // GI)[None, :], mask=wm, other=0.0)
-    bx = tl.load(w_in_ptr + woff, mask=wm, other=0)
-    bz = tl.load(w_in_ptr + E * LDW + woff, mask=wm, other=0)
+    bx = tl.load(w_in_ptr + woff, mask=wm, other=0, eviction_policy=EVW)
+    bz = tl.load(w_in_ptr + E * LDW + woff, mask=wm, other=0, eviction_policy=EVW)
     nwl = tl.load(norm_w_ptr + cl, mask=am, other=0.0)
     if WB == 4:
         nwh = tl.load(norm_w_ptr + cl + HALF, mask=am, other=0.0)
-    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0, eviction_policy=EVW)
     sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
     cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
     cb = tl.load(conv_b_ptr + chans)
@@ -190,7 +190,7 @@ def q_in_kernel(
 
 @triton.jit
 def _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, c0, po, D: tl.constexpr, BO: tl.constexpr, NGO: tl.constexpr,
-               GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr):
+               GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr):
     """out_proj rows `chans` (stored transposed [E, D]) times y, columns [po*BO, (po+1)*BO), added
     into the residual; the channels lie in one scale group (c0 // GO)."""
     if WB == 4:
@@ -200,7 +200,7 @@ def _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, c0, po, D: tl.constexpr, BO: 
         ch = cl + BO // 2
         ml = cl < D
         mh = ch < D
-        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + (po * (BO // 2) + k)[None, :])
+        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + (po * (BO // 2) + k)[None, :], eviction_policy=EVW)
         sol = tl.load(s_o_ptr + cl * NGO + c0 // GO, mask=ml, other=0.0)
         soh = tl.load(s_o_ptr + ch * NGO + c0 // GO, mask=mh, other=0.0)
         boi = bo.to(tl.int32)
@@ -211,7 +211,7 @@ def _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, c0, po, D: tl.constexpr, BO: 
     else:
         cols = po * BO + tl.arange(0, BO)
         cm = cols < D
-        wo = tl.load(w_oT_ptr + chans[:, None] * LDW + cols[None, :], mask=cm[None, :], other=0)
+        wo = tl.load(w_oT_ptr + chans[:, None] * LDW + cols[None, :], mask=cm[None, :], other=0, eviction_policy=EVW)
         so = tl.load(s_o_ptr + cols * NGO + c0 // GO, mask=cm, other=0.0)
         contrib = tl.sum(wo.to(tl.float32) * y[:, None], axis=0) * so
         tl.atomic_add(h_ptr + cols, contrib, mask=cm, sem="relaxed")
@@ -225,7 +225,7 @@ def q_ssm_kernel(
     XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, NGD: tl.constexpr, GD: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, DT_AQ: tl.constexpr, OUT_AQ: tl.constexpr,
     ROT: tl.constexpr, P2: tl.constexpr, RESET_AMAX: tl.constexpr, ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
-    LDW: tl.constexpr, INTERP: tl.constexpr,
+    LDW: tl.constexpr, INTERP: tl.constexpr, EVW: tl.constexpr,
 ):
     """dt_proj (integer weights) + softplus, the state update, y = C·h + D·x, gate. Without rotation
     (ROT False, 2-D grid as ``mamba_ssm_out2_kernel``): (rounded) y times this block's out_proj share
@@ -242,7 +242,7 @@ def q_ssm_kernel(
     rm = r[None, :] < R
     n = tl.arange(0, BN)
     nm = n[None, :] < N
-    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0)
+    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0, eviction_policy=EVW)
     if NGD == 1:
         sdt = tl.load(s_dt_ptr + chans)[:, None]
     else:
@@ -278,9 +278,9 @@ def q_ssm_kernel(
         if OUT_AQ:
             s_o = tl.load(act_s_ptr + 3)
             yq = _qint(y, s_o, INTERP)
-            _out_share(h_ptr, w_oT_ptr, s_o_ptr, yq * s_o, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW)
+            _out_share(h_ptr, w_oT_ptr, s_o_ptr, yq * s_o, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
         else:
-            _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW)
+            _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
         if po == 0:
             tl.store(ssm_out_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
             if pe == 0:
@@ -297,7 +297,7 @@ def q_rot_out_kernel(
     D: tl.constexpr, E: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr,
     P2: tl.constexpr, M: tl.constexpr, NPP: tl.constexpr, BNPP: tl.constexpr, PER_ROW: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, OUT_AQ: tl.constexpr, LDW: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, EVW: tl.constexpr,
 ):
     """The rotated out_proj input for channels [pe*BE, (pe+1)*BE) (all in row a = pe*BE // P2 of
     H_m ⊗ H_p): rot[a, b] = sum_k hm[a, k // PER_ROW] * ppart[k, b] (hm holds H_m / sqrt(E)), rounded
@@ -315,7 +315,7 @@ def q_rot_out_kernel(
     if OUT_AQ:
         s_o = tl.load(act_s_ptr + 3)
         rot = _qint(rot, s_o, INTERP) * s_o
-    _out_share(h_ptr, w_oT_ptr, s_o_ptr, rot, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW)
+    _out_share(h_ptr, w_oT_ptr, s_o_ptr, rot, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
     if pe == 0:
         if po == 0:
             xo = tl.arange(0, BX)
@@ -326,7 +326,7 @@ def q_rot_out_kernel(
 def q_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
-    COPY_BLK: tl.constexpr,
+    COPY_BLK: tl.constexpr, EVH: tl.constexpr,
 ):
     """Final RMSNorm, the tied head over the int8 embedding (per-row scales), fp32 logits, arg-max
     folded into one int64 atomic_max (as ``lm_head_kernel``)."""
@@ -341,7 +341,8 @@ def q_head_kernel(
     dm = offs < D
     rows = pid * BV + tl.arange(0, BV)
     rmask = rows < vocab
-    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0)
+    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0,
+                eviction_policy=EVH)
     ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
     nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
     v = tl.load(h_ptr + offs, mask=dm, other=0.0)
