@@ -170,3 +170,29 @@ def test_quant_graph_replay_equals_direct_launches():
         la, lb = a.step(tok).clone(), b.step(tok).clone()
         assert _rel(la, lb) < 1e-5
     assert torch.isfinite(la).all() and la.abs().max() > 0
+
+
+def test_runtime_adapter_picks_the_quantized_step_for_recipe_models():
+    from targets.gpu.runtime import is_recipe_quantized
+
+    model = _model(0, vocab_size=200, d_model=32, n_layer=1)
+    assert not is_recipe_quantized(model)
+    assert is_recipe_quantized(quantized(model, "w4a16"))
+
+
+@gpu
+@pytest.mark.parametrize("recipe", ["w4a16", "w8a8"])
+def test_profile_opens_the_verified_quantized_runtime(tmp_path, recipe):
+    """A folder written by `edgeseq quantize` opens on CUDA as the fused quantized step, verified
+    against its fake-quant model, and names its recipe's widths."""
+    import edgeseq
+    from quantize.io import save_quantized
+    from targets.gpu.runtime import verify
+    from targets.runtimes import open_runtime
+
+    model = edgeseq.load("mamba-shakespeare").model.float().eval()
+    qmodel = quantized(model, recipe)
+    save_quantized(qmodel, tmp_path / "q", recipe)
+    rt = open_runtime(str(tmp_path / "q"), device="cuda")
+    assert rt.name == f"triton-fused-{recipe}"
+    assert verify(rt, rt.fused.qmodel) < 1e-4
