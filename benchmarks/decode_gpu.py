@@ -208,8 +208,7 @@ def fused_error(torch, rt, base) -> float:
     return max(worst, worst_state)
 
 
-TVM_CUDA_NOTE = ("not measured: the GPU machine has no TVM (no package registry there) and a TVM CUDA module "
-                 "needs TVM's runtime to load; see docs/gpu.md")
+TVM_CUDA_NOTE = "not measured in this run (--tvm ARTIFACT,LIBDIR: see benchmarks/decode_gpu_tvm.py)"
 
 
 def measure_prefill(torch, base, lengths: list, repeats: int = 5) -> dict:
@@ -361,6 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", help="'' skips the torch.compile row")
     p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
     p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
+    p.add_argument("--tvm", default="", help="ARTIFACT,LIBDIR: also time a TVM CUDA artifact (benchmarks/decode_gpu_tvm.py)")
     p.add_argument("--prefill", default="512,4096", help="prompt lengths for the prefill rows ('' for none)")
     p.add_argument("--quick", action="store_true", help="only the fused rows and the cuBLAS floor (no eager, no compile)")
     p.add_argument("--recipes", default="w4a16,w4a16-norotate,w8a8,w8a8-norotate",
@@ -470,7 +470,7 @@ def main(argv=None) -> int:
 
             rt = QuantFusedMambaStep(qmodel, blocks=chosen)
             if rt.aq["in"]:  # int8 activations: single steps from the reference state (see quant_step_errors)
-                checks[f"fused recipe {recipe} vs fake-quant model fp32, single steps"] = quant_step_errors(torch, rt)
+                checks[f"fused recipe {recipe} vs fake-quant model float64, single steps"] = quant_step_errors(torch, rt)
             else:
                 checks[f"fused recipe {recipe} vs fake-quant model fp32"] = fused_error(torch, rt, base)
             name = f"edgeseq fused triton recipe {recipe} ({3 if rt.rotate else 2} kernels/layer)"
@@ -485,6 +485,21 @@ def main(argv=None) -> int:
         log(f"fused rows skipped: {type(exc).__name__}: {exc}")
     log(f"checks: {json.dumps(checks)}")
 
+    tvm_out = TVM_CUDA_NOTE
+    if args.tvm:
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from decode_gpu_tvm import TVM_CONFIG, tvm_cuda_rows
+
+            artifact, libdir = args.tvm.split(",")
+            tvm_out = {"model": TVM_CONFIG, "note": "one layer at the 130m width, timed apart from the interleaved rows",
+                       **tvm_cuda_rows(torch, artifact, libdir)}
+            log(f"tvm: {json.dumps(tvm_out['rows'])}")
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            tvm_out = f"failed: {type(exc).__name__}: {exc}"[:500]
     prefill_out = measure_prefill(torch, base, [int(t) for t in args.prefill.split(",") if t]) if args.prefill else None
 
     copy_gbs = copy_bandwidth_gbs(torch)
@@ -533,7 +548,7 @@ def main(argv=None) -> int:
         "model": {**CONFIG, "n_layer": args.layers, "params": n_params}, "tokens_per_round": args.tokens,
         "rounds": args.rounds, "copy_bandwidth_gbs": copy_gbs, "datasheet_bandwidth_gbs": sheet_gbs,
         "checks_rel_error": checks, "sweep": sweep_out, **extra, "peak_mem_bytes": torch.cuda.max_memory_allocated(),
-        "prefill": prefill_out, "tvm_cuda": TVM_CUDA_NOTE,
+        "prefill": prefill_out, "tvm_cuda": tvm_out,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -546,6 +561,11 @@ def main(argv=None) -> int:
         speed = "-" if row["speedup_vs_transformers"] is None else f"{row['speedup_vs_transformers']:.1f}x"
         print(f"{row['row']:52s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {dev:>8s} {row['bytes_per_token'] / 1e6:6.0f} "
               f"{row['ratio_measured_bw']:7.1f} {dr:>10s} {speed:>7s}")
+    if isinstance(tvm_out, dict):
+        print(f"TVM CUDA vs edgeseq, {tvm_out['model']['n_layer']} layer x {tvm_out['model']['d_model']}, vocab "
+              f"{tvm_out['model']['vocab_size']} (check vs PyTorch: {json.dumps(tvm_out['check_vs_pytorch_reference'])})")
+        for name, row in tvm_out["rows"].items():
+            print(f"  {name:50s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {row['device_ms']:8.3f}")
     if prefill_out:
         print(f"{'prefill':52s} {'prompt':>8s} {'ms':>8s} {'tok/s':>9s}")
         for row in prefill_out["rows"]:
