@@ -1,7 +1,7 @@
 """One decode step of a mamba-130m-shaped model on a CUDA GPU: the PyTorch runtimes, a compiler, the
 cuBLAS floor and edgeseq's fused Triton runtime side by side.
 
-    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep]
+    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep] [--tvm ARTIFACT,LIBDIR] [--quick]
 
 Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1. Rows, timed in
 one run, interleaved round by round:
@@ -13,7 +13,14 @@ one run, interleaved round by round:
   kernels captured into one CUDA graph with the state fed back in the graph — the free baseline;
 * the cuBLAS GEMV-only floor: only the step's 97 bf16 weight GEMVs (``F.linear``), one CUDA graph;
 * edgeseq's fused Triton runtime (``targets.gpu``): bf16 weights, int8 weights (W8A16, per-row
-  scales) and int4 weights (W4A16, groups of 128), each one CUDA graph of 49 kernels.
+  scales) and int4 weights (W4A16, groups of 128), each one CUDA graph of 49 kernels;
+* the fused runtime of recipe-quantized models (``targets.gpu.qmamba``): ``quantize_model`` under
+  w4a16, w4a16 without its Hadamard rotation, w8a8 and w8a8-norotate (calibrated on random tokens),
+  run with the recipe's own integers and scales; checked against the fake-quant model.
+
+Apart from the interleaved rows, in the same run: prompt prefill (tokens/s for 512 and 4096 tokens:
+``Mamba.prefill`` fp32/bf16 against ``targets.gpu.prefill``), and with ``--tvm`` a TVM CUDA sm_90
+artifact of one layer beside the fused step at that shape (``decode_gpu_tvm.py``).
 
 Two timings per row: ``p50_ms``/``p90_ms``, each step followed by a device synchronize (what a
 streaming caller sees, host round trip included), and for the graph rows ``device_ms``: the median
