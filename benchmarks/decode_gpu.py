@@ -221,8 +221,9 @@ TVM_CUDA_NOTE = "not measured in this run (--tvm ARTIFACT,LIBDIR: see benchmarks
 def measure_prefill(torch, base, lengths: list, repeats: int = 5) -> dict:
     """Prompt prefill, tokens/s (median of `repeats` timed runs after 2 warm-ups, host clock around a
     synchronize): edgeseq's PyTorch prefill (``Mamba.prefill``, fp32 and bf16) and the GPU prefill
-    (``targets.gpu.prefill``: bf16 GEMMs + the chunked Triton scan), with the GPU prefill's error
-    against ``Mamba.prefill`` in fp32 (last logits, relative)."""
+    (``targets.gpu.prefill``: bf16 GEMMs + the chunked Triton scan; direct launches and replayed as one
+    CUDA graph), with the GPU prefill's error against ``Mamba.prefill`` in fp32 (last logits,
+    relative) and the graph's difference from the direct launches."""
     from targets.gpu.prefill import MambaPrefill
 
     model32 = copy.deepcopy(base).cuda().eval()
@@ -235,10 +236,19 @@ def measure_prefill(torch, base, lengths: list, repeats: int = 5) -> dict:
         with torch.inference_mode():
             ref, _ = model32.prefill(tokens)
             got, _ = gpu.prefill(tokens[0])
+            try:
+                graphed, _ = gpu.prefill_graphed(tokens[0])
+                graph_diff = float((graphed - got).norm() / got.norm())
+            except Exception as exc:  # the other rows still run
+                log(f"graphed prefill skipped: {type(exc).__name__}: {exc}")
+                graph_diff = None
         err = float((got - ref[0, -1]).norm() / ref[0, -1].norm())
         runs = {"edgeseq torch prefill fp32": lambda: model32.prefill(tokens),
                 "edgeseq torch prefill bf16": lambda: model16.prefill(tokens),
-                "edgeseq gpu prefill (bf16 GEMMs + chunked Triton scan)": lambda: gpu.prefill(tokens[0])}
+                "edgeseq gpu prefill (bf16 GEMMs + chunked Triton scan)": lambda: gpu.prefill(tokens[0]),
+                "edgeseq gpu prefill, one CUDA graph per prompt length": lambda: gpu.prefill_graphed(tokens[0])}
+        if graph_diff is None:
+            runs.pop("edgeseq gpu prefill, one CUDA graph per prompt length")
         for name, fn in runs.items():
             times = []
             with torch.inference_mode():
@@ -253,6 +263,8 @@ def measure_prefill(torch, base, lengths: list, repeats: int = 5) -> dict:
             row = {"row": name, "prompt": length, "ms": ms, "tokens_per_s": length / ms * 1e3}
             if name.startswith("edgeseq gpu"):
                 row["rel_error_vs_fp32_prefill"] = err
+            if "CUDA graph" in name:
+                row["rel_diff_vs_direct_launches"] = graph_diff
             out["rows"].append(row)
             log(f"prefill {length}: {name} {ms:.2f} ms, {row['tokens_per_s']:.0f} tok/s")
     del model32, model16, gpu

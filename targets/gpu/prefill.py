@@ -3,6 +3,7 @@ PyTorch) and the selective scan as a chunked parallel scan in three Triton kerne
 
     pf = MambaPrefill(model)                 # weights -> GPU (bf16 GEMM weights)
     logits, state = pf.prefill(tokens)       # last position's logits [vocab] fp32, the model's named state
+    logits, state = pf.prefill_graphed(tokens)   # the same, replayed as one CUDA graph per prompt length
     rt.load_state(state)                     # hand over to the fused decode step (FusedMambaStep)
 
 The scan (``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t``, ``y_t = C_t·h_t + D x_t``, gated by
@@ -158,6 +159,7 @@ class MambaPrefill:
             self.emb = model.embedding.weight.detach().to(dev, wt).contiguous()
             self.norm_f = model.norm_f.weight.detach().to(dev, f32).contiguous()
             self.eps_f = float(model.norm_f.eps)
+        self._graphs: dict[int, Any] = {}
 
     def _lin(self, x, w, b=None):
         import torch.nn.functional as F
@@ -193,6 +195,29 @@ class MambaPrefill:
             last = last * torch.rsqrt(last.pow(2).mean() + self.eps_f) * self.norm_f
             logits = F.linear(last.to(self.dtype), self.emb).float()
         return logits, state
+
+    def prefill_graphed(self, tokens: Any) -> tuple[Any, dict]:
+        """``prefill`` captured once per prompt length into a CUDA graph and replayed: the ~300
+        launches of a 24-layer prompt leave the host once. Returns views of the graph's output
+        buffers (clone them to keep them past the next call of the same length)."""
+        torch = self.torch
+        tokens = torch.as_tensor(tokens, device=self.device).reshape(-1)
+        length = tokens.numel()
+        if length not in self._graphs:
+            static = tokens.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.prefill(static)  # compiles the kernels for this length outside the capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.prefill(static)
+            self._graphs[length] = (graph, static, out)
+        graph, static, out = self._graphs[length]
+        static.copy_(tokens)
+        graph.replay()
+        return out
 
 
 __all__ = ["MambaPrefill", "chunked_scan", "scan_chunk_carry_kernel", "scan_chunk_out_kernel", "scan_chunk_state_kernel"]
