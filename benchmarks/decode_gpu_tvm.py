@@ -3,8 +3,9 @@ that has no TVM Python package.
 
     python benchmarks/decode_gpu_tvm.py ARTIFACT LIBDIR [--out tvm.json]
 
-ARTIFACT: ``edgeseq export`` of ``Mamba(MambaConfig(**TVM_CONFIG))`` (seed 0) with ``--format tvm
---target cuda-sm90`` (its kernels compiled ahead of time into ``step.cubin``); LIBDIR holds
+ARTIFACT: ``export.artifact.export_artifact(Mamba(MambaConfig(**TVM_CONFIG)) (seed 0), out,
+format="tvm", target="cuda-sm90")`` (``--target h200`` on the CLI; its kernels compiled ahead of time
+into ``step.cubin``); LIBDIR holds
 ``libtvm_runtime.so`` and ``libtvm_runtime_cuda.so`` from the apache-tvm wheel, and ``tvm_ffi`` is
 importable. One layer at the 130m width (d_model 768, vocab 1024): the 130m model's 24 layers and
 50280-word head do not fit in what a device call can carry (an fp32 TVM artifact of the whole model is
