@@ -1,7 +1,8 @@
 """A TVM CUDA (sm_90) artifact of a Mamba step beside edgeseq's fused Triton step, on a GPU machine
 that has no TVM Python package.
 
-    python benchmarks/decode_gpu_tvm.py ARTIFACT LIBDIR [--out tvm.json]
+    python benchmarks/decode_gpu_tvm.py --build ARTIFACT            # here: TVM 0.27 + nvcc
+    python benchmarks/decode_gpu_tvm.py ARTIFACT LIBDIR [--out tvm.json]   # there
 
 ARTIFACT: ``export.artifact.export_artifact(Mamba(MambaConfig(**TVM_CONFIG)) (seed 0), out,
 format="tvm", target="cuda-sm90")`` (``--target h200`` on the CLI; its kernels compiled ahead of time
@@ -127,12 +128,29 @@ def tvm_cuda_rows(torch, artifact: str, libdir: str) -> dict:
     return out
 
 
+def build(out: str, target: str = "h200") -> dict:
+    """The one-layer artifact (seed 0), TVM CUDA sm_90, kernels compiled ahead of time with nvcc."""
+    import torch
+
+    from edgeseq.models.mamba import Mamba, MambaConfig
+    from export.artifact import export_artifact
+
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(**TVM_CONFIG)).eval()
+    return export_artifact(model, out, format="tvm", target=target, steps=16, batch=1, prefill=False, force=True,
+                           log=print)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifact")
-    p.add_argument("libdir")
+    p.add_argument("libdir", nargs="?")
+    p.add_argument("--build", action="store_true", help="build the artifact into ARTIFACT (no GPU needed)")
     p.add_argument("--out", default="decode_gpu_tvm.json")
     args = p.parse_args(argv)
+    if args.build:
+        build(args.artifact)
+        return 0
     import torch
 
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": TVM_CONFIG,
