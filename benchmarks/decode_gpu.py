@@ -1,7 +1,7 @@
 """One decode step of a mamba-130m-shaped model on a CUDA GPU: the PyTorch runtimes, a compiler, the
 cuBLAS floor and edgeseq's fused Triton runtime side by side.
 
-    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep]
+    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep] [--tvm ARTIFACT,LIBDIR] [--quick]
 
 Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1. Rows, timed in
 one run, interleaved round by round:
@@ -13,7 +13,14 @@ one run, interleaved round by round:
   kernels captured into one CUDA graph with the state fed back in the graph — the free baseline;
 * the cuBLAS GEMV-only floor: only the step's 97 bf16 weight GEMVs (``F.linear``), one CUDA graph;
 * edgeseq's fused Triton runtime (``targets.gpu``): bf16 weights, int8 weights (W8A16, per-row
-  scales) and int4 weights (W4A16, groups of 128), each one CUDA graph of 49 kernels.
+  scales) and int4 weights (W4A16, groups of 128), each one CUDA graph of 49 kernels;
+* the fused runtime of recipe-quantized models (``targets.gpu.qmamba``): ``quantize_model`` under
+  w4a16, w4a16 without its Hadamard rotation, w8a8 and w8a8-norotate (calibrated on random tokens),
+  run with the recipe's own integers and scales; checked against the fake-quant model.
+
+Apart from the interleaved rows, in the same run: prompt prefill (tokens/s for 512 and 4096 tokens:
+``Mamba.prefill`` fp32/bf16 against ``targets.gpu.prefill``), and with ``--tvm`` a TVM CUDA sm_90
+artifact of one layer beside the fused step at that shape (``decode_gpu_tvm.py``).
 
 Two timings per row: ``p50_ms``/``p90_ms``, each step followed by a device synchronize (what a
 streaming caller sees, host round trip included), and for the graph rows ``device_ms``: the median
@@ -208,6 +215,110 @@ def fused_error(torch, rt, base) -> float:
     return max(worst, worst_state)
 
 
+TVM_CUDA_NOTE = "not measured in this run (--tvm ARTIFACT,LIBDIR: see benchmarks/decode_gpu_tvm.py)"
+
+
+def measure_prefill(torch, base, lengths: list, repeats: int = 5) -> dict:
+    """Prompt prefill, tokens/s (median of `repeats` timed runs after 2 warm-ups, host clock around a
+    synchronize): edgeseq's PyTorch prefill (``Mamba.prefill``, fp32 and bf16) and the GPU prefill
+    (``targets.gpu.prefill``: bf16 GEMMs + the chunked Triton scan; direct launches and replayed as one
+    CUDA graph), with the GPU prefill's error against ``Mamba.prefill`` in fp32 (last logits,
+    relative) and the graph's difference from the direct launches."""
+    from targets.gpu.prefill import MambaPrefill
+
+    model32 = copy.deepcopy(base).cuda().eval()
+    model16 = copy.deepcopy(base).cuda().to(torch.bfloat16).eval()
+    gpu = MambaPrefill(base)
+    out = {"repeats": repeats, "rows": []}
+    gen = torch.Generator().manual_seed(3)
+    for length in lengths:
+        tokens = torch.randint(0, CONFIG["vocab_size"], (1, length), generator=gen).cuda()
+        with torch.inference_mode():
+            ref, _ = model32.prefill(tokens)
+            got, _ = gpu.prefill(tokens[0])
+            try:
+                graphed, _ = gpu.prefill_graphed(tokens[0])
+                graph_diff = float((graphed - got).norm() / got.norm())
+            except Exception as exc:  # the other rows still run
+                log(f"graphed prefill skipped: {type(exc).__name__}: {exc}")
+                graph_diff = None
+        err = float((got - ref[0, -1]).norm() / ref[0, -1].norm())
+        runs = {"edgeseq torch prefill fp32": lambda: model32.prefill(tokens),
+                "edgeseq torch prefill bf16": lambda: model16.prefill(tokens),
+                "edgeseq gpu prefill (bf16 GEMMs + chunked Triton scan)": lambda: gpu.prefill(tokens[0]),
+                "edgeseq gpu prefill, one CUDA graph per prompt length": lambda: gpu.prefill_graphed(tokens[0])}
+        if graph_diff is None:
+            runs.pop("edgeseq gpu prefill, one CUDA graph per prompt length")
+        for name, fn in runs.items():
+            times = []
+            with torch.inference_mode():
+                for i in range(2 + repeats):
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    fn()
+                    torch.cuda.synchronize()
+                    if i >= 2:
+                        times.append(time.perf_counter() - start)
+            ms = statistics.median(times) * 1e3
+            row = {"row": name, "prompt": length, "ms": ms, "tokens_per_s": length / ms * 1e3}
+            if name.startswith("edgeseq gpu"):
+                row["rel_error_vs_fp32_prefill"] = err
+            if "CUDA graph" in name:
+                row["rel_diff_vs_direct_launches"] = graph_diff
+            out["rows"].append(row)
+            log(f"prefill {length}: {name} {ms:.2f} ms, {row['tokens_per_s']:.0f} tok/s")
+    del model32, model16, gpu
+    torch.cuda.empty_cache()
+    return out
+
+
+def quant_step_errors(torch, rt, steps: int = 12) -> dict:
+    """Int8-activation runtimes: relative logits error of single steps, each from the fake-quant
+    model's state (teacher forcing), against that model in fp32 — and, as the noise floor, the same
+    model run by PyTorch in fp32 against float64. A rounding flip (an fp32 input a last bit away
+    from a rounding boundary) moves one activation a level and the rest of the step to the recipe's
+    quantization noise; flip-free steps show the integer path agreeing to fp32 rounding."""
+    ref = rt.dequantized_model().cuda()
+    ref64 = rt.dequantized_model().double().cuda()
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=gen).cuda() for k, v in ref.init_state(1).items()}
+    fused, torch32 = [], []
+    for tok in range(3, 3 + 4001 * steps, 4001):
+        rt.load_state(state)
+        logits = rt.step(tok % rt.V).clone()
+        t = torch.tensor([tok % rt.V], device="cuda")
+        with torch.inference_mode():
+            y, new_state = ref.step(t, state)
+            y64, _ = ref64.step(t, {k: v.double() for k, v in state.items()})
+        fused.append(float((logits.double() - y64[0]).norm() / y64[0].norm()))
+        torch32.append(float((y[0].double() - y64[0]).norm() / y64[0].norm()))
+        state = new_state
+    rt.reset()
+    del ref, ref64
+    torch.cuda.empty_cache()
+    return {"fused_vs_float64_median": statistics.median(fused), "fused_vs_float64_max": max(fused),
+            "fused_steps_below_1e-5": sum(e < 1e-5 for e in fused),
+            "torch_fp32_vs_float64_median": statistics.median(torch32), "torch_fp32_vs_float64_max": max(torch32),
+            "torch_fp32_steps_below_1e-5": sum(e < 1e-5 for e in torch32), "steps": steps}
+
+
+def quantized_model(torch, base, recipe: str):
+    """``quantize_model`` of the benchmark model under a named recipe (a ``-norotate`` suffix: the
+    same recipe without the Hadamard rotation, where no recipe has that name), calibrated on 4 random 64-token sequences (random
+    weights: the scales only need to be the recipe's, not good), on the GPU."""
+    from quantize.apply import quantize_model
+    from quantize.recipes import RECIPES, get_recipe, with_overrides
+
+    if recipe in RECIPES:
+        r = RECIPES[recipe]
+    else:
+        r = with_overrides(get_recipe(recipe.removesuffix("-norotate")), rotate=False)
+    gen = torch.Generator().manual_seed(2)
+    calib = [torch.randint(0, CONFIG["vocab_size"], (1, 64), generator=gen).cuda() for _ in range(4)]
+    qmodel, _ = quantize_model(copy.deepcopy(base).cuda(), r, calib, progress=False)
+    return qmodel.eval()
+
+
 def sweep(torch, rt) -> tuple[list, object, dict]:
     """Device time of the fused step under launch shapes, searched stage by stage (each stage keeps
     the best of the previous ones): PDL x L2 prefetch, then the in_proj kernel's shape, the SSM
@@ -268,8 +379,16 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", help="'' skips the torch.compile row")
     p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
     p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
+    p.add_argument("--tvm", default="", help="ARTIFACT,LIBDIR: also time a TVM CUDA artifact (benchmarks/decode_gpu_tvm.py)")
+    p.add_argument("--prefill", default="512,4096", help="prompt lengths for the prefill rows ('' for none)")
+    p.add_argument("--quick", action="store_true", help="only the fused rows and the cuBLAS floor (no eager, no compile)")
+    p.add_argument("--recipes", default="w4a16,w4a16-norotate,w8a8,w8a8-norotate",
+                   help="quantization recipes run through the fused quantized runtime ('' for none); "
+                        "a '-norotate' suffix turns the recipe's Hadamard rotation off")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "decode_gpu.json"))
     args = p.parse_args(argv)
+    if args.quick:
+        args.skip_eager, args.compile_mode = True, ""
 
     import torch
 
@@ -363,12 +482,44 @@ def main(argv=None) -> int:
             rows[name] = (FusedStep(rt), label, True)
             nbytes_of[name] = rt.bytes_per_step
         extra["fused_blocks"] = dict(chosen.__dict__)
+        for recipe in [r for r in args.recipes.split(",") if r]:
+            t0 = time.time()
+            qmodel = quantized_model(torch, base, recipe)
+            from targets.gpu.qmamba import QuantFusedMambaStep
+
+            rt = QuantFusedMambaStep(qmodel, blocks=chosen)
+            if rt.aq["in"]:  # int8 activations: single steps from the reference state (see quant_step_errors)
+                checks[f"fused recipe {recipe} vs fake-quant model float64, single steps"] = quant_step_errors(torch, rt)
+            else:
+                checks[f"fused recipe {recipe} vs fake-quant model fp32"] = fused_error(torch, rt, base)
+            name = f"edgeseq fused triton recipe {recipe} ({3 if rt.rotate else 2} kernels/layer)"
+            rows[name] = (FusedStep(rt), recipe, True)
+            nbytes_of[name] = rt.bytes_per_step
+            extra.setdefault("recipe_seconds", {})[recipe] = time.time() - t0
+            del qmodel
     except Exception as exc:
         import traceback
 
         traceback.print_exc()
         log(f"fused rows skipped: {type(exc).__name__}: {exc}")
     log(f"checks: {json.dumps(checks)}")
+
+    tvm_out = TVM_CUDA_NOTE
+    if args.tvm:
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from decode_gpu_tvm import TVM_CONFIG, tvm_cuda_rows
+
+            artifact, libdir = args.tvm.split(",")
+            tvm_out = {"model": TVM_CONFIG, "note": "one layer at the 130m width, timed apart from the interleaved rows",
+                       **tvm_cuda_rows(torch, artifact, libdir)}
+            log(f"tvm: {json.dumps(tvm_out['rows'])}")
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            tvm_out = f"failed: {type(exc).__name__}: {exc}"[:500]
+    prefill_out = measure_prefill(torch, base, [int(t) for t in args.prefill.split(",") if t]) if args.prefill else None
 
     copy_gbs = copy_bandwidth_gbs(torch)
     log(f"device-to-device copy bandwidth {copy_gbs:.0f} GB/s (read + write)")
@@ -398,7 +549,7 @@ def main(argv=None) -> int:
     results = []
     for name, values in samples.items():
         precision = rows[name][1]
-        nbytes = nbytes_of.get(name) or bytes_per[precision] * n_params + 2 * 4 * state_numel
+        nbytes = nbytes_of.get(name) or bytes_per.get(precision, 2) * n_params + 2 * 4 * state_numel
         p50 = percentile(values, 50)
         dev = statistics.median(dev_samples[name]) if dev_samples.get(name) else None
         roof_measured = nbytes / (copy_gbs * 1e9) * 1e3
@@ -416,7 +567,7 @@ def main(argv=None) -> int:
         "model": {**CONFIG, "n_layer": args.layers, "params": n_params}, "tokens_per_round": args.tokens,
         "rounds": args.rounds, "copy_bandwidth_gbs": copy_gbs, "datasheet_bandwidth_gbs": sheet_gbs,
         "checks_rel_error": checks, "sweep": sweep_out, **extra, "peak_mem_bytes": torch.cuda.max_memory_allocated(),
-        "prefill": "not measured (no GPU prefill scan kernel yet)", "tvm_cuda": "not measured (no TVM on the GPU machine)",
+        "prefill": prefill_out, "tvm_cuda": tvm_out,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -429,6 +580,16 @@ def main(argv=None) -> int:
         speed = "-" if row["speedup_vs_transformers"] is None else f"{row['speedup_vs_transformers']:.1f}x"
         print(f"{row['row']:52s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {dev:>8s} {row['bytes_per_token'] / 1e6:6.0f} "
               f"{row['ratio_measured_bw']:7.1f} {dr:>10s} {speed:>7s}")
+    if isinstance(tvm_out, dict):
+        print(f"TVM CUDA vs edgeseq, {tvm_out['model']['n_layer']} layer x {tvm_out['model']['d_model']}, vocab "
+              f"{tvm_out['model']['vocab_size']} (check vs PyTorch: {json.dumps(tvm_out['check_vs_pytorch_reference'])})")
+        for name, row in tvm_out["rows"].items():
+            print(f"  {name:50s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {row['device_ms']:8.3f}")
+    if prefill_out:
+        print(f"{'prefill':52s} {'prompt':>8s} {'ms':>8s} {'tok/s':>9s}")
+        for row in prefill_out["rows"]:
+            print(f"{row['row']:52s} {row['prompt']:8d} {row['ms']:8.2f} {row['tokens_per_s']:9.0f}"
+                  + (f"  err {row['rel_error_vs_fp32_prefill']:.1e}" if "rel_error_vs_fp32_prefill" in row else ""))
     print("checks (relative error):", json.dumps(checks))
     return 0
 

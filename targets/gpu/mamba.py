@@ -71,6 +71,12 @@ class Blocks:
     # used when d_inner / in_channels programs fit one per multiprocessor, else the per-layer kernels run
     persistent: bool = False
     fence: bool = False  # the persistent kernel's barrier: every thread fences (on top of bar.sync + release)
+    # recipe-quantized runtime (qmamba): in_proj rows as [chunks, CH] tiles with one scale per chunk
+    # (True), or flat rows with a scale per element (False)
+    q_chunked: bool = True
+    # recipe-quantized runtime: layer weights loaded with L2 evict_last, the head's table evict_first, so
+    # that the (4-bit: ~45 MB) layer weights can stay in the 60 MB L2 from one step to the next
+    q_l2: bool = True
 
 
 def quantize_rows_int8(w):

@@ -1,0 +1,359 @@
+"""Triton kernels of the fused Mamba-1 decode step for models quantized by an edgeseq recipe
+(``quantize.quantize_model``: W4A16, W8A8, ...). Imported only by ``targets.gpu.qmamba``.
+
+They compute what the fake-quant PyTorch model computes, with the recipe's own integers and scales:
+
+* every GEMV weight (in_proj, x_proj, dt_proj, out_proj) is the recipe's integer tensor with its
+  scales, per output channel or per group of input columns (a "channel" scale is one group as wide
+  as the input). in_proj and out_proj are stored 4-bit packed (two values a byte, offset by 8) for
+  4-bit recipes and as int8 otherwise; x_proj and dt_proj (2.5% of the bytes) one value a byte;
+* with int8 activations (W8A8), each quantized input is rounded in the kernel exactly as
+  ``quantize.qdq.fake_quant`` does: ``clamp(round_half_even(x / s), -128, 127)`` with IEEE
+  division; the dot products then run over integers (exact in fp32: |partial sums| < 2^24) and are
+  scaled once per group (weight scale x activation scale);
+* the token embedding (and the tied LM head) is the recipe's int8 table with a per-row scale;
+* a rotated out_proj (Quamba's Hadamard rotation) gets its input rotated in the kernels:
+  ``H = (H_m ⊗ H_p) / sqrt(n)``; the SSM kernel of a channel block writes its share of the
+  Sylvester part (``sum_b' (-1)^popcount(b & b') y[b']``), the out_proj kernel adds those shares
+  with the small ``H_m`` and rounds the rotated input before its GEMV. That costs a third kernel
+  per layer (the rotation needs the whole y, a dependency across the grid).
+
+Activations, the recurrent state and every accumulation are fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from targets.gpu.kernels import AMAX_RESET, _copy_share
+
+try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
+    from triton.language.extra.cuda.libdevice import rint as _rint_dev
+except ImportError:  # pragma: no cover
+    _rint_dev = None
+
+
+
+@triton.jit
+def _qint(x, s, INTERP: tl.constexpr):
+    """The integer level (as fp32) of fake_quant(x, s, 8): clamp(round_half_even(x / s), -128, 127),
+    x / s with IEEE rounding as torch divides. On the GPU the rounding is libdevice ``rint`` (PTX
+    cvt.rni): the compiler may fold the add-and-subtract trick, which the interpreter (numpy fp32)
+    uses instead."""
+    t = tl.math.div_rn(x, s)
+    t = tl.minimum(tl.maximum(t, -130.0), 130.0)
+    if INTERP:
+        t = (t + 12582912.0) - 12582912.0
+    else:
+        t = _rint_dev(t)
+    return tl.minimum(tl.maximum(t, -128.0), 127.0)
+
+
+@triton.jit
+def _parity(v):
+    v = v ^ (v >> 16)
+    v = v ^ (v >> 8)
+    v = v ^ (v >> 4)
+    v = v ^ (v >> 2)
+    v = v ^ (v >> 1)
+    return v & 1
+
+
+@triton.jit
+def _sum_all(x, L3: tl.constexpr):
+    if L3:
+        out = tl.sum(tl.sum(x, axis=1), axis=0)
+    else:
+        out = tl.sum(x, axis=0)
+    return out
+
+
+@triton.jit
+def q_in_kernel(
+    tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, norm_w_ptr, w_in_ptr, s_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
+    w_xT_ptr, s_x_ptr, act_s_ptr, xc_ptr, zg_ptr, xsum_ptr, eps, vocab,
+    D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
+    BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
+    NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
+    FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr, L3: tl.constexpr,
+    BDW: tl.constexpr, EVW: tl.constexpr,
+):
+    """RMSNorm -> in_proj (x, z rows of BC channels; integer weights) -> conv + SiLU (-> ssm_in
+    rounding) -> this block's x_proj share added into xsum. The d_model row is cut into NCH chunks
+    of CH columns, each inside one scale group; a 4-bit byte of chunk j holds columns j*CH + k (low
+    nibble) and j*CH + CH/2 + k (high), so both halves of the activation are contiguous loads.
+    L3: the row as a [NCH, CH] tile, partial dot products per chunk (exact integers when the input
+    is rounded), scaled once per chunk; else a flat row of BDW stored elements with one scale each."""
+    pid = tl.program_id(0)
+    chans = pid * BC + tl.arange(0, BC)
+    kk = tl.arange(0, KP)
+    xo = tl.arange(0, BX)
+    if WB == 4:
+        HALF: tl.constexpr = CH // 2
+    else:
+        HALF: tl.constexpr = CH
+    if L3:
+        j = tl.arange(0, BNCH)
+        jm = j < NCH
+        kq = tl.arange(0, HALF)
+        boff = j[:, None] * HALF + kq[None, :]  # stored element (byte) index in the row
+        cl = j[:, None] * CH + kq[None, :]  # the column it holds (the low nibble's)
+        am = jm[:, None]
+        wm = jm[None, :, None]
+        woff = chans[:, None, None] * LDW + boff[None, :, :]
+        sxg = tl.load(s_in_ptr + chans[:, None] * NGI + ((j * CH) // GI)[None, :], mask=jm[None, :], other=0.0)
+        szg = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + ((j * CH) // GI)[None, :], mask=jm[None, :], other=0.0)
+    else:
+        boff = tl.arange(0, BDW)
+        am = boff < NCH * HALF
+        cl = (boff // HALF) * CH + boff % HALF
+        wm = am[None, :]
+        woff = chans[:, None] * LDW + boff[None, :]
+        sxg = tl.load(s_in_ptr + chans[:, None] * NGI + (cl // GI)[None, :], mask=wm, other=0.0)
+        szg = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + (cl // GI)[None, :], mask=wm, other=0.0)
+    bx = tl.load(w_in_ptr + woff, mask=wm, other=0, eviction_policy=EVW)
+    bz = tl.load(w_in_ptr + E * LDW + woff, mask=wm, other=0, eviction_policy=EVW)
+    nwl = tl.load(norm_w_ptr + cl, mask=am, other=0.0)
+    if WB == 4:
+        nwh = tl.load(norm_w_ptr + cl + HALF, mask=am, other=0.0)
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0, eviction_policy=EVW)
+    sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
+    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    cb = tl.load(conv_b_ptr + chans)
+    # activations: the residual row (or the token's int8 embedding row for layer 0)
+    if FIRST:
+        if FROM_ARGMAX:
+            key = tl.load(amax_ptr)
+            tok = vocab - 1 - (key - ((key >> 32) << 32))
+        else:
+            tok = tl.load(tok_ptr)
+        es = tl.load(emb_s_ptr + tok)
+        vl = tl.load(emb_ptr + tok * D + cl, mask=am, other=0).to(tl.float32) * es
+        if pid == 0:
+            tl.store(h_ptr + cl, vl, mask=am)
+        if WB == 4:
+            vh = tl.load(emb_ptr + tok * D + cl + HALF, mask=am, other=0).to(tl.float32) * es
+            if pid == 0:
+                tl.store(h_ptr + cl + HALF, vh, mask=am)
+    else:
+        vl = tl.load(h_ptr + cl, mask=am, other=0.0)
+        if WB == 4:
+            vh = tl.load(h_ptr + cl + HALF, mask=am, other=0.0)
+    if WB == 4:
+        ss = _sum_all(vl * vl + vh * vh, L3)
+    else:
+        ss = _sum_all(vl * vl, L3)
+    rstd = 1.0 / tl.sqrt(ss / D + eps)
+    if IN_AQ:
+        s_a = tl.load(act_s_ptr + 0)
+    ul = vl * rstd * nwl
+    if IN_AQ:
+        ul = _qint(ul, s_a, INTERP)
+    if WB == 4:
+        uh = vh * rstd * nwh
+        if IN_AQ:
+            uh = _qint(uh, s_a, INTERP)
+        bxi = bx.to(tl.int32)
+        bzi = bz.to(tl.int32)
+        px = ((bxi & 15) - 8).to(tl.float32) * ul[None] + ((bxi >> 4) - 8).to(tl.float32) * uh[None]
+        pz = ((bzi & 15) - 8).to(tl.float32) * ul[None] + ((bzi >> 4) - 8).to(tl.float32) * uh[None]
+    else:
+        px = bx.to(tl.float32) * ul[None]
+        pz = bz.to(tl.float32) * ul[None]
+    if L3:
+        acc_x = tl.sum(tl.sum(px, axis=2) * sxg, axis=1)
+        acc_z = tl.sum(tl.sum(pz, axis=2) * szg, axis=1)
+    else:
+        acc_x = tl.sum(px * sxg, axis=1)
+        acc_z = tl.sum(pz * szg, axis=1)
+    if IN_AQ:
+        acc_x = acc_x * s_a
+        acc_z = acc_z * s_a
+    smask = kk[None, :] < (K - 1)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
+    window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)
+    conv = tl.sum(window * cw, axis=1) + cb
+    xs = conv / (1.0 + tl.exp(-conv))
+    if SSM_AQ:  # the ssm_in point: x rounded once, used by x_proj and the scan
+        s_m = tl.load(act_s_ptr + 1)
+        xs = _qint(xs, s_m, INTERP) * s_m
+    shift = (kk[:, None] == (kk[None, :] + 1)).to(tl.float32)
+    new_window = tl.sum(window[:, :, None] * shift[None, :, :], axis=1)
+    tl.debug_barrier()
+    tl.store(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], new_window, mask=smask)
+    tl.store(xc_ptr + chans, xs)
+    tl.store(zg_ptr + chans, acc_z / (1.0 + tl.exp(-acc_z)))
+    part = tl.sum(wxT.to(tl.float32) * xs[:, None], axis=0) * sxp
+    tl.atomic_add(xsum_ptr + xo, part, mask=xo < XD, sem="relaxed")
+
+
+@triton.jit
+def _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, c0, po, D: tl.constexpr, BO: tl.constexpr, NGO: tl.constexpr,
+               GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr):
+    """out_proj rows `chans` (stored transposed [E, D]) times y, columns [po*BO, (po+1)*BO), added
+    into the residual; the channels lie in one scale group (c0 // GO)."""
+    if WB == 4:
+        # byte k of column block po holds columns po*BO + k (low nibble) and po*BO + BO/2 + k (high)
+        k = tl.arange(0, BO // 2)
+        cl = po * BO + k
+        ch = cl + BO // 2
+        ml = cl < D
+        mh = ch < D
+        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + (po * (BO // 2) + k)[None, :], eviction_policy=EVW)
+        sol = tl.load(s_o_ptr + cl * NGO + c0 // GO, mask=ml, other=0.0)
+        soh = tl.load(s_o_ptr + ch * NGO + c0 // GO, mask=mh, other=0.0)
+        boi = bo.to(tl.int32)
+        lo = tl.sum(((boi & 15) - 8).to(tl.float32) * y[:, None], axis=0) * sol
+        hi = tl.sum(((boi >> 4) - 8).to(tl.float32) * y[:, None], axis=0) * soh
+        tl.atomic_add(h_ptr + cl, lo, mask=ml, sem="relaxed")
+        tl.atomic_add(h_ptr + ch, hi, mask=mh, sem="relaxed")
+    else:
+        cols = po * BO + tl.arange(0, BO)
+        cm = cols < D
+        wo = tl.load(w_oT_ptr + chans[:, None] * LDW + cols[None, :], mask=cm[None, :], other=0, eviction_policy=EVW)
+        so = tl.load(s_o_ptr + cols * NGO + c0 // GO, mask=cm, other=0.0)
+        contrib = tl.sum(wo.to(tl.float32) * y[:, None], axis=0) * so
+        tl.atomic_add(h_ptr + cols, contrib, mask=cm, sem="relaxed")
+
+
+@triton.jit
+def q_ssm_kernel(
+    h_ptr, amax_ptr, xc_ptr, zg_ptr, xsum_ptr, xzero_ptr, w_dt_ptr, s_dt_ptr, dt_b_ptr, a_ptr, dskip_ptr, ssm_ptr,
+    ssm_out_ptr, prev_out_ptr, prev_ssm_ptr, act_s_ptr, w_oT_ptr, s_o_ptr, ppart_ptr,
+    D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
+    XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, NGD: tl.constexpr, GD: tl.constexpr,
+    NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, DT_AQ: tl.constexpr, OUT_AQ: tl.constexpr,
+    ROT: tl.constexpr, P2: tl.constexpr, RESET_AMAX: tl.constexpr, ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
+    LDW: tl.constexpr, INTERP: tl.constexpr, EVW: tl.constexpr,
+):
+    """dt_proj (integer weights) + softplus, the state update, y = C·h + D·x, gate. Without rotation
+    (ROT False, 2-D grid as ``mamba_ssm_out2_kernel``): (rounded) y times this block's out_proj share
+    into the residual; the new state goes to a side buffer, copied into place by the next kernel
+    of this kind (or the head). With rotation (1-D grid, state updated in place): this block's share
+    of the Sylvester transform of y, ppart[pe, b] = sum_{c in block} (-1)^popcount(b & (c mod P2)) y[c]."""
+    pe = tl.program_id(0)
+    po = tl.program_id(1)
+    if ZERO_PREV:
+        _copy_share(prev_out_ptr, prev_ssm_ptr, E * N, pe * tl.num_programs(1) + po,
+                    tl.num_programs(0) * tl.num_programs(1), COPY_BLK)
+    chans = pe * BE + tl.arange(0, BE)
+    r = tl.arange(0, BR)
+    rm = r[None, :] < R
+    n = tl.arange(0, BN)
+    nm = n[None, :] < N
+    wdt = tl.load(w_dt_ptr + chans[:, None] * R + r[None, :], mask=rm, other=0, eviction_policy=EVW)
+    if NGD == 1:
+        sdt = tl.load(s_dt_ptr + chans)[:, None]
+    else:
+        sdt = tl.load(s_dt_ptr + chans[:, None] * NGD + r[None, :] // GD, mask=rm, other=0.0)
+    dtb = tl.load(dt_b_ptr + chans)
+    a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    dsk = tl.load(dskip_ptr + chans)
+    dt_low = tl.load(xsum_ptr + r, mask=r < R, other=0.0)
+    b = tl.load(xsum_ptr + R + n, mask=n < N, other=0.0)
+    c = tl.load(xsum_ptr + R + N + n, mask=n < N, other=0.0)
+    x = tl.load(xc_ptr + chans)
+    zg = tl.load(zg_ptr + chans)
+    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    if DT_AQ:
+        s_d = tl.load(act_s_ptr + 2)
+        dt_low = _qint(dt_low, s_d, INTERP)
+        dt = tl.sum(wdt.to(tl.float32) * sdt * dt_low[None, :], axis=1) * s_d + dtb
+    else:
+        dt = tl.sum(wdt.to(tl.float32) * sdt * dt_low[None, :], axis=1) + dtb
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
+    y = (tl.sum(hs * c[None, :], axis=1) + dsk * x) * zg
+    if ROT:
+        tl.store(ssm_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
+        bb = tl.arange(0, P2)
+        sgn = 1.0 - 2.0 * _parity(bb[:, None] & (chans % P2)[None, :]).to(tl.float32)  # [P2, BE]
+        part = tl.sum(sgn * y[None, :], axis=1)
+        tl.store(ppart_ptr + pe * P2 + bb, part)
+        if pe == 0:
+            if RESET_AMAX:
+                tl.store(amax_ptr, AMAX_RESET)
+    else:
+        if OUT_AQ:
+            s_o = tl.load(act_s_ptr + 3)
+            yq = _qint(y, s_o, INTERP)
+            _out_share(h_ptr, w_oT_ptr, s_o_ptr, yq * s_o, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+        else:
+            _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+        if po == 0:
+            tl.store(ssm_out_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
+            if pe == 0:
+                if ZERO_PREV:
+                    xo = tl.arange(0, BX)
+                    tl.store(xzero_ptr + xo, tl.zeros([BX], dtype=tl.float32), mask=xo < XD)
+                if RESET_AMAX:
+                    tl.store(amax_ptr, AMAX_RESET)
+
+
+@triton.jit
+def q_rot_out_kernel(
+    h_ptr, ppart_ptr, hm_ptr, act_s_ptr, w_oT_ptr, s_o_ptr, xsum_ptr,
+    D: tl.constexpr, E: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr,
+    P2: tl.constexpr, M: tl.constexpr, NPP: tl.constexpr, BNPP: tl.constexpr, PER_ROW: tl.constexpr,
+    NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, OUT_AQ: tl.constexpr, LDW: tl.constexpr,
+    INTERP: tl.constexpr, EVW: tl.constexpr,
+):
+    """The rotated out_proj input for channels [pe*BE, (pe+1)*BE) (all in row a = pe*BE // P2 of
+    H_m ⊗ H_p): rot[a, b] = sum_k hm[a, k // PER_ROW] * ppart[k, b] (hm holds H_m / sqrt(E)), rounded
+    when the recipe quantizes the input, times out_proj rows, added into the residual. Program (0, 0)
+    zeroes this layer's x_proj sum (its readers, the SSM kernel, have ended)."""
+    pe = tl.program_id(0)
+    po = tl.program_id(1)
+    chans = pe * BE + tl.arange(0, BE)
+    arow = (pe * BE) // P2
+    k = tl.arange(0, BNPP)
+    km = k < NPP
+    coef = tl.load(hm_ptr + arow * M + k // PER_ROW, mask=km, other=0.0)
+    pp = tl.load(ppart_ptr + k[:, None] * P2 + (chans % P2)[None, :], mask=km[:, None], other=0.0)
+    rot = tl.sum(coef[:, None] * pp, axis=0)
+    if OUT_AQ:
+        s_o = tl.load(act_s_ptr + 3)
+        rot = _qint(rot, s_o, INTERP) * s_o
+    _out_share(h_ptr, w_oT_ptr, s_o_ptr, rot, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+    if pe == 0:
+        if po == 0:
+            xo = tl.arange(0, BX)
+            tl.store(xsum_ptr + xo, tl.zeros([BX], dtype=tl.float32), mask=xo < XD)
+
+
+@triton.jit
+def q_head_kernel(
+    h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
+    D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
+    COPY_BLK: tl.constexpr, EVH: tl.constexpr,
+):
+    """Final RMSNorm, the tied head over the int8 embedding (per-row scales), fp32 logits, arg-max
+    folded into one int64 atomic_max (as ``lm_head_kernel``)."""
+    pid = tl.program_id(0)
+    if COPY_N > 0:
+        _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
+    if XZ > 0:
+        if pid == 0:
+            xz = tl.arange(0, BXZ)
+            tl.store(xzero_ptr + xz, tl.zeros([BXZ], dtype=tl.float32), mask=xz < XZ)
+    offs = tl.arange(0, BD)
+    dm = offs < D
+    rows = pid * BV + tl.arange(0, BV)
+    rmask = rows < vocab
+    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0,
+                eviction_policy=EVH)
+    ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
+    nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+    v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    u = v * rstd * nw
+    acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1) * ws
+    tl.store(logits_ptr + rows, acc, mask=rmask)
+    vals = tl.where(rmask, acc, float("-inf"))
+    best = tl.max(vals, axis=0)
+    idx = tl.min(tl.where(vals == best, rows, vocab), axis=0)
+    bits = best.to(tl.int32, bitcast=True)
+    key32 = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = (key32.to(tl.int64) << 32) + (vocab - 1 - idx).to(tl.int64)
+    tl.atomic_max(amax_ptr, key, sem="relaxed")

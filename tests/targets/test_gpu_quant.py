@@ -1,0 +1,198 @@
+"""The fused Triton step of recipe-quantized Mamba (targets/gpu/qmamba) against the fake-quant model.
+
+Oracle: the PyTorch model that ``quantize.quantize_model`` returns (``qmodel.step``, fp32), built
+independently of the kernels from the same recipe: the kernels take its integers and scales, and
+must compute its function. Weight-only recipes (W4A16): only the fp32 summation order differs
+(the integer weights times their scales are exact in fp32), so the error is ~1e-6 like the bf16
+kernels; 1e-4 leaves margin for 24 layers while a wrong scale index, nibble order or a Hadamard
+sign gives errors of order 1. Int8-activation recipes (W8A8): the kernels round each quantized
+input exactly as ``fake_quant`` (IEEE division, half to even) and then sum integers exactly, but
+their fp32 input to the rounding (an RMSNorm, a conv) can differ from PyTorch's in the last bit.
+Near a rounding boundary that moves one activation by one level, ~1e-3 of the layer's output, and
+every later rounding sees that difference: one such flip takes the whole step to the recipe's own
+quantization noise (~1e-2; the same happens between PyTorch's fp32 and float64 runs of the
+fake-quant model). So W8A8 is checked step by step from the reference's state (teacher forcing)
+on 2 layers at the 130m width, where a flip-free step is the common case: most steps must agree to
+1e-5 (the integer path is right), none may exceed the quantization-noise scale (5e-2).
+
+GPU tests skip without CUDA + Triton; the interpreter test runs the kernels on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_gpu_fused import _model, _rel, gpu  # noqa: E402
+
+
+def quantized(model, recipe: str, seed: int = 0, **overrides):
+    from quantize.apply import quantize_model
+    from quantize.recipes import get_recipe, with_overrides
+
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    calib = [torch.randint(0, vocab, (1, 32), generator=gen) for _ in range(2)]
+    r = with_overrides(get_recipe(recipe), **overrides) if overrides else recipe
+    qmodel, _ = quantize_model(model, r, calib, progress=False)
+    return qmodel
+
+
+def check_quant_runtime(qmodel, device: str, tokens, tol: float, **kw) -> dict:
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    rt = QuantFusedMambaStep(qmodel, device=device, **kw)
+    ref = rt.dequantized_model().to(device)
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=gen).to(device) for k, v in ref.init_state(1).items()}
+    rt.load_state(state)
+    worst = {"logits": 0.0, "state": 0.0}
+    for tok in tokens:
+        rt.logits.fill_(float("nan"))
+        logits = rt.step(tok).clone()
+        with torch.no_grad():
+            y, state = ref.step(torch.tensor([tok], device=device), state)
+        assert torch.isfinite(logits).all()
+        worst["logits"] = max(worst["logits"], _rel(logits, y[0]))
+        got = rt.state_dict()
+        worst["state"] = max(worst["state"], max(_rel(got[k], state[k]) for k in state))
+        top2 = y[0].topk(2).values
+        if float(top2[0] - top2[1]) > 1e-4 * float(top2[0].abs()):
+            assert int(rt.next_token()) == int(y[0].argmax())
+    token = int(rt.next_token())
+    rt.step_greedy()
+    with torch.no_grad():
+        y, state = ref.step(torch.tensor([token], device=device), state)
+    worst["greedy"] = _rel(rt.logits, y[0])
+    worst["kernels_per_layer"] = 3 if rt.rotate else 2
+    assert worst["logits"] < tol and worst["state"] < tol and worst["greedy"] < tol, worst
+    return worst
+
+
+def test_int4_pairs_and_int8_embedding_are_exact():
+    from targets.gpu.qmamba import int8_embedding, pack_int4_halves, unpack_int4_halves
+
+    q = torch.randint(-8, 8, (5, 12))
+    packed = pack_int4_halves(q, 8)  # blocks of 8 columns, the second zero-padded
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 8)
+    assert int(packed[0, 0]) == (int(q[0, 0]) + 8) | ((int(q[0, 4]) + 8) << 4)
+    assert bool(((packed[:, 4:] >> 4) == 8).all())  # padding columns 12..15: value 0 (+ 8) in the high nibbles
+    assert torch.equal(unpack_int4_halves(packed, 8, 12), q.to(torch.int32))
+    qmodel = quantized(_model(0, vocab_size=200, d_model=32, n_layer=1), "w4a16")
+    table, scale = int8_embedding(qmodel.embedding.weight)
+    assert table.dtype == torch.int8 and table.abs().max() == 127
+    assert torch.equal(table.float() * scale[:, None], qmodel.embedding.weight.float())
+    assert int8_embedding(torch.randn(10, 32)) is None  # a float table is not an int8 product
+
+
+def test_unsupported_models_refused_cleanly():
+    from edgeseq.errors import EdgeseqError, InputError
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    model = _model(0, vocab_size=200, d_model=32, n_layer=1)
+    with pytest.raises((InputError, EdgeseqError)):
+        QuantFusedMambaStep(model, device="cpu")  # float layers (or no GPU/Triton here)
+
+
+@pytest.mark.slow
+def test_interpreted_quant_kernels_match_fake_quant():
+    """Every kernel path under Triton's CPU interpreter, d_model 48 (d_inner 96 = 12 x 8: the
+    Paley-12 x Sylvester-8 rotation), groups of 16 (3 per in_proj row: a padded chunk grid)."""
+    pytest.importorskip("triton")
+    code = (
+        "import sys; sys.path.insert(0, 'tests/targets'); sys.path.insert(0, '.');\n"
+        "from test_gpu_quant import quantized, check_quant_runtime; from test_gpu_fused import _model\n"
+        "m = _model(0, vocab_size=300, d_model=48, n_layer=2)\n"
+        "g = dict(group_size=16, group_fallback='channel')\n"
+        "for recipe, over, tol in [('w4a16', g, 1e-4), ('w4a16', {**g, 'rotate': False}, 1e-4), ('w8a8', {}, 1e-3),\n"
+        "                          ('w8a8', {'rotate': False}, 1e-3), ('w8a8-minmax', {}, 1e-3)]:\n"
+        "    print(recipe, over, check_quant_runtime(quantized(m, recipe, **over), 'cpu', [5, 299, 0], tol))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("kernels_per_layer") == 5
+
+
+def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
+    """Relative logits error of single fused steps, each from the reference's state."""
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    rt = QuantFusedMambaStep(qmodel, device=device, **kw)
+    ref = rt.dequantized_model().to(device)
+    gen = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=gen).to(device) for k, v in ref.init_state(1).items()}
+    errors = []
+    for tok in tokens:
+        rt.load_state(state)
+        logits = rt.step(tok).clone()
+        with torch.no_grad():
+            y, state = ref.step(torch.tensor([tok], device=device), state)
+        errors.append(_rel(logits, y[0]))
+    return errors
+
+
+@gpu
+@pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
+def test_w4a16_130m_shape_matches_fake_quant(recipe, over):
+    """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation)."""
+    model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
+    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4)
+    print(recipe, over, worst)
+
+
+@gpu
+@pytest.mark.parametrize("over", [{}, {"rotate": False}])
+def test_w8a8_130m_width_matches_fake_quant_step_by_step(over):
+    model = _model(0, vocab_size=50280, d_model=768, n_layer=2).cuda()
+    errors = teacher_forced_errors(quantized(model, "w8a8", **over), "cuda", list(range(3, 50000, 3125)))
+    print("w8a8", over, errors)
+    assert sum(e < 1e-5 for e in errors) >= 0.75 * len(errors), errors
+    assert max(errors) < 5e-2, errors
+
+
+@gpu
+def test_quant_graph_replay_equals_direct_launches():
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    qmodel = quantized(_model(2, vocab_size=1000, d_model=128, n_layer=2), "w8a8")
+    a = QuantFusedMambaStep(qmodel, cuda_graph=True)
+    b = QuantFusedMambaStep(qmodel, cuda_graph=False)
+    for tok in [1, 2, 3]:
+        la, lb = a.step(tok).clone(), b.step(tok).clone()
+        assert _rel(la, lb) < 1e-5
+    assert torch.isfinite(la).all() and la.abs().max() > 0
+
+
+def test_runtime_adapter_picks_the_quantized_step_for_recipe_models():
+    from targets.gpu.runtime import is_recipe_quantized
+
+    model = _model(0, vocab_size=200, d_model=32, n_layer=1)
+    assert not is_recipe_quantized(model)
+    assert is_recipe_quantized(quantized(model, "w4a16"))
+
+
+@gpu
+@pytest.mark.parametrize("recipe", ["w4a16", "w8a8"])
+def test_profile_opens_the_verified_quantized_runtime(tmp_path, recipe):
+    """A folder written by `edgeseq quantize` opens on CUDA as the fused quantized step, verified
+    against its fake-quant model, and names its recipe's widths."""
+    import edgeseq
+    from quantize.io import save_quantized
+    from targets.gpu.runtime import verify
+    from targets.runtimes import open_runtime
+
+    model = edgeseq.load("mamba-shakespeare").model.float().eval()
+    qmodel = quantized(model, recipe)
+    save_quantized(qmodel, tmp_path / "q", recipe)
+    rt = open_runtime(str(tmp_path / "q"), device="cuda")
+    assert rt.name == f"triton-fused-{recipe}"
+    assert verify(rt, rt.fused.qmodel) < 1e-4
