@@ -26,7 +26,8 @@ from edgeseq.errors import InputError
 from edgeseq.streaming import QuantPoint
 from quantize.hadamard import supports_hadamard
 from quantize.modules import rotate_channels
-from quantize.observers import Observer, make_observer
+from quantize.grouping import uses_channel_scales
+from quantize.observers import ChannelObserver, Observer, make_observer
 from quantize.recipes import QuantRecipe
 
 
@@ -119,7 +120,11 @@ def calibrate(
         module = model.get_submodule(point.path)
         rotate = rotates(point, recipe, module)
         observer = None
-        if needs_input_observer(point, recipe):
+        if needs_input_observer(point, recipe) and uses_channel_scales(point, recipe):
+            percentile = recipe.percentile if observer_kind(point, recipe) == "percentile" else 100.0
+            observer = ChannelObserver(point.path, recipe.act_bits, percentile=percentile)
+            result.observers[point.path] = observer
+        elif needs_input_observer(point, recipe):
             observer = make_observer(observer_kind(point, recipe), point.path, recipe.act_bits, recipe.percentile)
             result.observers[point.path] = observer
         want_hessian = recipe.gptq and point.kind == "linear" and isinstance(module, nn.Linear)

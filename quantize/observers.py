@@ -155,6 +155,57 @@ class MSEObserver(Observer):
         return best
 
 
+class ChannelObserver(Observer):
+    """Per-channel (last dimension) clips, for points whose scales follow a channel grouping.
+
+    Keeps each channel's max|x| and, for ``percentile`` < 100, each channel's exact ``p``-th
+    percentile of |x| (a running top-k per channel). :meth:`channel_clips` gives them; a group of
+    channels then takes the maximum of its channels' clips. :meth:`clip` (the per-tensor value, for
+    the report) is the maximum over all channels."""
+
+    kind = "channel"
+
+    def __init__(self, name: str = "", bits: int = 8, percentile: float = 100.0, **kwargs):
+        super().__init__(name, bits, **kwargs)
+        self.percentile = percentile
+        self.kind = "channel-max" if percentile >= 100.0 else "channel-percentile"
+        self._channel_amax: Tensor | None = None
+        self._channel_top: Tensor | None = None
+        self._channel_count = 0
+
+    def _update_stats(self, values: Tensor) -> None:  # values arrive flattened; update() below keeps the shape
+        pass
+
+    def update(self, x: Tensor) -> None:
+        super().update(x)
+        rows = x.detach().float().cpu().reshape(-1, x.shape[-1]).abs()  # [n, C]
+        if rows.numel() == 0:
+            return
+        peak = rows.amax(0)
+        self._channel_amax = peak if self._channel_amax is None else torch.maximum(self._channel_amax, peak)
+        self._channel_count += rows.shape[0]
+        if self.percentile < 100.0:
+            k = max(1, math.ceil((1.0 - self.percentile / 100.0) * self._channel_count) + 1)
+            merged = rows.T if self._channel_top is None else torch.cat([self._channel_top, rows.T], 1)
+            self._channel_top = torch.topk(merged, min(k, merged.shape[1]), dim=1).values if merged.shape[1] > k else merged
+
+    def channel_clips(self) -> Tensor:
+        if self._channel_amax is None:
+            return torch.zeros(0)
+        if self.percentile >= 100.0 or self._channel_top is None:
+            return self._channel_amax.clone()
+        top = torch.sort(self._channel_top, dim=1, descending=True).values
+        position = (1.0 - self.percentile / 100.0) * (self._channel_count - 1)
+        lo = min(int(math.floor(position)), top.shape[1] - 1)
+        hi = min(lo + 1, top.shape[1] - 1)
+        frac = position - math.floor(position)
+        return top[:, lo] * (1 - frac) + top[:, hi] * frac
+
+    def clip(self) -> float:
+        clips = self.channel_clips()
+        return float(clips.max()) if clips.numel() else 0.0
+
+
 OBSERVERS: dict[str, type[Observer]] = {
     "minmax": MinMaxObserver,
     "percentile": PercentileObserver,
@@ -196,4 +247,4 @@ def mse_weight_clip(weight: Tensor, clip: Tensor, bits: int, group_size: int = 0
     return best_clip
 
 
-__all__ = ["MSEObserver", "MinMaxObserver", "OBSERVERS", "Observer", "PercentileObserver", "make_observer", "mse_weight_clip"]
+__all__ = ["ChannelObserver", "MSEObserver", "MinMaxObserver", "OBSERVERS", "Observer", "PercentileObserver", "make_observer", "mse_weight_clip"]
