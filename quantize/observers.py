@@ -159,15 +159,19 @@ class ChannelObserver(Observer):
     """Per-channel (last dimension) clips, for points whose scales follow a channel grouping.
 
     Keeps each channel's max|x| and, for ``percentile`` < 100, each channel's exact ``p``-th
-    percentile of |x| (a running top-k per channel). :meth:`channel_clips` gives them; a group of
+    percentile of |x| (a running top-k per channel, exact when the total ``expected_rows`` is
+    known up front, as in calibration). :meth:`channel_clips` gives them; a group of
     channels then takes the maximum of its channels' clips. :meth:`clip` (the per-tensor value, for
     the report) is the maximum over all channels."""
 
     kind = "channel"
 
-    def __init__(self, name: str = "", bits: int = 8, percentile: float = 100.0, **kwargs):
+    def __init__(self, name: str = "", bits: int = 8, percentile: float = 100.0, expected_rows: int = 0, **kwargs):
         super().__init__(name, bits, **kwargs)
         self.percentile = percentile
+        # the top-k kept per channel is sized for the final count: exact when ``expected_rows`` (values
+        # per channel over the whole calibration) is given, else for the count seen so far
+        self.expected_rows = expected_rows
         self.kind = "channel-max" if percentile >= 100.0 else "channel-percentile"
         self._channel_amax: Tensor | None = None
         self._channel_top: Tensor | None = None
@@ -185,7 +189,7 @@ class ChannelObserver(Observer):
         self._channel_amax = peak if self._channel_amax is None else torch.maximum(self._channel_amax, peak)
         self._channel_count += rows.shape[0]
         if self.percentile < 100.0:
-            k = max(1, math.ceil((1.0 - self.percentile / 100.0) * self._channel_count) + 1)
+            k = max(1, math.ceil((1.0 - self.percentile / 100.0) * max(self._channel_count, self.expected_rows)) + 1)
             merged = rows.T if self._channel_top is None else torch.cat([self._channel_top, rows.T], 1)
             self._channel_top = torch.topk(merged, min(k, merged.shape[1]), dim=1).values if merged.shape[1] > k else merged
 
