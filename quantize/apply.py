@@ -156,7 +156,7 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         stats = observer.describe()
         if isinstance(observer, ChannelObserver):  # per-group / clustered scales (quantize.grouping)
             clips = grouped_clips(observer.channel_clips(), point.groups, point.heads, recipe.act_group_scales,
-                                  recipe.act_head_clusters, recipe.act_channel_clusters)
+                                  recipe.act_head_clusters, recipe.act_channel_clusters, pooled=observer.pooled_clip)
             scales = scale_from_clip(clips, recipe.act_bits)
             _set_module(model, point.path, QuantAct(recipe.act_bits, scales))
             return {**info, "act_bits": recipe.act_bits, "input_scale": float(scales.max()),

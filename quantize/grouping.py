@@ -60,8 +60,12 @@ def cluster_sorted(values: Tensor, clusters: int) -> list[list[int]]:
 
 
 def grouped_clips(clips: Tensor, groups: int = 1, heads: int = 0, group_scales: bool = False,
-                  head_clusters: int = 0, channel_clusters: int = 0) -> Tensor:
-    """Per-channel clips [C] -> per-channel clips [C] holding each channel's group/cluster maximum.
+                  head_clusters: int = 0, channel_clusters: int = 0, pooled=None) -> Tensor:
+    """Per-channel clips [C] -> per-channel clips [C] holding each channel's group/cluster clip.
+
+    Channels are sorted and clustered by their own clips; a cluster's clip is ``pooled(channels)``
+    (e.g. the percentile of all the cluster's values, :meth:`ChannelObserver.pooled_clip`), or the
+    maximum of its channels' clips when ``pooled`` is None.
 
     * no grouping asked: every channel gets the overall maximum (one scale per tensor);
     * ``group_scales``: one value per block of ``C / groups`` channels (the SSD groups);
@@ -71,17 +75,22 @@ def grouped_clips(clips: Tensor, groups: int = 1, heads: int = 0, group_scales: 
     """
     clips = clips.float()
     size = clips.numel()
+
+    def value(channels: list[int]) -> float:
+        return float(pooled(channels)) if pooled is not None else float(clips[channels].max())
+
     groups = max(1, groups)
     out = torch.empty_like(clips)
     if not group_scales and not (head_clusters and heads):
-        return torch.full_like(clips, float(clips.max()) if size else 0.0)
+        return torch.full_like(clips, value(list(range(size))) if size else 0.0)
     if size % groups:
         raise ValueError(f"{groups} groups do not divide {size} channels")
     per_group = size // groups
     for g in range(groups):
         block = clips[g * per_group:(g + 1) * per_group]
+        base = g * per_group
         if not (head_clusters and heads):
-            out[g * per_group:(g + 1) * per_group] = block.max()
+            out[base:base + per_group] = value(list(range(base, base + per_group)))
             continue
         group_heads = heads // groups
         if heads % groups or per_group % group_heads:
@@ -94,11 +103,11 @@ def grouped_clips(clips: Tensor, groups: int = 1, heads: int = 0, group_scales: 
             if channel_clusters:
                 positions = rows.amax(0)
                 for channel_set in cluster_sorted(positions, channel_clusters):
-                    value = rows[:, channel_set].max()
+                    clip = value([base + h * per_head + c for h in head_set for c in channel_set])
                     for h in head_set:
-                        result[h, channel_set] = value
+                        result[h, channel_set] = clip
             else:
-                result[head_set] = rows.max()
+                result[head_set] = value([base + h * per_head + c for h in head_set for c in range(per_head)])
         out[g * per_group:(g + 1) * per_group] = result.reshape(-1)
     return out
 

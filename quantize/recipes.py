@@ -208,6 +208,17 @@ RECIPES: dict[str, QuantRecipe] = {
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
         rotate=True, state_bits=8, weight_levels=_PAIR_SAFE,
     ),
+    "w8a8-s8-element": QuantRecipe(
+        "w8a8-s8-element", "w8a8-s8 with one static scale per state element (a scale table the size of one state, "
+        "shared by every sequence): int8 state that holds on Mamba-2",
+        weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
+        rotate=True, state_bits=8, state_scales="element", weight_levels=_PAIR_SAFE,
+    ),
+    "w8a8-conv8-ssm16": QuantRecipe(
+        "w8a8-conv8-ssm16", "w8a8 with the conv window stored as int8 (per-channel scales) and the SSM state as float16",
+        weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
+        rotate=True, state_bits=8, ssm_state_bits=16, weight_levels=_PAIR_SAFE,
+    ),
     "w4a16": QuantRecipe(
         "w4a16",
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "

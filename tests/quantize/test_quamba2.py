@@ -69,7 +69,11 @@ def test_channel_observer_percentile_is_exact_per_channel():
     data = torch.cat([c.reshape(-1, 5) for c in chunks]).abs()
     expected = torch.quantile(data, 0.99, dim=0)
     assert torch.allclose(obs.channel_clips(), expected, rtol=1e-6)
-    assert obs.clip() == pytest.approx(float(expected.max()))
+    # pooled over a set of channels: the percentile of all their values (what one scale for them needs)
+    for channels in ([0, 3], [1, 2, 4], list(range(5))):
+        pooled = torch.quantile(data[:, channels].reshape(-1), 0.99)
+        assert obs.pooled_clip(channels) == pytest.approx(float(pooled), rel=1e-6)
+    assert obs.clip() == pytest.approx(float(torch.quantile(data.reshape(-1), 0.99)), rel=1e-6)
 
 
 @pytest.fixture(scope="module")
