@@ -64,6 +64,12 @@ def test_mamba2_quamba2_fields_export_and_verify(tiny_mamba2, fields, tmp_path):
     for graph in manifest["graphs"].values():
         dtypes = {i["name"]: i["dtype"] for i in graph["inputs"] + graph["outputs"]}
         assert {k: dtypes[k] for k in expected} == expected
+    # `edgeseq info ARTIFACT`: the state bytes per sequence of the artifact's int8/float16 state inputs
+    from edgeseq.checkpoints import load_model, model_info
+
+    expected_bytes = sum(torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size()
+                         for s in model.state_spec())
+    assert model_info(load_model(tmp_path / "q2"))["state_bytes"] == expected_bytes
     onnx = pytest.importorskip("onnx")
     step = onnx.load(str(tmp_path / "q2" / manifest["graphs"]["step"]["file"]))
     if fields.get("act_group_scales"):
