@@ -4,6 +4,7 @@ sequence, and the CPU decode latency of their verified ONNX artifacts, every rec
     python benchmarks/mamba_families.py [--models mamba-shakespeare,mamba2-shakespeare]
         [--recipes fp32,w8a8,w8a8-s8-element,w4a8,w4a16] [--streams 4] [--tokens 20000]
         [--calib-samples 64] [--profile-tokens 128] [--rounds 3] [--threads 1] [--work-dir DIR] [--json FILE]
+        [--skip-profile] [--profile-from JSON[,JSON]]
 
 Accuracy: each model is quantized with each recipe (calibration: ``--calib-samples`` random windows
 of 256 tokens of its train split, seed 0), then the first ``streams × tokens`` bytes of the held-out
@@ -16,7 +17,9 @@ Latency: each quantized model is exported to ONNX (``export_artifact``, verified
 before it is written), then every artifact is profiled with ONNX Runtime on this CPU (batch 1,
 ``--threads``), interleaved round by round so that load from other processes falls on every row
 alike; the figure is the median over rounds of each round's p50. The CPU model, ISA flags and the
-load average before and after are recorded.
+load average before and after are recorded. ``--skip-profile`` stops after the artifacts (several
+such runs can share the machine's cores), ``--profile-from`` then profiles all their artifacts
+together in one interleaved run.
 """
 
 from __future__ import annotations
@@ -78,12 +81,27 @@ def main(argv=None) -> int:
     p.add_argument("--verify-steps", type=int, default=128)
     p.add_argument("--work-dir", default="/tmp/edgeseq-families")
     p.add_argument("--json", default=None)
+    p.add_argument("--skip-profile", action="store_true", help="accuracy and export only (rows to --json)")
+    p.add_argument("--profile-from", default=None, metavar="JSON[,JSON]",
+                   help="no accuracy runs: profile the artifacts of the rows in these files (from --skip-profile runs, "
+                        "or lines of this script's output) together, interleaved")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     rows, artifacts = [], []
-    for name in args.models.split(","):
+    if args.profile_from:
+        for path in args.profile_from.split(","):
+            text = Path(path).read_text()
+            try:
+                found = json.loads(text)
+                found = found["rows"] if isinstance(found, dict) else found
+            except json.JSONDecodeError:  # JSON lines (this script's printed rows)
+                found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            rows += found
+        artifacts = [(row, work / f"{row['model']}-{row['recipe']}") for row in rows]
+        args.models = ",".join(dict.fromkeys(row["model"] for row in rows))
+    for name in ([] if args.profile_from else args.models.split(",")):
         loaded = load_model(name)
         data = (loaded.meta or {}).get("dataset") or "shakespeare"
         ids = encode_text(loaded.tokenizer, load_split(data, "validation").text)
@@ -111,6 +129,10 @@ def main(argv=None) -> int:
             rows.append(row)
             artifacts.append((row, folder))
             print(json.dumps(row), flush=True)
+    if args.skip_profile:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+        return 0
     target = get_target("host", measure_host=False)
     load_before = os.getloadavg()
     p50s: dict[int, list[float]] = {i: [] for i in range(len(artifacts))}
@@ -136,7 +158,7 @@ def main(argv=None) -> int:
     models = args.models.split(",")
     print("\n| recipe | " + " | ".join(f"{m} bits/byte | state bytes | p50 ms" for m in models) + " |")
     print("|---|" + "---|---|---|" * len(models))
-    for recipe in [get_recipe(r).name for r in args.recipes.split(",")]:
+    for recipe in dict.fromkeys(row["recipe"] for row in rows):
         cells = []
         for m in models:
             row = next(r for r in rows if r["model"] == m and r["recipe"] == recipe)
