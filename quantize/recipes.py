@@ -83,7 +83,7 @@ class QuantRecipe:
     float_dtype: str = "float32"  # float32 | float16
     # embeddings (integer recipes only; models may opt out)
     embedding_bits: int = 8  # 0 = keep float
-    # decode state carried between steps as integers with static per-channel scales (0 = float)
+    # decode state carried between steps as integers with static scales (0 = float); see quantize.state
     state_bits: int = 0
     conv_state_bits: int = 0  # 0 = as state_bits; 8 int8, 16 float16, 32 float32
     ssm_state_bits: int = 0

@@ -1,22 +1,28 @@
-"""int8 decode state (recipe field ``state_bits``): the recurrent state is stored and carried
-between ``step`` calls as integers with static scales from calibration (Quamba's cached state).
+"""The stored decode state (recipe fields ``state_bits``, ``conv_state_bits``, ``ssm_state_bits``,
+``state_scales``, ``state_percentile``): the recurrent state is stored and carried between
+``step`` calls as int8 with static scales from calibration (Quamba's cached state), or as float16.
 
-Model-agnostic: every tensor of ``state_spec()`` gets one symmetric scale per row of its last
-dimension (per index of all dimensions but the last: Mamba's conv window and SSM state get a
-scale per channel, Mamba-2's conv window per channel and its SSM state ``[H, P, N]`` per head
-channel ``(h, p)``), the absolute maximum that row reached over every ``step`` of the
-calibration batches, so rows of very different ranges (x versus B/C in a Mamba-2 conv window)
-each keep their resolution. Measured on 20k-token streams of held-out text (docs/quantization.md):
-Mamba-1 +0.27% bits/byte over w8a8 (safe); Mamba-2 +4.0% with these per-row scales and +7.1% with
-one scale per head (not safe with static int8 scales). Quantization: ``q = clamp(round(s / scale), -(2^(b-1) - 1), 2^(b-1) - 1)`` as int8;
+Storage per state tensor: ``state_bits`` for all, overridden by ``conv_state_bits`` /
+``ssm_state_bits`` for the tensors named ``conv_*`` / ``ssm_*`` (8 int8, 16 float16, 32 float32).
+
+Scales of the int8 tensors (model-agnostic, ``state_scales``): ``row`` — one per index of all
+dimensions but the last (Mamba's conv window and SSM state per channel; Mamba-2's conv window per
+channel and its SSM state ``[H, P, N]`` per ``(h, p)``); ``head`` — one per index of the first
+dimension; ``element`` — one per element (a table the size of one state, shared by every sequence).
+Each element's clip is the largest absolute value it reached over every ``step`` of the
+calibration batches (``state_percentile`` < 100: that percentile of its values), then the maximum
+over the elements sharing a scale. Measured on 20k-token streams of held-out text
+(docs/quantization.md): Mamba-1 +0.27% bits/byte over w8a8 with row scales, -0.09% with element
+scales; Mamba-2 +4.0% (row), +7.1% (head), and safe with element scales or with an int8 conv
+window and a float16 SSM state. Quantization: ``q = clamp(round(s / scale), -127, 127)`` as int8;
 ``s = q · scale``.
 
-What changes: ``step`` takes and returns the integer state (dequantized on entry, quantized on
-exit), ``prefill`` returns its final state quantized (the prompt itself runs in float, as the
-parallel form has no carried state), ``state_spec`` says ``int8``, ``init_state`` gives int8 zeros.
-So the state a device holds per sequence shrinks 4× from float32 (2× from the float16 state of
-Quamba's baseline), and ``step`` no longer equals ``forward``: the state is rounded after every
-token, an error the recurrence carries; measure it on long streams (docs/quantization.md).
+What changes: ``step`` takes and returns the stored state (dequantized/upcast on entry,
+quantized/downcast on exit), ``prefill`` returns its final state stored so (the prompt itself runs
+in float, as the parallel form has no carried state), ``state_spec`` and ``init_state`` say
+``int8``/``float16``. So the state a device holds per sequence shrinks 4× from float32 for int8
+(2× from the float16 state of Quamba's baseline), and ``step`` no longer equals ``forward``: the
+state is rounded after every token, an error the recurrence carries; measure it on long streams.
 
 The change is attached to one quantized model instance (its class becomes a subclass with the
 wrappers, the scales are a submodule ``state_quant``, so they travel in its state dict);
