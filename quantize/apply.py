@@ -68,7 +68,7 @@ def quantize_model(
         quant = attach_state_quant(qmodel, recipe)
         if quant.names and calib_batches is None:
             raise InputError(f"recipe {recipe.name!r} quantizes the decode state: calibration data is needed (--calib)")
-        state_report = calibrate_state(qmodel, calib_batches, percentile=recipe.state_percentile)
+        state_report = calibrate_state(qmodel, calib_batches, max_steps=None, percentile=recipe.state_percentile)
     report = {
         "recipe": recipe.name,
         "recipe_spec": recipe.to_dict(),

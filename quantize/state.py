@@ -172,9 +172,12 @@ def has_integer_state(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def calibrate_state(model: nn.Module, batches: Iterable, max_steps: int = 256, percentile: float = 100.0) -> dict[str, dict]:
+def calibrate_state(model: nn.Module, batches: Iterable, max_steps: int | None = 256,
+                    percentile: float = 100.0) -> dict[str, dict]:
     """Set the scales of ``model.state_quant`` from the float state of every ``step`` over ``batches``
-    (inputs ``[B, T, ...]``, or ``(inputs, targets)`` pairs; at most ``max_steps`` steps each).
+    (inputs ``[B, T, ...]``, or ``(inputs, targets)`` pairs; at most ``max_steps`` steps each, None =
+    the whole windows: longer calibration windows show the state the ranges it reaches later in a
+    stream).
 
     The state is observed as the float model carries it (the scales are not yet known), with the
     model's other quantizers already in place. Each element's clip is its maximum over the steps
@@ -186,6 +189,7 @@ def calibrate_state(model: nn.Module, batches: Iterable, max_steps: int = 256, p
         return {"bits": {n: b for n, b in quant.storage.items()}, "steps": 0, "states": {}}
     base_step = super(_IntegerState, model).step  # the float-state step
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in (batches if batches is not None else [])]
+    max_steps = max_steps or max((int(b.shape[1]) for b in inputs), default=0)
     total = sum(int(b.shape[0]) * min(int(b.shape[1]), max_steps) for b in inputs)
     keep = max(1, math.ceil((1.0 - percentile / 100.0) * max(total - 1, 0)) + 2) if percentile < 100 else 0
     amax: dict[str, Tensor] = {}
