@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     from targets.bandwidth import measure_bandwidth
     from targets.profile import percentile
     from targets.registry import read_cpuinfo
-    from targets.runtimes import OnnxRuntime, TorchRuntime, TvmRuntime, peak_rss_bytes, read_artifact
+    from targets.manifest import read_artifact
+    from targets.runtimes import OnnxRuntime, TorchRuntime, TvmRuntime, peak_rss_bytes
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     ours, hf = build_models(args.layers)

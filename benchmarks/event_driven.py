@@ -4,7 +4,7 @@ For each layer shape and batch size, binary inputs are drawn at the given spike 
 the same layer is run
 
 * ``dense``       — ``F.linear`` / ``F.conv1d`` (a dense matmul over every input),
-* ``event``       — :func:`edgeseq.spiking.simulator.gather_linear` / ``gather_conv1d``: gather the
+* ``event``       — :func:`edgeseq.spiking.engine.gather_linear` / ``gather_conv1d``: gather the
                     weight columns of the inputs that fired and sum them (weights fan-out major,
                     built once, as the simulator keeps them),
 * ``sim dense`` / ``sim event`` — the layer called inside :class:`Simulator` (instrumented: input
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeseq.spiking.simulator import Simulator, conv_weight_by_input, gather_conv1d, gather_linear
+from edgeseq.spiking.engine import Simulator, conv_weight_by_input, gather_conv1d, gather_linear
 
 RATES = (0.01, 0.10, 0.30)
 
@@ -94,7 +94,8 @@ def bench_model(rate: float, width: int, steps: int, repeats: int, seed: int = 0
     event sensor), so its first layer runs event-driven at exactly ``rate``; deeper layers at the
     rate the network produces (measured, printed).
     """
-    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulate
+    from edgeseq.spiking.engine import simulate
+    from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
     torch.manual_seed(seed)
     model = SpikingMLP(SpikingMLPConfig(in_features=width, hidden=(width, width), n_classes=10))

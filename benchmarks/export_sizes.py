@@ -36,7 +36,7 @@ def main() -> None:
     from export.artifact import export_artifact
     from export.graphs import sample_inputs
     from export.qdq import runtime_kernels
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
     from quantize.apply import quantize_model
 
     model = Mamba(MambaConfig(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.layers)).eval()

@@ -28,7 +28,8 @@ import torch
 from edgeseq.checkpoints import load_model
 from edgeseq.spiking.counts import dense_comparison
 from edgeseq.spiking.energy import estimate_energy
-from edgeseq.spiking.simulator import simulate, simulation_data
+from edgeseq.spiking.engine import simulate
+from edgeseq.spiking.report import simulation_data
 
 TABLES = ("45nm", "45nm-fp16", "45nm-int8", "loihi", "spinnaker2")
 RECIPES = ("fp32", "w8a8", "w4a16")

@@ -43,9 +43,10 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def _inputs(model, length: int):
-    if getattr(model, "task", "lm") == "lm":
-        return torch.randint(0, min(256, model.config.vocab_size), (1, length), generator=torch.Generator().manual_seed(0))
-    return torch.rand(1, length, model.config.input_dim, generator=torch.Generator().manual_seed(0))
+    io = model.io_spec()
+    if io.input_kind == "tokens":
+        return torch.randint(0, min(256, io.input_size), (1, length), generator=torch.Generator().manual_seed(0))
+    return torch.rand(1, length, io.input_size, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def bench(name: str, model, tokens: int, steps: int, repeats: int) -> dict:
 def lif_table(repeats: int) -> list[dict]:
     from typing import Tuple
 
-    from edgeseq.spiking.lif import LIFConfig, _lif_sequence_inference, _LIFSequence
+    from edgeseq.models.lif import LIFConfig, _lif_sequence_inference, _LIFSequence
 
     cfg = LIFConfig()
     scripted = None

@@ -1,6 +1,13 @@
 """edgeseq: streaming recurrent sequence models (Mamba, SpikeGPT, LMUFormer) taken to the edge.
 
 ``import edgeseq`` is light: the model contract (and torch) load on first use, never TVM or ONNX Runtime.
+
+The front door (:mod:`edgeseq.app.api`)::
+
+    model = edgeseq.load("mamba-shakespeare").model
+    qmodel = edgeseq.quantize(model, "w8a8")
+    edgeseq.export(qmodel, "out/q8-onnx", target="host")
+    edgeseq.profile("out/q8-onnx", target="host")
 """
 
 from edgeseq.errors import EdgeseqError, InputError
@@ -10,7 +17,10 @@ from edgeseq.errors import EdgeseqError, InputError
 _LAZY = {
     "MODEL_FAMILIES": "edgeseq.models", "build_model": "edgeseq.models",
     "ModelConfig": "edgeseq.streaming", "QuantPoint": "edgeseq.streaming", "StateSpec": "edgeseq.streaming",
-    "StreamingModel": "edgeseq.streaming",
+    "StreamingModel": "edgeseq.streaming", "QuantizationRecord": "edgeseq.streaming",
+    # the front door: the application floor, imported on first use
+    "quantize": "edgeseq.app.api", "export": "edgeseq.app.api", "profile": "edgeseq.app.api",
+    "ExportOptions": "edgeseq.app.api",
 }
 
 
@@ -38,13 +48,18 @@ def load(source: str, **kwargs):
 
 __all__ = [
     "EdgeseqError",
+    "ExportOptions",
     "InputError",
     "MODEL_FAMILIES",
     "ModelConfig",
     "QuantPoint",
+    "QuantizationRecord",
     "StateSpec",
     "StreamingModel",
     "build_model",
+    "export",
     "load",
+    "profile",
+    "quantize",
     "__version__",
 ]

@@ -4,8 +4,11 @@
 
 * a zoo name (``edgeseq models`` lists them),
 * an edgeseq folder (``edgeseq.json`` + ``model.safetensors``, written by :func:`save_model`),
-* a foreign checkpoint folder or file, recognised by one of the converters in ``FORMATS``
-  (Hugging Face Mamba, ``state-spaces/mamba``, official SpikeGPT, official LMUFormer),
+* a foreign checkpoint folder or file, recognised by one of the registered formats
+  (:func:`formats`: Hugging Face Mamba/Mamba-2, ``state-spaces/mamba``, official SpikeGPT and
+  LMUFormer here; the packages above the core register theirs — ``quantize`` its quantized
+  folders, ``export`` its artifacts — through the ``edgeseq.checkpoint_formats`` entry point
+  group or :func:`register_format`, so this module never imports them),
 * a Hugging Face hub id (``org/name``), downloaded through ``huggingface_hub`` when online.
 
 Weights are read with ``safetensors`` or ``torch.load(weights_only=True)``: no pickled code runs.
@@ -33,19 +36,19 @@ CONFIG_FILE = "edgeseq.json"
 WEIGHTS_FILE = "model.safetensors"
 ZOO_DIR = Path(__file__).parent / "zoo"
 
-# Foreign formats: name -> "module:function". Each module provides
-#   detect(path: Path) -> bool          (cheap: looks at file names / config keys)
-#   load(path: Path) -> LoadedModel
-FORMATS: dict[str, str] = {
-    "quantized": "quantize.io:QUANTIZED_FORMAT",  # a folder written by `edgeseq quantize`
-    "artifact": "export.artifact:ARTIFACT_FORMAT",  # a folder written by `edgeseq export` (runs in its runtime)
-    "hf-mamba": "edgeseq.models.mamba_convert:HF_FORMAT",
-    "state-spaces-mamba": "edgeseq.models.mamba_convert:STATE_SPACES_FORMAT",
-    "hf-mamba2": "edgeseq.models.mamba2_convert:HF_FORMAT",
-    "state-spaces-mamba2": "edgeseq.models.mamba2_convert:STATE_SPACES_FORMAT",
-    "spikegpt-official": "edgeseq.models.spikegpt:OFFICIAL_FORMAT",
-    "lmuformer-official": "edgeseq.models.lmuformer:OFFICIAL_FORMAT",
+# The core's foreign formats: name -> "module:attribute" of a CheckpointFormat (imported on first
+# use). Each provides detect(path) -> bool (cheap: file names / config keys) and load(path) -> LoadedModel.
+CORE_FORMATS: dict[str, str] = {
+    "hf-mamba": "edgeseq.convert.mamba:HF_FORMAT",
+    "state-spaces-mamba": "edgeseq.convert.mamba:STATE_SPACES_FORMAT",
+    "hf-mamba2": "edgeseq.convert.mamba2:HF_FORMAT",
+    "state-spaces-mamba2": "edgeseq.convert.mamba2:STATE_SPACES_FORMAT",
+    "spikegpt-official": "edgeseq.convert.spikegpt:OFFICIAL_FORMAT",
+    "lmuformer-official": "edgeseq.convert.lmuformer:OFFICIAL_FORMAT",
 }
+
+
+FORMAT_GROUP = "edgeseq.checkpoint_formats"  # entry points of packages that add formats
 
 
 @dataclass
@@ -55,6 +58,29 @@ class CheckpointFormat:
     name: str
     detect: Callable[[Path], bool]
     load: Callable[[Path], "LoadedModel"]
+
+
+_REGISTERED: dict[str, "CheckpointFormat | str"] = {}
+
+
+def register_format(fmt: CheckpointFormat) -> CheckpointFormat:
+    """Add a checkpoint format (packages above the core call this when imported)."""
+    _REGISTERED[fmt.name] = fmt
+    return fmt
+
+
+def formats() -> dict[str, "CheckpointFormat | str"]:
+    """Every known format, detection order: registered and entry-point formats (edgeseq's own
+    folders: quantized, artifact) before the core's converters."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, CheckpointFormat | str] = {}
+    for point in entry_points(group=FORMAT_GROUP):
+        found.setdefault(point.name, point.value)
+    found.update(_REGISTERED)
+    for name, where in CORE_FORMATS.items():
+        found.setdefault(name, where)
+    return found
 
 
 @dataclass
@@ -269,12 +295,12 @@ def save_model(model, folder: str | Path, tokenizer=None, meta: dict | None = No
 
         shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(_untie(state), str(p)))
-    _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(header, indent=2) + "\n"))
+    atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(untie(state), str(p)))
+    atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(header, indent=2) + "\n"))
     return folder
 
 
-def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """safetensors refuses shared storage: give tied tensors their own copy."""
     seen: dict[int, str] = {}
     out = {}
@@ -285,7 +311,7 @@ def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     os.close(fd)
     try:
@@ -439,14 +465,17 @@ def _spec_bytes(spec) -> int:
 
 
 def _format(name: str) -> CheckpointFormat:
-    module, _, attr = FORMATS[name].partition(":")
+    where = formats()[name]
+    if isinstance(where, CheckpointFormat):
+        return where
+    module, _, attr = where.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def detect_format(path: Path) -> str:
     if (path.is_dir() and (path / CONFIG_FILE).is_file()) or (path.name == WEIGHTS_FILE and (path.parent / CONFIG_FILE).is_file()):
         return "edgeseq"
-    for name in FORMATS:
+    for name in formats():
         try:
             fmt = _format(name)
         except (ImportError, AttributeError):
@@ -481,7 +510,7 @@ def _unrecognised(path: Path) -> str:
             return str(exc)
         sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
         return (f"{path}: a PyTorch state dict ({len(tensors)} tensors, e.g. {sample}) whose keys match no known "
-                f"checkpoint layout; pass --format (edgeseq, {', '.join(FORMATS)}) or convert it with save_model")
+                f"checkpoint layout; pass --format (edgeseq, {', '.join(formats())}) or convert it with save_model")
     if path.is_dir() and any((path / n).is_file() for n in (*_WEIGHT_NAMES, WEIGHTS_FILE)):
         return (
             f"{path}: weights but no config: add config.json (Hugging Face / state-spaces) "
@@ -503,8 +532,8 @@ def load_model(source: str | Path, format: str | None = None) -> LoadedModel:
         name = format or detect_format(path)
         if name == "edgeseq":
             return load_native(path if path.is_dir() else path.parent)
-        if name not in FORMATS:
-            raise InputError(f"unknown checkpoint format {name!r}; known: edgeseq, {', '.join(FORMATS)}")
+        if name not in formats():
+            raise InputError(f"unknown checkpoint format {name!r}; known: edgeseq, {', '.join(formats())}")
         loaded = _format(name).load(path)
         loaded.model.eval()
         return loaded
@@ -542,7 +571,10 @@ def download_from_hub(repo_id: str) -> Path:
 
 __all__ = [
     "CheckpointFormat",
-    "FORMATS",
+    "CORE_FORMATS",
+    "FORMAT_GROUP",
+    "formats",
+    "register_format",
     "LoadedModel",
     "detect_format",
     "family_entries",

@@ -1,10 +1,16 @@
-"""Text generation that streams through a model's constant-cost ``step``.
+"""Text generation that streams through a model's constant-cost ``step``: the one decode loop
+behind ``edgeseq generate`` (a PyTorch model) and ``edgeseq run`` (an exported artifact).
 
 The prompt runs once through ``prefill`` (the parallel form, returning the recurrent state);
 then each new token costs one ``step``: the state is the only memory, so time and memory per
 token stay constant however long the text grows. Sampling is greedy (``temperature=0``) or from
 the softmax at a temperature, optionally restricted to the ``top_k`` most likely tokens, with an
 explicit seed.
+
+Anything with the streaming surface drives it: ``prefill(ids [1, P], state) -> (logits [1, P, V],
+state)``, ``step(token [1], state) -> (logits [1, V], state)`` and ``init_state(1)`` — a
+:class:`~edgeseq.streaming.StreamingModel`, or an artifact runtime with a torch-tensor surface.
+:func:`decode` is the loop itself over a bare ``step`` callable and a state.
 
 Text is emitted as soon as it is complete: for byte tokenizers an incremental UTF-8 decoder holds
 back a partial multi-byte character until its last byte arrives.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -73,6 +80,13 @@ class TextStream:
 _TextStream = TextStream  # the earlier name
 
 
+# the defaults of `edgeseq generate` and `edgeseq run` (one set, one loop)
+DEFAULT_MAX_NEW_TOKENS = 200
+DEFAULT_TEMPERATURE = 0.8
+
+StepFn = Callable[[Tensor, Any], tuple[Tensor, Any]]
+
+
 def _model_device(model: Any) -> torch.device:
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
@@ -80,78 +94,136 @@ def _model_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def decode(
+    step: StepFn,
+    state: Any,
+    logits: Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` token ids, one ``step`` per token after the first.
+
+    ``logits`` ``[1, V]`` are the scores for the first new token (the last prefill position);
+    ``step(token [1] int64, state) -> (logits [1, V], state)`` is the model's step, any object's.
+    A token is stepped only when the next one is asked for, so stopping early (closing the
+    iterator, or breaking out of a loop over it) costs no wasted step.
+    """
+    generator = generator or torch.Generator().manual_seed(0)
+    logits = torch.as_tensor(logits)
+    for i in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, generator)  # [1]
+        yield int(token[0])
+        if i == max_new_tokens - 1:
+            return
+        logits, state = step(token.to(device), state)
+        logits = torch.as_tensor(logits)
+
+
+def _io_spec(model: Any):
+    return model.io_spec() if callable(getattr(model, "io_spec", None)) else None
+
+
+def _check_generation_request(model: Any, max_new_tokens: int, temperature: float, top_k: int | None,
+                              prompt: str) -> None:
+    io = _io_spec(model)
+    is_lm = io.input_kind == "tokens" if io is not None else getattr(model, "task", "lm") == "lm"
+    if not is_lm:
+        raise InputError("generate needs a language model; this model is a classifier")
+    if max_new_tokens < 0:
+        raise InputError(f"--max-new-tokens must be ≥ 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise InputError(f"--temperature must be ≥ 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"--top-k must be ≥ 1, got {top_k}")
+    if not prompt:
+        raise InputError("the prompt is empty: give at least one character (e.g. --prompt $'\\n')")
+
+
 @torch.no_grad()
 def generate(
     model: Any,
     tokenizer: Any = None,
     prompt: str = "\n",
-    max_tokens: int = 200,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     *,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_k: int | None = None,
     seed: int = 0,
     stop: str | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> dict:
-    """Continue ``prompt`` by up to ``max_tokens`` tokens through ``step``.
+    """Continue ``prompt`` by up to ``max_new_tokens`` tokens through ``model.step``.
 
-    ``on_text(piece)`` is called with each completed piece of text as it streams. Returns
-    ``{"prompt", "text" (the continuation), "tokens" (generated), "prompt_tokens",
-    "tokens_per_s"}``. ``stop``: end early once the continuation contains this string.
+    ``model``: a streaming model or an artifact runtime (see the module docs). ``on_text(piece)``
+    is called with each completed piece of text as it streams; ``stop`` ends early once the
+    continuation contains this string. Returns ``{"prompt", "text" (the continuation),
+    "token_ids", "tokens" (how many were generated), "prompt_tokens", "temperature", "top_k",
+    "seed", "runtime", "ttft_s" (prompt in, first token out), "tokens_per_s" (after the first
+    token), "wall_s"}``.
     """
-    if getattr(model, "task", "lm") != "lm":
-        raise InputError("generate needs a language model; this model is a classifier")
-    if max_tokens < 0:
-        raise InputError(f"--max-tokens must be ≥ 0, got {max_tokens}")
-    if temperature < 0:
-        raise InputError(f"--temperature must be ≥ 0, got {temperature}")
-    if not prompt:
-        raise InputError("the prompt is empty: give at least one character (e.g. --prompt $'\\n')")
+    _check_generation_request(model, max_new_tokens, temperature, top_k, prompt)
     tokenizer = tokenizer or ByteTokenizer()
     if isinstance(model, torch.nn.Module):
         model.eval()
     device = _model_device(model)
-    prompt_ids = torch.tensor(tokenizer.encode(prompt), dtype=torch.int64, device=device)
-    if prompt_ids.numel() == 0:
+    ids = tokenizer.encode(prompt)
+    if not ids:
         raise InputError("the prompt encodes to no tokens; give a longer prompt")
+    io = _io_spec(model)
+    if io is not None and not all(0 <= i < io.input_size for i in ids):
+        raise InputError(f"the prompt has token ids outside the model's vocabulary (0..{io.input_size - 1})")
+    prompt_ids = torch.tensor([ids], dtype=torch.int64, device=device)
     generator = torch.Generator().manual_seed(seed)
 
     start = time.perf_counter()
-    logits, state = model.prefill(prompt_ids[None], model.init_state(1))  # [1, P, V]
+    state = model.init_state(1) if callable(getattr(model, "init_state", None)) else None
+    logits, state = model.prefill(prompt_ids, state)  # [1, P, V]
     logits = torch.as_tensor(logits)[:, -1]  # [1, V]
-    stream = _TextStream(tokenizer)
+    stream = TextStream(tokenizer)
     pieces: list[str] = []
-    generated = 0
-    step_start = time.perf_counter()
-    for i in range(max_tokens):
-        token = sample_next(logits, temperature, top_k, generator)  # [1]
-        generated += 1
-        piece = stream.push(int(token[0]))
+    token_ids: list[int] = []
+    ttft = None
+    first_at = time.perf_counter()
+    tokens = decode(model.step, state, logits, max_new_tokens, temperature=temperature, top_k=top_k,
+                    generator=generator, device=device)
+    for token in tokens:
+        if ttft is None:
+            first_at = time.perf_counter()
+            ttft = first_at - start
+        token_ids.append(token)
+        piece = stream.push(token)
         if piece:
             pieces.append(piece)
             if on_text:
                 on_text(piece)
-        if i == max_tokens - 1 or (stop and stop in "".join(pieces)):
+        if stop and stop in "".join(pieces):
+            tokens.close()
             break
-        logits, state = model.step(token.to(device), state)
-        logits = torch.as_tensor(logits)
     tail = stream.flush()
     if tail:
         pieces.append(tail)
         if on_text:
             on_text(tail)
-    elapsed = time.perf_counter() - step_start
+    end = time.perf_counter()
+    after_first = end - first_at
     return {
         "prompt": prompt,
         "text": "".join(pieces),
-        "tokens": generated,
-        "prompt_tokens": int(prompt_ids.numel()),
+        "token_ids": token_ids,
+        "tokens": len(token_ids),
+        "prompt_tokens": len(ids),
         "temperature": temperature,
         "top_k": top_k,
         "seed": seed,
-        "tokens_per_s": generated / elapsed if elapsed > 0 else None,
-        "wall_s": time.perf_counter() - start,
+        "runtime": getattr(model, "runtime", "pytorch"),
+        "ttft_s": ttft,
+        "tokens_per_s": (len(token_ids) - 1) / after_first if len(token_ids) > 1 and after_first > 0 else None,
+        "wall_s": end - start,
     }
 
 
-__all__ = ["TextStream", "generate", "sample_next"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_TEMPERATURE", "TextStream", "decode", "generate", "sample_next"]

@@ -8,7 +8,16 @@ A streaming model is a ``torch.nn.Module`` with
 * ``step(x_t, state) -> (y_t, new_state)`` — one token/frame at constant cost;
 * ``prefill(x, state=None) -> (y, final_state)`` — the parallel form that also returns the state;
 * ``state_spec()`` — names, per-example shapes and dtypes of the state (what export needs);
+* ``io_spec()`` — what ``step`` takes and returns (an :class:`IOSpec`): token ids below a
+  vocabulary size, or frames of a number of features; logits over a vocabulary, or class scores;
 * ``quant_points()`` — where a quantizer may act (see :class:`QuantPoint`).
+
+``state_spec()`` and ``io_spec()`` together describe the step graph completely: what builds
+inputs for a model or exports it (export's graph I/O and verification inputs, the spiking
+simulator's data, training's data plumbing, generation) reads the sizes from them, never from
+config field names; ``IOSpec.to_dict()`` is the record of it a manifest stores.
+Configs name the fields that set those sizes (``ModelConfig.input_size_field`` and
+``output_size_field``) so that a model can be built to fit its data before it exists.
 
 Conventions shared by every model:
 
@@ -18,6 +27,9 @@ Conventions shared by every model:
   scores ``[B, T, C]`` (the running mean over time is the streaming prediction, see
   ``running_mean_scores``); ``step`` maps ``[B, F]`` to ``[B, C]`` (per-frame score *before*
   averaging; the average is kept by the caller or in the state — models document which);
+* ``io_spec()`` says which: ``IOSpec(input_kind="tokens", input_size=V, output_kind="logits",
+  output_size=V)`` or ``IOSpec(input_kind="features", input_size=F, output_kind="scores",
+  output_size=C)``;
 * state tensors have the batch dimension first; ``state_spec`` lists shapes *without* it;
 * ``step`` never grows Python-side state: everything the future needs is in the returned dict.
 """
@@ -26,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -46,10 +58,15 @@ State = dict[str, Tensor]
 class ModelConfig:
     """Base class of every model config: a dataclass with a JSON round trip.
 
-    Subclasses set ``family`` (a ClassVar: the registry name of the model family).
+    Subclasses set ``family`` (a ClassVar: the registry name of the model family) and the names
+    of the fields that set the step's input and output sizes (``input_size_field``: the
+    vocabulary size or the features per frame; ``output_size_field``: the vocabulary size or the
+    number of classes; see :class:`IOSpec`). Training sets those fields from its data.
     """
 
     family: ClassVar[str] = ""
+    input_size_field: ClassVar[str] = ""
+    output_size_field: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +113,111 @@ class StateSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).replace("torch.", "")}
+
+
+@dataclass
+class QuantizationRecord:
+    """What post-training quantization did to a model, carried on it as ``model.quantization``.
+
+    ``quantize`` sets it; export (integer embedding tables), the spiking simulator (integer-rounded
+    tables), ``edgeseq info`` and the quantized-folder writer read it. ``None`` on a float model.
+    """
+
+    recipe: str
+    embedding_bits: int = 0  # 0: float embedding tables; else rows rounded to this many bits
+    embedding_tables: list[str] = field(default_factory=list)  # module paths of the rounded tables
+    state_bits: int = 0  # 0: float decode state; else the state is carried as integers
+    report: dict[str, Any] = field(default_factory=dict, repr=False)  # quantize's per-layer report, when at hand
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "report"}
+
+
+def quantization_of(model: Any) -> QuantizationRecord | None:
+    """A model's :class:`QuantizationRecord` (None for float models and other objects)."""
+    record = getattr(model, "quantization", None)
+    return record if isinstance(record, QuantizationRecord) else None
+
+
+_DTYPES = {"int64": torch.int64, "int32": torch.int32, "float32": torch.float32, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """What ``step`` takes and returns (what ``io_spec()`` declares; batch dimension excluded).
+
+    * ``input_kind="tokens"`` — ``step`` takes token ids ``[B]`` (``input_dtype`` int64) in
+      ``0 .. input_size - 1``: ``input_size`` is the vocabulary size;
+    * ``input_kind="features"`` — ``step`` takes one frame ``[B, input_size]`` (``input_dtype``
+      float32; like float state, it follows the dtype the model or artifact runs in);
+    * ``output_kind="logits"`` — ``step`` returns next-token logits ``[B, output_size]`` over a
+      vocabulary of ``output_size``; ``output_kind="scores"`` — per-frame class scores
+      ``[B, output_size]`` over ``output_size`` classes.
+
+    ``forward``/``prefill`` take and return the same with a time axis after the batch.
+    """
+
+    input_kind: Literal["tokens", "features"]
+    input_size: int
+    output_kind: Literal["logits", "scores"]
+    output_size: int
+    input_dtype: torch.dtype = None  # type: ignore[assignment]  # int64 for tokens, float32 for features
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in ("tokens", "features"):
+            raise InputError(f"IOSpec.input_kind must be 'tokens' or 'features', got {self.input_kind!r}")
+        if self.output_kind not in ("logits", "scores"):
+            raise InputError(f"IOSpec.output_kind must be 'logits' or 'scores', got {self.output_kind!r}")
+        for name in ("input_size", "output_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"IOSpec.{name} must be a positive integer, got {value!r}")
+        if self.input_dtype is None:
+            object.__setattr__(self, "input_dtype", torch.int64 if self.input_kind == "tokens" else torch.float32)
+        if self.input_kind == "tokens" and self.input_dtype.is_floating_point:
+            raise InputError(f"IOSpec: token ids must have an integer dtype, got {self.input_dtype}")
+        if self.input_kind == "features" and not self.input_dtype.is_floating_point:
+            raise InputError(f"IOSpec: frames must have a floating-point dtype, got {self.input_dtype}")
+
+    @classmethod
+    def tokens(cls, vocab_size: int, output_size: int | None = None) -> "IOSpec":
+        """A language model: token ids below ``vocab_size`` in, logits (over ``vocab_size`` unless
+        given) out."""
+        return cls("tokens", vocab_size, "logits", vocab_size if output_size is None else output_size)
+
+    @classmethod
+    def features(cls, n_features: int, n_classes: int) -> "IOSpec":
+        """A frame classifier: frames of ``n_features`` in, scores over ``n_classes`` out."""
+        return cls("features", n_features, "scores", n_classes)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The vocabulary size of token inputs (None for frame inputs)."""
+        return self.input_size if self.input_kind == "tokens" else None
+
+    def step_input_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch,) if self.input_kind == "tokens" else (batch, self.input_size)
+
+    def step_output_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.output_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_kind": self.input_kind, "input_size": self.input_size,
+                "input_dtype": str(self.input_dtype).replace("torch.", ""),
+                "output_kind": self.output_kind, "output_size": self.output_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IOSpec":
+        """The inverse of :meth:`to_dict` (what a manifest stores); a bad record is a one-line error."""
+        try:
+            dtype = data.get("input_dtype")
+            if dtype is not None and dtype not in _DTYPES:
+                raise InputError(f"IOSpec: unknown input_dtype {dtype!r}")
+            return cls(data["input_kind"], data["input_size"], data["output_kind"], data["output_size"],
+                       None if dtype is None else _DTYPES[dtype])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"not an IOSpec record ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -159,7 +281,7 @@ def _require_time_steps(method):
 
 
 class StreamingModel(nn.Module):
-    """Base class: subclasses implement forward, init_state, step, state_spec, quant_points."""
+    """Base class: subclasses implement forward, step, state_spec, io_spec (and quant_points)."""
 
     config: ModelConfig
     task: ClassVar[Literal["lm", "classify"]] = "lm"
@@ -167,6 +289,8 @@ class StreamingModel(nn.Module):
     # recipe's ``embedding_bits``). A model whose embedding output feeds a threshold (a spiking
     # encoder) sets this False: rounding the table moves values across the threshold.
     embeddings_quantizable: ClassVar[bool] = True
+    # set by quantization (see QuantizationRecord); None on a float model
+    quantization: QuantizationRecord | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -183,6 +307,11 @@ class StreamingModel(nn.Module):
 
     def state_spec(self) -> list[StateSpec]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def io_spec(self) -> IOSpec:
+        """What ``step`` takes and returns (see :class:`IOSpec`). Every model declares it."""
+        raise InputError(f"{type(self).__name__} does not declare what its step takes and returns: "
+                         "implement io_spec() (see edgeseq.streaming.IOSpec)")
 
     def quant_points(self) -> list[QuantPoint]:
         return []
@@ -285,9 +414,12 @@ class FlatPrefill(nn.Module):
 
 
 __all__ = [
+    "QuantizationRecord",
+    "quantization_of",
     "ActPoint",
     "FlatPrefill",
     "FlatStep",
+    "IOSpec",
     "ModelConfig",
     "QuantPoint",
     "State",

@@ -124,31 +124,54 @@ def build_for_data(family: str, task: str, data: str, data_options: dict, overri
                    vocab_size: int = 256, frame_dim: int | None = None, n_classes: int | None = None):
     """Build ``family`` with the config fields the data implies, then the user's overrides.
 
-    Language models get ``vocab_size`` from the tokenizer; classifiers get the frame width and
-    the number of classes from the data, and ``dataset``/``dataset_options`` naming their task.
+    Language models get their vocabulary size from the tokenizer; classifiers get the frame width
+    and the number of classes from the data, and ``dataset``/``dataset_options`` naming their
+    task. The config names the fields that set those sizes (``input_size_field``,
+    ``output_size_field``); the built model's ``io_spec()`` is checked against the data.
     """
-    from edgeseq.models import build_model
+    from edgeseq.models import build_model, config_class
 
     fields = _config_fields(family)
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise InputError(f"unknown {family} config field(s) in --set: {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    cfg_cls = config_class(family)
+    input_field, output_field = cfg_cls.input_size_field, cfg_cls.output_size_field
+    if not (input_field in fields and output_field in fields):
+        raise InputError(f"{cfg_cls.__name__} does not name the fields that set its input and output sizes "
+                         "(input_size_field, output_size_field)")
     implied: dict[str, Any] = {}
     if task == "lm":
-        if "vocab_size" in fields:
-            implied["vocab_size"] = vocab_size
+        implied[input_field] = implied[output_field] = vocab_size
     else:
-        for key in ("n_classes", "num_classes"):
-            if key in fields and n_classes:
-                implied[key] = n_classes
-        for key in ("input_dim", "frame_dim", "in_features"):
-            if key in fields and frame_dim:
-                implied[key] = frame_dim
+        if n_classes:
+            implied[output_field] = n_classes
+        if frame_dim:
+            implied[input_field] = frame_dim
         if "dataset" in fields:
             implied["dataset"] = str(data)
         if "dataset_options" in fields:
             implied["dataset_options"] = dict(data_options)
-    return build_model(family, **{**implied, **overrides})
+    model = build_model(family, **{**implied, **overrides})
+    _check_io_fits_data(model, task, vocab_size, frame_dim, n_classes)
+    return model
+
+
+def _check_io_fits_data(model, task: str, vocab_size: int, frame_dim: int | None, n_classes: int | None) -> None:
+    """The model's declared step input/output against the data (an ``--set`` may have changed a size)."""
+    io = model.io_spec()
+    if task == "lm":
+        if io.input_kind != "tokens":
+            raise InputError(f"{type(model).__name__} takes frames of features; text data needs a language model")
+        if io.input_size < vocab_size:
+            raise InputError(f"the model takes token ids below {io.input_size}, the tokenizer has {vocab_size} tokens")
+        return
+    if io.input_kind != "features":
+        raise InputError(f"{type(model).__name__} takes token ids; this data holds frames of features")
+    if frame_dim and io.input_size != frame_dim:
+        raise InputError(f"the model takes frames of {io.input_size} features, the data has {frame_dim}")
+    if n_classes and io.output_size < n_classes:
+        raise InputError(f"the model scores {io.output_size} classes, the data has {n_classes}")
 
 
 def _progress(total: int, quiet: bool):

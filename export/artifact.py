@@ -21,48 +21,92 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 import torch
 
-from edgeseq.checkpoints import CheckpointFormat, LoadedModel
+from edgeseq.checkpoints import CheckpointFormat, LoadedModel, register_format
 from edgeseq.errors import InputError
-from edgeseq.streaming import StreamingModel
+from edgeseq.streaming import StreamingModel, quantization_of
 from export import manifest as mf
 from export.graphs import check_state_spec, has_parallel_prefill
 from export.int8_safety import check_pairwise_safe
 from export.onnx_export import DEFAULT_OPSET, DTYPES, INT4_MIN_OPSET, check_opset, export_graph
 from export.qdq import is_quantized, needs_int4, quantize_embeddings
-from export.runtime import MANIFEST, open_artifact, read_manifest
-from export.tvm_build import EXPORT_TARGETS, build_library, get_target
+from export.tvm_build import build_library, get_target, host_target
 from export.verify import allowed_inexact, require_passed, verify_runner
-from targets.selfcheck import REFERENCE_STEPS, check_on_device, torch_step_adapter, write_reference
+from targets.manifest import MANIFEST, read_manifest
+from targets.runtimes import ORT_SESSION_CONFIG, open_artifact
+from targets.selfcheck import REFERENCE_STEPS, check_on_device, write_reference
 
 FORMATS = ("onnx", "tvm")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to build and verify an artifact (``edgeseq export``'s options)."""
+
+    format: str = "onnx"  # onnx | tvm
+    target: str = "host"  # a name from the target registry (`edgeseq targets`)
+    dtype: str = "float32"  # float32 | float16 (ONNX only)
+    opset: int | None = None  # ONNX opset (default 18; 21 for 4-bit weights)
+    prefill: bool = True  # also export the parallel prefill graph (models that have one)
+    prefill_length: int = 64  # positions per prefill-graph call
+    steps: int = 256  # streaming steps verified against PyTorch
+    batch: int = 2  # batch of the verification stream
+    threads: int | None = None  # ONNX Runtime threads during verification
+    force: bool = False  # replace an earlier artifact at the output
+    keep_failed: str | Path | None = None  # keep a refused artifact there for inspection
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the exported model came from (recorded in the manifest)."""
+
+    source: str = ""
+    recipe: str | None = None
+    tokenizer: Any = None
+    embedding_bits: int | None = None  # None: what the model's QuantizationRecord says
+    source_meta: dict[str, Any] | None = None
+
+
+_OPTION_FIELDS = {f.name for f in fields(ExportOptions)}
+_PROVENANCE_FIELDS = {f.name for f in fields(Provenance)}
+
+
+def export_options(options: ExportOptions | None = None, provenance: Provenance | None = None,
+                   **values: Any) -> tuple[ExportOptions, Provenance]:
+    """``(options, provenance)`` with ``values`` (keyword form of their fields) applied on top."""
+    unknown = sorted(set(values) - _OPTION_FIELDS - _PROVENANCE_FIELDS)
+    if unknown:
+        raise InputError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTION_FIELDS | _PROVENANCE_FIELDS))}")
+    options = replace(options or ExportOptions(), **{k: v for k, v in values.items() if k in _OPTION_FIELDS})
+    provenance = replace(provenance or Provenance(), **{k: v for k, v in values.items() if k in _PROVENANCE_FIELDS})
+    return options, provenance
 
 
 def export_artifact(
     model: StreamingModel,
     out: str | Path,
-    format: str = "onnx",
-    target: str = "cpu",
-    opset: int | None = None,
-    dtype: str = "float32",
-    steps: int = 256,
-    batch: int = 2,
-    prefill: bool = True,
-    prefill_length: int = 64,
-    force: bool = False,
-    recipe: str | None = None,
-    source: str = "",
-    tokenizer: Any = None,
-    threads: int | None = None,
-    embedding_bits: int | None = None,
-    source_meta: dict[str, Any] | None = None,
+    options: ExportOptions | None = None,
+    provenance: Provenance | None = None,
     log: Callable[[str], None] | None = None,
-    keep_failed: str | Path | None = None,
+    **values: Any,
 ) -> dict[str, Any]:
-    """Export, verify and write an artifact folder; returns its manifest (see the module docs)."""
+    """Export, verify and write an artifact folder; returns its manifest (see the module docs).
+
+    ``options`` (:class:`ExportOptions`) and ``provenance`` (:class:`Provenance`) may also be given
+    field by field as keywords: ``export_artifact(model, out, format="tvm", target="aarch64")``.
+    """
+    options, provenance = export_options(options, provenance, **values)
+    format, target, opset, dtype = options.format, options.target, options.opset, options.dtype
+    steps, batch, prefill, prefill_length = options.steps, options.batch, options.prefill, options.prefill_length
+    force, threads, keep_failed = options.force, options.threads, options.keep_failed
+    recipe, source, tokenizer = provenance.recipe, provenance.source, provenance.tokenizer
+    embedding_bits, source_meta = provenance.embedding_bits, provenance.source_meta
+    if recipe is None and quantization_of(model) is not None:
+        recipe = quantization_of(model).recipe
     say = log or (lambda message: None)
     out = Path(out)
     if format not in FORMATS:
@@ -86,10 +130,12 @@ def export_artifact(
     model = model.eval()
     check_state_spec(model)
     if embedding_bits is None:  # what the quantization recipe did (0 for float models and old folders)
-        embedding_bits = getattr(model, "_edgeseq_embedding_bits", 0)
+        record = quantization_of(model)
+        embedding_bits = record.embedding_bits if record else 0
+    int_embeddings: dict[str, Any] = {}
     if quantized and embedding_bits:
         model = _copy_to(model, torch.float32)
-        model._edgeseq_int_embeddings = quantize_embeddings(model, embedding_bits)
+        int_embeddings = quantize_embeddings(model, embedding_bits)
     torch_dtype = DTYPES[dtype]
     reference = model if torch_dtype == torch.float32 else _copy_to(model, torch_dtype)
     with_prefill = prefill and has_parallel_prefill(model)
@@ -107,7 +153,7 @@ def export_artifact(
             if format == "onnx":
                 say(f"exporting the {kind} graph to ONNX (opset {opset}, {dtype}{', int weights' if quantized else ''})")
                 file = f"{kind}.onnx"
-                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype)
+                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype, int_embeddings)
             else:
                 say(f"compiling the {kind} graph with TVM for {export_target.name}")
                 file = f"{kind}.so"
@@ -115,7 +161,7 @@ def export_artifact(
                 io_spec = _io(model, kind, prefill_length, torch_dtype)
                 if not export_target.runs_here:
                     say(f"compiling the {kind} graph for this CPU to verify the same Relax module")
-                    build_library(model, scratch / file, get_target("cpu"), kind, prefill_length)
+                    build_library(model, scratch / file, host_target(), kind, prefill_length)
             graphs[kind] = {"file": file, **io_spec.to_dict()}
             if format == "onnx" and quantized:
                 import onnx
@@ -133,7 +179,7 @@ def export_artifact(
             "embedding_bits": (embedding_bits if quantized and embedding_bits else None),
             "format": format,
             "dtype": dtype,
-            "target": {**export_target.to_dict(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
+            "target": {**export_target.build_record(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
             "opset": opset if format == "onnx" else None,
             "graphs": graphs,
             "tokenizer": _write_tokenizer(tokenizer, staging),
@@ -163,12 +209,12 @@ def export_artifact(
         manifest["verification"] = result.to_dict()
         say("writing the reference stream the device checks on first load")
         manifest["reference"] = _write_reference(reference, staging, result, quantized, float_dtype=torch_dtype)
-        check_on_device(staging, manifest, runner.runtime, torch_step_adapter(runner, list(model.init_state(1))), use_cache=False)
+        check_on_device(staging, manifest, runner.runtime, runner.engine.step, use_cache=False)
         if format == "onnx":
             from export.qdq import runtime_kernels
 
             manifest["export_host"]["onnxruntime"] = {
-                "session_options": {"session.qdq_matmulnbits_accuracy_level": "1", "graph_optimization_level": "ORT_ENABLE_ALL"},
+                "session_options": {**ORT_SESSION_CONFIG, "graph_optimization_level": "ORT_ENABLE_ALL"},
                 "kernels": {kind: runtime_kernels(str(staging / spec["file"]), str(scratch)) for kind, spec in graphs.items()},
             }
         manifest["created"] = mf.now_utc()
@@ -276,7 +322,7 @@ def _copy_to(model: StreamingModel, dtype: torch.dtype) -> StreamingModel:
 
 def _host_manifest(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
     host = dict(manifest)
-    host["target"] = get_target("cpu").to_dict()
+    host["target"] = host_target().build_record()
     # the host build embeds no CUDA kernels: its graphs name no cubin (the reader checks every named file)
     host["graphs"] = {kind: {k: v for k, v in spec.items() if k not in ("cubin", "cuda_source_sha256")}
                       for kind, spec in manifest["graphs"].items()}
@@ -423,10 +469,10 @@ def _load(path: Path) -> LoadedModel:
     return LoadedModel(model=runner, tokenizer=tokenizer, source=str(path), format="artifact", meta=meta)
 
 
-ARTIFACT_FORMAT = CheckpointFormat(name="artifact", detect=_detect, load=_load)
+ARTIFACT_FORMAT = register_format(CheckpointFormat(name="artifact", detect=_detect, load=_load))
 
 
-def _progress_printer(stream=sys.stderr) -> Callable[[str], None]:
+def progress_printer(stream=sys.stderr) -> Callable[[str], None]:
     def say(message: str) -> None:
         stream.write(f"[export] {message}\n")
         stream.flush()
@@ -434,4 +480,5 @@ def _progress_printer(stream=sys.stderr) -> Callable[[str], None]:
     return say
 
 
-__all__ = ["ARTIFACT_FORMAT", "EXPORT_TARGETS", "FORMATS", "export_artifact", "export_loaded"]
+__all__ = ["ARTIFACT_FORMAT", "ExportOptions", "FORMATS", "Provenance", "export_artifact", "export_loaded", "export_options",
+           "progress_printer"]

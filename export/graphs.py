@@ -10,7 +10,8 @@ Both graphs take the recurrent state as flat, named tensors in ``state_spec()`` 
   the runtime streams the prompt through ``step``.
 
 The batch dimension is symbolic (``batch``); the prefill length is fixed at export time (the
-parallel scans unroll over it).
+parallel scans unroll over it). Input kind and sizes come from the model's ``io_spec()``, the
+state from its ``state_spec()``; :func:`check_state_spec` runs one step to check that both are true.
 """
 
 from __future__ import annotations
@@ -45,29 +46,24 @@ class GraphIO:
 
 
 def input_name(model: StreamingModel) -> str:
-    return "token" if model.task == "lm" else "frame"
+    return "token" if model.io_spec().input_kind == "tokens" else "frame"
 
 
 def output_name(model: StreamingModel) -> str:
-    return "logits" if model.task == "lm" else "scores"
+    return "logits" if model.io_spec().output_kind == "logits" else "scores"
 
 
 def input_features(model: StreamingModel) -> int:
-    """Features per frame of a classifier (``config.input_dim``)."""
-    for name in ("input_dim", "n_features", "in_features", "n_mels"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise InputError(f"{type(model).__name__}: cannot tell the frame size (its config has no input_dim)")
+    """Features per frame of a classifier (``io_spec().input_size``)."""
+    io = model.io_spec()
+    if io.input_kind != "features":
+        raise InputError(f"{type(model).__name__} takes token ids, not frames of features")
+    return io.input_size
 
 
 def output_size(model: StreamingModel) -> int:
-    cfg = model.config
-    for name in (("vocab_size",) if model.task == "lm" else ("n_classes", "num_classes")):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise InputError(f"{type(model).__name__}: cannot tell the output size from its config")
+    """Logits per token (the vocabulary) or scores per frame (the classes): ``io_spec().output_size``."""
+    return model.io_spec().output_size
 
 
 def has_parallel_prefill(model: StreamingModel) -> bool:
@@ -78,9 +74,10 @@ def has_parallel_prefill(model: StreamingModel) -> bool:
 def sample_inputs(model: StreamingModel, batch: int, length: int, seed: int = 0) -> Tensor:
     """Seeded sample inputs ``[B, T]`` token ids or ``[B, T, F]`` frames (what verification feeds)."""
     gen = torch.Generator().manual_seed(seed)
-    if model.task == "lm":
-        return torch.randint(0, output_size(model), (batch, length), generator=gen, dtype=torch.int64)
-    return torch.randn(batch, length, input_features(model), generator=gen)
+    io = model.io_spec()
+    if io.input_kind == "tokens":
+        return torch.randint(0, io.input_size, (batch, length), generator=gen, dtype=io.input_dtype)
+    return torch.randn(batch, length, io.input_size, generator=gen)
 
 
 def check_state_spec(model: StreamingModel, batch: int = 2) -> list[StateSpec]:
@@ -95,9 +92,10 @@ def check_state_spec(model: StreamingModel, batch: int = 2) -> list[StateSpec]:
             f"{type(model).__name__}: init_state() gives {list(state)} but state_spec() lists {names}; "
             "they must name the same tensors in the same order"
         )
+    io = model.io_spec()
     try:
         with torch.no_grad():
-            _, new_state = model.step(sample_inputs(model, batch, 1)[:, 0], state)
+            y, new_state = model.step(sample_inputs(model, batch, 1)[:, 0], state)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InputError(
@@ -116,6 +114,11 @@ def check_state_spec(model: StreamingModel, batch: int = 2) -> list[StateSpec]:
     extra = sorted(set(new_state) - set(names))
     if extra:
         raise InputError(f"{type(model).__name__}.step() returns state not in state_spec(): {extra}")
+    if tuple(y.shape) != io.step_output_shape(batch):
+        raise InputError(
+            f"{type(model).__name__}.step() returns {io.output_kind} of shape {tuple(y.shape)}, "
+            f"io_spec() says {io.step_output_shape(batch)} (batch first)"
+        )
     return specs
 
 
@@ -130,12 +133,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def step_io(model: StreamingModel, float_dtype: torch.dtype = torch.float32) -> GraphIO:
+    io = model.io_spec()
     x_name, y_name = input_name(model), output_name(model)
-    if model.task == "lm":
-        x = {"name": x_name, "shape": ["batch"], "dtype": "int64"}
+    if io.input_kind == "tokens":
+        x = {"name": x_name, "shape": ["batch"], "dtype": _dtype_name(io.input_dtype)}
     else:
-        x = {"name": x_name, "shape": ["batch", input_features(model)], "dtype": _dtype_name(float_dtype)}
-    y = {"name": y_name, "shape": ["batch", output_size(model)], "dtype": _dtype_name(float_dtype)}
+        x = {"name": x_name, "shape": ["batch", io.input_size], "dtype": _dtype_name(float_dtype)}
+    y = {"name": y_name, "shape": ["batch", io.output_size], "dtype": _dtype_name(float_dtype)}
     states = [{"name": s.name, "shape": ["batch", *s.shape], "dtype": _state_dtype(s, float_dtype)} for s in model.state_spec()]
     new_states = [{**s, "name": f"new_{s['name']}"} for s in states]
     return GraphIO([x, *states], [y, *new_states])
@@ -159,7 +163,7 @@ def _state_dtype(spec: StateSpec, float_dtype: torch.dtype) -> str:
 def example_args(model: StreamingModel, batch: int, length: int | None, float_dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Example inputs for tracing: ``length=None`` for the step graph."""
     x = sample_inputs(model, batch, length or 1)
-    if model.task != "lm":
+    if model.io_spec().input_kind == "features":
         x = x.to(float_dtype)
     if length is None:
         x = x[:, 0]

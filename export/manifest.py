@@ -3,7 +3,7 @@
 Keys (format version 1; other tools such as ``targets/`` read them):
 
 * ``edgeseq_artifact`` — manifest format version (1);
-* ``model`` — ``family``, ``task``, ``config`` (the model config, JSON), ``source``, ``parameters``;
+* ``model`` — ``family``, ``task``, ``config`` (the model config, JSON), ``io`` (its ``io_spec()``), ``source``, ``parameters``;
 * ``recipe`` — quantization recipe name (``fp32``/``fp16`` for float exports), ``quantization`` —
   per-layer weight/activation bits summary or null;
 * ``format`` — ``onnx`` or ``tvm``; ``dtype`` — float dtype of inputs/outputs/state;
@@ -30,7 +30,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from export.runtime import sha256_file
+from targets.manifest import sha256_file
 
 FORMAT_VERSION = 1
 
@@ -68,6 +68,7 @@ def model_entry(model, source: str) -> dict[str, Any]:
         "family": model.config.family,
         "task": model.task,
         "config": model.config.to_dict(),
+        "io": model.io_spec().to_dict(),
         "source": source,
         "parameters": int(sum(p.numel() for p in model.parameters()) + sum(
             b.numel() for n, b in model.named_buffers() if n.endswith("weight_int"))),

@@ -17,6 +17,7 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,12 +51,14 @@ def export_graph(
     opset: int = DEFAULT_OPSET,
     prefill_length: int = 64,
     dtype: torch.dtype = torch.float32,
+    int_embeddings: dict[str, Any] | None = None,
 ) -> GraphIO:
     """Trace ``model``'s step (``kind="step"``) or prefill graph to an ONNX file at ``path``.
 
     Quantized models are traced through their export twins and rewritten to integer weights
     (:func:`export.qdq.quantized_for_export`, :func:`export.qdq.rewrite_integer_weights`).
-    Returns the graph's I/O description. The file is checked with ``onnx.checker`` and strict
+    ``int_embeddings`` (table path → integer values and row scales, :func:`quantize.qdq.quantize_embeddings`)
+    stores those embedding tables as integers too. Returns the graph's I/O description. The file is checked with ``onnx.checker`` and strict
     shape inference.
     """
     onnx = require("onnx", "pip install 'edgeseq[onnx]'")
@@ -66,7 +69,7 @@ def export_graph(
     graph_io = step_io(model, dtype) if kind == "step" else prefill_io(model, prefill_length, dtype)
     trace_opset = min(opset, TORCHSCRIPT_MAX_OPSET)
     dynamic_axes = {name: {0: "batch"} for name in graph_io.input_names + graph_io.output_names}
-    with quantized_for_export(model) as (traced_model, weights):
+    with quantized_for_export(model, int_embeddings=int_embeddings) as (traced_model, weights):
         wrapper = (StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model)).eval()
         wrapper = wrapper.to(dtype) if dtype != torch.float32 else wrapper
         args = example_args(traced_model, 2, length, dtype)

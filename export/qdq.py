@@ -178,7 +178,8 @@ def _conv_weight(layer) -> IntegerWeight:
 
 
 @contextlib.contextmanager
-def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[tuple[nn.Module, dict[str, IntegerWeight]]]:
+def quantized_for_export(model: nn.Module, prefix: str = "model.", int_embeddings: dict[str, Any] | None = None,
+                         ) -> Iterator[tuple[nn.Module, dict[str, IntegerWeight]]]:
     """Yield ``(model_to_trace, {initializer name: IntegerWeight})``.
 
     Float models pass through unchanged (and an empty dict). Quantized models are deep-copied
@@ -209,7 +210,7 @@ def quantized_for_export(model: nn.Module, prefix: str = "model.") -> Iterator[t
             continue
         parent_name, _, leaf = name.rpartition(".")
         setattr(twin.get_submodule(parent_name) if parent_name else twin, leaf, new)
-    for name, (values, scale) in getattr(model, "_edgeseq_int_embeddings", {}).items():
+    for name, (values, scale) in (int_embeddings or {}).items():
         weights[f"{prefix}{name}.weight"] = IntegerWeight(values.cpu().numpy(), scale.cpu().numpy(), 8, axis=0)
     yield twin, weights
 
@@ -401,25 +402,16 @@ def dedupe_transposed(proto):
 
 
 def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
-    """Op types ONNX Runtime runs after its graph optimizations (shows the fused integer kernels)."""
+    """Op types ONNX Runtime runs after its graph optimizations (shows the fused integer kernels),
+    in the session every edgeseq runtime opens (:func:`targets.runtimes.ort_session`)."""
     import os
 
     import onnx
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")  # as export.runtime.ort_session
+    from targets.runtimes import ort_session
+
     optimized = os.path.join(scratch_dir, "optimized.onnx")
-    options.optimized_model_filepath = optimized
-    try:
-        ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # the same fallback as export.runtime.ort_session (QDQ propagation on opset 21)
-        if "output_dtype" not in str(exc):
-            raise
-        ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["QDQPropagationTransformer"])
+    ort_session(onnx_path, optimized_model=optimized)
     counts: dict[str, int] = {}
     for node in onnx.load(optimized).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1

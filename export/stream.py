@@ -1,79 +1,17 @@
-"""Generation and classification through an artifact runner alone (what ``edgeseq run`` does)."""
+"""Classification through an artifact runner alone (what ``edgeseq run`` does for classifiers;
+language models generate through :func:`edgeseq.generate.generate`, the loop ``edgeseq generate``
+uses too)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from edgeseq.errors import InputError
-
-
-def generate(
-    runner, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, tokenizer: Any = None,
-    on_text: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Prefill ``prompt`` then generate greedily (``temperature=0``) or by sampling; streams text."""
-    from edgeseq.generate import TextStream
-    from edgeseq.tokenizer import ByteTokenizer
-
-    if max_new_tokens < 0:
-        raise InputError("--max-new-tokens must be >= 0")
-    if not prompt:  # as `edgeseq generate`: an empty prompt is refused, never replaced silently
-        raise InputError("the prompt is empty: give at least one character (e.g. --prompt $'\\n')")
-    tokenizer = tokenizer or ByteTokenizer()
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise InputError("the prompt encodes to no tokens; give a longer prompt")
-    vocab = int(runner.manifest["graphs"]["step"]["outputs"][0]["shape"][-1])
-    if any(i < 0 or i >= vocab for i in ids):
-        raise InputError(f"the prompt has token ids outside the model's vocabulary (0..{vocab - 1})")
-    gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    logits, state = runner.prefill(torch.tensor([ids], dtype=torch.int64))
-    first_token_s = time.perf_counter() - start
-    last = logits[:, -1].float()
-    new_ids: list[int] = []
-    stream = TextStream(tokenizer)  # incremental: constant work per token, not the whole output again
-    pieces: list[str] = []
-    for _ in range(max_new_tokens):
-        token = _pick(last, temperature, gen)
-        new_ids.append(token)
-        piece = stream.push(token)
-        if piece:
-            pieces.append(piece)
-            if on_text is not None:
-                on_text(piece)
-        last, state = runner.step(torch.tensor([token], dtype=torch.int64), state)
-        last = last.float()
-    seconds = time.perf_counter() - start
-    tail = stream.flush()
-    if tail:
-        pieces.append(tail)
-        if on_text is not None:
-            on_text(tail)
-    text = "".join(pieces)
-    return {
-        "prompt": prompt,
-        "text": text,
-        "tokens": new_ids,
-        "new_tokens": len(new_ids),
-        "prompt_tokens": len(ids),
-        "seconds": seconds,
-        "ttft_s": first_token_s,
-        "tokens_per_s": len(new_ids) / max(seconds - first_token_s, 1e-9) if new_ids else 0.0,
-        "runtime": runner.runtime,
-    }
-
-
-def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
-    if temperature <= 0:
-        return int(logits[0].argmax())
-    probs = torch.softmax(logits[0] / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 def classify_frames(runner, path: str | None) -> dict[str, Any]:
@@ -106,4 +44,4 @@ def classify_frames(runner, path: str | None) -> dict[str, Any]:
     }
 
 
-__all__ = ["classify_frames", "generate"]
+__all__ = ["classify_frames"]

@@ -10,8 +10,9 @@ un-normalised expression; the exported program carries symbolic shapes natively 
 cleanly. Quantized models are compiled with their fake-quant arithmetic (the same function the
 ONNX QDQ graph computes).
 
-Targets are a small dict (``EXPORT_TARGETS``); ``targets/`` holds the richer registry
-(bandwidth, peak throughput, runtimes) and may point here.
+Targets are entries of the one registry (``targets.registry``): an entry with ``arch`` and
+``tvm_target`` can be built for (``host`` = this CPU with its features, ``aarch64``, the Jetson
+modules, the NVIDIA GPUs); ``edgeseq profile`` takes the same names.
 """
 
 from __future__ import annotations
@@ -21,95 +22,32 @@ import io
 import shutil
 import struct
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgeseq.errors import EdgeseqError, InputError, MissingDependencyError, require
+from edgeseq.errors import EdgeseqError, MissingDependencyError, require
 from edgeseq.streaming import StreamingModel
 from export.graphs import PrefillGraph, StepGraph, example_args
 from export.tvm_frontend import convert_map
+from targets.registry import HOST, TargetSpec, export_target
 
 
-@dataclass(frozen=True)
-class ExportTarget:
-    """Where an artifact runs: the TVM target, the host architecture, the C compiler to link with."""
-
-    name: str
-    tvm_target: Any  # tag name, or a JSON-style dict; "host" = this CPU with its features
-    arch: str  # ELF machine of the .so: "x86_64" or "aarch64"
-    cuda_arch: str = ""  # "sm_87" ... when the build embeds CUDA kernels
-    cc: str = ""  # cross compiler for export_library ("" = the host's)
-    cc_package: str = ""  # Debian package that provides ``cc``
-    description: str = ""
-    aliases: tuple[str, ...] = field(default=())
-
-    @property
-    def runs_here(self) -> bool:
-        """A TVM build this machine can execute (host CPU code, no GPU kernels)."""
-        import platform
-
-        return not self.cuda_arch and self.arch == _normalise_arch(platform.machine())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "tvm_target": self.tvm_target,
-            "arch": self.arch,
-            "cuda_arch": self.cuda_arch or None,
-            "description": self.description,
-        }
+def get_target(name: str) -> TargetSpec:
+    """The registry entry ``name`` (``targets.registry``), checked to have a build recipe."""
+    return export_target(name)
 
 
-_AARCH64_CC = "aarch64-linux-gnu-g++"
-_AARCH64_PKG = "g++-aarch64-linux-gnu"
-
-EXPORT_TARGETS: dict[str, ExportTarget] = {
-    "cpu": ExportTarget("cpu", "host", "x86_64", description="this machine's CPU (LLVM with the host's features)", aliases=("llvm",)),
-    "aarch64": ExportTarget(
-        "aarch64", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, "aarch64",
-        cc=_AARCH64_CC, cc_package=_AARCH64_PKG, description="generic 64-bit Arm Linux CPU (cross-compiled)",
-    ),
-    "jetson-orin-nano": ExportTarget(
-        "jetson-orin-nano", "nvidia/jetson-orin-nano", "aarch64", "sm_87", _AARCH64_CC, _AARCH64_PKG,
-        "NVIDIA Jetson Orin Nano: aarch64 host + CUDA sm_87 (cross-compiled)",
-    ),
-    "jetson-agx-orin-32gb": ExportTarget(
-        "jetson-agx-orin-32gb", "nvidia/jetson-agx-orin-32gb", "aarch64", "sm_87", _AARCH64_CC, _AARCH64_PKG,
-        "NVIDIA Jetson AGX Orin 32GB: aarch64 host + CUDA sm_87 (cross-compiled)",
-    ),
-    "jetson-agx-orin-64gb": ExportTarget(
-        "jetson-agx-orin-64gb", "nvidia/jetson-agx-orin-64gb", "aarch64", "sm_87", _AARCH64_CC, _AARCH64_PKG,
-        "NVIDIA Jetson AGX Orin 64GB: aarch64 host + CUDA sm_87 (cross-compiled)",
-    ),
-    "cuda-sm80": ExportTarget(
-        "cuda-sm80", {"kind": "cuda", "arch": "sm_80"}, "x86_64", "sm_80", description="NVIDIA Ampere GPU (A100) on an x86-64 host",
-    ),
-    "cuda-sm90": ExportTarget(
-        "cuda-sm90", {"kind": "cuda", "arch": "sm_90"}, "x86_64", "sm_90", description="NVIDIA Hopper GPU (H100/H200) on an x86-64 host",
-    ),
-}
+def host_target() -> TargetSpec:
+    """This machine's CPU as a build target (no bandwidth measurement: export needs none)."""
+    return get_target(HOST)
 
 
-def _normalise_arch(machine: str) -> str:
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine.lower())
-
-
-def get_target(name: str) -> ExportTarget:
-    """The export target called ``name`` (or an alias such as ``llvm``); unknown → InputError."""
-    for target in EXPORT_TARGETS.values():
-        if name == target.name or name in target.aliases:
-            return target
-    known = ", ".join(sorted([*EXPORT_TARGETS, *(a for t in EXPORT_TARGETS.values() for a in t.aliases)]))
-    raise InputError(f"unknown target {name!r}; known: {known} (edgeseq targets lists device specs)")
-
-
-def tvm_target(target: ExportTarget):
-    """The ``tvm.target.Target`` of an export target (host CPU features for ``cpu``)."""
+def tvm_target(target: TargetSpec):
+    """The ``tvm.target.Target`` of a registry entry (``host``: LLVM with this CPU's features)."""
     tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
-    if target.tvm_target == "host":
+    if target.name == HOST:
         from tvm.target import codegen
 
         return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
@@ -119,12 +57,12 @@ def tvm_target(target: ExportTarget):
     return tvm.target.Target(spec)
 
 
-def check_toolchain(target: ExportTarget) -> None:
+def check_toolchain(target: TargetSpec) -> None:
     """Missing cross compiler or CUDA compiler → one line saying what to install."""
-    if target.cc and shutil.which(target.cc) is None:
+    if target.cross_compiler and shutil.which(target.cross_compiler) is None:
         raise MissingDependencyError(
-            f"the cross compiler {target.cc} (needed for {target.name})",
-            f"sudo apt-get install {target.cc_package}",
+            f"the cross compiler {target.cross_compiler} (needed for {target.name})",
+            f"sudo apt-get install {target.cross_compiler_package or target.cross_compiler}",
         )
     if target.cuda_arch and shutil.which("nvcc") is None:
         raise MissingDependencyError(
@@ -148,7 +86,7 @@ def export_program(model: StreamingModel, kind: str, prefill_length: int, dtype:
 
 
 def build_library(
-    model: StreamingModel, path: str | Path, target: ExportTarget, kind: str = "step", prefill_length: int = 64,
+    model: StreamingModel, path: str | Path, target: TargetSpec, kind: str = "step", prefill_length: int = 64,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Compile one graph for ``target`` and write the shared library at ``path``.
@@ -174,10 +112,10 @@ def build_library(
     if target.cuda_arch:
         facts = write_cubin(executable, Path(path).with_suffix(".cubin"), target.cuda_arch)
     try:
-        if target.cc:
+        if target.cross_compiler:
             from tvm.support import cc
 
-            executable.export_library(str(path), fcompile=cc.cross_compiler(target.cc))
+            executable.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
         else:
             executable.export_library(str(path))
     except Exception as exc:
@@ -238,7 +176,7 @@ def write_cubin(executable, path: Path, cuda_arch: str) -> dict[str, Any]:
     TVM 0.27 stores CUDA *source* in the library (format ``cuda``) and compiles it when the
     library is loaded, through a ``tvm_callback_cuda_compile`` function that only the full TVM
     Python package registers. edgeseq compiles the kernels here instead and ships the cubin
-    next to the ``.so``; :func:`export.runtime.register_cubins` answers that callback on the
+    next to the ``.so``; :func:`targets.runtimes.register_cubins` answers that callback on the
     device with the shipped binary (matched by the source's sha256), so the device needs only
     the TVM runtime and the CUDA driver. Returns the facts checked and recorded in the manifest.
     """
@@ -284,4 +222,4 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
-__all__ = ["EXPORT_TARGETS", "ExportTarget", "build_library", "check_toolchain", "cubin_arch", "cuda_source", "elf_machine", "export_program", "get_target", "tvm_target"]
+__all__ = ["build_library", "check_toolchain", "cubin_arch", "cuda_source", "elf_machine", "export_program", "get_target", "host_target", "tvm_target"]

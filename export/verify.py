@@ -255,5 +255,22 @@ def require_passed(result: Verification, hint: str = "") -> None:
         )
 
 
-__all__ = ["DRIFT_TOLERANCE", "EXACT_FLOOR", "EXACT_STEP", "MIN_EXACT_STEPS", "SANITY_BOUND", "TOLERANCES", "Verification",
+def write_reference_npz(model, path: str, steps: int = 32, batch: int = 1, seed: int = 0) -> None:
+    """Inputs and PyTorch step outputs for a stream (``inputs``, ``outputs``, ``init_<state>``) as
+    ``.npz``: lets a device without PyTorch model code check an artifact's numerics
+    (``scripts/ort_cuda_device_run.py``, ``scripts/tvm_cuda_device_run.py``)."""
+    from export.graphs import sample_inputs
+
+    inputs = sample_inputs(model, batch, steps, seed=seed)
+    state = model.init_state(batch)
+    arrays = {f"init_{k}": v.numpy() for k, v in state.items()}
+    outputs = []
+    with torch.no_grad():
+        for t in range(steps):
+            y, state = model.step(inputs[:, t], state)
+            outputs.append(y)
+    np.savez(path, inputs=inputs.numpy(), outputs=torch.stack(outputs, 1).numpy(), **arrays)
+
+
+__all__ = ["write_reference_npz", "DRIFT_TOLERANCE", "EXACT_FLOOR", "EXACT_STEP", "MIN_EXACT_STEPS", "SANITY_BOUND", "TOLERANCES", "Verification",
            "allowed_inexact", "exact_tolerance", "require_passed", "tolerance_for", "verify_runner"]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.streaming import ActPoint, QuantPoint
+from edgeseq.streaming import ActPoint, QuantizationRecord, QuantPoint
 from quantize.calibrate import Calibration, calibrate, rotates
 from quantize.gptq import gptq_quantize
 from quantize.grouping import grouped_clips
@@ -54,7 +54,8 @@ def quantize_model(
     if not recipe.is_float and recipe.embedding_bits and getattr(qmodel, "embeddings_quantizable", True):
         # before calibration, so activation scales are measured on the tables that get deployed
         embeddings = sorted(quantize_embeddings(qmodel, recipe.embedding_bits))
-    qmodel._edgeseq_embedding_bits = recipe.embedding_bits if embeddings else 0
+    qmodel.quantization = QuantizationRecord(recipe=recipe.name, embedding_bits=recipe.embedding_bits if embeddings else 0,
+                                             embedding_tables=embeddings, state_bits=recipe.state_bits)
     if not recipe.is_float:
         plans = [_plan(qmodel, point, recipe) for point in points]  # validates group sizes before any work
         calibration = calibrate(qmodel, points, recipe, calib_batches, progress=progress)
@@ -75,7 +76,7 @@ def quantize_model(
         "family": getattr(getattr(model, "config", None), "family", ""),
         "calibration": calibration.summary(),
         "layers": layers,
-        "embeddings": {"bits": qmodel._edgeseq_embedding_bits, "tables": embeddings},
+        "embeddings": {"bits": qmodel.quantization.embedding_bits, "tables": embeddings},
         "summary": _summary(layers),
         **({"state": state_report} if recipe.changes_state else {}),
         "seconds": round(time.perf_counter() - start, 3),
@@ -86,6 +87,15 @@ def quantize_model(
 # --------------------------------------------------------------------------------------------
 # planning and checks
 # --------------------------------------------------------------------------------------------
+
+
+def needs_calibration_data(model: nn.Module, recipe: str | QuantRecipe) -> bool:
+    """Whether quantizing ``model`` under ``recipe`` needs calibration batches (static activation
+    scales, GPTQ, or an integer decode state)."""
+    from quantize.calibrate import needs_calibration
+
+    recipe = get_recipe(recipe)
+    return needs_calibration(_checked_points(model), recipe) or recipe.changes_state
 
 
 def _checked_points(model: nn.Module) -> list[QuantPoint]:
@@ -261,7 +271,7 @@ def quantize_checkpoint(
     """Load ``source``, calibrate on ``calib`` (default: the model's own task), quantize, save to
     ``output``; returns a JSON-able summary (per-layer scales/clipping, sizes, paths)."""
     from edgeseq.checkpoints import load_model
-    from quantize.calibrate import calibration_batches, needs_calibration
+    from quantize.calibrate import calibration_batches
     from quantize.io import model_bytes, save_quantized
     from quantize.recipes import with_overrides
 
@@ -271,7 +281,7 @@ def quantize_checkpoint(
         raise InputError(f"{source} is already a {loaded.format} model; quantize the float checkpoint it came from")
     model = loaded.model
     batches, described = None, {}
-    if needs_calibration(_checked_points(model), recipe) or recipe.changes_state:
+    if needs_calibration_data(model, recipe):
         torch.manual_seed(seed)
         batches, described = calibration_batches(
             model, calib, tokenizer=loaded.tokenizer, meta=loaded.meta, samples=calib_samples, seq_len=seq_len,
@@ -295,4 +305,4 @@ def quantize_checkpoint(
         "seconds": report["seconds"],
     }
 
-__all__ = ["quantize_checkpoint", "quantize_model"]
+__all__ = ["needs_calibration_data", "quantize_checkpoint", "quantize_model"]

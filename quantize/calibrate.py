@@ -144,7 +144,7 @@ def calibrate(
             bar = tqdm(batches, total=total, desc=f"calibrating ({recipe.name})", unit="batch", file=sys.stderr,
                        disable=not progress, leave=False)
             for index, batch in enumerate(bar):
-                batch = check_batch(batch, index, vocab_size=getattr(getattr(model, "config", None), "vocab_size", None))
+                batch = check_batch(batch, index, vocab_size=model.io_spec().vocab_size if hasattr(model, "io_spec") else None)
                 model(batch.to(device))
                 result.batches += 1
                 result.items += int(batch.shape[0] * (batch.shape[1] if batch.dim() > 1 else 1))

@@ -27,14 +27,16 @@ from torch import Tensor, nn
 
 from edgeseq.checkpoints import (
     CheckpointFormat,
+    register_format,
     LoadedModel,
-    _atomic_write,
-    _untie,
+    atomic_write,
+    untie,
     load_state_into,
     read_json,
     read_safetensors,
 )
 from edgeseq.errors import InputError
+from edgeseq.streaming import QuantizationRecord, quantization_of
 from edgeseq.tokenizer import load_tokenizer
 from quantize.modules import is_quantized_module, module_from_spec
 from quantize.recipes import QuantRecipe, get_recipe
@@ -84,7 +86,7 @@ def save_quantized(
         "config": qmodel.config.to_dict(),
         "recipe": recipe.to_dict(),
         "modules": modules,
-        "embedding_bits": int(getattr(qmodel, "_edgeseq_embedding_bits", 0)),
+        "embedding_bits": record.embedding_bits if (record := quantization_of(qmodel)) else 0,
         "source": str(source),
         "source_meta": source_meta or {},
         "tokenizer": tokenizer.to_dict() if tokenizer is not None and hasattr(tokenizer, "to_dict") else {"kind": "bytes"},
@@ -98,9 +100,9 @@ def save_quantized(
     # an earlier quantization's header goes first: killed half-way, the folder is incomplete (no
     # quantization.json), never new weights described by an old header
     (folder / QUANT_FILE).unlink(missing_ok=True)
-    _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(_untie(state), str(p), metadata={"format": "edgeseq-quantized"}))
+    atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(untie(state), str(p), metadata={"format": "edgeseq-quantized"}))
     text = json.dumps(header, indent=2, default=_json_default) + "\n"
-    _atomic_write(folder / QUANT_FILE, lambda p: Path(p).write_text(text))
+    atomic_write(folder / QUANT_FILE, lambda p: Path(p).write_text(text))
     return folder
 
 
@@ -155,7 +157,10 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     bits = header.get("embedding_bits", 0)  # folders written before embeddings were quantized: float
     if not isinstance(bits, int) or bits not in (0, 2, 3, 4, 5, 6, 7, 8):
         raise InputError(f"{folder / QUANT_FILE}: embedding_bits must be 0 or 2..8, got {bits!r}")
-    model._edgeseq_embedding_bits = bits
+    recipe_name = header["recipe"].get("name", "quantized") if isinstance(header["recipe"], dict) else str(header["recipe"])
+    tables = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Embedding)) if bits else []
+    model.quantization = QuantizationRecord(recipe=recipe_name, embedding_bits=bits, embedding_tables=tables,
+                                            state_bits=state_recipe.state_bits if state_recipe is not None else 0)
     model.eval()
     return model, header
 
@@ -177,7 +182,8 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of the model's tensors: as stored here, and deployed (int weights packed to their bits)."""
     stored = packed = 0
     quantized = {name: module for name, module in model.named_modules() if is_quantized_module(module)}
-    embedding_bits = getattr(model, "_edgeseq_embedding_bits", 0)
+    record = quantization_of(model)
+    embedding_bits = record.embedding_bits if record else 0
     embeddings = {name for name, module in model.named_modules() if isinstance(module, nn.Embedding)} if embedding_bits else set()
     for name, tensor in model.state_dict().items():
         size = tensor.numel() * tensor.element_size()
@@ -247,6 +253,6 @@ def _load(path: Path) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=recorded_tokenizer(path, header), source=str(path), format="quantized", meta=meta)
 
 
-QUANTIZED_FORMAT = CheckpointFormat(name="quantized", detect=_detect, load=_load)
+QUANTIZED_FORMAT = register_format(CheckpointFormat(name="quantized", detect=_detect, load=_load))
 
 __all__ = ["QUANTIZED_FORMAT", "QUANT_FILE", "check_output", "recorded_tokenizer", "load_quantized", "model_bytes", "quantized_modules", "read_header", "save_quantized"]

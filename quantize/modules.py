@@ -140,7 +140,7 @@ class _QuantWeightMixin(nn.Module):
 
     def synaptic_spec(self) -> dict[str, Any]:
         """This layer as edgeseq's spiking simulator executes and counts it (the duck-typed protocol
-        ``edgeseq.spiking.simulator.SYNAPTIC_PROTOCOL``): the values multiplied, integer storage in bytes
+        ``edgeseq.spiking.engine.SYNAPTIC_PROTOCOL``): the values multiplied, integer storage in bytes
         (``weight_bits`` per weight plus the float scales), and the input transform of ``forward``."""
         scale_bytes = self.weight_scale.numel() * self.weight_scale.element_size()
         transforms = self.rotate or self.input_scale is not None

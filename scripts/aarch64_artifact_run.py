@@ -12,7 +12,7 @@ Without REFERENCE.npz it runs the stream every artifact ships (``reference.npz``
 from the recorded states) under the exactness rule of ``manifest["reference"]`` — the same
 on-device proof as ``targets.selfcheck`` — and exits 1 when this device computes another function.
 
-It mirrors ``export.runtime.open_artifact``: reads ``manifest.json``, checks every file's sha256,
+It mirrors ``targets.runtimes.open_artifact``: reads ``manifest.json``, checks every file's sha256,
 loads ``graphs.step.file`` into the Relax VM (``vm_load_executable`` → ``vm_initialization`` on
 the CPU with the pooled allocator → ``main``), and calls ``main(x_t, *state)`` whose outputs are
 ``(y_t, *new_state)`` with the state in ``graphs.step.inputs[1:]`` order. The state is carried

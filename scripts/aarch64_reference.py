@@ -42,7 +42,7 @@ def reference_model(manifest: dict, model_source: str | None):
         from export.qdq import quantize_embeddings
 
         model = copy.deepcopy(model).float().eval()
-        model._edgeseq_int_embeddings = quantize_embeddings(model, bits)
+        quantize_embeddings(model, bits)  # the rounded table export stored as integers
     return model
 
 

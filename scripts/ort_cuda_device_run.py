@@ -4,7 +4,7 @@ Needs only numpy and onnxruntime (the GPU build for CUDA): no edgeseq, no PyTorc
 
     python scripts/ort_cuda_device_run.py ARTIFACT_DIR REFERENCE.npz [--steps N] [--warmup W]
 
-REFERENCE.npz (``export.runtime.write_reference``) holds the seeded inputs, the PyTorch outputs of
+REFERENCE.npz (``export.verify.write_reference_npz``) holds the seeded inputs, the PyTorch outputs of
 a stream of steps and the initial state. For each available provider the script streams the
 step graph through the reference inputs (carrying its own state), reports the max relative
 error against PyTorch, then times single steps (p50/p90, after warm-up; I/O bound to the

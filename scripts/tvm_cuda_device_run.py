@@ -8,7 +8,7 @@ sha256 of the kernel source, so no CUDA compiler is needed on the device.
 
     python scripts/tvm_cuda_device_run.py ARTIFACT_DIR LIB_DIR [REFERENCE.npz] [--steps N]
 
-REFERENCE.npz (written by ``export.runtime.write_reference``) holds inputs and PyTorch outputs
+REFERENCE.npz (written by ``export.verify.write_reference_npz``) holds inputs and PyTorch outputs
 for a stream of steps; the script reports the max relative error against them and the p50/p90
 per-step latency. Prints one JSON object.
 """

@@ -58,7 +58,7 @@ def measure_bandwidth(nbytes: int = DEFAULT_BYTES, repeats: int = 5, threads: in
 
 
 def _cache_key(threads: int) -> str:
-    from targets.registry import read_cpuinfo
+    from targets.hostinfo import read_cpuinfo
 
     info = read_cpuinfo()
     return f"{info['model']}|{info['cores']}|{threads}"

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from edgeseq.errors import EdgeseqError, InputError
 from targets.registry import TargetSpec
 from targets.roofline import roofline
-from targets.runtimes import Runtime
+from targets.runtime_base import Runtime
 
 SCHEMA_VERSION = 1
 

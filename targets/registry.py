@@ -9,23 +9,35 @@ or TOML ``[[targets]]`` tables), passed as ``--targets-file`` or named by the en
 ``EDGESEQ_TARGETS_FILE`` (several files separated by ``:``). Every entry is validated: a wrong
 field is one ``InputError`` naming the file, the entry and the fix.
 
-``targets()`` returns the registry, a plain dict ``name -> TargetSpec``.
+``targets()`` returns the registry, a plain dict ``name -> TargetSpec``. It is the one list of
+devices: ``edgeseq export --target NAME`` builds for an entry (its ``tvm_target``, ``arch``,
+``cuda_arch`` and cross compiler) and ``edgeseq profile --target NAME`` measures against it, with
+the same names. ``exportable`` says whether an entry has a build recipe (neuromorphic chips are
+simulated, not compiled for).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgeseq.errors import InputError
+from targets.hostinfo import host_arch, read_cpuinfo
 
 SPECS_DIR = Path(__file__).parent / "specs"
 ENV_TARGETS_FILE = "EDGESEQ_TARGETS_FILE"
 HOST = "host"
+HOST_ALIASES = ("cpu", "local", "llvm")
+# names `edgeseq export --target` used before the registry was one list: old name -> entry
+DEPRECATED_NAMES = {
+    "jetson-orin-nano": "jetson-orin-nano-8gb",
+    "cuda-sm80": "a100",
+    "cuda-sm90": "h100",
+}
 
 KINDS = ("cpu", "gpu", "soc", "neuromorphic")
 DEVICES = ("cpu", "cuda", None)
@@ -58,10 +70,31 @@ class TargetSpec:
     energy_pj: dict[str, float] = field(default_factory=dict)
     features: list[str] = field(default_factory=list)  # ISA features (CPUs)
     cores: int | None = None
+    # what export needs to build for it
+    arch: str | None = None  # ELF machine of host code: x86_64 | aarch64 (None: nothing to build)
+    cuda_arch: str | None = None  # sm_87 ... when builds embed CUDA kernels
+    cross_compiler: str | None = None  # C++ cross compiler export_library links with
+    cross_compiler_package: str | None = None  # Debian package that provides it
+    aliases: list[str] = field(default_factory=list)
     origin: str = "builtin"  # builtin | detected | the user file it came from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def exportable(self) -> bool:
+        """Has a build recipe: ``edgeseq export --target NAME`` can compile for it."""
+        return self.arch is not None and self.tvm_target is not None
+
+    @property
+    def runs_here(self) -> bool:
+        """A TVM build for it runs on this machine (host CPU code, no GPU kernels)."""
+        return not self.cuda_arch and self.arch == host_arch()
+
+    def build_record(self) -> dict[str, Any]:
+        """What an artifact's manifest records about the target it was built for."""
+        return {"name": self.name, "tvm_target": self.tvm_target, "arch": self.arch,
+                "cuda_arch": self.cuda_arch or None, "description": self.description}
 
     @property
     def bandwidth_bytes_per_s(self) -> float | None:
@@ -109,6 +142,16 @@ def spec_from_dict(data: Any, origin: str = "builtin", where: str = "") -> Targe
     tvm_target = values.get("tvm_target")
     if tvm_target is not None and not (isinstance(tvm_target, str) or (isinstance(tvm_target, dict) and "kind" in tvm_target)):
         raise InputError(f"{at}: 'tvm_target' must be a TVM tag name or a dict with a 'kind' (got {tvm_target!r})")
+    for key in ("arch", "cuda_arch", "cross_compiler", "cross_compiler_package"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise InputError(f"{at}: {key!r} must be a string (got {values[key]!r})")
+    if values.get("arch") not in (None, "x86_64", "aarch64"):
+        raise InputError(f"{at}: 'arch' must be 'x86_64' or 'aarch64' (got {values['arch']!r})")
+    if isinstance(tvm_target, dict) and tvm_target.get("kind") == "cuda" and not values.get("cuda_arch"):
+        values["cuda_arch"] = tvm_target.get("arch")
+    aliases = values.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise InputError(f"{at}: 'aliases' must be a list of names")
     sources = values.get("sources", {})
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
         raise InputError(f"{at}: 'sources' must map figure names to citation strings")
@@ -170,42 +213,6 @@ def builtin_targets() -> dict[str, TargetSpec]:
 # the host CPU
 # --------------------------------------------------------------------------------------------
 
-# ISA features worth reporting for int8/fp32 inference
-_INTERESTING_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "sve", "i8mm",
-)
-
-
-def read_cpuinfo(text: str | None = None) -> dict[str, Any]:
-    """Model name, logical cores, clock (MHz) and ISA flags of this machine's CPU."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            text = ""
-    model, mhz, flags = "", None, set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if key in ("model name", "hardware", "cpu model") and not model:
-            model = value
-        elif key == "cpu mhz" and mhz is None:
-            try:
-                mhz = float(value)
-            except ValueError:
-                pass
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-    return {
-        "model": model or platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
-        "mhz": mhz,
-        "features": [f for f in _INTERESTING_FLAGS if f in flags],
-        "machine": platform.machine(),
-    }
-
-
 def estimate_cpu_peaks(cores: int, mhz: float | None, features: list[str]) -> tuple[float | None, float | None]:
     """(int8 TOPS, fp32 TFLOPS) upper bounds from the ISA and clock (an estimate, cited as such).
 
@@ -255,6 +262,8 @@ def host_target(measure: bool = True, threads: int | None = None) -> TargetSpec:
         sources=sources,
         features=info["features"],
         cores=info["cores"],
+        arch=host_arch(),
+        aliases=list(HOST_ALIASES),
         origin="detected",
     )
 
@@ -280,16 +289,49 @@ def targets(targets_file: str | Path | None = None, measure_host: bool = True) -
     return registry
 
 
+def resolve_name(name: str, registry: dict[str, TargetSpec] | None = None) -> str:
+    """The registry name for ``name``: itself, an entry's alias, or a deprecated export name
+    (said once on stderr)."""
+    if name in HOST_ALIASES:
+        return HOST
+    if name in DEPRECATED_NAMES and (registry is None or name not in registry):
+        new = DEPRECATED_NAMES[name]
+        if name not in _WARNED:
+            _WARNED.add(name)
+            print(f"edgeseq: target {name!r} is now called {new!r} (one registry for export and profile); "
+                  "the old name will be removed", file=sys.stderr)
+        return new
+    for spec in (registry or {}).values():
+        if name in spec.aliases:
+            return spec.name
+    return name
+
+
+_WARNED: set[str] = set()
+
+
 def get_target(name: str, targets_file: str | Path | None = None, measure_host: bool = True) -> TargetSpec:
-    """One target by name (``host`` = this machine); unknown names list the known ones."""
-    if name in (HOST, "cpu", "local") and not user_files(targets_file):
+    """One target by name or alias (``host`` = this machine); unknown names list the known ones."""
+    name = resolve_name(name)
+    if name == HOST and not user_files(targets_file):
         return host_target(measure=measure_host)
-    registry = targets(targets_file, measure_host=measure_host and name in (HOST, "cpu", "local"))
-    if name in ("cpu", "local"):
-        name = HOST
+    registry = targets(targets_file, measure_host=measure_host and name == HOST)
+    name = resolve_name(name, registry)
     if name not in registry:
-        raise InputError(f"unknown target {name!r}; known: {', '.join(registry)} (add your own with --targets-file)")
+        raise InputError(f"unknown target {name!r}; known: {', '.join(registry)} (`edgeseq targets` lists them; "
+                         "add your own with --targets-file)")
     return registry[name]
+
+
+def export_target(name: str, targets_file: str | Path | None = None) -> TargetSpec:
+    """A registry entry that export can build for; one line naming the buildable ones otherwise."""
+    spec = get_target(name, targets_file, measure_host=False)
+    if not spec.exportable:
+        buildable = [n for n, s in targets(targets_file, measure_host=False).items() if s.exportable]
+        raise InputError(f"target {spec.name!r} ({spec.kind}) has nothing to compile for"
+                         f"{' (its models run in the spiking simulator: edgeseq simulate)' if spec.kind == 'neuromorphic' else ''}; "
+                         f"export targets: {', '.join(buildable)}")
+    return spec
 
 
 __all__ = [
@@ -298,10 +340,12 @@ __all__ = [
     "TargetSpec",
     "builtin_targets",
     "estimate_cpu_peaks",
+    "export_target",
     "get_target",
     "host_target",
     "load_file",
     "read_cpuinfo",
+    "resolve_name",
     "spec_from_dict",
     "targets",
 ]

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeseq.errors import EdgeseqError, InputError, require
-from targets.runtimes import Artifact, Runtime, read_artifact
+from targets.manifest import Artifact, read_artifact
+from targets.runtimes import ArtifactRuntime, tvm_outputs
 
 DEFAULT_PORT = 9090
 DEFAULT_TRACKER_PORT = 9190
@@ -214,7 +215,7 @@ def connect(rpc: str | None = None, tracker: str | None = None, key: str = "", s
 # --------------------------------------------------------------------------------------------
 
 
-class RemoteTvmRuntime(Runtime):
+class RemoteTvmRuntime(ArtifactRuntime):
     """A TVM artifact run on a remote device: upload, ``load_module``, Relax VM over the session."""
 
     name = "tvm-rpc"
@@ -222,13 +223,11 @@ class RemoteTvmRuntime(Runtime):
     def __init__(self, artifact: Artifact, session: Any, device: str = "cpu", address: str = ""):
         if artifact.format != "tvm":
             raise InputError(f"{artifact.folder}: remote profiling runs TVM artifacts (.so); this one is {artifact.format}")
-        if artifact.io is None:
-            raise InputError(f"{artifact.folder}: the manifest lacks the graph inputs (graphs.step.inputs); re-export it")
         self.tvm = require("tvm", "pip install apache-tvm")
+        super().__init__(artifact)
         self.session = session
         self.device = device
         self.device_name = f"{device} via rpc {address}".strip()
-        super().__init__(artifact.io, artifact.model_bytes, str(artifact.folder))
         self.dev = session.cuda(0) if device.startswith("cuda") else session.cpu(0)
         self.step_vm = self._load(artifact.step_file)
         self.prefill_vm = self._load(artifact.prefill_file) if artifact.prefill_file else None
@@ -250,9 +249,7 @@ class RemoteTvmRuntime(Runtime):
     def _call(self, vm: Any, args: Sequence[Any]) -> list[np.ndarray]:
         vm.set_input("main", *self._remote(args))
         vm.invoke_stateful("main")
-        outputs = vm.get_outputs("main")
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        return [o.numpy() for o in outputs]
+        return tvm_outputs(vm.get_outputs("main"))
 
     def _step(self, x_t: Any, state: list[Any]) -> Sequence[Any]:
         return self._call(self.step_vm, [x_t, *state])

@@ -1,221 +1,53 @@
-"""Runtimes behind one interface: PyTorch eager (CPU/CUDA, optionally CUDA graphs), ONNX Runtime,
-the TVM Relax VM (llvm/cuda), and the TVM VM on a remote device through RPC (``targets.rpc``).
+"""The runtime layer: one ``Runtime`` contract, one implementation per engine.
 
-Every runtime runs the streaming graphs of the export contract:
+Every way edgeseq runs a model goes through here — ``edgeseq run``, ``eval`` and ``profile`` on an
+artifact, and the export's own verification of the graphs it has just written — so what is timed
+is byte for byte what was verified.
 
-* step: ``(x_t, *state) -> (y_t, *new_state)``, state in the model's ``state_spec()`` order;
-* prefill (optional): ``(x, *state) -> (y, *final_state)`` over a chunk of a prompt; a runtime
-  without a prefill graph streams the prompt through ``step``.
+* :class:`Runtime` — the contract, over numpy arrays (torch tensors for the torch engine, which
+  keeps them on its device): ``io`` (:class:`StepIO`: the input, the state tensors, the task),
+  ``init_state(batch)``, ``step(x_t, state) -> (y_t, state)``, ``prefill(x, state, all_outputs)``,
+  ``set_threads``, ``model_bytes``, ``peak_memory_bytes()``, ``label`` (engine and device).
+* Engines: :class:`TorchRuntime` (PyTorch eager, optionally one CUDA graph), :class:`OnnxRuntime`,
+  :class:`TvmRuntime` (the Relax VM on this machine's CPU or GPU, with the artifact's
+  ahead-of-time cubins), ``targets.rpc.RemoteTvmRuntime`` (a TVM artifact on a device reached
+  through RPC) and ``targets.gpu.runtime.TritonMambaRuntime`` (fused GPU kernels).
+* :class:`ArtifactModel` — the thin torch adapter: an artifact runtime seen as a streaming model
+  (torch tensors, state dicts), so evaluators written for ``StreamingModel`` run artifacts unchanged.
 
-Inputs and outputs are numpy arrays at the interface (torch tensors for the torch runtime, which
-keeps them on its device). ``open_runtime(source)`` picks the runtime for a model name/checkpoint
-(PyTorch) or an exported artifact folder (ONNX Runtime or TVM, from its ``manifest.json``).
-TVM and ONNX Runtime are imported only when such a runtime is opened.
+``open_runtime(source)`` opens a model name/checkpoint (torch) or an artifact folder (by its
+manifest's format, after :func:`targets.manifest.read_artifact` has checked it and, on the first
+load on a device, the device has reproduced the artifact's reference stream).
+``open_artifact(folder)`` is ``ArtifactModel(open_runtime(folder))``. TVM and ONNX Runtime are
+imported only when such a runtime is opened.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import resource
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from edgeseq.errors import EdgeseqError, InputError, require
-
-MANIFEST = "manifest.json"
-_NP_DTYPES = {"int64": np.int64, "int32": np.int32, "int8": np.int8, "float32": np.float32, "float16": np.float16, "float64": np.float64}
-
-
-# --------------------------------------------------------------------------------------------
-# I/O description shared by the runtimes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TensorSpec:
-    """A graph input: name, shape with the batch dim first (``"batch"``/``"time"`` symbolic)."""
-
-    name: str
-    shape: list[Any]
-    dtype: str = "float32"
-
-    def concrete(self, batch: int = 1, time: int = 1) -> tuple[int, ...]:
-        dims = []
-        for i, d in enumerate(self.shape):
-            if isinstance(d, int) and d > 0:
-                dims.append(d)
-            elif d == "time" or (i == 1 and not isinstance(d, int) and d != "batch"):
-                dims.append(time)
-            else:
-                dims.append(batch)
-        return tuple(dims)
-
-    @property
-    def nbytes_per_example(self) -> int:
-        n = 1
-        for d in self.shape[1:]:
-            n *= d if isinstance(d, int) and d > 0 else 1
-        return n * np.dtype(_NP_DTYPES.get(self.dtype, np.float32)).itemsize
-
-
-@dataclass
-class StepIO:
-    """What a runtime needs to feed its graphs: the input, the state tensors, the task."""
-
-    x: TensorSpec
-    state: list[TensorSpec]
-    task: str = "lm"  # lm: x holds token ids; classify: frames
-    vocab_size: int | None = None
-    prefill_length: int | None = None  # fixed chunk length of the prefill graph, None = any
-
-    @property
-    def state_names(self) -> list[str]:
-        return [s.name for s in self.state]
-
-    @property
-    def state_bytes(self) -> int:
-        return sum(s.nbytes_per_example for s in self.state)
-
-    def example_input(self, batch: int = 1, time: int | None = None, seed: int = 0) -> np.ndarray:
-        """A deterministic input: token ids (LM) or standard-normal frames, one step or ``time``."""
-        rng = np.random.default_rng(seed)
-        shape = self.x.concrete(batch)
-        if time is not None:
-            shape = (shape[0], time, *shape[1:])
-        if self.x.dtype.startswith("int"):
-            high = self.vocab_size or 2
-            return rng.integers(0, high, size=shape).astype(_NP_DTYPES[self.x.dtype])
-        return rng.standard_normal(shape).astype(_NP_DTYPES.get(self.x.dtype, np.float32))
-
-    def zero_state(self, batch: int = 1) -> list[np.ndarray]:
-        return [np.zeros(s.concrete(batch), dtype=_NP_DTYPES.get(s.dtype, np.float32)) for s in self.state]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "x": vars(self.x), "state": [vars(s) for s in self.state], "task": self.task,
-            "vocab_size": self.vocab_size, "prefill_length": self.prefill_length,
-        }
-
-
-def step_io_from_model(model: Any) -> StepIO:
-    """The StepIO of a StreamingModel (its ``state_spec`` and task)."""
-    cfg = model.config
-    if model.task == "lm":
-        x = TensorSpec("token", ["batch"], "int64")
-    else:
-        features = next(
-            (getattr(cfg, n) for n in ("input_dim", "n_features", "in_features", "n_mels") if isinstance(getattr(cfg, n, None), int)),
-            None,
-        )
-        if features is None:
-            raise InputError(f"{type(model).__name__}: cannot tell the frame size of this classifier (no config.input_dim)")
-        x = TensorSpec("frame", ["batch", features], "float32")
-    state = [
-        TensorSpec(s.name, ["batch", *s.shape], str(s.dtype).replace("torch.", "")) for s in model.state_spec()
-    ]
-    return StepIO(x, state, model.task, getattr(cfg, "vocab_size", None))
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return peak_rss_bytes()
-
-
-# --------------------------------------------------------------------------------------------
-# the interface
-# --------------------------------------------------------------------------------------------
-
-
-class Runtime:
-    """One way to run the step/prefill graphs. Subclasses implement ``_step``/``_prefill``."""
-
-    name = "runtime"
-    device = "cpu"
-    has_prefill = False
-
-    def __init__(self, io: StepIO, model_bytes: int, source: str = ""):
-        self.io = io
-        self.model_bytes = int(model_bytes)
-        self.source = source
-        self.threads: int | None = None
-
-    # -- the interface ---------------------------------------------------------------------
-    def set_threads(self, threads: int | None) -> None:
-        self.threads = threads
-
-    def init_state(self, batch: int = 1) -> list[Any]:
-        return self.io.zero_state(batch)
-
-    def example_input(self, batch: int = 1, time: int | None = None) -> Any:
-        return self.io.example_input(batch, time)
-
-    def step(self, x_t: Any, state: Sequence[Any]) -> tuple[Any, list[Any]]:
-        """One token/frame: ``(y_t, new_state)``."""
-        outputs = self._step(x_t, list(state))
-        return outputs[0], list(outputs[1:])
-
-    def prefill(self, x: Any, state: Sequence[Any] | None = None) -> tuple[Any, list[Any]]:
-        """A whole prompt ``[B, P, ...]``: last output and final state (prefill graph or steps)."""
-        state = list(self.init_state(x.shape[0]) if state is None else state)
-        length = x.shape[1]
-        chunk = self.io.prefill_length
-        position, y = 0, None
-        if self.has_prefill:
-            while position + (chunk or length) <= length and (chunk or length) > 0:
-                size = chunk or length
-                outputs = self._prefill(x[:, position:position + size], state)
-                y, state = outputs[0][:, -1], list(outputs[1:])
-                position += size
-        while position < length:  # the remainder (or everything) through step
-            y, state = self.step(x[:, position], state)
-            position += 1
-        return y, state
-
-    def synchronize(self) -> None:
-        """Wait for queued device work (CUDA); a no-op on CPU."""
-
-    def peak_memory_bytes(self) -> int:
-        return peak_rss_bytes()
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any]:
-        return {"runtime": self.name, "device": self.device, "source": self.source, "threads": self.threads}
-
-    # -- to implement ----------------------------------------------------------------------
-    def _step(self, x_t: Any, state: list[Any]) -> Sequence[Any]:  # pragma: no cover
-        raise NotImplementedError
-
-    def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:  # pragma: no cover
-        raise NotImplementedError
-
+from targets.hostinfo import host_arch
+from targets.manifest import Artifact, is_artifact, np_dtype, read_artifact
+from targets.runtime_base import (
+    Runtime,
+    StepIO,
+    TensorSpec,
+    current_rss_bytes,
+    module_bytes,
+    peak_rss_bytes,
+    step_io_from_manifest,
+    step_io_from_model,
+)
 
 # --------------------------------------------------------------------------------------------
 # PyTorch eager (and CUDA graphs)
 # --------------------------------------------------------------------------------------------
-
-
-def module_bytes(model: Any) -> int:
-    """Bytes of parameters and buffers, counting shared (tied) tensors once."""
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        key = (tensor.data_ptr(), tensor.numel())
-        if key not in seen:
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    return total
 
 
 class TorchRuntime(Runtime):
@@ -260,6 +92,9 @@ class TorchRuntime(Runtime):
 
     def example_input(self, batch: int = 1, time: int | None = None) -> Any:
         return self._tensor(self.io.example_input(batch, time))
+
+    def _concat(self, outputs: list[Any]) -> Any:
+        return self.torch.cat(outputs, dim=1)
 
     def _eager_step(self, x_t: Any, state: list[Any]) -> list[Any]:
         y_t, new_state = self.model.step(x_t, dict(zip(self.names, state)))
@@ -310,162 +145,133 @@ class TorchRuntime(Runtime):
 
 
 # --------------------------------------------------------------------------------------------
-# exported artifacts: manifest, ONNX Runtime, TVM
+# exported artifacts: what every engine over an artifact shares
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Artifact:
-    """An exported artifact folder as the runtimes see it."""
+class ArtifactRuntime(Runtime):
+    """An engine over a checked :class:`~targets.manifest.Artifact`: it casts inputs to the dtypes
+    the graphs declare, refuses token ids outside the vocabulary (ONNX ``Gather`` wraps negative
+    ids where PyTorch raises) and starts from the artifact's shipped initial state."""
 
-    folder: Path
-    format: str  # onnx | tvm
-    step_file: Path
-    prefill_file: Path | None
-    io: StepIO | None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        super().__init__(step_io_from_manifest(artifact.manifest), artifact.model_bytes, str(artifact.folder))
+        self._initial = artifact.initial_state()
 
     @property
-    def model_bytes(self) -> int:
-        """Weight bytes a step reads: the manifest's ``weight_bytes`` when it records them, else
-        the ONNX initializers, else the step file's size (a TVM library also holds code)."""
-        recorded = self.manifest.get("weight_bytes")
-        if isinstance(recorded, int) and recorded > 0:
-            return recorded
-        if self.format == "onnx":
-            return onnx_weight_bytes(self.step_file)
-        model = self.manifest.get("model") if isinstance(self.manifest.get("model"), dict) else {}
-        recipe = str(self.manifest.get("recipe") or "")
-        if isinstance(model.get("parameters"), int) and recipe in ("fp32", "fp16", "float32", "float16"):
-            return model["parameters"] * (2 if "16" in recipe else 4)
-        return self.step_file.stat().st_size
+    def manifest(self) -> dict[str, Any]:
+        return self.artifact.manifest
+
+    def init_state(self, batch: int = 1) -> list[np.ndarray]:
+        state = []
+        for spec in self.io.state:
+            shape = spec.concrete(batch)
+            if spec.name in self._initial:
+                value = np.broadcast_to(self._initial[spec.name].astype(np_dtype(spec.dtype)), shape).copy()
+            else:
+                value = np.zeros(shape, dtype=np_dtype(spec.dtype))
+            state.append(value)
+        return state
+
+    def step(self, x_t: Any, state: Sequence[Any]) -> tuple[Any, list[Any]]:
+        return super().step(*self._arrays(x_t, state))
+
+    def prefill(self, x: Any, state: Sequence[Any] | None = None, all_outputs: bool = False) -> tuple[Any, list[Any]]:
+        x = _numpy(x)
+        x, state = self._arrays(x, self.init_state(x.shape[0]) if state is None else state)
+        return super().prefill(x, state, all_outputs)
+
+    def _arrays(self, x: Any, state: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if len(state) != len(self.io.state):
+            raise InputError(f"the state holds {len(state)} tensors; this artifact's step takes {len(self.io.state)} "
+                             f"({', '.join(self.io.state_names)}): use its init_state()")
+        if self.io.task == "lm":
+            self._check_ids(x)
+        x = np.ascontiguousarray(np.asarray(x).astype(np_dtype(self.io.x.dtype), copy=False))
+        state = [np.ascontiguousarray(np.asarray(s).astype(np_dtype(spec.dtype), copy=False)) for s, spec in zip(state, self.io.state)]
+        return x, state
+
+    def _check_ids(self, x: Any) -> None:
+        ids = np.asarray(x)
+        if ids.size == 0:
+            return
+        if not np.issubdtype(ids.dtype, np.integer) and not np.all(np.mod(ids, 1) == 0):
+            raise InputError(f"token ids must be integers, got {ids.dtype} values")
+        vocab = self.io.vocab_size
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or (vocab is not None and high >= vocab):
+            raise InputError(f"token id {low if low < 0 else high} is outside the model's vocabulary (0..{(vocab or 0) - 1})")
 
 
-def onnx_weight_bytes(path: str | Path) -> int:
-    """Bytes of an ONNX graph's initializers (external data included): the weights it reads."""
-    onnx = require("onnx", "pip install onnx")
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(path), load_external_data=True)
-    total = 0
-    for tensor in proto.graph.initializer:
-        if tensor.raw_data:
-            total += len(tensor.raw_data)
-        else:
-            try:
-                total += numpy_helper.to_array(tensor).nbytes
-            except Exception:  # an element type numpy lacks (int4): count packed nibbles
-                count = 1
-                for d in tensor.dims:
-                    count *= d
-                total += (count + 1) // 2
-    return int(total)
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------
 
 
-def _specs(entries: Any) -> list[TensorSpec]:
-    return [TensorSpec(e["name"], list(e["shape"]), str(e.get("dtype", "float32"))) for e in entries]
+ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1"}
 
 
-def _io_from_manifest(manifest: dict[str, Any]) -> StepIO | None:
-    """StepIO from the manifest's graph description (``graphs.step.inputs``) when present."""
-    graphs = manifest.get("graphs") or {}
-    step = graphs.get("step") if isinstance(graphs, dict) else None
-    inputs = (step or {}).get("inputs") or manifest.get("inputs")
-    if not inputs:
-        return None
-    specs = _specs(inputs)
-    prefill = graphs.get("prefill") if isinstance(graphs, dict) else None
-    prefill_length = (prefill or {}).get("length") or (prefill or {}).get("prefill_length") or manifest.get("prefill_length")
-    if prefill_length is None and prefill and prefill.get("inputs"):
-        time_dim = prefill["inputs"][0]["shape"][1] if len(prefill["inputs"][0]["shape"]) > 1 else None
-        prefill_length = time_dim if isinstance(time_dim, int) else None
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    config = manifest.get("config") or model.get("config") or {}
-    task = manifest.get("task") or model.get("task") or ("lm" if specs[0].dtype.startswith("int") else "classify")
-    return StepIO(specs[0], specs[1:], task, manifest.get("vocab_size") or config.get("vocab_size"), prefill_length)
+def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                optimized_model: str | Path | None = None):
+    """An ONNX Runtime session for an edgeseq graph, configured as verification ran it.
+
+    Profilers and runners must use the same settings as verification, or they measure another
+    computation: ``accuracy_level`` 1 keeps float32 activations in fused MatMulNBits (ONNX
+    Runtime's default, 4, quantizes them to int8 on the fly: not what a w4a16 recipe means).
+    ``optimized_model`` also writes the graph as ONNX Runtime optimized it (the kernels it runs).
+    """
+    ort = require("onnxruntime", "pip install 'edgeseq[onnx]'")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for key, value in ORT_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_model is not None:
+        options.optimized_model_filepath = str(optimized_model)
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), options, providers=chosen)
+    except Exception as exc:
+        if "output_dtype" not in str(exc):
+            raise EdgeseqError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).strip().splitlines()[0][:300]})") from None
+        # onnxruntime 1.2x-1.3x: on opset-21 graphs its QDQ propagation inserts QuantizeLinear nodes
+        # whose output_dtype contradicts their zero point; the graph is valid without that pass
+        return ort.InferenceSession(str(path), options, providers=chosen, disabled_optimizers=["QDQPropagationTransformer"])
 
 
-def _find_graph(folder: Path, manifest: dict[str, Any], role: str, suffix: str) -> Path | None:
-    graph = (manifest.get("graphs") or {}).get(role) if isinstance(manifest.get("graphs"), dict) else None
-    if isinstance(graph, dict) and isinstance(graph.get("file"), str):
-        return folder / graph["file"]  # the export manifest names each graph's file
-    files = manifest.get("files") or []
-    names = list(files) if isinstance(files, dict) else [f.get("path") or f.get("name") for f in files if isinstance(f, dict)]
-    candidates = [n for n in names if n and n.endswith(suffix) and role in Path(n).stem]
-    if not candidates:
-        candidates = sorted(p.name for p in folder.glob(f"*{suffix}") if role in p.stem)
-    return folder / candidates[0] if candidates else None
-
-
-def read_artifact(folder: str | Path) -> Artifact:
-    """Read ``manifest.json`` and locate the step (and prefill) graph of an exported artifact."""
-    from export.runtime import check_manifest, confined_path, load_manifest_json
-
-    path, manifest = load_manifest_json(folder)
-    folder = path.parent
-    fmt = str(manifest.get("format", "")).lower()
-    if fmt not in ("onnx", "tvm"):
-        raise InputError(f"{path}: 'format' must be 'onnx' or 'tvm' (got {fmt!r})")
-    suffix = ".onnx" if fmt == "onnx" else ".so"
-    step = _find_graph(folder, manifest, "step", suffix)
-    if step is None or not step.is_file():
-        raise InputError(f"{folder}: the manifest names no step graph ({suffix}) that exists in the folder; re-export it")
-    prefill = _find_graph(folder, manifest, "prefill", suffix)
-    # the same checks as `edgeseq run`: a passed verification record, paths inside the folder, and
-    # the sha256 of every listed file (profiling an unverified or altered file measures nothing)
-    check_manifest(folder, manifest)
-    listed = {confined_path(folder, e["path"], "files") for e in manifest["files"]}
-    for graph in (step, prefill):
-        if graph is not None and graph.is_file() and confined_path(folder, str(graph.relative_to(folder)) if graph.is_relative_to(folder) else str(graph), "graph") not in listed:
-            raise InputError(f"{folder}: {graph.name} is not listed with its sha256 in the manifest's 'files'; re-export it")
-    return Artifact(folder, fmt, step, prefill if prefill and prefill.is_file() else None, _io_from_manifest(manifest), manifest)
-
-
-def _io_from_onnx_session(session: Any, manifest: dict[str, Any]) -> StepIO:
-    names = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32"}
-    specs = [TensorSpec(i.name, [d if isinstance(d, int) else "batch" for d in i.shape], names.get(i.type, "float32")) for i in session.get_inputs()]
-    config = manifest.get("config") or {}
-    return StepIO(specs[0], specs[1:], manifest.get("task", "lm" if specs[0].dtype.startswith("int") else "classify"),
-                  manifest.get("vocab_size") or config.get("vocab_size"))
-
-
-class OnnxRuntime(Runtime):
-    """ONNX Runtime InferenceSession(s) for the step (and prefill) graph; CUDA when available."""
+class OnnxRuntime(ArtifactRuntime):
+    """ONNX Runtime sessions for the step (and prefill) graph; CUDA when asked and available."""
 
     name = "onnxruntime"
 
-    def __init__(self, artifact: Artifact, device: str = "cpu", threads: int | None = None):
+    def __init__(self, artifact: Artifact, device: str = "cpu", threads: int | None = None, providers: list[str] | None = None):
         self.ort = require("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu for CUDA)")
-        self.artifact = artifact
+        super().__init__(artifact)
         self.device = device
+        self.providers = providers or self._providers()
         self.threads = threads
         self._make_sessions()
-        io = artifact.io or _io_from_onnx_session(self.step_session, artifact.manifest)
-        super().__init__(io, artifact.model_bytes, str(artifact.folder))
-        self.threads = threads
         self.has_prefill = self.prefill_session is not None
 
+    @property
+    def label(self) -> str:
+        return self.name if self.device == "cpu" else f"{self.name}-{self.device}"
+
     def _providers(self) -> list[str]:
-        available = self.ort.get_available_providers()
         if self.device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in available:
+            if "CUDAExecutionProvider" not in self.ort.get_available_providers():
                 raise EdgeseqError("ONNX Runtime has no CUDA provider here (install onnxruntime-gpu) — profile on --target host instead")
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def _session(self, path: Path) -> Any:
-        from export.runtime import ort_session  # the settings verification used
-
-        try:
-            return ort_session(path, self.threads, self._providers())
-        except EdgeseqError:
-            raise
-        except Exception as exc:
-            raise EdgeseqError(f"{path}: ONNX Runtime could not load it ({str(exc).splitlines()[0][:200]})") from None
-
     def _make_sessions(self) -> None:
-        self.step_session = self._session(self.artifact.step_file)
-        self.prefill_session = self._session(self.artifact.prefill_file) if self.artifact.prefill_file else None
+        self.step_session = ort_session(self.artifact.step_file, self.threads, self.providers)
+        prefill = self.artifact.prefill_file
+        self.prefill_session = ort_session(prefill, self.threads, self.providers) if prefill else None
         self.step_inputs = [i.name for i in self.step_session.get_inputs()]
         self.prefill_inputs = [i.name for i in self.prefill_session.get_inputs()] if self.prefill_session else []
 
@@ -478,34 +284,82 @@ class OnnxRuntime(Runtime):
         return self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
 
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:
-        feed = [x, *state][: len(self.prefill_inputs)]  # a prefill graph from the zero state takes x only
-        outputs = self.prefill_session.run(None, dict(zip(self.prefill_inputs, feed)))
-        return outputs
+        return self.prefill_session.run(None, dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state])))
 
 
-class TvmRuntime(Runtime):
-    """The TVM Relax VM over a compiled library (``export_library`` .so) on llvm or CUDA."""
+# --------------------------------------------------------------------------------------------
+# TVM (this machine's CPU or GPU)
+# --------------------------------------------------------------------------------------------
+
+
+_CUBINS: dict[str, bytes] = {}  # sha256 of CUDA kernel source -> the cubin shipped for it
+_CUBIN_CALLBACK: list[Any] = []
+
+
+def register_cubins(artifact: Artifact) -> None:
+    """Serve the artifact's ahead-of-time cubins to TVM's load-time CUDA compile callback.
+
+    TVM 0.27 libraries carry CUDA source and ask ``tvm_callback_cuda_compile`` for a binary when
+    they load (see :func:`export.tvm_build.write_cubin`); this answers with the shipped cubin
+    when the source's sha256 matches, and defers to the previous callback otherwise.
+    """
+    import tvm_ffi
+
+    for spec in artifact.manifest["graphs"].values():
+        if spec.get("cubin"):
+            _CUBINS[spec["cuda_source_sha256"]] = (artifact.folder / spec["cubin"]).read_bytes()
+    if _CUBIN_CALLBACK:
+        return
+    previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+
+    def serve(code):
+        digest = hashlib.sha256(str(code).encode()).hexdigest()
+        if digest in _CUBINS:
+            return bytearray(_CUBINS[digest])
+        if previous is None:
+            raise RuntimeError("no shipped cubin matches this CUDA source and no CUDA compiler is registered")
+        return previous(code)
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", serve, override=True)
+    _CUBIN_CALLBACK.append(serve)
+
+
+def tvm_outputs(result: Any) -> list[np.ndarray]:
+    """A Relax VM call's result (one tensor or a tuple of them) as numpy arrays."""
+    items = [result] if hasattr(result, "numpy") else list(result)
+    return [r.numpy() for r in items]
+
+
+class TvmRuntime(ArtifactRuntime):
+    """The TVM Relax VM over a compiled library (``export_library`` .so) on this machine."""
 
     name = "tvm"
 
     def __init__(self, artifact: Artifact, device: str = "cpu", threads: int | None = None):
-        self.tvm = require("tvm", "pip install apache-tvm")
-        if artifact.io is None:
-            raise InputError(f"{artifact.folder}: the manifest lacks the graph inputs (graphs.step.inputs); re-export it")
-        self.artifact = artifact
-        self.device = device
-        super().__init__(artifact.io, artifact.model_bytes, str(artifact.folder))
+        self.tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
+        target = artifact.target
+        if target.get("arch") not in (None, host_arch()):
+            raise InputError(f"{artifact.folder}: built for {target.get('arch')} ({target.get('name')}); copy it to that "
+                             "device and run it there (or profile it through --rpc)")
+        super().__init__(artifact)
+        self.device = "cuda" if target.get("cuda_arch") else device
         self.set_threads(threads)
         self.dev = self._device()
+        if target.get("cuda_arch"):
+            register_cubins(artifact)
         self.step_vm = self._vm(artifact.step_file)
         self.prefill_vm = self._vm(artifact.prefill_file) if artifact.prefill_file else None
         self.has_prefill = self.prefill_vm is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.device}"
 
     def _device(self) -> Any:
         if self.device.startswith("cuda"):
             dev = self.tvm.cuda(0)
             if not dev.exist:
-                raise EdgeseqError("TVM sees no CUDA device here: profile a CPU artifact on --target host")
+                raise EdgeseqError("TVM sees no CUDA device here: run a CPU artifact, or this one on its GPU")
             return dev
         return self.tvm.cpu(0)
 
@@ -515,7 +369,8 @@ class TvmRuntime(Runtime):
         try:
             return relax.VirtualMachine(self.tvm.runtime.load_module(str(path)), self.dev)
         except Exception as exc:
-            raise EdgeseqError(f"{path}: the TVM runtime could not load it ({str(exc).splitlines()[0][:200]}); was it compiled for this machine?") from None
+            raise EdgeseqError(f"{path}: the TVM runtime here cannot load it ({str(exc).strip().splitlines()[-1][:200]}); "
+                               "was it compiled for this machine?") from None
 
     def set_threads(self, threads: int | None) -> None:
         super().set_threads(threads)
@@ -523,14 +378,11 @@ class TvmRuntime(Runtime):
             os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the thread pool starts
             try:
                 self.tvm.get_global_func("runtime.config_threadpool")(0, threads)
-            except Exception:  # older/newer runtimes without it: the env var still applies
+            except Exception:  # runtimes without it: the env var still applies
                 pass
 
     def _run(self, vm: Any, args: list[Any]) -> list[Any]:
-        tensors = [self.tvm.runtime.tensor(np.ascontiguousarray(a), self.dev) for a in args]
-        result = vm["main"](*tensors)
-        items = list(result) if not hasattr(result, "numpy") else [result]
-        return [r.numpy() for r in items]
+        return tvm_outputs(vm["main"](*[self.tvm.runtime.tensor(np.ascontiguousarray(a), device=self.dev) for a in args]))
 
     def _step(self, x_t: Any, state: list[Any]) -> Sequence[Any]:
         return self._run(self.step_vm, [x_t, *state])
@@ -540,12 +392,111 @@ class TvmRuntime(Runtime):
 
 
 # --------------------------------------------------------------------------------------------
+# the torch adapter
+# --------------------------------------------------------------------------------------------
+
+
+class ArtifactModel:
+    """An artifact runtime seen as a streaming model: ``step``/``prefill``/``forward`` on torch
+    tensors with state dicts, ``task``, ``family``, ``config``, ``manifest``. ``engine`` is the
+    :class:`ArtifactRuntime` underneath (numpy); ``runtime`` its label."""
+
+    def __init__(self, engine: ArtifactRuntime):
+        from edgeseq.models import config_class
+
+        import torch
+
+        self.torch = torch
+        self.engine = engine
+        self.runtime = engine.label
+        self.folder = engine.artifact.folder
+        self.manifest = engine.manifest
+        model = self.manifest.get("model")
+        if not isinstance(model, dict) or "family" not in model:
+            raise InputError(f"{self.folder}: the manifest's 'model' entry lacks the family; re-export it with `edgeseq export`")
+        self.task = model.get("task", engine.io.task)
+        self.family = model["family"]
+        self.config = config_class(self.family).from_dict(model.get("config") or {})
+        self.prefill_length = engine.io.prefill_length if engine.has_prefill else 0
+
+    def eval(self) -> "ArtifactModel":
+        return self
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.engine.io.vocab_size
+
+    def state_names(self) -> list[str]:
+        return self.engine.io.state_names
+
+    def state_spec(self) -> list[dict[str, Any]]:
+        return [vars(s).copy() for s in self.engine.io.state]
+
+    def init_state(self, batch_size: int, device: Any = None, dtype: Any = None) -> dict[str, Any]:
+        return {n: self.torch.from_numpy(v) for n, v in zip(self.state_names(), self.engine.init_state(batch_size))}
+
+    def _state_list(self, state: dict[str, Any]) -> list[np.ndarray]:
+        missing = [n for n in self.state_names() if n not in state]
+        if missing:
+            raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
+        return [_numpy(state[n]) for n in self.state_names()]
+
+    def step(self, x_t: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        y, new = self.engine.step(_numpy(x_t), self._state_list(state))
+        return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+
+    def prefill(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=True)
+        return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+
+    def forward(self, x: Any) -> Any:
+        return self.prefill(x)[0]
+
+    __call__ = forward
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+# --------------------------------------------------------------------------------------------
 # choosing a runtime
 # --------------------------------------------------------------------------------------------
 
 
-def is_artifact(source: str | Path) -> bool:
-    return (Path(source).expanduser() / MANIFEST).is_file()
+ARTIFACT_ENGINES = {"onnx": ("onnxruntime", "onnx"), "tvm": ("tvm",)}
+
+
+def open_artifact_runtime(
+    folder: str | Path, device: str = "cpu", threads: int | None = None, providers: list[str] | None = None,
+    *, require_verified: bool = True, verify_files: bool = True, selfcheck: bool = True,
+) -> ArtifactRuntime:
+    """The engine for an artifact folder, after :func:`targets.manifest.read_artifact` checked it.
+
+    With ``selfcheck`` (and a verified, checked artifact) the device first reproduces the
+    artifact's reference stream, once per device and engine (cached, :mod:`targets.selfcheck`).
+    """
+    artifact = read_artifact(folder, require_verified=require_verified, verify_files=verify_files)
+    if artifact.format == "onnx":
+        engine: ArtifactRuntime = OnnxRuntime(artifact, device, threads, providers)
+    else:
+        engine = TvmRuntime(artifact, device, threads)
+    if selfcheck and require_verified and verify_files:
+        from targets.selfcheck import check_on_device
+
+        check_on_device(artifact.folder, artifact.manifest, engine.label, engine.step)
+    return engine
+
+
+def open_artifact(
+    folder: str | Path, threads: int | None = None, device: str = "cpu", providers: list[str] | None = None,
+    verify_files: bool = True, require_verified: bool = True,
+) -> ArtifactModel:
+    """An artifact as a streaming model (torch tensors): :class:`ArtifactModel` over its engine."""
+    return ArtifactModel(open_artifact_runtime(folder, device, threads, providers, require_verified=require_verified,
+                                               verify_files=verify_files))
 
 
 def open_runtime(
@@ -553,20 +504,13 @@ def open_runtime(
     cuda_graph: bool = False,
 ) -> Runtime:
     """A runtime for ``source``: an artifact folder (ONNX Runtime / TVM by its manifest's format)
-    or anything ``edgeseq.checkpoints.load_model`` accepts (PyTorch eager)."""
+    or anything ``edgeseq.checkpoints.load_model`` accepts (PyTorch eager, or the fused GPU step)."""
     if is_artifact(source):
-        artifact = read_artifact(source)
-        if runtime not in (None, artifact.format, "onnxruntime" if artifact.format == "onnx" else "tvm"):
-            raise InputError(f"{source}: a {artifact.format} artifact runs in its own runtime, not {runtime!r}")
-        if artifact.format == "onnx":
-            rt: Runtime = OnnxRuntime(artifact, device, threads)
-        else:
-            rt = TvmRuntime(artifact, device, threads)
-        from targets.selfcheck import check_on_device
-
-        # proof on the device: the shipped reference stream, once per device and runtime (cached)
-        check_on_device(artifact.folder, artifact.manifest, f"{artifact.format}-{device}", lambda x, s: rt.step(x, s))
-        return rt
+        engine = open_artifact_runtime(source, device, threads)
+        fmt = engine.artifact.format
+        if runtime not in (None, *ARTIFACT_ENGINES[fmt]):
+            raise InputError(f"{source}: a {fmt} artifact runs in its own runtime ({ARTIFACT_ENGINES[fmt][0]}), not {runtime!r}")
+        return engine
     if runtime not in (None, "torch", "torch-cudagraph", "triton"):
         raise InputError(f"{source}: a model (not an exported artifact) runs in the torch runtime; export it first for {runtime}")
     from edgeseq.checkpoints import load_model
@@ -585,17 +529,7 @@ def open_runtime(
 
 
 __all__ = [
-    "Artifact",
-    "OnnxRuntime",
-    "Runtime",
-    "StepIO",
-    "TensorSpec",
-    "TorchRuntime",
-    "TvmRuntime",
-    "is_artifact",
-    "module_bytes",
-    "open_runtime",
-    "peak_rss_bytes",
-    "read_artifact",
-    "step_io_from_model",
+    "ArtifactModel", "ArtifactRuntime", "OnnxRuntime", "Runtime", "StepIO", "TensorSpec", "TorchRuntime", "TvmRuntime",
+    "current_rss_bytes", "module_bytes", "open_artifact", "open_artifact_runtime", "open_runtime", "ort_session",
+    "peak_rss_bytes", "register_cubins", "step_io_from_manifest", "step_io_from_model",
 ]

@@ -19,43 +19,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgeseq.errors import EdgeseqError
+from targets.hostinfo import int8_accumulation, read_cpuinfo
 
 REFERENCE_FILE = "reference.npz"
 REFERENCE_STEPS = 6
-
-# ISA features that decide which integer kernels a runtime picks (x86 /proc/cpuinfo and Arm names)
-KERNEL_FEATURES = ("sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-                   "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2")
 
 StepFn = Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
 
 
 def cpu_features() -> dict[str, Any]:
     """This CPU's model and the ISA features that select integer kernels (Linux; empty elsewhere)."""
-    model, flags = "", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware") and not model:
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-    present = [f for f in KERNEL_FEATURES if f in flags]
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    pairwise16 = x86 and not ({"avx512_vnni", "avx_vnni"} & flags)
-    return {"cpu": model or platform.processor(), "machine": platform.machine(), "features": present,
-            "int8_accumulation": "pairwise 16-bit (u8s8 VPMADDUBSW)" if pairwise16 else "32-bit"}
+    info = read_cpuinfo()
+    return {"cpu": info["model"], "machine": info["machine"], "features": info["features"],
+            "int8_accumulation": int8_accumulation(info["features"], info["machine"])}
 
 
 def write_reference(folder: Path, x: np.ndarray, y: np.ndarray, states: dict[str, np.ndarray],
@@ -169,16 +151,4 @@ def check_on_device(folder: str | Path, manifest: dict[str, Any], runtime: str, 
     return result
 
 
-def torch_step_adapter(runner: Any, state_names: Sequence[str]) -> StepFn:
-    """A numpy step over a runner that takes/returns torch tensors and a state dict."""
-    import torch
-
-    def step(x: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        y, new = runner.step(torch.from_numpy(x), {n: torch.from_numpy(s) for n, s in zip(state_names, state)})
-        return y.detach().cpu().numpy(), [new[n].detach().cpu().numpy() for n in state_names]
-
-    return step
-
-
-__all__ = ["KERNEL_FEATURES", "REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors",
-           "torch_step_adapter", "write_reference"]
+__all__ = ["REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors", "write_reference"]

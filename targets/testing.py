@@ -23,7 +23,7 @@ import torch
 
 from edgeseq.errors import require
 from edgeseq.streaming import FlatPrefill, FlatStep, StreamingModel
-from targets.runtimes import step_io_from_model
+from targets.runtimes import step_io_from_manifest, step_io_from_model
 
 
 def tiny_mamba(seed: int = 0, **overrides: Any) -> StreamingModel:
@@ -74,13 +74,13 @@ def write_onnx_artifact(model: StreamingModel, folder: str | Path, prefill_lengt
     x_t = torch.from_numpy(io_spec.example_input(1))
     outputs = ["y", *[f"new_{n}" for n in names]]
     _quiet_export(FlatStep(model), (x_t, *state), folder / "step.onnx", ["x_t", *names], outputs, opset)
-    graphs: dict[str, Any] = {"step": {"inputs": _graph_inputs(model, None)}}
+    graphs: dict[str, Any] = {"step": {"file": "step.onnx", "inputs": _graph_inputs(model, None)}}
     graphs["step"]["inputs"][0]["name"] = "x_t"
     files = ["step.onnx"]
     if prefill_length:
         x = torch.from_numpy(io_spec.example_input(1, time=prefill_length))
         _quiet_export(_PrefillFrom(model), (x, *state), folder / "prefill.onnx", ["x", *names], outputs, opset)
-        graphs["prefill"] = {"inputs": _graph_inputs(model, prefill_length), "prefill_length": prefill_length}
+        graphs["prefill"] = {"file": "prefill.onnx", "inputs": _graph_inputs(model, prefill_length), "length": prefill_length}
         files.append("prefill.onnx")
     _write_manifest(folder, model, "onnx", "cpu", files, graphs)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -127,7 +127,7 @@ def _check_steps(run, reference, io_spec, runtime: str, against: str, tolerance:
 
 
 def _file_list(folder: Path, files: list[str]) -> list[dict[str, Any]]:
-    from export.runtime import sha256_file
+    from targets.manifest import sha256_file
 
     return [{"path": f, "bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)} for f in files]
 
@@ -169,7 +169,7 @@ def write_tvm_artifact(onnx_folder: str | Path, folder: str | Path, target: Any 
         if (onnx_folder / f"{role}.onnx").is_file():
             compile_onnx_to_tvm(onnx_folder / f"{role}.onnx", folder / f"{role}.so", target)
             files.append(f"{role}.so")
-    from targets.runtimes import onnx_weight_bytes
+    from targets.manifest import onnx_weight_bytes
 
     for role in ("step", "prefill"):
         graph = (manifest.get("graphs") or {}).get(role)
@@ -198,16 +198,10 @@ def _tvm_step(path: Path):
     return call
 
 
-def step_io_from_manifest(manifest: dict[str, Any]):
-    from targets.runtimes import _io_from_manifest
-
-    return _io_from_manifest(manifest)
-
-
 def _write_manifest(folder: Path, model: StreamingModel, fmt: str, target: Any, files: list[str], graphs: dict[str, Any]) -> None:
     manifest = {
-        "model": type(model).__name__, "family": model.family, "task": model.task, "format": fmt, "target": target,
-        "config": model.config.to_dict(), "files": _file_list(folder, files), "graphs": graphs,
+        "model": {"class": type(model).__name__, "family": model.family, "task": model.task, "config": model.config.to_dict()},
+        "format": fmt, "target": target, "files": _file_list(folder, files), "graphs": graphs,
         "verification": None, "note": "written by targets.testing (a short check of its own; not `edgeseq export`)",
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

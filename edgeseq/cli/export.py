@@ -8,15 +8,16 @@ HELP = "export a model or quantized model to a verified ONNX/TVM artifact"
 DESCRIPTION = (
     "Export the streaming step graph (and the prefill graph) of MODEL (a zoo name, checkpoint folder or "
     "quantized folder) to ONNX or a TVM shared library, run it against PyTorch for --steps consecutive "
-    "steps, and write the folder with manifest.json only when it matches. Targets: cpu (alias llvm), "
-    "aarch64, jetson-orin-nano, jetson-agx-orin-32gb, jetson-agx-orin-64gb, cuda-sm80, cuda-sm90."
+    "steps, and write the folder with manifest.json only when it matches. --target takes the names of "
+    "`edgeseq targets` (the same as `edgeseq profile --target`): host (aliases cpu, llvm), aarch64, "
+    "jetson-orin-nano-8gb, jetson-agx-orin-32gb/-64gb, h100, h200, a100, l4, rtx-4090."
 )
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL|QDIR", help="zoo name, checkpoint folder or quantized folder")
     p.add_argument("--format", choices=["onnx", "tvm"], default="onnx", help="artifact format (default onnx)")
-    p.add_argument("--target", default="cpu", help="where it runs (default cpu; see the description)")
+    p.add_argument("--target", default="cpu", help="where it runs: a name from `edgeseq targets` (default host = this CPU)")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: exports/<model>-<format>-<target>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 21 for 4-bit weights)")
@@ -32,11 +33,11 @@ def run(args):
     from pathlib import Path
 
     from edgeseq.checkpoints import load_model
-    from export.artifact import _progress_printer, export_loaded
+    from export.artifact import progress_printer, export_loaded
 
     loaded = load_model(args.model)
     output = args.output or str(Path("exports") / f"{Path(str(args.model)).name}-{args.format}-{args.target}")
-    log = _progress_printer(sys.stderr)
+    log = progress_printer(sys.stderr)
     manifest = export_loaded(
         loaded, output, format=args.format, target=args.target, opset=args.opset, dtype=args.dtype,
         steps=args.steps, prefill=not args.no_prefill, prefill_length=args.prefill_length, force=args.force,

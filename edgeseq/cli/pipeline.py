@@ -19,7 +19,7 @@ PIPELINE_MAX_BYTES = None
 
 
 def add_arguments(p) -> None:
-    from edgeseq.report import DEFAULT_RECIPES
+    from edgeseq.app.report import DEFAULT_RECIPES
 
     p.add_argument("-o", "--output", default="out/pipeline", help="output folder (default: out/pipeline)")
     p.add_argument("--models", default=None, help="comma-separated zoo models (default: all)")
@@ -35,15 +35,15 @@ def add_arguments(p) -> None:
 
 def run(args):
     from edgeseq.checkpoints import zoo_names
-    from edgeseq.cli.report import _csv, finish
+    from edgeseq.cli.report import split_list, finish
     from edgeseq.errors import InputError
-    from edgeseq.report import build_report
+    from edgeseq.app.report import build_report
 
-    models = _csv(args.models) or zoo_names()
+    models = split_list(args.models) or zoo_names()
     if not models:
         raise InputError("no zoo models are installed (edgeseq/zoo is empty); reinstall edgeseq")
     # progress lines go to stderr, also with --json (stdout then holds only the summary)
-    summary = build_report(models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets),
+    summary = build_report(models, args.output, recipes=split_list(args.recipes), targets=split_list(args.targets),
                            jobs=args.jobs, progress=True, debug=args.debug, max_bytes=args.max_bytes,
                            max_samples=args.max_samples, calib_samples=16, profile_tokens=32, verify_steps=32,
                            latency_rounds=args.latency_rounds)

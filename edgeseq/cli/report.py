@@ -11,12 +11,12 @@ DESCRIPTION = (
 )
 
 
-def _csv(text: str | None) -> list[str]:
+def split_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def add_arguments(p) -> None:
-    from edgeseq.report import DEFAULT_RECIPES
+    from edgeseq.app.report import DEFAULT_RECIPES
 
     p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names or checkpoint folders")
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names or files")
@@ -36,10 +36,10 @@ def add_arguments(p) -> None:
 
 
 def run(args):
-    from edgeseq.report import build_report
+    from edgeseq.app.report import build_report
 
     summary = build_report(
-        args.models, args.output, recipes=_csv(args.recipes), targets=_csv(args.targets), data=args.data,
+        args.models, args.output, recipes=split_list(args.recipes), targets=split_list(args.targets), data=args.data,
         jobs=args.jobs, ray_address=args.ray, progress=True, export_format=args.format,
         max_bytes=args.max_bytes, max_samples=args.max_samples, calib_samples=args.calib_samples,
         profile_tokens=args.tokens, debug=args.debug, latency_rounds=args.latency_rounds,
@@ -53,7 +53,7 @@ def finish(args, summary: dict):
     and exit 1 (with ``--json`` the summary is still printed on stdout first)."""
     import sys
 
-    from edgeseq.report import failure_lines
+    from edgeseq.app.report import failure_lines
 
     lines = failure_lines(summary)
     if not lines:

@@ -82,7 +82,7 @@ def run(args):
     import json
     from pathlib import Path
 
-    from edgeseq.spiking.simulator import simulation_data, simulation_report
+    from edgeseq.spiking.report import simulation_data, simulation_report
 
     from edgeseq.errors import InputError
     from edgeseq.spiking.energy import load_table

@@ -42,18 +42,19 @@ def _print_table(rows) -> None:
 
     table = Table(title="edgeseq targets")
     for column, justify in (("name", "left"), ("kind", "left"), ("bandwidth GB/s", "right"), ("int8 TOPS", "right"),
-                            ("fp16 TFLOPS", "right"), ("power W", "right"), ("runtimes", "left"), ("TVM target", "left")):
+                            ("fp16 TFLOPS", "right"), ("power W", "right"), ("runtimes", "left"), ("export build", "left")):
         table.add_column(column, justify=justify)
     for row in rows:
-        tvm_target = row["tvm_target"]
-        if isinstance(tvm_target, dict):
-            tvm_target = " ".join(f"{k}={v}" for k, v in tvm_target.items())
+        build = "-"
+        if row.get("arch") and row.get("tvm_target"):
+            build = row["arch"] + (f" + CUDA {row['cuda_arch']}" if row.get("cuda_arch") else "")
+            build += " (cross)" if row.get("cross_compiler") else ""
         table.add_row(row["name"], row["kind"], _num(row["memory_bandwidth_gbs"]), _num(row["peak_int8_tops"], 2),
-                      _num(row["peak_fp16_tflops"], 2), _num(row["typical_power_w"], 0), ", ".join(row["runtimes"]),
-                      str(tvm_target or "-"))
+                      _num(row["peak_fp16_tflops"], 2), _num(row["typical_power_w"], 0), ", ".join(row["runtimes"]), build)
     console = Console()
     console.print(table)
-    console.print("Dense peaks (no sparsity). Sources of every figure: edgeseq targets --name NAME (or --json).")
+    console.print("Dense peaks (no sparsity). Sources of every figure: edgeseq targets --name NAME (or --json). "
+                  "Entries with an export build take the same name in `edgeseq export --target` and `edgeseq profile --target`.")
 
 
 def _print_one(spec) -> None:

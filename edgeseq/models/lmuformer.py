@@ -13,7 +13,7 @@ parallel form evaluates with an FFT (Chilkuri & Eliasmith, 2021, "Parallelizing 
 Unit Training") or, for short sequences, a direct Toeplitz product.
 
 Model (both variants; module and parameter names follow the published code so that its state
-dicts load by renaming only, see ``OFFICIAL_FORMAT``)::
+dicts load by renaming only, see ``edgeseq.convert.lmuformer``)::
 
     frames [B, T, F] ─► causal conv patch embedding ─► N × (x + LMU mixer(x); x + conv FFN(x))
                      ─► per-frame head ─► scores [B, T, C]   (the running mean is the prediction)
@@ -44,10 +44,7 @@ its weights for deployment.
 from __future__ import annotations
 
 import copy
-import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,8 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.spiking.lif import LIF
-from edgeseq.streaming import ModelConfig, QuantPoint, State, StateSpec, StreamingModel
+from edgeseq.models.lif import LIF
+from edgeseq.streaming import IOSpec, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
 
 # --------------------------------------------------------------------------------------------
 # the Legendre memory
@@ -173,6 +170,8 @@ def memory_step(m: Tensor, u: Tensor, A_bar: Tensor, B_bar: Tensor) -> Tensor:
 @dataclass
 class LMUFormerConfig(ModelConfig):
     family = "lmuformer"
+    input_size_field = "input_dim"
+    output_size_field = "n_classes"
 
     input_dim: int = 8  # F: features per frame
     dim: int = 64  # embedding width
@@ -473,6 +472,10 @@ class _LMUFormerBase(StreamingModel):
         new.update(head_state)
         return scores, {name: new[name] for name in self.state_names()}
 
+    def io_spec(self) -> IOSpec:
+        """Frames of ``input_dim`` features in, per-frame scores over ``n_classes`` out."""
+        return IOSpec.features(self.config.input_dim, self.config.n_classes)
+
     def forward(self, x: Tensor) -> Tensor:
         """Per-frame scores ``[B, T, C]`` for frames ``[B, T, F]`` (parallel form, zero state)."""
         return self._run(x, None)[0]
@@ -680,130 +683,9 @@ def fold_batchnorm(model: _LMUFormerBase) -> _LMUFormerBase:
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# official checkpoints
-# --------------------------------------------------------------------------------------------
-
-_OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin")
-
-
-def _official_file(path: Path) -> Path | None:
-    if path.is_file() and path.suffix in _OFFICIAL_SUFFIXES:
-        return path
-    if path.is_dir():
-        for name in ("best_model.pth", "model.pth"):
-            if (path / name).is_file():
-                return path / name
-    return None
-
-
-def _strip_prefix(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {re.sub(r"^(module\.)+", "", k): v for k, v in tensors.items()}
-
-
-def _peek_keys(path: Path) -> list[str]:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return []
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "module"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-        return [re.sub(r"^(module\.)+", "", str(k)) for k in obj]
-    return []
-
-
-def _detect_official(path: Path) -> bool:
-    file = _official_file(Path(path))
-    if file is None:
-        return False
-    keys = _peek_keys(file)
-    return any(k.startswith("block.0.attn.lmu.W_u") for k in keys) and any(k.startswith("patch_embed.") for k in keys)
-
-
-def _infer_theta(A_official: Tensor, order: int, hint: float) -> float:
-    """The LMU window that reproduces the checkpoint's Ā (published models use θ = seq_len)."""
-    candidates = [hint] + [float(t) for t in (128, 64, 100, 101, 784, 256, 512, 1024, 32, 16, 8) if t != hint]
-    for theta in candidates:
-        A_bar, _ = legendre_memory_matrices(order, theta)
-        if torch.allclose(A_bar.float(), A_official.float(), atol=1e-5, rtol=1e-4):
-            return theta
-    raise InputError(
-        f"LMU matrix A ({order}x{order}) matches no Legendre window tried ({', '.join(map(str, candidates))})"
-    )
-
-
-def official_config(tensors: dict[str, Tensor]) -> LMUFormerConfig:
-    """The config of a published LMUFormer state dict (``lmu_rnn_conv1d`` or ``slmu_rnn_ms_conv1d``)."""
-    keys = set(tensors)
-    depth = len({int(m.group(1)) for k in keys if (m := re.match(r"block\.(\d+)\.", k))})
-    head = tensors["head.weight"]
-    lmu = "block.0.attn.lmu."
-    order = tensors[lmu + "A"].shape[0]
-    hint = float(tensors[lmu + "H"].shape[-1]) if lmu + "H" in tensors else 128.0
-    theta = _infer_theta(tensors[lmu + "A"], order, hint)
-    first_conv = tensors.get("patch_embed.proj_conv.weight", tensors.get("patch_embed.conv_layers.0.0.weight"))
-    options = {"n_mels": int(first_conv.shape[1])} if first_conv is not None else {}
-    common = dict(dim=head.shape[1], depth=depth, n_classes=head.shape[0], memory_size=order, theta=theta,
-                  dataset="speech-commands", dataset_options=options)
-    if "patch_embed.proj_conv.weight" in keys:
-        if "patch_embed.rpe_bn.weight" in keys or "block.0.mlp.fc1_bn.weight" in keys and "block.0.attn.prev_bn.weight" not in keys:
-            raise InputError("this is the published spiking model without membrane shortcuts (slmu_rnn_conv1d); "
-                             "edgeseq loads lmu_rnn_conv1d and slmu_rnn_ms_conv1d checkpoints")
-        conv = tensors["patch_embed.proj_conv.weight"]
-        n_layers = 1 + len({k for k in keys if re.match(r"patch_embed\.proj_conv\d+\.weight", k)})
-        hidden = tensors["block.0.mlp.fc1_conv.weight"].shape[0]
-        return SpikingLMUFormerConfig(input_dim=conv.shape[1], embed_layers=n_layers, embed_kernel=conv.shape[2],
-                                      mlp_ratio=hidden / head.shape[1], **common)
-    if "patch_embed.conv_layers.0.0.weight" in keys:
-        conv = tensors["patch_embed.conv_layers.0.0.weight"]
-        n_layers = len({k for k in keys if re.match(r"patch_embed\.conv_layers\.\d+\.0\.weight", k)})
-        hidden = tensors["block.0.mlp.fc1_conv.weight"].shape[0]
-        return LMUFormerConfig(input_dim=conv.shape[1], embed_layers=n_layers, embed_kernel=conv.shape[2],
-                               mlp_ratio=hidden / head.shape[1], **common)
-    raise InputError("not a published LMUFormer layout: no patch_embed.conv_layers.0.0 or patch_embed.proj_conv")
-
-
-def load_official_state(tensors: dict[str, Tensor], source: str = "checkpoint") -> _LMUFormerBase:
-    """Build the model a published LMUFormer state dict describes and load its weights."""
-    from edgeseq.checkpoints import load_state_into
-
-    tensors = _strip_prefix(tensors)
-    try:
-        cfg = official_config(tensors)
-    except KeyError as exc:
-        raise InputError(f"{source}: not a published LMUFormer state dict (missing {exc.args[0]!r})") from None
-    model: _LMUFormerBase = SpikingLMUFormer(cfg) if isinstance(cfg, SpikingLMUFormerConfig) else LMUFormer(cfg)  # type: ignore[arg-type]
-    # the published impulse response buffers (H, fft_H) are recomputed for each sequence length
-    tensors = {k: v for k, v in tensors.items() if not re.search(r"\.lmu\.(H|fft_H)$", k)}
-    load_state_into(model, tensors, source)
-    return model.eval()
-
-
-def _load_official(path: Path):
-    from edgeseq.checkpoints import LoadedModel, read_torch_weights
-
-    file = _official_file(Path(path))
-    if file is None:
-        raise InputError(f"{path}: no .pth/.pt state dict found")
-    model = load_official_state(read_torch_weights(file), str(file))
-    return LoadedModel(model, source=str(path), format="lmuformer-official",
-                       meta={"note": "published LMUFormer weights run causally (embedding delayed, see docs/lmuformer.md)"})
-
-
-def _make_format():
-    from edgeseq.checkpoints import CheckpointFormat
-
-    return CheckpointFormat("lmuformer-official", _detect_official, _load_official)
-
-
-OFFICIAL_FORMAT = _make_format()
-
 __all__ = [
     "LMUFormer",
     "LMUFormerConfig",
-    "OFFICIAL_FORMAT",
     "SpikingLMUFormer",
     "SpikingLMUFormerConfig",
     "batchnorm_affine",
@@ -813,10 +695,8 @@ __all__ = [
     "fold_batchnorm",
     "legendre_continuous",
     "legendre_memory_matrices",
-    "load_official_state",
     "memory_kernel",
     "memory_parallel",
     "memory_step",
-    "official_config",
     "power_sequence",
 ]

@@ -11,7 +11,7 @@ Block: RMSNorm pre-norm residual around the mixer
     out    = out_proj(y ⊙ SiLU(z))
 
 Parameter names follow the reference implementation so that Hugging Face and ``state-spaces``
-checkpoints map onto it by renaming only (see ``mamba_convert``).
+checkpoints map onto it by renaming only (see ``edgeseq.convert.mamba``).
 
 The parallel form evaluates the linear recurrence with a chunked scan (see ``selective_scan``):
 closed form inside a chunk through cumulative log-decays, a carried state across chunks. The step
@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
+from edgeseq.streaming import ActPoint, IOSpec, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
 
 
 @dataclass
 class MambaConfig(ModelConfig):
     family = "mamba"
+    input_size_field = "vocab_size"
+    output_size_field = "vocab_size"
 
     vocab_size: int = 256
     d_model: int = 128
@@ -374,6 +376,10 @@ class SelectiveSSMLM(StreamingModel):
             nn.init.kaiming_uniform_(block.mixer.out_proj.weight, a=math.sqrt(5))
             with torch.no_grad():
                 block.mixer.out_proj.weight /= math.sqrt(self.config.n_layer)
+
+    def io_spec(self) -> IOSpec:
+        """Token ids below ``vocab_size`` in, logits over the same vocabulary out."""
+        return IOSpec.tokens(self.config.vocab_size)
 
     def head(self, hidden: Tensor) -> Tensor:
         hidden = self.norm_f(hidden)

@@ -14,7 +14,7 @@ Block: RMSNorm pre-norm residual around the mixer
 The SSM state of one head is ``[P, N]``; A is a scalar times the identity, so the whole
 recurrence of a head is one scalar decay per step. Parameter names follow the reference
 implementation so that Hugging Face ``Mamba2ForCausalLM`` and ``state-spaces/mamba2-*``
-checkpoints map onto it by renaming only (see ``mamba2_convert``).
+checkpoints map onto it by renaming only (see ``edgeseq.convert.mamba2``).
 
 The parallel form is the SSD block decomposition (paper §6): the sequence is cut into chunks of
 ``chunk_size``; inside a chunk the output is a masked, decayed "attention" ``(C Bᵀ ∘ L) (dt·x)``
@@ -42,6 +42,8 @@ from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, StateSpec
 @dataclass
 class Mamba2Config(ModelConfig):
     family = "mamba2"
+    input_size_field = "vocab_size"
+    output_size_field = "vocab_size"
 
     vocab_size: int = 256
     d_model: int = 128

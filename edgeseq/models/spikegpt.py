@@ -16,7 +16,7 @@ Architecture (RWKV-4 of Peng et al., 2023, with LIF neurons after each mixer)::
                   out = W_o (σ(r) ⊙ wkv)                  w = exp(time_decay), u = time_first
     ChannelMix    out = σ(W_r x'_r) ⊙ W_v relu(W_k x'_k)²  hidden d_ffn = 4·d_model
 
-The LIF neurons (tau 2, threshold 1, hard reset to 0, fire on v ≥ 1; see ``edgeseq.spiking.lif``)
+The LIF neurons (tau 2, threshold 1, hard reset to 0, fire on v ≥ 1; see ``edgeseq.models.lif``)
 turn each mixer's output into spikes that are added to the residual stream.
 
 WKV is evaluated in the numerically stable form of RWKV-4: the running numerator and
@@ -29,22 +29,20 @@ is rescaled per layer.
 
 Parameter names and shapes mirror the official SpikeGPT checkpoints (``emb.weight``,
 ``blocks.{i}.att.time_mix_k`` ``[1, 1, C]``, ``blocks.{i}.att.time_decay`` ``[C]``, …), so
-:data:`OFFICIAL_FORMAT` loads them by copying tensors.
+``edgeseq.convert.spikegpt`` loads them by copying tensors.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeseq.errors import InputError
-from edgeseq.spiking.lif import LIF, atan_spike
-from edgeseq.streaming import ModelConfig, QuantPoint, State, StateSpec, StreamingModel
+from edgeseq.models.lif import LIF, atan_spike
+from edgeseq.streaming import IOSpec, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
 
 # the initial WKV exponent: "no history yet" (e^{p} = 0 for every practical purpose; finite so
 # that p − w stays finite in float32)
@@ -59,6 +57,8 @@ def empty_wkv_exponent(dtype: torch.dtype) -> float:
 @dataclass
 class SpikeGPTConfig(ModelConfig):
     family = "spikegpt"
+    input_size_field = "vocab_size"
+    output_size_field = "vocab_size"
 
     vocab_size: int = 256
     d_model: int = 128
@@ -397,6 +397,10 @@ class SpikeGPT(StreamingModel):
         c = self.config.d_model
         return [StateSpec(f"{name}_{i}", (c,)) for i in range(self.config.n_layer) for name in self._STATE_NAMES]
 
+    def io_spec(self) -> IOSpec:
+        """Token ids below ``vocab_size`` in, logits over the same vocabulary out."""
+        return IOSpec.tokens(self.config.vocab_size)
+
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         state = super().init_state(batch_size, device, dtype)
         for i in range(self.config.n_layer):
@@ -440,149 +444,10 @@ def spike_rates(model: SpikeGPT, input_ids: Tensor, chunk_len: int = 512) -> dic
     return {name: total / max(1, count) for name, total in totals.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# official SpikeGPT checkpoints
-# --------------------------------------------------------------------------------------------
-
-_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-_TOKENIZER_NAMES = ("tokenizer.json", "20B_tokenizer.json")
-
-
-def _official_weights_file(path: Path) -> Path | None:
-    if path.is_file():
-        return path if path.suffix in _WEIGHT_SUFFIXES else None
-    if path.is_dir():
-        candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-        return candidates[0] if len(candidates) == 1 else None
-    return None
-
-
-def _tensor_names(path: Path) -> list[str]:
-    """Names of the tensors in a weights file, cheaply (safetensors header, or an mmap'd load)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    return list(obj) if isinstance(obj, dict) else []
-
-
-def _detect_official(path: Path) -> bool:
-    weights = _official_weights_file(Path(path))
-    if weights is None:
-        return False
-    try:
-        names = set(_tensor_names(weights))
-    except Exception:
-        return False
-    names = {name.removeprefix("module.").removeprefix("_orig_mod.") for name in names}
-    return {"emb.weight", "head.weight", "blocks.0.ln0.weight", "blocks.0.att.time_first"} <= names
-
-
-def _strip_wrappers(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {}
-    for name, value in tensors.items():
-        for prefix in ("module.", "_orig_mod."):  # DeepSpeed/DDP and torch.compile wrappers
-            name = name.removeprefix(prefix)
-        out[name] = value
-    return out
-
-
-def config_from_official(tensors: dict[str, Tensor], path: str | Path = "checkpoint") -> SpikeGPTConfig:
-    """The SpikeGPTConfig an official state dict implies (sizes read from tensor shapes)."""
-    tensors = _strip_wrappers(tensors)
-    for name in ("emb.weight", "blocks.0.ffn.key.weight"):
-        if name not in tensors:
-            raise InputError(f"{path}: not an official SpikeGPT checkpoint (no tensor {name!r})")
-    if any(".ffnPre." in name for name in tensors):
-        raise InputError(f"{path}: the 'RWKV-ffnPre' variant (a ChannelMix in place of block 0's TimeMix) is not supported")
-    if any(name.startswith(("head_q.", "head_k.")) for name in tensors):
-        raise InputError(f"{path}: checkpoints with the head_q/head_k copy head (RWKV_HEAD_QK_DIM > 0) are not supported")
-    vocab, d_model = tensors["emb.weight"].shape
-    layers = {int(name.split(".")[1]) for name in tensors if name.startswith("blocks.")}
-    n_layer = max(layers) + 1
-    if layers != set(range(n_layer)):
-        raise InputError(f"{path}: blocks {sorted(set(range(n_layer)) - layers)} are missing")
-    hidden = tensors["blocks.0.ffn.key.weight"].shape[0]
-    return SpikeGPTConfig(vocab_size=int(vocab), d_model=int(d_model), n_layer=n_layer,
-                          d_ffn=0 if hidden == 4 * d_model else int(hidden), ctx_len=1024)
-
-
-def official_state_dict(tensors: dict[str, Tensor], cfg: SpikeGPTConfig) -> dict[str, Tensor]:
-    """Official tensors -> this model's state dict (float32, time parameters in their shapes)."""
-    shapes = {
-        ".time_decay": (cfg.d_model,),
-        ".time_first": (cfg.d_model,),
-        ".time_mix_k": (1, 1, cfg.d_model),
-        ".time_mix_v": (1, 1, cfg.d_model),
-        ".time_mix_r": (1, 1, cfg.d_model),
-    }
-    out = {}
-    for name, value in _strip_wrappers(tensors).items():
-        value = value.float()
-        for suffix, shape in shapes.items():
-            if name.endswith(suffix) and value.numel() == math.prod(shape):
-                value = value.reshape(shape)  # some exports squeeze [1, 1, C] to [C]
-        out[name] = value
-    return out
-
-
-def load_official(path: str | Path):
-    """Load an official SpikeGPT weights file (``.pth`` read weights-only, or ``.safetensors``).
-
-    ``path`` is the file or a folder holding exactly one weights file; a ``tokenizer.json`` (or
-    ``20B_tokenizer.json``, the GPT-NeoX tokenizer of the public checkpoints) next to it is used.
-    """
-    from edgeseq.checkpoints import LoadedModel, load_state_into, read_weights
-    from edgeseq.tokenizer import ByteTokenizer, HFTokenizer
-
-    path = Path(path)
-    weights = _official_weights_file(path)
-    if weights is None:
-        raise InputError(f"{path}: expected an official SpikeGPT weights file (.pth/.safetensors) or a folder with exactly one")
-    tensors = read_weights(weights)
-    cfg = config_from_official(tensors, weights)
-    model = SpikeGPT(cfg)
-    load_state_into(model, official_state_dict(tensors, cfg), weights)
-    model.eval()
-    tokenizer_file = next((weights.parent / n for n in _TOKENIZER_NAMES if (weights.parent / n).is_file()), None)
-    if tokenizer_file is not None:
-        tokenizer = HFTokenizer(tokenizer_file)
-    elif cfg.vocab_size <= 256:
-        tokenizer = ByteTokenizer()
-    else:
-        raise InputError(
-            f"{weights}: vocabulary of {cfg.vocab_size} tokens but no tokenizer found; put the GPT-NeoX "
-            f"tokenizer (20B_tokenizer.json) next to the weights as tokenizer.json"
-        )
-    if tokenizer_file is not None and tokenizer.vocab_size > cfg.vocab_size:
-        raise InputError(f"{tokenizer_file}: tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.vocab_size}")
-    return LoadedModel(model, tokenizer, str(path), "spikegpt-official", {"weights": str(weights)})
-
-
-def _official_format():
-    from edgeseq.checkpoints import CheckpointFormat
-
-    return CheckpointFormat("spikegpt-official", _detect_official, load_official)
-
-
-OFFICIAL_FORMAT = _official_format()
-
 __all__ = [
-    "OFFICIAL_FORMAT",
     "SpikeGPT",
     "SpikeGPTConfig",
     "WKV_EMPTY_P",
-    "config_from_official",
-    "load_official",
-    "official_state_dict",
     "spike_rates",
     "wkv_parallel",
     "wkv_step",

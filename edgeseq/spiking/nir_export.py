@@ -2,7 +2,7 @@
 
 NIR (the Neuromorphic Intermediate Representation, Pedersen et al., Nature Communications 2024)
 describes a network as continuous-time primitives joined by edges; every simulator or chip
-discretises them itself. Our LIF is already discrete (``edgeseq.spiking.lif``)::
+discretises them itself. Our LIF is already discrete (``edgeseq.models.lif``)::
 
     v_t = v_{t-1} + (I_t - v_{t-1}) / tau ;  s_t = [v_t >= threshold] ;  v_t <- 0 where s_t (hard reset)
 
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeseq.errors import EdgeseqError, InputError, require
-from edgeseq.spiking.lif import LIF
+from edgeseq.models.lif import LIF
 
 DEFAULT_DT = 1e-4
 
@@ -163,7 +163,7 @@ class _GraphBuilder:
 
 
 def export_spiking_mlp(model: nn.Module, dt: float = DEFAULT_DT):
-    """:class:`edgeseq.spiking.simulator.SpikingMLP` → NIR: Input → (Affine → LIF)* → Affine → Output."""
+    """:class:`edgeseq.spiking.mlp.SpikingMLP` → NIR: Input → (Affine → LIF)* → Affine → Output."""
     nir = _nir()
     b = _GraphBuilder(dt)
     cfg = model.config

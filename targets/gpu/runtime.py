@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from edgeseq.errors import EdgeseqError, InputError
-from targets.runtimes import Runtime, step_io_from_model
+from targets.runtime_base import Runtime, step_io_from_model
 
 VERIFY_TOLERANCE = 1e-3
 

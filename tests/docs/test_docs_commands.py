@@ -22,7 +22,7 @@ LONG = {"train", "pipeline", "report", "device-server"}
 # small sizes appended to commands that are run (argparse keeps the last value)
 SMALL = {
     "eval": ["--max-bytes", "2000", "--max-samples", "40"],
-    "generate": ["--max-tokens", "8"],
+    "generate": ["--max-new-tokens", "8"],
     "quantize": ["--calib-samples", "4"],
     "export": ["--steps", "4"],
     "run": ["--max-new-tokens", "4"],

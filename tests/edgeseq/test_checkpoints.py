@@ -177,7 +177,7 @@ def test_state_spaces_layout_with_padded_vocab(tmp_path):
 
 
 def test_save_hf_round_trips_through_transformers(tmp_path):
-    from edgeseq.models.mamba_convert import save_hf
+    from edgeseq.convert.mamba import save_hf
 
     torch.manual_seed(5)
     model = Mamba(MambaConfig(vocab_size=70, d_model=24, n_layer=2, d_state=4, tie_embeddings=False, bias=True)).eval()

@@ -70,7 +70,7 @@ def test_eval_human_output(capsys, tiny_checkpoint):
 
 
 def test_generate_json(capsys, tiny_checkpoint):
-    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-tokens", 5,
+    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-new-tokens", 5,
                              "--temperature", 0, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -78,7 +78,7 @@ def test_generate_json(capsys, tiny_checkpoint):
 
 
 def test_generate_streams_text(capsys, tiny_checkpoint):
-    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-tokens", 4)
+    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-new-tokens", 4)
     assert code == 0 and out.startswith("All") and "4 tokens" in err
 
 
@@ -102,3 +102,41 @@ def test_subprocess_exit_code_and_single_line(tmp_path):
                            str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "nope.txt" in proc.stderr
+
+
+def test_generate_and_run_take_the_same_generation_flags_and_defaults(capsys):
+    from edgeseq.cli import build_parser
+    from edgeseq.generate import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
+
+    parser = build_parser()
+    shared = ("prompt", "max_new_tokens", "temperature", "top_k", "seed", "stop")
+    flags = ["--prompt", "x", "--max-new-tokens", "7", "--temperature", "0.5", "--top-k", "3", "--seed", "9",
+             "--stop", "!"]
+    for argv in ([], flags):
+        gen = vars(parser.parse_args(["generate", "m", *argv]))
+        run = vars(parser.parse_args(["run", "art", *argv]))
+        assert {k: gen[k] for k in shared} == {k: run[k] for k in shared}
+    defaults = vars(parser.parse_args(["run", "art"]))
+    assert (defaults["max_new_tokens"], defaults["temperature"], defaults["prompt"]) == (
+        DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, "\n")
+    for command in ("generate", "run"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        shown = capsys.readouterr().out
+        assert "--max-new-tokens" in shown and "--max-tokens" not in shown  # the old spelling is hidden
+
+
+@pytest.mark.parametrize("command", ["generate", "run"])
+def test_the_old_max_tokens_spelling_still_works_with_one_deprecation_line(capsys, command):
+    from edgeseq.cli import build_parser
+
+    args = build_parser().parse_args([command, "m", "--max-tokens", "5"])
+    err = capsys.readouterr().err
+    assert args.max_new_tokens == 5
+    assert err.strip().splitlines() == [f"edgeseq {command}: --max-tokens is deprecated; use --max-new-tokens"]
+
+
+def test_generate_with_the_old_flag_end_to_end(capsys, tiny_checkpoint):
+    code, out, err = run_cli(capsys, "generate", tiny_checkpoint, "--prompt", "All", "--max-tokens", 3, "--json")
+    assert code == 0 and json.loads(out)["tokens"] == 3
+    assert "--max-tokens is deprecated" in err and len(err.strip().splitlines()) == 1

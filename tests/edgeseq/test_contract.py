@@ -117,8 +117,87 @@ def test_registry_builds_mamba_and_rejects_unknown_families():
 
 def test_import_edgeseq_stays_light():
     """``import edgeseq`` (and loading a checkpoint module) must not import TVM or ONNX Runtime."""
-    code = ("import sys, edgeseq, edgeseq.checkpoints, edgeseq.models.mamba, edgeseq.models.mamba_convert; "
+    code = ("import sys, edgeseq, edgeseq.checkpoints, edgeseq.models.mamba, edgeseq.convert.mamba; "
             "print(sorted(m for m in ('tvm', 'onnxruntime', 'onnx', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------
+# io_spec: what step takes and returns, declared by every model
+# ------------------------------------------------------------------------------------------
+
+SMALL = {
+    "mamba": dict(vocab_size=37, d_model=8, n_layer=1, d_state=4),
+    "mamba2": dict(vocab_size=37, d_model=16, n_layer=1, d_state=8, headdim=8),
+    "spikegpt": dict(vocab_size=37, d_model=8, n_layer=1),
+    "lmuformer": dict(input_dim=5, dim=8, depth=1, n_classes=3),
+    "spiking-lmuformer": dict(input_dim=5, dim=8, depth=1, n_classes=3),
+}
+
+
+def _small_models():
+    from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
+
+    assert set(SMALL) == set(MODEL_FAMILIES), "a new family needs an entry here"
+    models = [pytest.param(lambda f=f: build_model(f, **SMALL[f]), id=f) for f in sorted(SMALL)]
+    return models + [pytest.param(lambda: SpikingMLP(SpikingMLPConfig(in_features=5, hidden=(6,), n_classes=3)),
+                                  id="spiking-mlp")]
+
+
+@pytest.mark.parametrize("make", _small_models())
+def test_io_spec_is_what_step_takes_and_returns(make):
+    """Oracle: the model's own step and forward. Inputs built from io_spec alone are accepted and
+    give outputs of the declared size; one past the declared input size is refused."""
+    torch.manual_seed(0)
+    model = make().eval()
+    io = model.io_spec()
+    cfg = model.config
+    # the config fields training sets name the same sizes
+    assert getattr(cfg, cfg.input_size_field) == io.input_size
+    assert getattr(cfg, cfg.output_size_field) == io.output_size
+    assert io.input_kind == ("tokens" if model.task == "lm" else "features")
+    assert io.output_kind == ("logits" if model.task == "lm" else "scores")
+    batch = 3
+    with torch.no_grad():
+        if io.input_kind == "tokens":
+            x = torch.tensor([0, io.input_size // 2, io.input_size - 1], dtype=io.input_dtype)
+        else:
+            x = torch.randn(batch, io.input_size, dtype=io.input_dtype)
+        assert tuple(x.shape) == io.step_input_shape(batch)
+        y, _ = model.step(x, model.init_state(batch))
+        assert tuple(y.shape) == io.step_output_shape(batch)
+        seq = x[:, None].expand(batch, 4, *x.shape[1:])
+        assert tuple(model(seq).shape) == (batch, 4, io.output_size)
+        # the declared input size is the real one: one more is refused
+        if io.input_kind == "tokens":
+            bad = torch.full((batch,), io.input_size, dtype=io.input_dtype)
+        else:
+            bad = torch.randn(batch, io.input_size + 1)
+        with pytest.raises((IndexError, RuntimeError, InputError)):
+            model.step(bad, model.init_state(batch))
+
+
+def test_io_spec_records_round_trip_and_bad_ones_are_one_line_errors():
+    from edgeseq.streaming import IOSpec
+
+    lm, clf = IOSpec.tokens(50), IOSpec.features(7, 4)
+    assert lm.to_dict() == {"input_kind": "tokens", "input_size": 50, "input_dtype": "int64",
+                            "output_kind": "logits", "output_size": 50}
+    assert clf.input_dtype == torch.float32 and clf.vocab_size is None and lm.vocab_size == 50
+    assert IOSpec.from_dict(lm.to_dict()) == lm and IOSpec.from_dict(clf.to_dict()) == clf
+    assert IOSpec.from_dict({**clf.to_dict(), "input_dtype": "float16"}).input_dtype == torch.float16
+    with pytest.raises(InputError, match="input_kind"):
+        IOSpec("pixels", 3, "scores", 2)
+    with pytest.raises(InputError, match="positive"):
+        IOSpec.features(0, 2)
+    with pytest.raises(InputError, match="integer dtype"):
+        IOSpec("tokens", 5, "logits", 5, torch.float32)
+    with pytest.raises(InputError, match="not an IOSpec record"):
+        IOSpec.from_dict({"input_kind": "tokens"})
+
+
+def test_a_model_without_io_spec_is_refused_with_one_line():
+    with pytest.raises(InputError, match="EMA does not declare .* implement io_spec"):
+        EMA(EMAConfig()).io_spec()

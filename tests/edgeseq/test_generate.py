@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeseq.errors import InputError
-from edgeseq.generate import _TextStream, generate, sample_next
+from edgeseq.generate import _TextStream, decode, generate, sample_next
 from edgeseq.models import build_model
 from edgeseq.tokenizer import ByteTokenizer
 
@@ -76,3 +76,72 @@ def test_bad_generation_requests(tiny_lm):
 
     with pytest.raises(InputError, match="language model"):
         generate(Classifier(), None, "a", 3)
+
+
+def test_decode_drives_a_bare_step_callable_and_never_wastes_a_step(tiny_lm):
+    """The loop alone: a step callable and a state, one step per token after the first."""
+    prompt = list(b"Hi there")
+    calls = []
+
+    def step(token, state):
+        calls.append(int(token[0]))
+        return tiny_lm.step(token, state)
+
+    with torch.no_grad():
+        logits, state = tiny_lm.prefill(torch.tensor([prompt]))
+        tokens = list(decode(step, state, logits[:, -1], 5, temperature=0.0))
+    assert tokens == _greedy_by_forward(tiny_lm, prompt, 5)
+    assert calls == tokens[:-1]  # the last token is never stepped
+    assert list(decode(step, state, logits[:, -1], 0)) == []
+
+
+class _NumpyRuntime:
+    """An artifact runtime's surface without torch modules: numpy logits, a list as the state."""
+
+    runtime = "numpy-test"
+    task = "lm"
+
+    def __init__(self, model):
+        self.model = model
+        self.names = model.state_names()
+        self.steps = 0
+
+    def init_state(self, batch):
+        return [t.numpy() for t in self.model.init_state(batch).values()]
+
+    def _call(self, fn, x, state):
+        y, new = fn(torch.as_tensor(x), dict(zip(self.names, map(torch.from_numpy, state))))
+        return y.numpy(), [new[n].numpy() for n in self.names]
+
+    def prefill(self, ids, state):
+        return self._call(self.model.prefill, ids, state)
+
+    def step(self, token, state):
+        self.steps += 1
+        return self._call(self.model.step, token, state)
+
+
+def test_generate_drives_a_runtime_as_it_drives_the_model(tiny_lm):
+    """The same loop, flags and result for a PyTorch model and for an object that is only a
+    runtime (what ``edgeseq run`` hands it): identical tokens, greedy and sampled, same keys."""
+    runtime = _NumpyRuntime(tiny_lm)
+    for kwargs in ({"temperature": 0.0}, {"temperature": 1.0, "top_k": 5, "seed": 3}):
+        ours = generate(tiny_lm, None, "abc", 7, **kwargs)
+        theirs = generate(runtime, None, "abc", 7, **kwargs)
+        assert theirs["token_ids"] == ours["token_ids"] and len(ours["token_ids"]) == ours["tokens"] == 7
+        assert set(theirs) == set(ours) and (theirs["runtime"], ours["runtime"]) == ("numpy-test", "pytorch")
+    greedy = generate(runtime, None, "abc", 7, temperature=0.0)
+    runtime.steps = 0
+    stop = greedy["text"][:3]  # three characters into the greedy continuation
+    out = generate(runtime, None, "abc", 50, temperature=0.0, stop=stop)
+    assert out["text"].startswith(stop) and out["tokens"] < 7 and runtime.steps == out["tokens"] - 1
+
+
+def test_prompt_ids_outside_the_declared_vocabulary_are_refused(tiny_lm):
+    from edgeseq.tokenizer import ByteTokenizer
+
+    small = build_model("mamba", vocab_size=100, d_model=8, n_layer=1, d_state=2)
+    with pytest.raises(InputError, match=r"outside the model's vocabulary \(0..99\)"):
+        generate(small, ByteTokenizer(), "é", 2)  # UTF-8 bytes 0xc3 0xa9
+    with pytest.raises(InputError, match="top-k"):
+        generate(tiny_lm, None, "a", 2, top_k=0)

@@ -24,7 +24,7 @@ import torch
 
 snntorch = pytest.importorskip("snntorch")
 
-from edgeseq.spiking.lif import LIF, atan_spike, lif_sequence  # noqa: E402
+from edgeseq.models.lif import LIF, atan_spike, lif_sequence  # noqa: E402
 
 
 def dyadic_current(shape, seed=0, dtype=torch.float64):

@@ -22,10 +22,10 @@ from edgeseq.models.lmuformer import (
     fold_batchnorm,
     legendre_continuous,
     legendre_memory_matrices,
-    load_official_state,
     memory_parallel,
     memory_step,
 )
+from edgeseq.convert.lmuformer import load_official_state
 
 
 def _randomize_batchnorm(model: nn.Module, seed: int = 1) -> None:

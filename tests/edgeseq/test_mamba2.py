@@ -283,7 +283,7 @@ def test_state_spaces_layout_loads_as_is(hf_dirs, tmp_path):
 
 
 def test_mamba1_state_spaces_format_leaves_mamba2_alone(tmp_path):
-    from edgeseq.models import mamba2_convert, mamba_convert
+    from edgeseq.convert import mamba as mamba_convert, mamba2 as mamba2_convert
 
     (tmp_path / "config.json").write_text(json.dumps({"d_model": 8, "n_layer": 1, "vocab_size": 16,
                                                       "ssm_cfg": {"layer": "Mamba2"}}))
@@ -296,7 +296,7 @@ def test_mamba1_state_spaces_format_leaves_mamba2_alone(tmp_path):
 
 
 def test_save_hf_round_trips_through_transformers(tmp_path):
-    from edgeseq.models.mamba2_convert import save_hf
+    from edgeseq.convert.mamba2 import save_hf
 
     model = random_mamba2(torch.float32, **SHAPES["g3-h10-untied"])
     save_hf(model, tmp_path)

@@ -14,12 +14,12 @@ from edgeseq.checkpoints import detect_format, load_model, save_model
 from edgeseq.errors import InputError
 from edgeseq.models import build_model
 from edgeseq.models.spikegpt import (
-    OFFICIAL_FORMAT,
     SpikeGPT,
     SpikeGPTConfig,
     wkv_parallel,
     wkv_step,
 )
+from edgeseq.convert.spikegpt import OFFICIAL_FORMAT
 from edgeseq.streaming import FlatStep
 
 VOCAB = 40

@@ -98,3 +98,22 @@ def test_empty_text_is_refused(tmp_path):
     empty.write_text("")
     with pytest.raises(InputError, match="character"):
         train("mamba", str(empty), tmp_path / "x", steps=1, overrides=TINY_MAMBA, quiet=True)
+
+
+@pytest.mark.parametrize("family, field", [("lmuformer", "input_dim"), ("spiking-lmuformer", "input_dim")])
+def test_the_data_sets_the_sizes_the_config_declares(family, field):
+    """Training sets the config fields that ``input_size_field``/``output_size_field`` name; the
+    built model's io_spec is what the data needs, and an --set that contradicts the data is refused."""
+    from edgeseq.errors import InputError
+    from edgeseq.train import build_for_data
+
+    model = build_for_data(family, "classify", "digits", {}, {"dim": 8}, frame_dim=6, n_classes=4)
+    io = model.io_spec()
+    assert (io.input_kind, io.input_size, io.output_size) == ("features", 6, 4)
+    assert model.config.dataset == "digits"
+    with pytest.raises(InputError, match="frames of 5 features, the data has 6"):
+        build_for_data(family, "classify", "digits", {}, {"dim": 8, field: 5}, frame_dim=6, n_classes=4)
+    lm = build_for_data("mamba", "lm", "x.txt", {}, {"d_model": 8, "n_layer": 1}, vocab_size=300)
+    assert lm.io_spec().input_size == 300
+    with pytest.raises(InputError, match="tokenizer has 300 tokens"):
+        build_for_data("mamba", "lm", "x.txt", {}, {"vocab_size": 100}, vocab_size=300)

@@ -16,9 +16,10 @@ def test_export_then_run_generates_through_the_artifact(tiny_mamba, tmp_path, ca
     manifest = json.loads(capsys.readouterr().out)
     assert code == 0 and manifest["verification"]["passed"] and manifest["model"]["family"] == "mamba"
 
-    assert main(["run", str(out), "--prompt", "hello world", "--max-new-tokens", "6", "--json"]) == 0
+    assert main(["run", str(out), "--prompt", "hello world", "--max-new-tokens", "6", "--temperature", "0",
+                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["new_tokens"] == 6 and result["runtime"] == "onnxruntime"
+    assert result["tokens"] == 6 and result["runtime"] == "onnxruntime"
     # the same greedy continuation in PyTorch
     ids = list(b"hello world")
     with torch.no_grad():
@@ -29,7 +30,13 @@ def test_export_then_run_generates_through_the_artifact(tiny_mamba, tmp_path, ca
             logits, state = tiny_mamba.step(torch.tensor([token]), state)
             token = int(logits[0].argmax())
             expected.append(token)
-    assert result["tokens"] == expected
+    assert result["token_ids"] == expected
+    # `edgeseq generate` on the checkpoint: the same loop, flags and JSON, the same continuation
+    assert main(["generate", str(tmp_path / "ckpt"), "--prompt", "hello world", "--max-new-tokens", "6",
+                 "--temperature", "0", "--json"]) == 0
+    through_torch = json.loads(capsys.readouterr().out)
+    assert through_torch["token_ids"] == expected and through_torch["runtime"] == "pytorch"
+    assert set(through_torch) == set(result)
 
     # the existing folder is refused (exit code 2, one line)
     code = main(["export", str(tmp_path / "ckpt"), "-o", str(out), "--steps", "2"])
@@ -55,7 +62,7 @@ def test_tampered_artifact_is_refused(tiny_mamba, tmp_path):
 
     from edgeseq.errors import InputError
     from export.artifact import export_artifact
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
 
     export_artifact(tiny_mamba, tmp_path / "art", steps=2, prefill=False)
     with open(tmp_path / "art" / "step.onnx", "ab") as f:
@@ -71,7 +78,7 @@ def test_bits_per_byte_through_the_artifact_equals_pytorch(tiny_mamba, tmp_path)
 
     from edgeseq.evaluate import lm_nats
     from export.artifact import export_artifact
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
 
     export_artifact(tiny_mamba, tmp_path / "art", steps=4, prefill_length=16)
     ids = torch.tensor(list(b"To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer" * 3))

@@ -24,7 +24,7 @@ needs_toolchains = pytest.mark.skipif(
 @pytest.mark.slow
 def test_jetson_artifact_is_aarch64_with_sm87_kernels(tiny_mamba, tmp_path):
     out = tmp_path / "jetson"
-    manifest = export_artifact(tiny_mamba, out, format="tvm", target="jetson-orin-nano", steps=16, prefill=False)
+    manifest = export_artifact(tiny_mamba, out, format="tvm", target="jetson-orin-nano-8gb", steps=16, prefill=False)
     assert elf_machine(out / "step.so") == "aarch64"
     assert cubin_arch(out / "step.cubin") == "sm_87"
     assert manifest["target"]["cuda_arch"] == "sm_87" and manifest["graphs"]["step"]["cubin"] == "step.cubin"

@@ -15,7 +15,7 @@ def _leftovers(folder):
 
 
 def test_unknown_target_names_the_known_ones(tiny_mamba, tmp_path):
-    with pytest.raises(InputError, match="unknown target 'tpu-v9'.*jetson-orin-nano"):
+    with pytest.raises(InputError, match="unknown target 'tpu-v9'.*jetson-orin-nano-8gb"):
         export_artifact(tiny_mamba, tmp_path / "a", target="tpu-v9")
     assert _leftovers(tmp_path) == []
 
@@ -78,5 +78,22 @@ def test_missing_cross_compiler_says_what_to_install(tiny_mamba, tmp_path, monke
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if "aarch64" in name else real_which(name))
     with pytest.raises(MissingDependencyError, match="apt-get install g\\+\\+-aarch64-linux-gnu"):
-        export_artifact(tiny_mamba, tmp_path / "a", format="tvm", target="jetson-orin-nano", steps=2)
+        export_artifact(tiny_mamba, tmp_path / "a", format="tvm", target="jetson-orin-nano-8gb", steps=2)
     assert _leftovers(tmp_path) == []
+
+
+def test_deprecated_export_names_resolve_with_a_notice(capsys):
+    from export.tvm_build import get_target
+    from targets import registry
+
+    registry._WARNED.discard("cuda-sm90")
+    assert get_target("cuda-sm90").name == "h100"
+    assert "now called 'h100'" in capsys.readouterr().err
+    assert get_target("jetson-orin-nano").cuda_arch == "sm_87"
+
+
+def test_a_target_without_a_build_is_refused_in_one_line():
+    from export.tvm_build import get_target
+
+    with pytest.raises(InputError, match="'loihi2'.*nothing to compile.*export targets: host, .*aarch64"):
+        get_target("loihi2")

@@ -6,7 +6,7 @@ import torch
 
 from edgeseq.models import build_model
 from export.artifact import export_artifact
-from export.runtime import open_artifact
+from targets.runtimes import open_artifact
 
 FAMILIES = {
     "spikegpt": dict(d_model=32, n_layer=2),

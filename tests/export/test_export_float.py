@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from export.artifact import export_artifact
-from export.runtime import open_artifact
+from targets.runtimes import open_artifact
 
 
 def test_onnx_step_and_prefill_match_pytorch(tiny_mamba, tmp_path):

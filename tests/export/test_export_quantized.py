@@ -12,7 +12,7 @@ import torch
 
 from export.artifact import export_artifact
 from export.qdq import runtime_kernels
-from export.runtime import open_artifact
+from targets.runtimes import open_artifact
 
 from .conftest import quantized
 

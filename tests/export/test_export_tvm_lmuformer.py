@@ -12,7 +12,7 @@ from torch import nn
 
 from edgeseq.models import build_model
 from export.artifact import export_artifact
-from export.runtime import open_artifact
+from targets.runtimes import open_artifact
 
 pytest.importorskip("tvm")
 

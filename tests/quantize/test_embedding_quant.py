@@ -41,7 +41,7 @@ def test_w8a8_rounds_mamba_embedding_and_round_trips(tmp_path):
     save_quantized(qmodel, tmp_path / "q", "w8a8", report)
     assert json.loads((tmp_path / "q" / "quantization.json").read_text())["embedding_bits"] == 8
     loaded, _ = load_quantized(tmp_path / "q")
-    assert loaded._edgeseq_embedding_bits == 8
+    assert loaded.quantization.embedding_bits == 8
     assert torch.equal(loaded.embedding.weight, table)
     # deployed bytes count the table at 8 bits (+ a float32 scale per row), not 32
     rows, dim = table.shape
@@ -63,7 +63,7 @@ def test_spikegpt_keeps_its_spiking_embedding_float():
     model = _tiny("spikegpt")
     qmodel, report = quantize_model(model, "w8a8", _calib(), progress=False)
     assert torch.equal(qmodel.emb.weight, model.emb.weight)
-    assert report["embeddings"]["bits"] == 0 and qmodel._edgeseq_embedding_bits == 0
+    assert report["embeddings"]["bits"] == 0 and qmodel.quantization.embedding_bits == 0
 
 
 def test_recipe_can_keep_embeddings_float_and_rejects_bad_bits():
@@ -78,4 +78,4 @@ def test_recipe_can_keep_embeddings_float_and_rejects_bad_bits():
 def test_float_recipes_leave_embeddings_alone():
     model = _tiny("mamba")
     qmodel, _ = quantize_model(model, "fp16", progress=False)
-    assert qmodel._edgeseq_embedding_bits == 0
+    assert qmodel.quantization.embedding_bits == 0

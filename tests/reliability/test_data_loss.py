@@ -104,7 +104,7 @@ def test_readers_require_a_passed_verification(capsys, tmp_path, artifact, case,
 def test_python_readers_require_verification_too(tmp_path, artifact):
     from edgeseq.checkpoints import load_model
     from edgeseq.errors import InputError
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
     from targets.runtimes import open_runtime
 
     folder = _unverified_copy(artifact, tmp_path / "a", PARTIAL_CASES["no verification record (killed export)"])
@@ -163,16 +163,29 @@ def test_interrupted_quantize_overwrite_never_mixes_old_and_new(capsys, tmp_path
     out = tmp_path / "q"
     code, _, err = run_cli(capsys, "quantize", tiny_ckpt, "--recipe", "fp16", "-o", out, "--json")
     assert code == 0, err
-    real = qio._atomic_write
+    real = qio.atomic_write
 
     def full_disk_at_the_header(path, write):
         if path.name == qio.QUANT_FILE:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, write)
 
-    monkeypatch.setattr(qio, "_atomic_write", full_disk_at_the_header)
+    monkeypatch.setattr(qio, "atomic_write", full_disk_at_the_header)
     code, stdout, err = run_cli(capsys, "quantize", tiny_ckpt, "--recipe", "fp32", "-o", out, "--force", "--json")
     assert_one_line_error(code, stdout, err, 1, "no space left", json_mode=True)
     assert "(from --output)" in err
     with pytest.raises(InputError):
         load_model(out)
+
+
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_a_graph_altered_after_export_is_refused(capsys, tmp_path, artifact, command):
+    """What `profile` times is what verification checked: a graph changed afterwards (one byte
+    appended) no longer matches its sha256 and every reader refuses it in one line."""
+    folder = tmp_path / "altered"
+    shutil.copytree(artifact, folder)
+    with open(folder / "step.onnx", "ab") as f:
+        f.write(b"\0")
+    argv = {"run": ["run", folder, "--max-new-tokens", 2], "profile": ["profile", folder, "--tokens", 2]}[command]
+    code, out, err = run_cli(capsys, *argv, "--json")
+    assert_one_line_error(code, out, err, 2, "contents differ from manifest.json", json_mode=True)

@@ -156,7 +156,7 @@ def test_manifest_paths_stay_inside_and_are_checked(capsys, tmp_path, artifact, 
 @pytest.mark.parametrize("token", [-1, 256, 10**6])
 def test_out_of_range_token_ids_are_refused_before_the_runtime(artifact, token):
     from edgeseq.errors import InputError
-    from export.runtime import open_artifact
+    from targets.runtimes import open_artifact
 
     runner = open_artifact(artifact)
     state = runner.init_state(1)

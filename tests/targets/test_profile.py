@@ -15,7 +15,8 @@ from edgeseq.errors import EdgeseqError, InputError
 from targets.profile import REPORT_KEYS, percentile, profile_runtime
 from targets.registry import TargetSpec
 from targets.roofline import bytes_per_token, roofline
-from targets.runtimes import TorchRuntime, module_bytes, open_runtime, read_artifact
+from targets.manifest import read_artifact
+from targets.runtimes import TorchRuntime, module_bytes, open_runtime
 
 TARGET = TargetSpec(name="test-cpu", kind="cpu", memory_bandwidth_gbs=10.0, sources={"memory_bandwidth_gbs": "test"})
 

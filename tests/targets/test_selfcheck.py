@@ -40,22 +40,22 @@ def _perturb(monkeypatch, cls, factor, calls):
 
 
 def test_a_device_computing_another_function_is_refused_on_first_load(artifact, tmp_path, monkeypatch):
-    from export.runtime import ArtifactRunner, open_artifact
+    from targets.runtimes import OnnxRuntime, open_artifact
 
     monkeypatch.setenv("EDGESEQ_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
-    _perturb(monkeypatch, ArtifactRunner, 1.05, calls)
+    _perturb(monkeypatch, OnnxRuntime, 1.05, calls)
     with pytest.raises(EdgeseqError, match="computes another function.*reference sample-steps differ"):
         open_artifact(artifact)
     assert calls  # the check ran the device's own step
 
 
 def test_a_passing_device_is_remembered(artifact, tmp_path, monkeypatch):
-    from export.runtime import ArtifactRunner, open_artifact
+    from targets.runtimes import OnnxRuntime, open_artifact
 
     monkeypatch.setenv("EDGESEQ_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
-    _perturb(monkeypatch, ArtifactRunner, 1.0, calls)
+    _perturb(monkeypatch, OnnxRuntime, 1.0, calls)
     open_artifact(artifact)
     first = len(calls)
     assert first > 0

@@ -132,7 +132,8 @@ def test_unknown_table_name():
 
 
 def test_energy_of_a_simulation():
-    from edgeseq.spiking.simulator import SpikingMLP, simulate
+    from edgeseq.spiking.engine import simulate
+    from edgeseq.spiking.mlp import SpikingMLP
 
     result = simulate(SpikingMLP(), torch.randn(1, 4, 16))
     e = estimate_energy(result.counts, "45nm-int8")

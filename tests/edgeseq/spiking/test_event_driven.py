@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import edgeseq.spiking.simulator as sim_module
-from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, Simulator, gather_conv1d, gather_linear, simulate
+import edgeseq.spiking.engine as engine
+from edgeseq.spiking.engine import Simulator, gather_conv1d, gather_linear, simulate
+from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
 
 def _binary(*shape, rate=0.3, dtype=torch.float64):
@@ -42,7 +43,7 @@ def test_gather_conv1d_equals_conv(kwargs):
     spikes = _binary(2, 8, 13)
     y, gathered = gather_conv1d(spikes, conv)
     torch.testing.assert_close(y, conv(spikes), rtol=0, atol=1e-12)
-    patches = sim_module.conv1d_patches(spikes, conv)
+    patches = engine.conv1d_patches(spikes, conv)
     assert gathered == int(patches.sum())  # every fired input of every receptive field, once
 
 
@@ -82,14 +83,14 @@ def test_event_equals_dense_float32():
 def test_accumulates_equal_columns_really_gathered(monkeypatch):
     """Spy on the gather kernel itself: count the weight rows it is asked to fetch and their length."""
     seen = {"columns": 0, "accumulates": 0}
-    real_gather_sum = sim_module.gather_sum
+    real_gather_sum = engine.gather_sum
 
     def spying_gather_sum(table, event_idx, bag_idx, n_bags):
         seen["columns"] += int(event_idx.numel())
         seen["accumulates"] += int(event_idx.numel()) * table.shape[1]
         return real_gather_sum(table, event_idx, bag_idx, n_bags)
 
-    monkeypatch.setattr(sim_module, "gather_sum", spying_gather_sum)
+    monkeypatch.setattr(engine, "gather_sum", spying_gather_sum)
     model = _active_mlp()
     result = simulate(model, torch.randn(2, 8, 12, dtype=torch.float64), "event", record_spikes=True)
     layers = result.counts.layers

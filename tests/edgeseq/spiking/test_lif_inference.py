@@ -7,7 +7,7 @@ sign of zero or a NaN payload would show.
 import pytest
 import torch
 
-from edgeseq.spiking.lif import LIF, LIFConfig, _lif_sequence_inference, lif_sequence
+from edgeseq.models.lif import LIF, LIFConfig, _lif_sequence_inference, lif_sequence
 
 
 def _bits(x: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from edgeseq.errors import EdgeseqError
-from edgeseq.spiking.lif import LIF
+from edgeseq.models.lif import LIF
 from edgeseq.spiking.nir_export import (DEFAULT_DT, export_nir, lif_node, read_nir, run_nir, run_with_snntorch,
                                          snntorch_unsupported)
-from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulate
+from edgeseq.spiking.engine import simulate
+from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
 nir = pytest.importorskip("nir")
 

@@ -14,7 +14,8 @@ import torch
 from edgeseq.errors import EdgeseqError
 from edgeseq.spiking.nir_export import (consumer_notes, consumer_unsupported, consumer_warnings, export_nir, run_nir,
                                          run_with_norse, run_with_snntorch)
-from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulate
+from edgeseq.spiking.engine import simulate
+from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
 nir = pytest.importorskip("nir")
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from edgeseq.spiking.counts import dense_comparison
-from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulate
+from edgeseq.spiking.engine import simulate
+from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
 
 def _two_layer() -> SpikingMLP:
@@ -77,7 +78,7 @@ def test_to_dict_is_json_ready():
 
 def test_counts_do_not_depend_on_batch_size():
     """Per-step counts (memory traffic included) are per sample: batching sequences changes nothing."""
-    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig
+    from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
     model = SpikingMLP(SpikingMLPConfig(in_features=6, hidden=(8,), n_classes=3)).double()
     with torch.no_grad():

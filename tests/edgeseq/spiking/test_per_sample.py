@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from edgeseq.spiking.counts import COUNT_FIELDS, dense_comparison
-from edgeseq.spiking.simulator import CODE_BUCKET, Simulator, SpikingMLP, SpikingMLPConfig, simulate
+from edgeseq.spiking.engine import CODE_BUCKET, Simulator, simulate
+from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
 
 def _mlp() -> SpikingMLP:

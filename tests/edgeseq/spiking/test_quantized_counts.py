@@ -20,7 +20,8 @@ from torch import nn
 
 from edgeseq.checkpoints import load_model
 from edgeseq.spiking.energy import estimate_energy
-from edgeseq.spiking.simulator import simulate, simulation_data
+from edgeseq.spiking.engine import simulate
+from edgeseq.spiking.report import simulation_data
 
 quantize_apply = pytest.importorskip("quantize.apply")
 from quantize.calibrate import calibration_batches  # noqa: E402
@@ -186,7 +187,7 @@ def test_integer_storage_and_energy(name):
 def test_grouped_int4_spike_layers_equal_an_independent_recount():
     """Per-group int4 weights behind spikes: gathered columns at half a byte, and the scales of the
     groups the events fall in (the zoo's spike layers are too narrow for groups of 128)."""
-    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig
+    from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
     from quantize.recipes import QuantRecipe
 
     model = SpikingMLP(SpikingMLPConfig(in_features=16, hidden=(32, 32), n_classes=4))
@@ -211,7 +212,7 @@ def test_unknown_weighted_module_is_reported():
     """A module with weights that the simulator cannot execute as a synaptic layer is named in warnings."""
     import torch.nn.functional as F
 
-    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig
+    from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
 
     class OwnLinear(nn.Module):
         def __init__(self):

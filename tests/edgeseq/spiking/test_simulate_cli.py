@@ -82,7 +82,8 @@ def test_simulation_data_sources(tmp_path):
     import torch
 
     from edgeseq.errors import InputError
-    from edgeseq.spiking.simulator import SpikingMLP, SpikingMLPConfig, simulation_data
+    from edgeseq.spiking.mlp import SpikingMLP, SpikingMLPConfig
+    from edgeseq.spiking.report import simulation_data
 
     class TinyLM(torch.nn.Module):
         task = "lm"

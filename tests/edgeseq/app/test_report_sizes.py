@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 
 from edgeseq.checkpoints import load_model, save_model  # noqa: E402
 from edgeseq.models.mamba import Mamba, MambaConfig  # noqa: E402
-from edgeseq.report import _artifact_bytes  # noqa: E402
+from edgeseq.app.report import _artifact_bytes  # noqa: E402
 from export.qdq import pack_int4  # noqa: E402
 
 

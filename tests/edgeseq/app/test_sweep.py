@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from edgeseq.sweep import config_key, load_results, run_sweep
+from edgeseq.app.sweep import config_key, load_results, run_sweep
 
-FN = "edgeseq.sweep:demo_unit"
+FN = "edgeseq.app.sweep:demo_unit"
 
 
 def _calls(log):
@@ -70,7 +70,7 @@ def test_sweep_on_a_local_ray_instance(tmp_path):
 
 
 def test_units_with_failed_stages_are_kept_and_retried(tmp_path, monkeypatch):
-    import edgeseq.sweep as sweep
+    import edgeseq.app.sweep as sweep
 
     calls = []
 

@@ -15,7 +15,7 @@ from edgeseq.evaluate import (
     wilson_interval,
 )
 from edgeseq.models.mamba import Mamba, MambaConfig
-from edgeseq.report_writer import comparison, flat_rows, pareto_flags
+from edgeseq.app.report_writer import comparison, flat_rows, pareto_flags
 
 
 def test_wilson_interval_known_values():
@@ -92,7 +92,7 @@ def test_report_rows_say_when_there_is_no_measurable_difference():
 
 
 def test_progress_lines_name_the_unit_and_stage_and_give_an_eta():
-    from edgeseq.sweep import SweepProgress, stage
+    from edgeseq.app.sweep import SweepProgress, stage
 
     stream = io.StringIO()
     bar = SweepProgress(4, 1, True, stream=stream, pending=[{"model": "m", "recipe": r} for r in ("w8a8", "w4a8")]

@@ -1,7 +1,7 @@
 """Mamba-2 checkpoints from elsewhere: Hugging Face ``Mamba2ForCausalLM`` and ``state-spaces/mamba2-*``.
 
 Both layouts map onto :class:`edgeseq.models.mamba2.Mamba2` by renaming tensors only, with the
-same renaming as Mamba-1 (``mamba_convert.rename_to_edgeseq``):
+same renaming as Mamba-1 (``edgeseq.convert.mamba.rename_to_edgeseq``):
 
 ========================================  =========================================
 Hugging Face / state-spaces               edgeseq
@@ -34,7 +34,7 @@ from pathlib import Path
 from edgeseq.checkpoints import CheckpointFormat, LoadedModel, read_json
 from edgeseq.errors import InputError
 from edgeseq.models.mamba2 import Mamba2, Mamba2Config
-from edgeseq.models.mamba_convert import (
+from edgeseq.convert.mamba import (
     HF_CONFIG,
     _build_and_fill,
     _checked_tokenizer,

@@ -1,7 +1,7 @@
 """Writing an accuracy-vs-bits report: ``report.md``, ``report.json``, ``report.csv``, PNG plots
 and one self-contained ``report.html`` (plots embedded), from a list of sweep results.
 
-A result (one model × one recipe, see ``edgeseq.report.run_unit``) carries::
+A result (one model × one recipe, see ``edgeseq.app.report.run_unit``) carries::
 
     config: {model, recipe}     status, error       family, task, params
     weight_bits, act_bits       metric ("bits_per_byte" | "accuracy"), higher_is_better

@@ -359,7 +359,7 @@ def write_hf_folder(model, folder: str | Path, config: dict, tokenizer=None) -> 
     """``model.safetensors`` (HF key names) + ``config.json`` (+ ``tokenizer.json``), each written atomically."""
     from safetensors.torch import save_file
 
-    from edgeseq.checkpoints import _atomic_write
+    from edgeseq.checkpoints import atomic_write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -369,9 +369,9 @@ def write_hf_folder(model, folder: str | Path, config: dict, tokenizer=None) -> 
         import shutil
 
         shutil.copyfile(tokenizer.path, folder / "tokenizer.json")
-    _atomic_write(folder / "model.safetensors", lambda p: save_file(hf_state, str(p), metadata={"format": "pt"}))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(hf_state, str(p), metadata={"format": "pt"}))
     config_text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(folder / HF_CONFIG, lambda p: Path(p).write_text(config_text))
+    atomic_write(folder / HF_CONFIG, lambda p: Path(p).write_text(config_text))
     return folder
 
 

@@ -1,7 +1,7 @@
 """Accuracy-vs-bits reports: for each recipe, quantize (calibrating once), evaluate in PyTorch and
 through the exported artifact, profile on each target, and for spiking models count operations and
 energy on neuromorphic devices. One sweep unit = one model × one recipe (see ``run_unit``); the
-sweep (``edgeseq.sweep``) stores each unit's result as it finishes, so reports are resumable.
+sweep (``edgeseq.app.sweep``) stores each unit's result as it finishes, so reports are resumable.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _recipe_bits(recipe: str) -> tuple[int, int]:
 
 def _stage(result: dict, name: str, fn, *args, **kwargs):
     """Run one stage; a failure is recorded in ``result['stage_errors']`` and the unit goes on."""
-    from edgeseq.sweep import stage
+    from edgeseq.app.sweep import stage
 
     stage(name)
     started = time.perf_counter()
@@ -102,7 +102,7 @@ def run_unit(
     """One model × one recipe: quantize, evaluate, export + evaluate the artifact, profile, simulate."""
     from edgeseq.checkpoints import load_model
     from edgeseq.evaluate import evaluate_with_interval
-    from edgeseq.sweep import config_key
+    from edgeseq.app.sweep import config_key
 
     model_name, recipe = config["model"], config["recipe"]
     unit_dir = Path(out_dir) / "units" / config_key(config)
@@ -206,7 +206,7 @@ def _model_sizes(model) -> dict[str, int]:
 def _artifact_bytes(artifact_dir: str, export_format: str) -> int:
     """Bytes a device holds for the artifact's step graph (ONNX: its initializers, 4-bit packed):
     the figure ``edgeseq profile`` reports as ``model_bytes``."""
-    from targets.runtimes import read_artifact
+    from targets.manifest import read_artifact
 
     return int(read_artifact(artifact_dir).model_bytes)
 
@@ -239,7 +239,8 @@ def _profile(artifact_or_model: str, target: str, tokens: int, prompt_len: int) 
 
 def _simulate(model, data: str | None, samples: int, tables: list[str]) -> dict:
     from edgeseq.spiking.energy import estimate_energy, table_names
-    from edgeseq.spiking.simulator import simulate, simulation_data
+    from edgeseq.spiking.engine import simulate
+    from edgeseq.spiking.report import simulation_data
 
     sim_data = simulation_data(model, data, samples=samples)
     inputs = getattr(sim_data, "inputs", sim_data)
@@ -279,7 +280,7 @@ def measure_latency(results: list[dict], targets: list[str], rounds: int = 5, to
     run on this machine's CPU are measured here. Returns ``{unit key: {target: figures}}``."""
     import sys
 
-    from edgeseq.sweep import config_key
+    from edgeseq.app.sweep import config_key
     from targets.registry import get_target
     from targets.runtimes import open_runtime
 
@@ -356,8 +357,8 @@ def build_report(
     After the sweep, every artifact's per-token latency on the local CPU targets is measured again
     in ``latency_rounds`` interleaved rounds of ``latency_tokens`` steps (0 rounds: keep each
     unit's own profile)."""
-    from edgeseq.report_writer import write_report
-    from edgeseq.sweep import config_key, folder_lock, run_sweep
+    from edgeseq.app.report_writer import write_report
+    from edgeseq.app.sweep import config_key, folder_lock, run_sweep
     from quantize.recipes import get_recipe
 
     recipes = recipes or DEFAULT_RECIPES
@@ -381,7 +382,7 @@ def build_report(
                 if v.default is not inspect.Parameter.empty}
     result_options = {k: options.get(k, defaults.get(k)) for k in RESULT_OPTIONS}
     with folder_lock(out_dir):
-        results = run_sweep("edgeseq.report:run_unit", configs, out_dir, options, jobs=jobs,
+        results = run_sweep("edgeseq.app.report:run_unit", configs, out_dir, options, jobs=jobs,
                             ray_address=ray_address, progress=progress, result_options=result_options)
         if latency_rounds and targets:
             # measured anew on every run, all artifacts together: rows never mix machine conditions

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-import edgeseq.report as report  # noqa: E402
+import edgeseq.app.report as report  # noqa: E402
 from edgeseq.checkpoints import save_model  # noqa: E402
 from edgeseq.errors import InputError  # noqa: E402
 from edgeseq.models.mamba import Mamba, MambaConfig  # noqa: E402
-from edgeseq.report import build_report  # noqa: E402
-from edgeseq.sweep import folder_lock  # noqa: E402
+from edgeseq.app.report import build_report  # noqa: E402
+from edgeseq.app.sweep import folder_lock  # noqa: E402
 
 OPTIONS = dict(max_bytes=300, calib_samples=4, profile_tokens=4, profile_prompt_len=4, verify_steps=8)
 

@@ -3,7 +3,7 @@
 import csv
 import json
 
-from edgeseq.report_writer import flat_rows, write_report
+from edgeseq.app.report_writer import flat_rows, write_report
 
 
 def _result(model, recipe, w, a, metric, latency, energy=None, status="ok"):

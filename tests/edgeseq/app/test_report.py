@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from edgeseq.checkpoints import save_model  # noqa: E402
 from edgeseq.models.mamba import Mamba, MambaConfig  # noqa: E402
-from edgeseq.report import build_report  # noqa: E402
+from edgeseq.app.report import build_report  # noqa: E402
 
 OPTIONS = dict(max_bytes=300, calib_samples=4, profile_tokens=4, profile_prompt_len=4, verify_steps=8,
                latency_rounds=3, latency_tokens=8)
