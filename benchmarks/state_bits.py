@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=25000)
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--int8-only", default=None, metavar="PREFIX",
-                        help="ablation: keep only the states whose name starts with PREFIX (conv, ssm) integer")
+    parser.add_argument("--seq-len", type=int, default=256, help="calibration window length (the state is observed "
+                        "over whole windows: longer windows show it the ranges it reaches later in a stream)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -86,16 +86,14 @@ def main(argv=None) -> int:
         streams = ids[:need].view(args.streams, args.tokens)
         torch.manual_seed(0)
         batches, _ = calibration_batches(loaded.model, data, tokenizer=loaded.tokenizer, meta=loaded.meta,
-                                         samples=args.calib_samples)
+                                         samples=args.calib_samples, seq_len=args.seq_len)
         for recipe in args.recipes.split(","):
             qmodel, _ = quantize_model(loaded.model, recipe, batches, progress=False)
-            if args.int8_only and hasattr(qmodel, "state_quant"):
-                qmodel.state_quant.names = [n for n in qmodel.state_quant.names if n.startswith(args.int8_only)]
             start = time.perf_counter()
-            use_step = bool(get_recipe(recipe).state_bits)
+            use_step = get_recipe(recipe).changes_state
             bpb, segments = stream_bits_per_byte(qmodel, streams, use_step)
             info = model_info(type(loaded)(qmodel, loaded.tokenizer, name, "quantized", loaded.meta))
-            row = {"model": name, "recipe": recipe + (f" ({args.int8_only} only)" if args.int8_only else ""), "through": "step" if use_step else "prefill", "bits_per_byte": round(bpb, 4),
+            row = {"calib": f"{args.calib_samples}x{args.seq_len}", "model": name, "recipe": recipe, "through": "step" if use_step else "prefill", "bits_per_byte": round(bpb, 4),
                    "segments": {k: round(v, 4) for k, v in segments.items()},
                    "state_bytes": info["state_bytes"], "streams": args.streams, "tokens": args.tokens,
                    "seconds": round(time.perf_counter() - start, 1)}

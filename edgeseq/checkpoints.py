@@ -441,7 +441,9 @@ def model_info(loaded: LoadedModel) -> dict:
         info["model_bytes"] = sum(t.numel() * t.element_size() for t in tensors)
         info["dtype"] = str(tensors[0].dtype).replace("torch.", "") if tensors else None
     specs = model.state_spec() if hasattr(model, "state_spec") else []
-    info["state_spec"] = [spec.to_dict() for spec in specs]
+    # an exported artifact's runner lists its graph inputs (dicts, shape with the "batch" dimension)
+    info["state_spec"] = [spec.to_dict() if hasattr(spec, "to_dict") else
+                          {**spec, "shape": [d for d in spec["shape"] if isinstance(d, int)]} for spec in specs]
     info["state_bytes"] = sum(_spec_bytes(spec) for spec in specs)  # per sequence
     if hasattr(model, "quant_points"):
         info["quant_points"] = len(model.quant_points())
@@ -452,10 +454,14 @@ def model_info(loaded: LoadedModel) -> dict:
 
 
 def _spec_bytes(spec) -> int:
+    if isinstance(spec, dict):  # an artifact's graph input: symbolic dimensions (batch) skipped
+        shape, dtype = [d for d in spec["shape"] if isinstance(d, int)], getattr(torch, str(spec["dtype"]))
+    else:
+        shape, dtype = spec.shape, spec.dtype
     count = 1
-    for size in spec.shape:
+    for size in shape:
         count *= int(size)
-    return count * torch.empty((), dtype=spec.dtype).element_size()
+    return count * torch.empty((), dtype=dtype).element_size()
 
 
 def _format(name: str) -> CheckpointFormat:

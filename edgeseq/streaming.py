@@ -244,6 +244,11 @@ class QuantPoint:
     rotatable: bool = False
     input_quantized_at: str = ""  # path of the ActPoint that already quantizes this layer's input
     note: str = ""
+    # the layout of an act point's last dimension, for recipes with per-group or clustered scales:
+    # ``groups`` equal contiguous blocks (Mamba-2's SSD groups of B and C, or of x's heads), and
+    # ``heads`` equal contiguous heads of channels (Mamba-2's x: heads × headdim); 0/1 = no structure
+    groups: int = 1
+    heads: int = 0
 
 
 class ActPoint(nn.Identity):

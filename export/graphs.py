@@ -155,7 +155,9 @@ def prefill_io(model: StreamingModel, length: int, float_dtype: torch.dtype = to
 
 
 def _state_dtype(spec: StateSpec, float_dtype: torch.dtype) -> str:
-    return _dtype_name(float_dtype if spec.dtype.is_floating_point else spec.dtype)
+    # a float state the model stores narrower than float32 (a float16 SSM state, quantize.state) keeps its dtype
+    narrow = spec.dtype.is_floating_point and spec.dtype != torch.float32
+    return _dtype_name(float_dtype if spec.dtype.is_floating_point and not narrow else spec.dtype)
 
 
 def example_args(model: StreamingModel, batch: int, length: int | None, float_dtype: torch.dtype) -> tuple[Tensor, ...]:

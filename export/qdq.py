@@ -142,10 +142,21 @@ class _ChannelAffine(nn.Module):
 class _ExportQuantAct(nn.Module):
     def __init__(self, act):
         super().__init__()
-        self.scale = float(act.scale)
         self.bits = int(act.bits)
+        self.channel_scales = act.scale.dim() > 0  # per-channel (grouped/clustered) scales: a per-axis QDQ
+        if self.channel_scales:
+            self.register_buffer("scale_vector", act.scale.detach().float().clone())
+            self.register_buffer("zero_point", torch.zeros(act.scale.numel(), dtype=torch.int32))
+            self.scale = None
+        else:
+            self.scale = float(act.scale)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channel_scales:
+            if self.bits == 8:
+                return torch.fake_quantize_per_channel_affine(x, self.scale_vector, self.zero_point, x.dim() - 1, -128, 127)
+            lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+            return torch.clamp(torch.round(x / self.scale_vector), lo, hi) * self.scale_vector
         return _qdq_activation(x, self.scale, self.bits)
 
 

@@ -19,6 +19,8 @@ from edgeseq.errors import InputError
 from edgeseq.streaming import ActPoint, QuantizationRecord, QuantPoint
 from quantize.calibrate import Calibration, calibrate, rotates
 from quantize.gptq import gptq_quantize
+from quantize.grouping import grouped_clips
+from quantize.observers import ChannelObserver
 from quantize.hadamard import fuse_rotation
 from quantize.modules import QuantAct, QuantConv1d, QuantConv2d, QuantLinear, is_quantized_module
 from quantize.observers import mse_weight_clip
@@ -39,7 +41,7 @@ def quantize_model(
     quantizes activations or uses GPTQ. Returns ``(qmodel, report)``.
     """
     recipe = get_recipe(recipe)
-    if recipe.state_bits and calib_batches is not None and not isinstance(calib_batches, (list, tuple)):
+    if recipe.changes_state and calib_batches is not None and not isinstance(calib_batches, (list, tuple)):
         calib_batches = list(calib_batches)  # read twice: the points, then the decode state
     start = time.perf_counter()
     qmodel = copy.deepcopy(model).eval()
@@ -61,13 +63,13 @@ def quantize_model(
             layer = _replace(qmodel, point, plan, recipe, calibration)
             if layer:
                 layers.append(layer)
-    if recipe.state_bits:
+    if recipe.changes_state:
         from quantize.state import attach_state_quant, calibrate_state
 
-        if calib_batches is None:
+        quant = attach_state_quant(qmodel, recipe)
+        if quant.names and calib_batches is None:
             raise InputError(f"recipe {recipe.name!r} quantizes the decode state: calibration data is needed (--calib)")
-        attach_state_quant(qmodel, recipe.state_bits)
-        state_report = calibrate_state(qmodel, calib_batches)
+        state_report = calibrate_state(qmodel, calib_batches, max_steps=None, percentile=recipe.state_percentile)
     report = {
         "recipe": recipe.name,
         "recipe_spec": recipe.to_dict(),
@@ -76,7 +78,7 @@ def quantize_model(
         "layers": layers,
         "embeddings": {"bits": qmodel.quantization.embedding_bits, "tables": embeddings},
         "summary": _summary(layers),
-        **({"state": state_report} if recipe.state_bits else {}),
+        **({"state": state_report} if recipe.changes_state else {}),
         "seconds": round(time.perf_counter() - start, 3),
     }
     return qmodel, report
@@ -93,7 +95,7 @@ def needs_calibration_data(model: nn.Module, recipe: str | QuantRecipe) -> bool:
     from quantize.calibrate import needs_calibration
 
     recipe = get_recipe(recipe)
-    return needs_calibration(_checked_points(model), recipe) or bool(recipe.state_bits)
+    return needs_calibration(_checked_points(model), recipe) or recipe.changes_state
 
 
 def _checked_points(model: nn.Module) -> list[QuantPoint]:
@@ -162,6 +164,14 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         if observer is None:
             return None
         stats = observer.describe()
+        if isinstance(observer, ChannelObserver):  # per-group / clustered scales (quantize.grouping)
+            clips = grouped_clips(observer.channel_clips(), point.groups, point.heads, recipe.act_group_scales,
+                                  recipe.act_head_clusters, recipe.act_channel_clusters, pooled=observer.pooled_clip)
+            scales = scale_from_clip(clips, recipe.act_bits)
+            _set_module(model, point.path, QuantAct(recipe.act_bits, scales))
+            return {**info, "act_bits": recipe.act_bits, "input_scale": float(scales.max()),
+                    "distinct_scales": int(torch.unique(scales).numel()), "input_scale_min": float(scales.min()),
+                    **_act_info(stats)}
         _set_module(model, point.path, QuantAct(recipe.act_bits, stats["scale"]))
         return {**info, "act_bits": recipe.act_bits, "input_scale": stats["scale"], **_act_info(stats)}
 

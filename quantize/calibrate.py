@@ -26,7 +26,8 @@ from edgeseq.errors import InputError
 from edgeseq.streaming import QuantPoint
 from quantize.hadamard import supports_hadamard
 from quantize.modules import rotate_channels
-from quantize.observers import Observer, make_observer
+from quantize.grouping import uses_channel_scales
+from quantize.observers import ChannelObserver, Observer, make_observer
 from quantize.recipes import QuantRecipe
 
 
@@ -115,11 +116,16 @@ def calibrate(
     if batches is None:
         raise InputError(f"recipe {recipe.name!r} quantizes activations: calibration data is needed (--calib)")
     handles = []
+    rows = _rows_per_channel(batches)
     for point in points:
         module = model.get_submodule(point.path)
         rotate = rotates(point, recipe, module)
         observer = None
-        if needs_input_observer(point, recipe):
+        if needs_input_observer(point, recipe) and uses_channel_scales(point, recipe):
+            percentile = recipe.percentile if observer_kind(point, recipe) == "percentile" else 100.0
+            observer = ChannelObserver(point.path, recipe.act_bits, percentile=percentile, expected_rows=rows)
+            result.observers[point.path] = observer
+        elif needs_input_observer(point, recipe):
             observer = make_observer(observer_kind(point, recipe), point.path, recipe.act_bits, recipe.percentile)
             result.observers[point.path] = observer
         want_hessian = recipe.gptq and point.kind == "linear" and isinstance(module, nn.Linear)
@@ -149,6 +155,20 @@ def calibrate(
     if result.batches == 0:
         raise InputError("the calibration set is empty: give at least one batch (e.g. --calib-samples 64)")
     return result
+
+
+def _rows_per_channel(batches) -> int:
+    """Values per channel over the whole calibration (``B·T`` summed; 0 when not known up front): it
+    sizes the per-channel percentile top-k so that the percentile is exact."""
+    if not isinstance(batches, (list, tuple)):
+        return 0
+    total = 0
+    for batch in batches:
+        batch = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if not isinstance(batch, Tensor) or batch.dim() < 2:
+            return 0
+        total += int(batch.shape[0] * batch.shape[1])
+    return total
 
 
 def _make_hook(path: str, observer: Observer | None, rotate_dim: int | None, want_hessian: bool, result: Calibration):

@@ -148,11 +148,11 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             raise InputError(f"{folder / QUANT_FILE}: bad spec for {path!r} ({exc})") from None
         parent_path, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
-    state_bits = header["recipe"].get("state_bits", 0) if isinstance(header["recipe"], dict) else 0
-    if state_bits:  # an integer decode state: its scales are in the state dict (quantize.state)
+    state_recipe = _state_recipe(header["recipe"], folder)
+    if state_recipe is not None:  # an integer/half decode state: its scales are in the state dict (quantize.state)
         from quantize.state import attach_state_quant
 
-        attach_state_quant(model, state_bits)
+        attach_state_quant(model, state_recipe)
     load_state_into(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     bits = header.get("embedding_bits", 0)  # folders written before embeddings were quantized: float
     if not isinstance(bits, int) or bits not in (0, 2, 3, 4, 5, 6, 7, 8):
@@ -160,9 +160,22 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     recipe_name = header["recipe"].get("name", "quantized") if isinstance(header["recipe"], dict) else str(header["recipe"])
     tables = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Embedding)) if bits else []
     model.quantization = QuantizationRecord(recipe=recipe_name, embedding_bits=bits, embedding_tables=tables,
-                                            state_bits=state_bits or 0)
+                                            state_bits=state_recipe.state_bits if state_recipe is not None else 0)
     model.eval()
     return model, header
+
+
+def _state_recipe(recipe: Any, folder: Path) -> QuantRecipe | None:
+    """The recipe's decode-state fields as a QuantRecipe (None when the state stays float)."""
+    if not isinstance(recipe, dict):
+        return None
+    keys = ("state_bits", "conv_state_bits", "ssm_state_bits", "state_scales", "state_percentile")
+    fields = {k: recipe[k] for k in keys if k in recipe}
+    try:
+        state = QuantRecipe.from_dict({"name": "state", **fields})
+    except (InputError, TypeError) as exc:
+        raise InputError(f"{folder / QUANT_FILE}: bad decode-state fields in the recipe ({exc})") from None
+    return state if state.changes_state else None
 
 
 def model_bytes(model: nn.Module) -> dict[str, int]:

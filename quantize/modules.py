@@ -286,20 +286,32 @@ class QuantConv2d(_QuantConvNd):
 
 
 class QuantAct(nn.Module):
-    """Static symmetric fake quantization of one activation (replaces an ActPoint)."""
+    """Static symmetric fake quantization of one activation (replaces an ActPoint).
 
-    def __init__(self, bits: int = 8, scale: float | Tensor = 1.0):
+    ``scale`` is a scalar, or a vector over the activation's last dimension (``channels`` values:
+    per-group or clustered scales, see :mod:`quantize.grouping`)."""
+
+    def __init__(self, bits: int = 8, scale: float | Tensor = 1.0, channels: int = 0):
         super().__init__()
         self.bits = int(bits)
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(()).clone())
+        value = torch.as_tensor(scale, dtype=torch.float32)
+        if channels:
+            value = value.expand(channels) if value.numel() == 1 else value
+        value = value.reshape(()) if value.numel() == 1 and not channels else value.reshape(-1)
+        self.register_buffer("scale", value.clone())
 
     def forward(self, x: Tensor) -> Tensor:
         return fake_quant(x, self.scale.to(x.dtype), self.bits)
 
     def quant_spec(self) -> dict[str, Any]:
-        return {"type": "QuantAct", "bits": self.bits}
+        spec = {"type": "QuantAct", "bits": self.bits}
+        if self.scale.dim():
+            spec["channels"] = int(self.scale.numel())
+        return spec
 
     def extra_repr(self) -> str:
+        if self.scale.dim():
+            return f"a{self.bits}, {self.scale.numel()} channel scales ({int(torch.unique(self.scale).numel())} distinct)"
         return f"a{self.bits}, scale={float(self.scale):.4g}"
 
 
@@ -315,7 +327,7 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
     """An empty quantized module from its :meth:`quant_spec` (buffers filled by load_state_dict)."""
     kind = spec.get("type")
     if kind == "QuantAct":
-        return QuantAct(spec["bits"])
+        return QuantAct(spec["bits"], channels=int(spec.get("channels", 0)))
     common = dict(
         bias=spec["has_bias"],
         weight_bits=spec["weight_bits"],

@@ -155,6 +155,71 @@ class MSEObserver(Observer):
         return best
 
 
+class ChannelObserver(Observer):
+    """Per-channel (last dimension) statistics, for points whose scales follow a channel grouping.
+
+    Keeps each channel's max|x| and, for ``percentile`` < 100, each channel's largest |x| values (a
+    running top-k per channel, sized so that the percentile of any set of channels pooled together
+    is exact: k = ``(1 - p/100) · values per channel · channels`` + 2, with the values per channel
+    over the whole calibration, ``expected_rows``, known up front as in calibration).
+    :meth:`channel_clips` gives each channel's own clip (used to sort and cluster);
+    :meth:`pooled_clip` the clip of a set of channels pooled (the percentile of all their values,
+    as the per-tensor :class:`PercentileObserver` computes it for the whole tensor, or their max).
+    :meth:`clip` is the pooled clip of all channels (the per-tensor value, for the report)."""
+
+    kind = "channel"
+
+    def __init__(self, name: str = "", bits: int = 8, percentile: float = 100.0, expected_rows: int = 0, **kwargs):
+        super().__init__(name, bits, **kwargs)
+        self.percentile = percentile
+        self.expected_rows = expected_rows
+        self.kind = "channel-max" if percentile >= 100.0 else "channel-percentile"
+        self._channel_amax: Tensor | None = None
+        self._channel_top: Tensor | None = None
+        self._channel_count = 0
+
+    def update(self, x: Tensor) -> None:
+        super().update(x)
+        rows = x.detach().float().cpu().reshape(-1, x.shape[-1]).abs()  # [n, C]
+        if rows.numel() == 0:
+            return
+        peak = rows.amax(0)
+        self._channel_amax = peak if self._channel_amax is None else torch.maximum(self._channel_amax, peak)
+        self._channel_count += rows.shape[0]
+        if self.percentile < 100.0:
+            count = max(self._channel_count, self.expected_rows) * rows.shape[1]
+            k = max(1, math.ceil((1.0 - self.percentile / 100.0) * count) + 2)
+            merged = rows.T if self._channel_top is None else torch.cat([self._channel_top, rows.T], 1)
+            self._channel_top = torch.topk(merged, min(k, merged.shape[1]), dim=1).values if merged.shape[1] > k else merged
+
+    def _percentile_of(self, top: Tensor, count: int) -> Tensor:
+        """The percentile of ``count`` values whose largest ones are ``top`` ([..., k], any order)."""
+        top = torch.sort(top, dim=-1, descending=True).values
+        position = (1.0 - self.percentile / 100.0) * (count - 1)
+        lo = min(int(math.floor(position)), top.shape[-1] - 1)
+        hi = min(lo + 1, top.shape[-1] - 1)
+        frac = position - math.floor(position)
+        return top[..., lo] * (1 - frac) + top[..., hi] * frac
+
+    def channel_clips(self) -> Tensor:
+        if self._channel_amax is None:
+            return torch.zeros(0)
+        if self.percentile >= 100.0 or self._channel_top is None:
+            return self._channel_amax.clone()
+        return self._percentile_of(self._channel_top, self._channel_count)
+
+    def pooled_clip(self, channels: list[int]) -> float:
+        if self._channel_amax is None or not channels:
+            return 0.0
+        if self.percentile >= 100.0 or self._channel_top is None:
+            return float(self._channel_amax[channels].max())
+        pooled = self._channel_top[channels].reshape(-1)
+        return float(self._percentile_of(pooled, self._channel_count * len(channels)))
+
+    def clip(self) -> float:
+        return self.pooled_clip(list(range(self._channel_amax.numel()))) if self._channel_amax is not None else 0.0
+
+
 OBSERVERS: dict[str, type[Observer]] = {
     "minmax": MinMaxObserver,
     "percentile": PercentileObserver,
@@ -196,4 +261,4 @@ def mse_weight_clip(weight: Tensor, clip: Tensor, bits: int, group_size: int = 0
     return best_clip
 
 
-__all__ = ["MSEObserver", "MinMaxObserver", "OBSERVERS", "Observer", "PercentileObserver", "make_observer", "mse_weight_clip"]
+__all__ = ["ChannelObserver", "MSEObserver", "MinMaxObserver", "OBSERVERS", "Observer", "PercentileObserver", "make_observer", "mse_weight_clip"]

@@ -22,6 +22,22 @@ A recipe says, for every quantization point a model declares (see
 * ``state_bits`` — 8 stores and carries the recurrent decode state (``state_spec()``) as int8
   between ``step`` calls, with static per-channel scales from calibration (Quamba's int8 cache;
   see :mod:`quantize.state`); 0 keeps it float;
+* ``conv_state_bits`` / ``ssm_state_bits`` — the same for the state tensors named ``conv_*`` /
+  ``ssm_*`` alone (Mamba's conv window and SSM state): 0 = as ``state_bits``, 8 = int8, 16 =
+  float16, 32 = float32. ``state_bits = 8`` with ``ssm_state_bits = 16`` is the split form (int8
+  conv window, float16 SSM state);
+* ``state_scales`` — the granularity of the static int8 state scales: ``row`` (one per index of all
+  dimensions but the last: per channel, or per ``(head, channel)`` of a Mamba-2 SSM state),
+  ``head`` (one per index of the first dimension), ``element`` (one per state element: a table the
+  size of one state, shared by every sequence); ``state_percentile`` clips each element at this
+  percentile of its calibrated values over time (100 = the maximum) before the group maximum;
+* ``act_group_scales`` — activation points that declare SSD groups (``QuantPoint.groups``, Mamba-2's
+  x, B and C) get one static scale per group (Quamba2's per-state-group scales for B and C);
+* ``act_head_clusters`` / ``act_channel_clusters`` — Quamba2's sort-and-cluster for points that
+  declare heads (Mamba-2's x): inside each group, heads are sorted by their calibrated clip and
+  clustered into ``act_head_clusters`` clusters, and inside each head cluster the head channels
+  into ``act_channel_clusters``; every cluster gets one static scale (0 = off). The scale is a
+  per-channel vector holding the cluster's value, so no channel is reordered at run time;
 * ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
   (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
   (``StreamingModel.embeddings_quantizable``).
@@ -67,8 +83,16 @@ class QuantRecipe:
     float_dtype: str = "float32"  # float32 | float16
     # embeddings (integer recipes only; models may opt out)
     embedding_bits: int = 8  # 0 = keep float
-    # decode state carried between steps as integers with static per-channel scales (0 = float)
+    # decode state carried between steps as integers with static scales (0 = float); see quantize.state
     state_bits: int = 0
+    conv_state_bits: int = 0  # 0 = as state_bits; 8 int8, 16 float16, 32 float32
+    ssm_state_bits: int = 0
+    state_scales: str = "row"  # row | head | element
+    state_percentile: float = 100.0  # per-element clip over the calibration steps (100 = max)
+    # Quamba2: per-group scales and sort-and-cluster of the SSM inputs (points that declare groups/heads)
+    act_group_scales: bool = False
+    act_head_clusters: int = 0
+    act_channel_clusters: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +115,17 @@ class QuantRecipe:
     @property
     def quantizes_activations(self) -> bool:
         return self.act_bits > 0
+
+    def bits_of_state(self, name: str) -> int:
+        """Storage of the state tensor ``name``: 0 = float as the model, 8 = int8, 16 = float16, 32 = float32."""
+        kind = name.split("_", 1)[0]
+        override = {"conv": self.conv_state_bits, "ssm": self.ssm_state_bits}.get(kind, 0)
+        return override or self.state_bits
+
+    @property
+    def changes_state(self) -> bool:
+        """Whether any decode state tensor is stored other than as the model's float."""
+        return bool(self.state_bits or self.conv_state_bits or self.ssm_state_bits)
 
     @property
     def is_float(self) -> bool:
@@ -173,6 +208,17 @@ RECIPES: dict[str, QuantRecipe] = {
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
         rotate=True, state_bits=8, weight_levels=_PAIR_SAFE,
     ),
+    "w8a8-s8-element": QuantRecipe(
+        "w8a8-s8-element", "w8a8-s8 with one static scale per state element (a scale table the size of one state, "
+        "shared by every sequence): int8 state that holds on Mamba-2",
+        weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
+        rotate=True, state_bits=8, state_scales="element", weight_levels=_PAIR_SAFE,
+    ),
+    "w8a8-conv8-ssm16": QuantRecipe(
+        "w8a8-conv8-ssm16", "w8a8 with the conv window stored as int8 (per-channel scales) and the SSM state as float16",
+        weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
+        rotate=True, state_bits=8, ssm_state_bits=16, weight_levels=_PAIR_SAFE,
+    ),
     "w4a16": QuantRecipe(
         "w4a16",
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "
@@ -222,6 +268,19 @@ def validate_recipe(recipe: QuantRecipe) -> None:
         raise InputError(f"{where}: embedding_bits must be 0 (float) or 2..8, got {recipe.embedding_bits}")
     if recipe.state_bits not in (0, 8):
         raise InputError(f"{where}: state_bits must be 0 (float state) or 8, got {recipe.state_bits}")
+    for field_name in ("conv_state_bits", "ssm_state_bits"):
+        if getattr(recipe, field_name) not in (0, 8, 16, 32):
+            raise InputError(f"{where}: {field_name} must be 0 (as state_bits), 8 (int8), 16 (float16) or 32 (float32), "
+                             f"got {getattr(recipe, field_name)}")
+    if recipe.state_scales not in ("row", "head", "element"):
+        raise InputError(f"{where}: state_scales must be row, head or element, got {recipe.state_scales!r}")
+    if not 50.0 <= recipe.state_percentile <= 100.0:
+        raise InputError(f"{where}: state_percentile must be in [50, 100], got {recipe.state_percentile}")
+    for field_name in ("act_head_clusters", "act_channel_clusters"):
+        if getattr(recipe, field_name) < 0:
+            raise InputError(f"{where}: {field_name} must be 0 (off) or a positive number of clusters")
+    if recipe.act_channel_clusters and not recipe.act_head_clusters:
+        raise InputError(f"{where}: act_channel_clusters needs act_head_clusters (channels are clustered inside head clusters)")
     if recipe.act_bits and not recipe.weight_bits:
         raise InputError(f"{where}: quantized activations need quantized weights too (set weight_bits)")
     if recipe.gptq and not recipe.quantizes_weights:

@@ -323,13 +323,15 @@ class Mamba2(SelectiveSSMLM):
 
     def quant_points(self) -> list[QuantPoint]:
         points = []
+        g, h = self.config.ngroups, self.config.nheads
         for i in range(self.config.n_layer):
             p = f"layers.{i}.mixer"
             points += [
                 QuantPoint(f"{p}.in_proj", "linear", note="input: RMSNorm output"),
-                QuantPoint(f"{p}.ssm_in", "act", clip="percentile", note="SSM input x (Quamba: percentile clip)"),
-                QuantPoint(f"{p}.ssm_B", "act", note="SSM input B (all groups share one scale)"),
-                QuantPoint(f"{p}.ssm_C", "act", note="SSM input C (all groups share one scale)"),
+                QuantPoint(f"{p}.ssm_in", "act", clip="percentile", note="SSM input x (Quamba: percentile clip)",
+                           groups=g, heads=h),
+                QuantPoint(f"{p}.ssm_B", "act", note="SSM input B (G groups of d_state)", groups=g),
+                QuantPoint(f"{p}.ssm_C", "act", note="SSM input C (G groups of d_state)", groups=g),
                 QuantPoint(f"{p}.out_proj", "linear", rotatable=True,
                            note="input: the gated RMSNorm output; Hadamard-rotate it (Quamba2)"),
             ]

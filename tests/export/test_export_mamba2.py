@@ -44,3 +44,36 @@ def test_mamba2_tvm_step_and_prefill_match_pytorch(tiny_mamba2, tmp_path):
     manifest = export_artifact(tiny_mamba2, tmp_path / "tvm", format="tvm", target="llvm", steps=16, prefill_length=16)
     v = manifest["verification"]
     assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
+
+
+@pytest.mark.parametrize("fields", [
+    {"state_scales": "element", "act_group_scales": True, "act_head_clusters": 2, "act_channel_clusters": 2},
+    {"ssm_state_bits": 16},
+], ids=["element-int8-state+clustered-x", "int8-conv+float16-ssm"])
+def test_mamba2_quamba2_fields_export_and_verify(tiny_mamba2, fields, tmp_path):
+    """Per-channel (grouped/clustered) activation scales become per-axis QuantizeLinear pairs; int8 and
+    float16 state tensors stay int8/float16 graph inputs and outputs; the artifact verifies."""
+    from quantize.recipes import get_recipe, with_overrides
+
+    recipe = with_overrides(get_recipe("w8a8-s8"), name="q2", **fields)
+    model = quantized(tiny_mamba2, recipe)
+    manifest = export_artifact(model, tmp_path / "q2", steps=48, prefill_length=16)
+    v = manifest["verification"]
+    assert v["passed"] and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
+    expected = {"conv_0": "int8", "ssm_0": "float16" if fields.get("ssm_state_bits") == 16 else "int8"}
+    for graph in manifest["graphs"].values():
+        dtypes = {i["name"]: i["dtype"] for i in graph["inputs"] + graph["outputs"]}
+        assert {k: dtypes[k] for k in expected} == expected
+    # `edgeseq info ARTIFACT`: the state bytes per sequence of the artifact's int8/float16 state inputs
+    from edgeseq.checkpoints import load_model, model_info
+
+    expected_bytes = sum(torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size()
+                         for s in model.state_spec())
+    assert model_info(load_model(tmp_path / "q2"))["state_bytes"] == expected_bytes
+    onnx = pytest.importorskip("onnx")
+    step = onnx.load(str(tmp_path / "q2" / manifest["graphs"]["step"]["file"]))
+    if fields.get("act_group_scales"):
+        inits = {i.name: i for i in step.graph.initializer}
+        per_axis = [n for n in step.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in inits
+                    and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+        assert len(per_axis) >= 6  # x, B and C of both layers
