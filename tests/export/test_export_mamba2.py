@@ -77,3 +77,13 @@ def test_mamba2_quamba2_fields_export_and_verify(tiny_mamba2, fields, tmp_path):
         per_axis = [n for n in step.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in inits
                     and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
         assert len(per_axis) >= 6  # x, B and C of both layers
+
+
+def test_mamba2_integer_state_tvm_artifact_verifies(tiny_mamba2, tmp_path):
+    """The split decode state (int8 conv window, float16 SSM state) compiles with TVM too: the
+    library takes and returns int8/float16 state and matches PyTorch's fake-quant model."""
+    model = quantized(tiny_mamba2, "w8a8-conv8-ssm16")
+    manifest = export_artifact(model, tmp_path / "tvm", format="tvm", target="host", steps=16, prefill_length=8)
+    assert manifest["verification"]["passed"]
+    dtypes = {i["name"]: i["dtype"] for i in manifest["graphs"]["step"]["inputs"]}
+    assert dtypes["conv_0"] == "int8" and dtypes["ssm_0"] == "float16"
