@@ -1,4 +1,5 @@
-"""Fixtures of the targets tests: a tiny Mamba and its ONNX/TVM artifacts, built once per session."""
+"""Fixtures of the targets tests: a tiny Mamba and its ONNX/TVM artifacts (written and verified by
+``edgeseq export`` itself, so the runtimes are tested on real artifacts), built once per session."""
 
 import pytest
 
@@ -13,17 +14,21 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def onnx_artifact(tiny_model, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from targets.testing import write_onnx_artifact
+    from export.artifact import export_artifact
 
-    return write_onnx_artifact(tiny_model, tmp_path_factory.mktemp("onnx_artifact"), prefill_length=4)
+    out = tmp_path_factory.mktemp("onnx_artifact") / "art"
+    export_artifact(tiny_model, out, format="onnx", target="host", steps=8, prefill_length=4)
+    return out
 
 
 @pytest.fixture(scope="session")
-def tvm_artifact(onnx_artifact, tmp_path_factory):
+def tvm_artifact(tiny_model, tmp_path_factory):
     pytest.importorskip("tvm")
-    from targets.testing import write_tvm_artifact
+    from export.artifact import export_artifact
 
-    return write_tvm_artifact(onnx_artifact, tmp_path_factory.mktemp("tvm_artifact"), target="llvm")
+    out = tmp_path_factory.mktemp("tvm_artifact") / "art"
+    export_artifact(tiny_model, out, format="tvm", target="host", steps=8, prefill_length=4)
+    return out
 
 
 @pytest.fixture
