@@ -64,6 +64,7 @@ class IntegerWeight:
     bits: int
     axis: int = 0
     block_size: int = 0
+    act_block: int = 0  # > 0: the consuming MatMul becomes MatMulNBits at accuracy level 4 (int8 activations per block)
 
 
 def _qdq_activation(x: Tensor, scale: float, bits: int) -> Tensor:
@@ -82,6 +83,9 @@ class _ExportQuantLinear(nn.Module):
         self.channel_dim = getattr(layer, "channel_dim", -1)
         self.input_scale = None if layer.input_scale is None else float(layer.input_scale)
         self.act_bits = int(layer.act_bits)
+        # dynamic per-block int8 activations: computed inside MatMulNBits (accuracy level 4), so the
+        # traced graph is a plain MatMul that the integer rewrite replaces
+        self.act_block = int(getattr(layer, "act_block", 0))
         self.qweight_t = nn.Parameter(layer.weight.detach().float().t().contiguous(), requires_grad=False)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
 
@@ -92,6 +96,7 @@ class _ExportQuantLinear(nn.Module):
             x = hadamard_transform(x)
         if self.input_scale is not None:
             x = _qdq_activation(x, self.input_scale, self.act_bits)
+        # act_block: no activation ops here; the MatMul becomes MatMulNBits (accuracy level 4)
         y = torch.matmul(x, self.qweight_t)
         return y if self.bias is None else y + self.bias
 
@@ -154,7 +159,8 @@ def _linear_weight(layer) -> IntegerWeight:
     values = layer.weight_int.detach().cpu().numpy().T.copy()  # [in, out]
     scale = layer.weight_scale.detach().float().cpu().numpy()
     if layer.group_size:
-        return IntegerWeight(values, scale.T.copy(), layer.weight_bits, axis=0, block_size=layer.group_size)
+        return IntegerWeight(values, scale.T.copy(), layer.weight_bits, axis=0, block_size=layer.group_size,
+                             act_block=int(getattr(layer, "act_block", 0)))
     if scale.ndim == 0:
         return IntegerWeight(values, scale, layer.weight_bits)
     return IntegerWeight(values, scale, layer.weight_bits, axis=1)
@@ -235,6 +241,10 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
 
     graph = proto.graph
     weights = dict(weights)
+    _matmul_nbits(graph, weights)
+    if any(node.domain == "com.microsoft" for node in graph.node) and not any(
+            entry.domain == "com.microsoft" for entry in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     tied_nodes = _tied_tables(graph, weights)
     initializers = {init.name: i for i, init in enumerate(graph.initializer)}
     missing = sorted(set(weights) - set(initializers))
@@ -261,6 +271,90 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
     del graph.node[:]
     graph.node.extend(new_nodes + existing)
     return proto
+
+
+MATMUL_NBITS_ACCURACY = 4  # int8 activations quantized per block (quantize.modules.block_fake_quant)
+
+
+def matmul_nbits_weight(w: IntegerWeight) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, scales)`` inputs of ``com.microsoft.MatMulNBits`` for a ``[K, N]`` blocked weight.
+
+    ``B`` is ``[N, K / block, block · bits / 8]`` uint8: row ``n`` of ``Wᵀ``, block by block, each
+    signed value stored with the kernel's default zero point ``2^(bits-1)`` added (4-bit: two per
+    byte, the first in the low nibble); ``scales`` is ``[N · K / block]`` float32, row-major.
+    """
+    k, n = w.values.shape
+    block = w.block_size
+    offset = 1 << (w.bits - 1)
+    q = (w.values.T.astype(np.int16) + offset).astype(np.uint8).reshape(n, k // block, block)  # [N, blocks, block]
+    if w.bits == 4:
+        q = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    scales = np.ascontiguousarray(w.scale.T, dtype=np.float32).reshape(-1)  # w.scale: [K / block, N]
+    return np.ascontiguousarray(q), scales
+
+
+def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
+    """Weights of layers with dynamic block activations: their ``MatMul`` becomes one
+    ``MatMulNBits`` node (``accuracy_level`` 4) holding the packed integers, which ONNX Runtime
+    runs as int8×int{4,8} block dot products (see :func:`quantize.modules.block_fake_quant`).
+    Removes the handled names from ``weights``."""
+    from onnx import helper, numpy_helper
+
+    from edgeseq.errors import EdgeseqError
+
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for name, w in list(weights.items()):
+        if not w.act_block:
+            continue
+        uses = consumers.get(name, [])
+        if not uses or any(node.op_type != "MatMul" or list(node.input).index(name) != 1 for node in uses):
+            raise EdgeseqError(f"{name}: a weight with dynamic block activations must feed MatMul nodes only "
+                               f"(found {sorted({node.op_type for node in uses}) or 'no use'})")
+        if w.bits not in (4, 8) or w.block_size != w.act_block:
+            raise EdgeseqError(f"{name}: MatMulNBits needs 4- or 8-bit weights whose group is the activation block")
+        k, n = w.values.shape
+        packed, scales = matmul_nbits_weight(w)
+        kept = [init for init in graph.initializer if init.name != name]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        graph.initializer.append(numpy_helper.from_array(packed, f"{name}_nbits"))
+        graph.initializer.append(numpy_helper.from_array(scales, f"{name}_scale"))
+        for k_use, node in enumerate(uses):
+            index = list(graph.node).index(node)
+            graph.node.remove(node)
+            graph.node.insert(index, helper.make_node(
+                "MatMulNBits", [node.input[0], f"{name}_nbits", f"{name}_scale"], list(node.output),
+                name=f"{name}_matmul_nbits{k_use}", domain="com.microsoft", K=k, N=n, bits=w.bits,
+                block_size=w.block_size, accuracy_level=MATMUL_NBITS_ACCURACY))
+        del weights[name]
+
+
+def _row_lookup(graph, name: str, w: IntegerWeight, uses: list) -> list:
+    """An untied integer table read by ``Gather``: gather the int8 rows, then scale only those."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    t_int, scale = f"{name}_int", f"{name}_scale"
+    graph.initializer.append(numpy_helper.from_array(w.values.astype(np.int8), t_int))
+    graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), scale))
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last"))
+    kept = [init for init in graph.initializer if init.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = []
+    for k, gather in enumerate(uses):
+        ids, out, p = gather.input[1], gather.output[0], f"{name}_lookup{k}"
+        nodes += [
+            helper.make_node("Gather", [t_int, ids], [f"{p}_rows_int"], name=f"{p}_gather", axis=0),
+            helper.make_node("Cast", [f"{p}_rows_int"], [f"{p}_rows"], name=f"{p}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [scale, ids], [f"{p}_scale"], name=f"{p}_gather_scale", axis=0),
+            helper.make_node("Unsqueeze", [f"{p}_scale", f"{name}_last"], [f"{p}_scale_col"], name=f"{p}_unsqueeze"),
+            helper.make_node("Mul", [f"{p}_rows", f"{p}_scale_col"], [out], name=f"{p}_mul"),
+        ]
+        graph.node.remove(gather)
+    return nodes
 
 
 def _tied_tables(graph, weights: dict[str, IntegerWeight]) -> list:
@@ -290,7 +384,9 @@ def _tied_tables(graph, weights: dict[str, IntegerWeight]) -> list:
         table = (w.values.astype(np.float32) * w.scale[:, None]).T
         copy = next((init for init in graph.initializer if tuple(init.dims) == table.shape and init.data_type == 1
                      and np.array_equal(numpy_helper.to_array(init), table)), None)
-        if copy is None:
+        if copy is None:  # not tied (or the head has its own quantized copy): gather rows, scale those
+            nodes += _row_lookup(graph, name, w, uses)
+            del weights[name]
             continue
         head, t_int, scale = copy.name, f"{name}_t_int", f"{name}_scale"
         kept = [init for init in graph.initializer if init.name not in (name, head)]

@@ -22,6 +22,17 @@ A recipe says, for every quantization point a model declares (see
 * ``state_bits`` — 8 stores and carries the recurrent decode state (``state_spec()``) as int8
   between ``step`` calls, with static per-channel scales from calibration (Quamba's int8 cache;
   see :mod:`quantize.state`); 0 keeps it float;
+* ``act_granularity`` — ``tensor`` (default): static per-tensor activation scales from
+  calibration; ``block``: int8 activations quantized *dynamically* per block of ``group_size``
+  input features of each quantized linear layer (no calibration; ``ActPoint``\ s stay float) —
+  exactly the arithmetic of ONNX Runtime's ``MatMulNBits`` at ``accuracy_level`` 4, which the
+  export uses (:func:`quantize.modules.block_fake_quant`). Needs ``weight_granularity = "group"``
+  and ``act_bits = 8``; a layer the group does not divide gets the largest power-of-two block
+  (≥ 16, the kernel's least) that does, or — when none does — per-channel weights with float
+  activations;
+* ``head_bits`` — a tied LM head (reading the embedding table) gets its own quantized copy with
+  this many bits, quantized like the other linear layers (0 = the head reads the embedding table);
+  the embedding lookup keeps its per-row table (``embedding_bits``);
 * ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
   (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
   (``StreamingModel.embeddings_quantizable``).
@@ -65,6 +76,8 @@ class QuantRecipe:
     rotate: bool = False
     # float storage
     float_dtype: str = "float32"  # float32 | float16
+    act_granularity: str = "tensor"  # tensor (static, calibrated) | block (dynamic per weight group)
+    head_bits: int = 0  # a tied LM head's own quantized copy (0 = it reads the embedding table)
     # embeddings (integer recipes only; models may opt out)
     embedding_bits: int = 8  # 0 = keep float
     # decode state carried between steps as integers with static per-channel scales (0 = float)
@@ -173,6 +186,19 @@ RECIPES: dict[str, QuantRecipe] = {
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
         rotate=True, state_bits=8, weight_levels=_PAIR_SAFE,
     ),
+    "w8a8-block": QuantRecipe(
+        "w8a8-block",
+        "int8 weights in blocks of 32 (per-block scales), int8 activations quantized dynamically per block of 32 "
+        "(ONNX Runtime MatMulNBits, accuracy level 4), the tied LM head its own 8-bit copy; no calibration",
+        weight_bits=8, weight_granularity="group", group_size=32, act_bits=8, act_granularity="block", head_bits=8,
+    ),
+    "w4a8-block": QuantRecipe(
+        "w4a8-block",
+        "int4 weights in blocks of 32 (per-block scales, MSE clipping), int8 activations quantized dynamically per "
+        "block of 32 (ONNX Runtime MatMulNBits, accuracy level 4), the tied LM head its own 4-bit copy",
+        weight_bits=4, weight_granularity="group", group_size=32, weight_observer="mse", act_bits=8,
+        act_granularity="block", head_bits=4,
+    ),
     "w4a16": QuantRecipe(
         "w4a16",
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "
@@ -222,6 +248,16 @@ def validate_recipe(recipe: QuantRecipe) -> None:
         raise InputError(f"{where}: embedding_bits must be 0 (float) or 2..8, got {recipe.embedding_bits}")
     if recipe.state_bits not in (0, 8):
         raise InputError(f"{where}: state_bits must be 0 (float state) or 8, got {recipe.state_bits}")
+    if recipe.act_granularity not in ("tensor", "block"):
+        raise InputError(f"{where}: act_granularity must be tensor or block, got {recipe.act_granularity!r}")
+    if recipe.act_granularity == "block" and (recipe.act_bits != 8 or recipe.weight_granularity != "group"
+                                              or recipe.group_size < 16 or recipe.group_size & (recipe.group_size - 1)):
+        raise InputError(f"{where}: act_granularity block needs act_bits 8 and per-group weights with a power-of-two "
+                         f"group_size >= 16 (the activation block is the weight group)")
+    if recipe.act_granularity == "block" and (recipe.rotate or recipe.gptq or recipe.state_bits):
+        raise InputError(f"{where}: act_granularity block does not combine with rotate, gptq or state_bits here")
+    if recipe.head_bits not in (0, 4, 8) or (recipe.head_bits and not recipe.weight_bits):
+        raise InputError(f"{where}: head_bits must be 0, 4 or 8 (and needs weight_bits), got {recipe.head_bits}")
     if recipe.act_bits and not recipe.weight_bits:
         raise InputError(f"{where}: quantized activations need quantized weights too (set weight_bits)")
     if recipe.gptq and not recipe.quantizes_weights:

@@ -377,8 +377,9 @@ class SelectiveSSMLM(StreamingModel):
 
     def head(self, hidden: Tensor) -> Tensor:
         hidden = self.norm_f(hidden)
-        weight = self.embedding.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        if self.lm_head is None:
+            return F.linear(hidden, self.embedding.weight)
+        return self.lm_head(hidden)  # a module: a quantized head quantizes its own input
 
     def forward(self, input_ids: Tensor) -> Tensor:
         logits, _ = self._parallel(input_ids, None)
