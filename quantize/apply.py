@@ -120,8 +120,8 @@ def _plan(model: nn.Module, point: QuantPoint, recipe: QuantRecipe) -> dict[str,
             granularity, group = "channel", 0  # conv layers: per-channel scales
         elif in_features % group and recipe.act_granularity == "block":
             group = block_fallback(in_features, group)
-            if not group:  # e.g. a tiny low-rank dt_proj: per-channel weights, float activations
-                granularity = "channel"
+            if not group:  # e.g. a tiny low-rank dt_proj: stays float (see the recipe docs)
+                return {"skip": True}
         elif in_features % group:
             if recipe.group_fallback == "channel":
                 granularity, group = "channel", 0
@@ -171,7 +171,7 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         _set_module(model, point.path, QuantAct(recipe.act_bits, stats["scale"]))
         return {**info, "act_bits": recipe.act_bits, "input_scale": stats["scale"], **_act_info(stats)}
 
-    if not recipe.quantizes_weights:
+    if not recipe.quantizes_weights or plan.get("skip"):
         return None
     rotate = rotates(point, recipe, module)
     weight = module.weight.detach().float()
@@ -190,7 +190,7 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         weight_int = quantize_weight(weight, weight_scale, recipe.weight_bits, group, levels=recipe.weight_levels)
     stats = observer.describe() if observer is not None else None
     input_scale = torch.tensor(stats["scale"], dtype=torch.float32) if stats else None
-    block = group if recipe.act_granularity == "block" and isinstance(module, nn.Linear) and group else 0
+    block = group if recipe.act_granularity == "block" and isinstance(module, nn.Linear) else 0
     common = dict(
         bias=module.bias is not None, weight_bits=recipe.weight_bits, granularity=granularity, group_size=group,
         act_bits=recipe.act_bits if stats or block else 0, has_input_scale=stats is not None,
@@ -242,6 +242,8 @@ def _quantize_tied_head(model: nn.Module, recipe: QuantRecipe) -> dict | None:
     plan = {"granularity": recipe.weight_granularity, "group_size": recipe.group_size}
     if recipe.weight_granularity == "group" and in_features % recipe.group_size:
         group = block_fallback(in_features, recipe.group_size)
+        if not group and recipe.act_granularity == "block":
+            return None
         plan = {"granularity": "group", "group_size": group} if group else {"granularity": "channel", "group_size": 0}
     model.lm_head = nn.Linear(in_features, out_features, bias=False).to(weight.device)
     with torch.no_grad():

@@ -28,8 +28,10 @@ A recipe says, for every quantization point a model declares (see
   exactly the arithmetic of ONNX Runtime's ``MatMulNBits`` at ``accuracy_level`` 4, which the
   export uses (:func:`quantize.modules.block_fake_quant`). Needs ``weight_granularity = "group"``
   and ``act_bits = 8``; a layer the group does not divide gets the largest power-of-two block
-  (≥ 16, the kernel's least) that does, or — when none does — per-channel weights with float
-  activations;
+  (≥ 16, the kernel's least) that does; a layer no such block divides keeps float weights
+  (then the graph holds no ``DequantizeLinear`` → ``MatMul`` pair that ONNX Runtime could fuse
+  under its own ``session.qdq_matmulnbits_accuracy_level``, so the artifact computes the same
+  function whatever that session setting is);
 * ``head_bits`` — a tied LM head (reading the embedding table) gets its own quantized copy with
   this many bits, quantized like the other linear layers (0 = the head reads the embedding table);
   the embedding lookup keeps its per-row table (``embedding_bits``);

@@ -1,6 +1,6 @@
 """llama.cpp, built from source, as the peer row of ``benchmarks/decode_cpu.py``.
 
-    python benchmarks/llama_cpp.py --cache /tmp/edgeseq-decode-cpu/llama.cpp    # build + convert only
+    python benchmarks/llama_cpp_peer.py --cache /tmp/edgeseq-decode-cpu/llama.cpp    # build + convert only
 
 What it does (each step cached in ``--cache``, skipped when its output exists):
 
