@@ -337,7 +337,8 @@ class MambaMixer(nn.Module):
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.to(x.dtype))
         ssm_state = torch.exp(dt.unsqueeze(-1) * A) * ssm_state + (dt * x).unsqueeze(-1) * B.unsqueeze(1)
-        y = torch.einsum("bdn,bn->bd", ssm_state, C) + self.D * x
+        # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
+        y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
         return self.out_proj(y * F.silu(z)), window[:, :, 1:], ssm_state
 
 
