@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     recipes = [r for r in args.recipes.split(",") if r]
     quants = [q for q in args.llama.split(",") if q]
     tools, ggufs = llama_cpp_peer.prepare(work / "llama.cpp", args.layers) if quants else ({}, {})
-    artifacts = cpu_artifacts.build(work, recipes, args.layers, prefill_length=args.prefill)
+    artifacts = cpu_artifacts.build(work, recipes, args.layers, prefill_length=64)  # prompts run as 64-token chunks
 
     rows: list[tuple[str, str, object]] = [(f"edgeseq onnxruntime {r}", "edgeseq", artifacts[r]) for r in recipes]
     rows += [(f"llama.cpp {q}", "llama.cpp", ggufs[q]) for q in quants]

@@ -310,7 +310,8 @@ class MambaMixer(nn.Module):
         """[B, T, d_model] -> (out, conv_state [B, Di, k-1], ssm_state [B, Di, N])."""
         k = self.cfg.d_conv
         length = hidden.shape[1]
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        di = self.cfg.d_inner
+        x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split (chunk traces 7 shape ops)
         x = x.transpose(1, 2)  # [B, Di, T]
         if state is None:
             x_padded = F.pad(x, (k - 1, 0))
@@ -328,7 +329,8 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, d_model] -> (out, conv_state, ssm_state); constant cost."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        di = self.cfg.d_inner
+        x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, Di, k]
         conv = (window * self.conv1d.weight[:, 0, :]).sum(-1)
         if self.conv1d.bias is not None:
