@@ -5,7 +5,9 @@ Two steps:
 1. **Export twins** (:func:`quantized_for_export`): during tracing, each ``quantize.modules``
    layer is swapped for a twin that computes the same function in an exporter-friendly way:
 
-   * the online Hadamard transform (``rotate``) stays as graph ops (reshape/add/sub, the FWHT);
+   * the online Hadamard transform (``rotate``) becomes two small ``MatMul``\ s with the
+     normalised factors ``H_p`` and ``H_m`` of ``H_n = H_m ⊗ H_p``
+     (:func:`quantize.hadamard.hadamard_transform_matmul`);
    * the input quantizer becomes ``torch.fake_quantize_per_tensor_affine``, which the exporter
      emits as a ``QuantizeLinear``→``DequantizeLinear`` pair (int8, zero point 0);
    * the weight becomes a float parameter named ``qweight_t`` (linear, stored transposed
@@ -91,9 +93,11 @@ class _ExportQuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.rotate:
-            from quantize.hadamard import hadamard_transform
+            # two small MatMuls (H_m ⊗ H_p), not the FWHT butterflies: a few kernels per step
+            # instead of hundreds of Squeeze/Unsqueeze/Split/Concat; equal up to float rounding
+            from quantize.hadamard import hadamard_transform_matmul
 
-            x = hadamard_transform(x)
+            x = hadamard_transform_matmul(x)
         if self.input_scale is not None:
             x = _qdq_activation(x, self.input_scale, self.act_bits)
         # act_block: no activation ops here; the MatMul becomes MatMulNBits (accuracy level 4)
