@@ -277,6 +277,14 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
     return proto
 
 
+def _remove_initializer(graph, name: str) -> None:
+    """Delete one initializer in place (rebuilding the list would copy every weight tensor)."""
+    for index, init in enumerate(graph.initializer):
+        if init.name == name:
+            del graph.initializer[index]
+            return
+
+
 MATMUL_NBITS_ACCURACY = 4  # int8 activations quantized per block (quantize.modules.block_fake_quant)
 
 
@@ -321,14 +329,12 @@ def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
             raise EdgeseqError(f"{name}: MatMulNBits needs 4- or 8-bit weights whose group is the activation block")
         k, n = w.values.shape
         packed, scales = matmul_nbits_weight(w)
-        kept = [init for init in graph.initializer if init.name != name]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        _remove_initializer(graph, name)
         graph.initializer.append(numpy_helper.from_array(packed, f"{name}_nbits"))
         graph.initializer.append(numpy_helper.from_array(scales, f"{name}_scale"))
         for k_use, node in enumerate(uses):
-            index = list(graph.node).index(node)
-            graph.node.remove(node)
+            index = next(i for i, n in enumerate(graph.node) if n.name == node.name and list(n.output) == list(node.output))
+            del graph.node[index]
             graph.node.insert(index, helper.make_node(
                 "MatMulNBits", [node.input[0], f"{name}_nbits", f"{name}_scale"], list(node.output),
                 name=f"{name}_matmul_nbits{k_use}", domain="com.microsoft", K=k, N=n, bits=w.bits,
@@ -344,9 +350,7 @@ def _row_lookup(graph, name: str, w: IntegerWeight, uses: list) -> list:
     graph.initializer.append(numpy_helper.from_array(w.values.astype(np.int8), t_int))
     graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), scale))
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last"))
-    kept = [init for init in graph.initializer if init.name != name]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _remove_initializer(graph, name)
     nodes = []
     for k, gather in enumerate(uses):
         ids, out, p = gather.input[1], gather.output[0], f"{name}_lookup{k}"
