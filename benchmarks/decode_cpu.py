@@ -13,7 +13,9 @@ the ``llama-cpp-python`` sdist vendors; ``benchmarks/llama_cpp_peer.py``). Built
 Rows: ``edgeseq onnxruntime <recipe>`` per ``--recipes`` and ``llama.cpp Q8_0`` / ``Q4_0`` /
 ``F32``, each at every ``--threads`` count (2 and 1 by default: on a loaded 2-core machine the
 2-thread figures collapse first). Every measurement runs in **its own process**, so its peak RSS
-(``wait4``) is that row's alone; rows are **interleaved round by round** (round r times every row
+(``wait4``) is that row's alone, with its CPU time per decoded token beside the wall time (with
+one thread the CPU time is what a quiet machine's wall time would be: the figure that survives a
+machine other processes load); rows are **interleaved round by round** (round r times every row
 once, in a rotated order) and the load average is recorded before each measurement.
 
 Per row and round: decode ms/token over ``--tokens`` single-token steps after ``--warmup``
@@ -124,16 +126,18 @@ def edgeseq_worker(folder: Path, threads: int, tokens: int, warmup: int, prompt:
         prefill_tok_s = prompt / min(times)
     names = [t["name"] for t in step_spec["inputs"]]
     token = ids[:, -1]
-    samples = []
+    samples, cpu = [], 0.0
     for i in range(warmup + tokens):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = step.run(None, dict(zip(names, [token, *state])))
         dt = (time.perf_counter() - t0) * 1e3
+        if i >= warmup:
+            cpu += time.process_time() - c0
         state = out[1:]
         token = np.argmax(out[0], axis=-1).astype(np.int64)
         if i >= warmup:
             samples.append(dt)
-    return {"decode_ms": samples, "prefill_tok_s": prefill_tok_s}
+    return {"decode_ms": samples, "cpu_ms_per_token": cpu * 1e3 / tokens, "prefill_tok_s": prefill_tok_s}
 
 
 def time_edgeseq(folder: Path, threads: int, args) -> dict:
@@ -163,7 +167,8 @@ def summarize(name: str, kind: str, threads: int, m: dict, size: int, load: tupl
     samples = sorted(m["decode_ms"])
     pct = lambda q: samples[min(len(samples) - 1, int(round(q / 100 * (len(samples) - 1))))]
     return {"row": name, "kind": kind, "threads": threads, "p50_ms": statistics.median(samples), "p90_ms": pct(90),
-            "samples": len(samples), "prefill_tok_s": m.get("prefill_tok_s"), "peak_rss_bytes": m["peak_rss_bytes"],
+            "samples": len(samples), "cpu_ms_per_token": m.get("cpu_ms_per_token"),
+            "prefill_tok_s": m.get("prefill_tok_s"), "peak_rss_bytes": m["peak_rss_bytes"],
             "artifact_bytes": size, "rss_over_artifact": m["peak_rss_bytes"] / size if size else None,
             "load_before": list(load)}
 
@@ -208,6 +213,7 @@ def main(argv=None) -> int:
             for x in results:
                 if x["threads"] == t and peer:
                     x["ratio_to_llama_q8_0"] = x["p50_ms"] / peer["p50_ms"]
+                    x["cpu_ratio_to_llama_q8_0"] = x["cpu_ms_per_token"] / peer["cpu_ms_per_token"]
         mean_load = statistics.mean(x["load_before"][0] for x in results)
         rounds.append({"round": r + 1, "mean_load_1min": mean_load, "rows": results})
     best = min(rounds, key=lambda x: x["mean_load_1min"])
@@ -232,11 +238,13 @@ def main(argv=None) -> int:
 def print_table(report: dict) -> None:
     print(f"\nmamba-130m shape, batch 1, {report['cpu']} ({report['cores']} cores), round {report['reported_round']} of "
           f"{report['rounds_run']} (lowest mean load {report['reported_round_mean_load']:.2f})")
-    print("| row | threads | decode p50 ms | p90 ms | × llama.cpp Q8_0 | prefill tok/s (128) | peak RSS MiB | RSS / file size | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| row | threads | decode p50 ms | p90 ms | × llama.cpp Q8_0 | CPU ms/token | × Q8_0 (CPU) | prefill tok/s (128) | peak RSS MiB | RSS / file size | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in sorted(report["rows"], key=lambda x: (x["threads"] != 2, x["row"])):
         ratio = x.get("ratio_to_llama_q8_0")
+        cratio = x.get("cpu_ratio_to_llama_q8_0")
         print(f"| {x['row']} | {x['threads']} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+              f"{x['cpu_ms_per_token']:.2f} | {'-' if cratio is None else f'{cratio:.2f}'} | "
               f"{x['prefill_tok_s'] or 0:.0f} | {x['peak_rss_bytes'] / 2**20:.0f} | {x['rss_over_artifact']:.2f} | "
               f"{x['load_before'][0]:.2f} |")
 

@@ -16,7 +16,9 @@ What it does (each step cached in ``--cache``, skipped when its output exists):
 4. **timing** (:func:`measure`) — ``llama-bench`` in its own process: decode one token per
    repetition (``-p 0 -n 1 -r N``; the per-repetition samples give p50/p90 ms/token; Mamba's
    decode cost does not depend on the position), prefill of 128 tokens (``-p 128 -n 0``), and the
-   process's peak RSS from ``wait4``.
+   process's peak RSS from ``wait4``, and the CPU time per token (the ``wait4`` CPU seconds of
+   the decode run minus those of a one-repetition run, over the extra tokens): with one thread
+   that is what a quiet machine's wall time would be, whatever else the machine runs.
 """
 
 from __future__ import annotations
@@ -115,28 +117,32 @@ def prepare(cache: Path, layers: int = CONFIG["n_layer"], jobs: int = 2) -> tupl
     return tools, convert(cache, folder, tools)
 
 
-def run_measured(cmd: list[str]) -> tuple[str, int]:
-    """Run ``cmd``; its stdout and its own peak RSS in bytes (``wait4``'s ``ru_maxrss``, KiB on Linux)."""
+def run_measured(cmd: list[str]) -> tuple[str, int, float]:
+    """Run ``cmd``; its stdout, its own peak RSS in bytes and its CPU seconds (``wait4``)."""
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
-    return out, usage.ru_maxrss * 1024
+    return out, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 def measure(tools: dict[str, Path], gguf: Path, threads: int, tokens: int = 20, prefill: int = 128,
             prefill_reps: int = 2) -> dict:
     """One timing round of one GGUF file: per-token decode samples (ms), prefill tok/s, peak RSS."""
     bench = tools["llama-bench"]
-    out, rss_decode = run_measured([bench, "-m", gguf, "-t", threads, "-p", 0, "-n", 1, "-r", tokens, "-o", "json"])
+    out, rss_decode, cpu_n = run_measured([bench, "-m", gguf, "-t", threads, "-p", 0, "-n", 1, "-r", tokens, "-o", "json"])
     decode = json.loads(out)[0]
     samples = [ns / 1e6 for ns in decode["samples_ns"]]
-    out, rss_prefill = run_measured([bench, "-m", gguf, "-t", threads, "-p", prefill, "-n", 0, "-r", prefill_reps,
-                                     "-o", "json"])
+    # CPU time per token, robust to other processes' load: the same run with one repetition
+    # (model load, warm-up) subtracted
+    _, _, cpu_1 = run_measured([bench, "-m", gguf, "-t", threads, "-p", 0, "-n", 1, "-r", 1, "-o", "json"])
+    out, rss_prefill, _ = run_measured([bench, "-m", gguf, "-t", threads, "-p", prefill, "-n", 0, "-r", prefill_reps,
+                                        "-o", "json"])
     pre = json.loads(out)[0]
-    return {"decode_ms": samples, "prefill_tok_s": float(pre["avg_ts"]), "peak_rss_bytes": max(rss_decode, rss_prefill),
+    return {"decode_ms": samples, "cpu_ms_per_token": max(cpu_n - cpu_1, 0.0) * 1e3 / (tokens - 1),
+            "prefill_tok_s": float(pre["avg_ts"]), "peak_rss_bytes": max(rss_decode, rss_prefill),
             "build": decode.get("build_commit"), "cpu_info": decode.get("cpu_info")}
 
 
