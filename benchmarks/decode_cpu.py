@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     tools, ggufs = llama_cpp_peer.prepare(work / "llama.cpp", args.layers) if quants else ({}, {})
     artifacts = cpu_artifacts.build(work, recipes, args.layers, prefill_length=64)  # prompts run as 64-token chunks
 
-    rows: list[tuple[str, str, object]] = [(f"edgeseq onnxruntime {r}", "edgeseq", artifacts[r]) for r in recipes]
+    rows: list[tuple[str, str, object]] = [
+        (f"edgeseq onnxruntime {r}" + ("" if cpu_artifacts.verified(artifacts[r]) else " (not verified)"), "edgeseq",
+         artifacts[r]) for r in recipes]
     rows += [(f"llama.cpp {q}", "llama.cpp", ggufs[q]) for q in quants]
     sizes = {name: (artifact_bytes(path) if kind == "edgeseq" else path.stat().st_size) for name, kind, path in rows}
     rounds = []
