@@ -13,7 +13,7 @@ the ``llama-cpp-python`` sdist vendors; ``benchmarks/llama_cpp_peer.py``). Built
 Rows: ``edgeseq onnxruntime <recipe>`` per ``--recipes`` and ``llama.cpp Q8_0`` / ``Q4_0`` /
 ``F32``, each at every ``--threads`` count (2 and 1 by default: on a loaded 2-core machine the
 2-thread figures collapse first). Every measurement runs in **its own process**, so its peak RSS
-(``wait4``) is that row's alone, with its CPU time per decoded token beside the wall time (with
+(``/usr/bin/time``) is that row's alone, with its CPU time per decoded token beside the wall time (with
 one thread the CPU time is what a quiet machine's wall time would be: the figure that survives a
 machine other processes load); rows are **interleaved round by round** (round r times every row
 once, in a rotated order) and the load average is recorded before each measurement.
@@ -143,14 +143,18 @@ def edgeseq_worker(folder: Path, threads: int, tokens: int, warmup: int, prompt:
 def time_edgeseq(folder: Path, threads: int, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(folder), "--threads", str(threads), "--tokens", str(args.tokens),
            "--warmup", str(args.warmup), "--prefill", str(args.prefill)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as record:  # see llama_cpp_peer.run_measured
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", record.name, *cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        out = proc.stdout.read()
+        _, status, _ = os.wait4(proc.pid, 0)
+        rss_kib = int(record.read().strip().splitlines()[-1])
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"edgeseq worker for {folder} failed")
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_bytes"] = usage.ru_maxrss * 1024
+    result["peak_rss_bytes"] = rss_kib * 1024
     return result
 
 

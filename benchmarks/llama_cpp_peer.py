@@ -16,7 +16,7 @@ What it does (each step cached in ``--cache``, skipped when its output exists):
 4. **timing** (:func:`measure`) — ``llama-bench`` in its own process: decode one token per
    repetition (``-p 0 -n 1 -r N``; the per-repetition samples give p50/p90 ms/token; Mamba's
    decode cost does not depend on the position), prefill of 128 tokens (``-p 128 -n 0``), and the
-   process's peak RSS from ``wait4``, and the CPU time per token (the ``wait4`` CPU seconds of
+   process's peak RSS (``/usr/bin/time``), and the CPU time per token (the ``wait4`` CPU seconds of
    the decode run minus those of a one-repetition run, over the extra tokens): with one thread
    that is what a quiet machine's wall time would be, whatever else the machine runs.
 """
@@ -119,13 +119,20 @@ def prepare(cache: Path, layers: int = CONFIG["n_layer"], jobs: int = 2) -> tupl
 
 def run_measured(cmd: list[str]) -> tuple[str, int, float]:
     """Run ``cmd``; its stdout, its own peak RSS in bytes and its CPU seconds (``wait4``)."""
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
-    return out, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    # through /usr/bin/time: a child forked from a large Python process starts with that process's
+    # ru_maxrss (Linux keeps the high-water mark across fork and exec); forked from `time` it is the
+    # command's own
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as record:
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", record.name, *[str(c) for c in cmd]],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        rss_kib = int(record.read().strip().splitlines()[-1])
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{cmd[0]} exited with {os.waitstatus_to_exitcode(status)}")
+    return out, rss_kib * 1024, usage.ru_utime + usage.ru_stime
 
 
 def measure(tools: dict[str, Path], gguf: Path, threads: int, tokens: int = 20, prefill: int = 128,
