@@ -1,21 +1,33 @@
-"""One decode step of a mamba-130m-shaped model on this CPU, every runtime side by side.
+"""Decode and prefill of a mamba-130m-shaped model on this CPU: edgeseq's verified artifacts beside llama.cpp.
 
-    python benchmarks/decode_cpu.py --threads 2            # table on stdout, JSON beside this file
+    python benchmarks/decode_cpu.py --out benchmarks/decode_cpu.json     # builds what it needs, times all
 
-Model: Mamba-1, 24 layers x d_model 768, d_state 16, expand 2, vocab 50280, random weights
-(seed 0), batch 1. Rows, all timed in ONE run, interleaved round by round so that load from other
-processes falls on every row alike:
-
-* ``transformers`` MambaForCausalLM eager fp32, one token with its cache (the baseline);
-* edgeseq PyTorch eager fp32 ``step``;
-* ONNX Runtime fp32 and int8; TVM (Relax VM, llvm for this CPU) fp32 and int8 — the int8 graph is
-  ONNX Runtime's ``quantize_dynamic`` (per-channel int8 weights, dynamic int8 activations) of the
-  fp32 step graph, standing in for ``edgeseq export --recipe w8a8`` until that lands.
-
-Roofline (memory-bound decode, see ``targets.roofline``): bytes per token = parameters x bytes per
-weight (4 for fp32, 1 for the ideal int8 model) + the recurrent state read and written, divided by
-this machine's read bandwidth measured in the same run. Artifacts are built once into
+Model: Mamba-1, 24 layers × d_model 768, d_state 16, expand 2, vocab 50280, random weights (seed
+0), batch 1 — one ``transformers`` ``save_pretrained`` folder that both sides load: edgeseq
+(``load_model`` → ``quantize_model`` → ``export_artifact``, each artifact verified against its
+PyTorch model before it is written; ``benchmarks/cpu_artifacts.py``) and llama.cpp (its own
+``convert_hf_to_gguf.py`` to F32, ``llama-quantize`` to Q8_0 / Q4_0; built from the source that
+the ``llama-cpp-python`` sdist vendors; ``benchmarks/llama_cpp_peer.py``). Built once into
 ``--work-dir`` and reused.
+
+Rows: ``edgeseq onnxruntime <recipe>`` per ``--recipes`` and ``llama.cpp Q8_0`` / ``Q4_0`` /
+``F32``, each at every ``--threads`` count (2 and 1 by default: on a loaded 2-core machine the
+2-thread figures collapse first). Every measurement runs in **its own process**, so its peak RSS
+(``/usr/bin/time``) is that row's alone, with its CPU time per decoded token beside the wall time (with
+one thread the CPU time is what a quiet machine's wall time would be: the figure that survives a
+machine other processes load); rows are **interleaved round by round** (round r times every row
+once, in a rotated order) and the load average is recorded before each measurement.
+
+Per row and round: decode ms/token over ``--tokens`` single-token steps after ``--warmup``
+(edgeseq: ONNX Runtime steps with the state fed back, from the state a 128-token prefill left;
+llama.cpp: ``llama-bench -n 1`` repetitions), prefill tokens/s of a 128-token prompt, peak RSS.
+The JSON holds ``rows`` (``row``, ``threads``, ``p50_ms``, ``p90_ms``, ``prefill_tok_s``,
+``peak_rss_bytes``, ``artifact_bytes``, ``ratio_to_llama_q8_0`` ...) from the round with the lowest
+load, and ``rounds`` with every round's figures and load.
+
+The edgeseq worker opens the artifact through edgeseq's runtime layer (``targets.runtimes``: the
+engine ``edgeseq profile`` times and export verification ran), importing neither torch nor
+edgeseq's model code, so its RSS is the runtime's and the artifact's.
 """
 
 from __future__ import annotations
@@ -25,25 +37,30 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONFIG = dict(vocab_size=50280, d_model=768, n_layer=24, d_state=16, d_conv=4, expand=2)
+DEFAULT_RECIPES = "fp32,w8a8-block,w4a8-block"
+LLAMA_QUANTS = ("Q8_0", "Q4_0", "F32")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tokens", type=int, default=20, help="timed steps per row per round")
+    p.add_argument("--threads", default="2,1", help="comma-separated thread counts (each row at each)")
+    p.add_argument("--tokens", type=int, default=32, help="timed decode steps per row per round")
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--prefill", type=int, default=128, help="prompt length for prefill tokens/s")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--layers", type=int, default=CONFIG["n_layer"], help="fewer layers for a quick smoke run")
-    p.add_argument("--skip", default="", help="comma-separated rows to skip: hf,torch,ort-fp32,ort-int8,tvm-fp32,tvm-int8")
+    p.add_argument("--recipes", default=DEFAULT_RECIPES, help="edgeseq recipes (verified artifacts)")
+    p.add_argument("--llama", default=",".join(LLAMA_QUANTS), help="llama.cpp GGUF types ('' for none)")
+    p.add_argument("--layers", type=int, default=CONFIG["n_layer"])
     p.add_argument("--work-dir", default="/tmp/edgeseq-decode-cpu")
-    p.add_argument("--build-only", action="store_true", help="build (and cache) the artifacts, time nothing")
     p.add_argument("--out", default=str(HERE / "decode_cpu.json"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # an artifact folder: time it, print JSON
     return p.parse_args(argv)
 
 
@@ -53,176 +70,142 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# building the rows
+# the edgeseq worker (its own process: onnxruntime + numpy only)
 # --------------------------------------------------------------------------------------------
 
 
-def build_models(layers: int):
-    import torch
-    from transformers import MambaConfig as HFConfig, MambaForCausalLM
+def edgeseq_worker(folder: Path, threads: int, tokens: int, warmup: int, prompt: int) -> dict:
+    """Time an artifact through edgeseq's own runtime layer (``targets.runtimes``: the engine that
+    ``edgeseq profile`` times and export verification ran; it imports onnxruntime and numpy, not torch).
+    A refused artifact (kept by the benchmark, labelled "not verified") opens without the checks."""
+    import numpy as np
 
-    from edgeseq.models.mamba import Mamba, MambaConfig
+    from targets.manifest import read_manifest, verification_passed
+    from targets.runtimes import open_artifact_runtime
 
-    torch.manual_seed(0)
-    ours = Mamba(MambaConfig(**{**CONFIG, "n_layer": layers})).eval()
-    hf_config = HFConfig(vocab_size=CONFIG["vocab_size"], hidden_size=CONFIG["d_model"], num_hidden_layers=layers,
-                         state_size=CONFIG["d_state"], conv_kernel=CONFIG["d_conv"], expand=CONFIG["expand"],
-                         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    hf = MambaForCausalLM(hf_config).eval()
-    return ours, hf
-
-
-def build_artifacts(model, work: Path, skip: set[str]) -> dict[str, Path]:
-    """fp32 ONNX (step only), its int8 dynamic quantization, and their TVM libraries (cached)."""
-    from targets.testing import compile_onnx_to_tvm, host_llvm_target, write_onnx_artifact
-
-    work.mkdir(parents=True, exist_ok=True)
-    paths = {"onnx-fp32": work / "onnx-fp32", "onnx-int8": work / "onnx-int8", "tvm-fp32": work / "tvm-fp32", "tvm-int8": work / "tvm-int8"}
-    if not (paths["onnx-fp32"] / "step.onnx").is_file():
-        log("exporting the fp32 step graph to ONNX")
-        write_onnx_artifact(model, paths["onnx-fp32"], prefill_length=None)
-    manifest = json.loads((paths["onnx-fp32"] / "manifest.json").read_text())
-    if not (paths["onnx-int8"] / "step.onnx").is_file():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        log("quantizing the step graph to int8 (onnxruntime quantize_dynamic, per-channel)")
-        paths["onnx-int8"].mkdir(parents=True, exist_ok=True)
-        quantize_dynamic(str(paths["onnx-fp32"] / "step.onnx"), str(paths["onnx-int8"] / "step.onnx"),
-                         weight_type=QuantType.QInt8, per_channel=True)
-        (paths["onnx-int8"] / "manifest.json").write_text(json.dumps({**manifest, "recipe": "ort-dynamic-int8"}, indent=2))
-    for precision in ("fp32", "int8"):
-        folder = paths[f"tvm-{precision}"]
-        if f"tvm-{precision}" in skip or (folder / "step.so").is_file():
-            continue
-        log(f"compiling the {precision} step graph with TVM for {host_llvm_target()} (minutes)")
-        folder.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        compile_onnx_to_tvm(paths[f"onnx-{precision}"] / "step.onnx", folder / "step.so", host_llvm_target())
-        log(f"  compiled in {time.perf_counter() - start:.0f} s")
-        (folder / "manifest.json").write_text(json.dumps({**manifest, "format": "tvm", "files": [{"path": "step.so"}]}, indent=2))
-    return paths
+    verified = verification_passed(read_manifest(folder))
+    rt = open_artifact_runtime(folder, threads=threads, require_verified=verified)
+    state = rt.init_state(1)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, CONFIG["vocab_size"], size=(1, prompt), dtype=np.int64)
+    prefill_tok_s = None
+    if rt.has_prefill and prompt % (rt.io.prefill_length or prompt) == 0:
+        rt.prefill(ids)  # warm-up
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            _, state = rt.prefill(ids)
+            times.append(time.perf_counter() - t0)
+        prefill_tok_s = prompt / min(times)
+    token = ids[:, -1]
+    samples, cpu = [], 0.0
+    for i in range(warmup + tokens):
+        c0, t0 = time.process_time(), time.perf_counter()
+        y, state = rt.step(token, state)
+        dt = (time.perf_counter() - t0) * 1e3
+        if i >= warmup:
+            cpu += time.process_time() - c0
+        token = np.argmax(y, axis=-1).astype(np.int64)
+        if i >= warmup:
+            samples.append(dt)
+    return {"decode_ms": samples, "cpu_ms_per_token": cpu * 1e3 / tokens, "prefill_tok_s": prefill_tok_s}
 
 
-class HFStep:
-    """transformers' MambaForCausalLM decoding one token with its cache (eager, fp32)."""
+def time_edgeseq(folder: Path, threads: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(folder), "--threads", str(threads), "--tokens", str(args.tokens),
+           "--warmup", str(args.warmup), "--prefill", str(args.prefill)]
+    import tempfile
 
-    def __init__(self, hf, vocab: int):
-        import torch
-
-        self.torch, self.hf = torch, hf
-        prompt = torch.randint(0, vocab, (1, 4), generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            self.cache = hf(prompt, use_cache=True).cache_params
-        self.position = prompt.shape[1]
-        self.token = prompt[:, -1:]
-
-    def __call__(self):
-        with self.torch.inference_mode():
-            out = self.hf(self.token, cache_params=self.cache, use_cache=True,
-                          cache_position=self.torch.tensor([self.position]))
-        self.cache = out.cache_params
-        self.position += 1
-        return out.logits
-
-
-class RuntimeStep:
-    """A targets.runtimes runtime stepping with its state fed back."""
-
-    def __init__(self, runtime):
-        self.runtime = runtime
-        self.x = runtime.example_input(1)
-        self.state = runtime.init_state(1)
-
-    def __call__(self):
-        y, self.state = self.runtime.step(self.x, self.state)
-        return y
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as record:  # see llama_cpp_peer.run_measured
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", record.name, *cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        out = proc.stdout.read()
+        _, status, _ = os.wait4(proc.pid, 0)
+        rss_kib = int(record.read().strip().splitlines()[-1])
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"edgeseq worker for {folder} failed")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_bytes"] = rss_kib * 1024
+    return result
 
 
 # --------------------------------------------------------------------------------------------
-# timing
+# the run
 # --------------------------------------------------------------------------------------------
 
 
-def time_rows(rows: dict, tokens: int, rounds: int, warmup: int) -> dict[str, list[float]]:
-    samples = {name: [] for name in rows}
-    for name, step in rows.items():
-        for _ in range(warmup):
-            step()
-    for r in range(rounds):
-        for name, step in rows.items():
-            for _ in range(tokens):
-                start = time.perf_counter()
-                step()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {statistics.median(s):.1f} ms" for n, s in samples.items()))
-    return samples
+def artifact_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".so"))
+
+
+def summarize(name: str, kind: str, threads: int, m: dict, size: int, load: tuple) -> dict:
+    samples = sorted(m["decode_ms"])
+    pct = lambda q: samples[min(len(samples) - 1, int(round(q / 100 * (len(samples) - 1))))]
+    return {"row": name, "kind": kind, "threads": threads, "p50_ms": statistics.median(samples), "p90_ms": pct(90),
+            "samples": len(samples), "cpu_ms_per_token": m.get("cpu_ms_per_token"),
+            "prefill_tok_s": m.get("prefill_tok_s"), "peak_rss_bytes": m["peak_rss_bytes"],
+            "artifact_bytes": size, "rss_over_artifact": m["peak_rss_bytes"] / size if size else None,
+            "load_before": list(load)}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from targets.bandwidth import measure_bandwidth
-    from targets.profile import percentile
-    from targets.registry import read_cpuinfo
-    from targets.manifest import read_artifact
-    from targets.runtimes import OnnxRuntime, TorchRuntime, TvmRuntime, peak_rss_bytes
-
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    ours, hf = build_models(args.layers)
-    n_params = ours.num_parameters()
-    state_bytes = sum(4 * torch.Size(s.shape).numel() for s in ours.state_spec())
-    paths = build_artifacts(ours, Path(args.work_dir) / f"L{args.layers}", skip)
-    if args.build_only:
-        log(f"artifacts in {Path(args.work_dir) / f'L{args.layers}'}")
+    if args.worker:
+        result = edgeseq_worker(Path(args.worker), int(args.threads), args.tokens, args.warmup, args.prefill)
+        print(json.dumps(result))
         return 0
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE))
+    import cpu_artifacts
+    import llama_cpp_peer
 
-    rows: dict = {}
-    if "hf" not in skip:
-        rows["transformers eager fp32"] = HFStep(hf, CONFIG["vocab_size"])
-    if "torch" not in skip:
-        rows["edgeseq torch fp32"] = RuntimeStep(TorchRuntime(ours))
-    for precision in ("fp32", "int8"):
-        if f"ort-{precision}" not in skip:
-            rows[f"onnxruntime {precision}"] = RuntimeStep(OnnxRuntime(read_artifact(paths[f"onnx-{precision}"]), threads=args.threads))
-        if f"tvm-{precision}" not in skip:
-            rows[f"tvm {precision}"] = RuntimeStep(TvmRuntime(read_artifact(paths[f"tvm-{precision}"]), threads=args.threads))
+    work = Path(args.work_dir)
+    threads = [int(t) for t in args.threads.split(",") if t]
+    recipes = [r for r in args.recipes.split(",") if r]
+    quants = [q for q in args.llama.split(",") if q]
+    tools, ggufs = llama_cpp_peer.prepare(work / "llama.cpp", args.layers) if quants else ({}, {})
+    artifacts = cpu_artifacts.build(work, recipes, args.layers, prefill_length=64)  # prompts run as 64-token chunks
 
-    log(f"measuring read bandwidth with {args.threads} thread(s)")
-    bandwidth = measure_bandwidth(threads=args.threads)
-    log(f"timing {len(rows)} rows: {args.rounds} rounds x {args.tokens} steps, {args.threads} thread(s)")
-    samples = time_rows(rows, args.tokens, args.rounds, args.warmup)
-    bandwidth_after = measure_bandwidth(threads=args.threads)
-    read_gbs = max(bandwidth["read_gbs"], bandwidth_after["read_gbs"])
+    rows: list[tuple[str, str, object]] = [
+        (f"edgeseq onnxruntime {r}" + ("" if cpu_artifacts.verified(artifacts[r]) else " (not verified)"), "edgeseq",
+         artifacts[r]) for r in recipes]
+    rows += [(f"llama.cpp {q}", "llama.cpp", ggufs[q]) for q in quants]
+    sizes = {name: (artifact_bytes(path) if kind == "edgeseq" else path.stat().st_size) for name, kind, path in rows}
+    rounds = []
+    for r in range(args.rounds):
+        order = rows[r % len(rows):] + rows[: r % len(rows)]  # rotate: no row always runs first
+        results = []
+        for t in threads:
+            for name, kind, path in order:
+                load = os.getloadavg()
+                if kind == "edgeseq":
+                    m = time_edgeseq(path, t, args)
+                else:
+                    m = llama_cpp_peer.measure(tools, path, t, tokens=args.tokens, prefill=args.prefill)
+                results.append(summarize(name, kind, t, m, sizes[name], load))
+                log(f"round {r + 1} {name} t{t}: p50 {results[-1]['p50_ms']:.2f} ms, prefill "
+                    f"{results[-1]['prefill_tok_s'] or 0:.0f} tok/s, RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB, load {load[0]:.2f}")
+        for t in threads:
+            peer = next((x for x in results if x["row"] == "llama.cpp Q8_0" and x["threads"] == t), None)
+            for x in results:
+                if x["threads"] == t and peer:
+                    x["ratio_to_llama_q8_0"] = x["p50_ms"] / peer["p50_ms"]
+                    x["cpu_ratio_to_llama_q8_0"] = x["cpu_ms_per_token"] / peer["cpu_ms_per_token"]
+        mean_load = statistics.mean(x["load_before"][0] for x in results)
+        rounds.append({"round": r + 1, "mean_load_1min": mean_load, "rows": results})
+    best = min(rounds, key=lambda x: x["mean_load_1min"])
+    from targets.registry import read_cpuinfo
 
-    roof = {
-        "fp32": (4 * n_params + 2 * state_bytes) / (read_gbs * 1e9) * 1e3,
-        "int8": (1 * n_params + 2 * state_bytes) / (read_gbs * 1e9) * 1e3,
-    }
-    hf_p50 = percentile(samples.get("transformers eager fp32", []), 50)
-    results = []
-    for name, values in samples.items():
-        p50 = percentile(values, 50)
-        precision = "int8" if "int8" in name else "fp32"
-        results.append({
-            "row": name, "precision": precision, "p50_ms": p50, "p90_ms": percentile(values, 90),
-            "p99_ms": percentile(values, 99), "samples": len(values), "roofline_ms": roof[precision],
-            "ratio_to_roofline": p50 / roof[precision], "ratio_to_int8_roofline": p50 / roof["int8"],
-            "speedup_vs_transformers": (hf_p50 / p50) if hf_p50 else None,
-        })
-    load = os.getloadavg()
+    cpu = read_cpuinfo()
+    flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0]
     report = {
-        "benchmark": "decode_cpu", "model": {**CONFIG, "n_layer": args.layers, "params": n_params, "state_bytes": state_bytes},
-        "threads": args.threads, "tokens_per_round": args.tokens, "rounds": args.rounds, "warmup": args.warmup,
-        "cpu": read_cpuinfo()["model"], "cores": read_cpuinfo()["cores"], "python": platform.python_version(),
-        "torch": torch.__version__, "read_bandwidth_gbs": read_gbs, "bandwidth_before_after_gbs": [bandwidth["read_gbs"], bandwidth_after["read_gbs"]],
-        "roofline_ms": roof, "load_average_after": load, "peak_rss_bytes": peak_rss_bytes(),
-        "int8_source": "onnxruntime.quantization.quantize_dynamic (per-channel int8 weights, dynamic int8 activations)",
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": results,
+        "benchmark": "decode_cpu", "model": {**CONFIG, "n_layer": args.layers},
+        "cpu": cpu["model"], "cores": cpu["cores"], "isa": sorted({f for f in flags.split() if f.startswith(("avx", "fma"))}),
+        "python": platform.python_version(), "threads": threads, "tokens_per_row": args.tokens, "warmup": args.warmup,
+        "prefill_tokens": args.prefill, "rounds_run": args.rounds, "reported_round": best["round"],
+        "reported_round_mean_load": best["mean_load_1min"], "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "llama_cpp": {"source": f"llama-cpp-python {llama_cpp_peer.LLAMA_CPP_PYTHON} sdist (vendor/llama.cpp)"},
+        "rows": best["rows"], "rounds": rounds,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -230,23 +213,17 @@ def main(argv=None) -> int:
 
 
 def print_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    m = report["model"]
-    table = Table(title=f"decode step, mamba-130m shape ({m['n_layer']}x{m['d_model']}, vocab {m['vocab_size']}, "
-                        f"{m['params'] / 1e6:.1f}M params), {report['threads']} thread(s)")
-    for column in ("runtime", "p50 ms", "p90 ms", "x roofline (own precision)", "x int8 roofline", "speed-up vs transformers"):
-        table.add_column(column, justify="left" if column == "runtime" else "right")
-    for row in report["rows"]:
-        speedup = row["speedup_vs_transformers"]
-        table.add_row(row["row"], f"{row['p50_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['ratio_to_roofline']:.2f}",
-                      f"{row['ratio_to_int8_roofline']:.2f}", "-" if speedup is None else f"{speedup:.2f}x")
-    console = Console()
-    console.print(table)
-    console.print(f"read bandwidth {report['read_bandwidth_gbs']:.1f} GB/s (measured in this run); roofline fp32 "
-                  f"{report['roofline_ms']['fp32']:.1f} ms, int8 {report['roofline_ms']['int8']:.1f} ms; load average "
-                  f"after {', '.join(f'{x:.1f}' for x in report['load_average_after'])}; int8 = {report['int8_source']}")
+    print(f"\nmamba-130m shape, batch 1, {report['cpu']} ({report['cores']} cores), round {report['reported_round']} of "
+          f"{report['rounds_run']} (lowest mean load {report['reported_round_mean_load']:.2f})")
+    print("| row | threads | decode p50 ms | p90 ms | × llama.cpp Q8_0 | CPU ms/token | × Q8_0 (CPU) | prefill tok/s (128) | peak RSS MiB | RSS / file size | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in sorted(report["rows"], key=lambda x: (x["threads"] != 2, x["row"])):
+        ratio = x.get("ratio_to_llama_q8_0")
+        cratio = x.get("cpu_ratio_to_llama_q8_0")
+        print(f"| {x['row']} | {x['threads']} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+              f"{x['cpu_ms_per_token']:.2f} | {'-' if cratio is None else f'{cratio:.2f}'} | "
+              f"{x['prefill_tok_s'] or 0:.0f} | {x['peak_rss_bytes'] / 2**20:.0f} | {x['rss_over_artifact']:.2f} | "
+              f"{x['load_before'][0]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Two steps:
 1. **Export twins** (:func:`quantized_for_export`): during tracing, each ``quantize.modules``
    layer is swapped for a twin that computes the same function in an exporter-friendly way:
 
-   * the online Hadamard transform (``rotate``) stays as graph ops (reshape/add/sub, the FWHT);
+   * the online Hadamard transform (``rotate``) becomes two small ``MatMul``\ s with the
+     normalised factors ``H_p`` and ``H_m`` of ``H_n = H_m ⊗ H_p``
+     (:func:`quantize.hadamard.hadamard_transform_matmul`);
    * the input quantizer becomes ``torch.fake_quantize_per_tensor_affine``, which the exporter
      emits as a ``QuantizeLinear``→``DequantizeLinear`` pair (int8, zero point 0);
    * the weight becomes a float parameter named ``qweight_t`` (linear, stored transposed
@@ -64,6 +66,7 @@ class IntegerWeight:
     bits: int
     axis: int = 0
     block_size: int = 0
+    act_block: int = 0  # > 0: the consuming MatMul becomes MatMulNBits at accuracy level 4 (int8 activations per block)
 
 
 def _qdq_activation(x: Tensor, scale: float, bits: int) -> Tensor:
@@ -82,16 +85,22 @@ class _ExportQuantLinear(nn.Module):
         self.channel_dim = getattr(layer, "channel_dim", -1)
         self.input_scale = None if layer.input_scale is None else float(layer.input_scale)
         self.act_bits = int(layer.act_bits)
+        # dynamic per-block int8 activations: computed inside MatMulNBits (accuracy level 4), so the
+        # traced graph is a plain MatMul that the integer rewrite replaces
+        self.act_block = int(getattr(layer, "act_block", 0))
         self.qweight_t = nn.Parameter(layer.weight.detach().float().t().contiguous(), requires_grad=False)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.rotate:
-            from quantize.hadamard import hadamard_transform
+            # two small MatMuls (H_m ⊗ H_p), not the FWHT butterflies: a few kernels per step
+            # instead of hundreds of Squeeze/Unsqueeze/Split/Concat; equal up to float rounding
+            from quantize.hadamard import hadamard_transform_matmul
 
-            x = hadamard_transform(x)
+            x = hadamard_transform_matmul(x)
         if self.input_scale is not None:
             x = _qdq_activation(x, self.input_scale, self.act_bits)
+        # act_block: no activation ops here; the MatMul becomes MatMulNBits (accuracy level 4)
         y = torch.matmul(x, self.qweight_t)
         return y if self.bias is None else y + self.bias
 
@@ -165,7 +174,8 @@ def _linear_weight(layer) -> IntegerWeight:
     values = layer.weight_int.detach().cpu().numpy().T.copy()  # [in, out]
     scale = layer.weight_scale.detach().float().cpu().numpy()
     if layer.group_size:
-        return IntegerWeight(values, scale.T.copy(), layer.weight_bits, axis=0, block_size=layer.group_size)
+        return IntegerWeight(values, scale.T.copy(), layer.weight_bits, axis=0, block_size=layer.group_size,
+                             act_block=int(getattr(layer, "act_block", 0)))
     if scale.ndim == 0:
         return IntegerWeight(values, scale, layer.weight_bits)
     return IntegerWeight(values, scale, layer.weight_bits, axis=1)
@@ -247,6 +257,10 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
 
     graph = proto.graph
     weights = dict(weights)
+    _matmul_nbits(graph, weights)
+    if any(node.domain == "com.microsoft" for node in graph.node) and not any(
+            entry.domain == "com.microsoft" for entry in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     tied_nodes = _tied_tables(graph, weights)
     initializers = {init.name: i for i, init in enumerate(graph.initializer)}
     missing = sorted(set(weights) - set(initializers))
@@ -273,6 +287,94 @@ def rewrite_integer_weights(proto, weights: dict[str, IntegerWeight], opset: int
     del graph.node[:]
     graph.node.extend(new_nodes + existing)
     return proto
+
+
+def _remove_initializer(graph, name: str) -> None:
+    """Delete one initializer in place (rebuilding the list would copy every weight tensor)."""
+    for index, init in enumerate(graph.initializer):
+        if init.name == name:
+            del graph.initializer[index]
+            return
+
+
+MATMUL_NBITS_ACCURACY = 4  # int8 activations quantized per block (quantize.modules.block_fake_quant)
+
+
+def matmul_nbits_weight(w: IntegerWeight) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, scales)`` inputs of ``com.microsoft.MatMulNBits`` for a ``[K, N]`` blocked weight.
+
+    ``B`` is ``[N, K / block, block · bits / 8]`` uint8: row ``n`` of ``Wᵀ``, block by block, each
+    signed value stored with the kernel's default zero point ``2^(bits-1)`` added (4-bit: two per
+    byte, the first in the low nibble); ``scales`` is ``[N · K / block]`` float32, row-major.
+    """
+    k, n = w.values.shape
+    block = w.block_size
+    offset = 1 << (w.bits - 1)
+    q = (w.values.T.astype(np.int16) + offset).astype(np.uint8).reshape(n, k // block, block)  # [N, blocks, block]
+    if w.bits == 4:
+        q = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    scales = np.ascontiguousarray(w.scale.T, dtype=np.float32).reshape(-1)  # w.scale: [K / block, N]
+    return np.ascontiguousarray(q), scales
+
+
+def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
+    """Weights of layers with dynamic block activations: their ``MatMul`` becomes one
+    ``MatMulNBits`` node (``accuracy_level`` 4) holding the packed integers, which ONNX Runtime
+    runs as int8×int{4,8} block dot products (see :func:`quantize.modules.block_fake_quant`).
+    Removes the handled names from ``weights``."""
+    from onnx import helper, numpy_helper
+
+    from edgeseq.errors import EdgeseqError
+
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for name, w in list(weights.items()):
+        if not w.act_block:
+            continue
+        uses = consumers.get(name, [])
+        if not uses or any(node.op_type != "MatMul" or list(node.input).index(name) != 1 for node in uses):
+            raise EdgeseqError(f"{name}: a weight with dynamic block activations must feed MatMul nodes only "
+                               f"(found {sorted({node.op_type for node in uses}) or 'no use'})")
+        if w.bits not in (4, 8) or w.block_size != w.act_block:
+            raise EdgeseqError(f"{name}: MatMulNBits needs 4- or 8-bit weights whose group is the activation block")
+        k, n = w.values.shape
+        packed, scales = matmul_nbits_weight(w)
+        _remove_initializer(graph, name)
+        graph.initializer.append(numpy_helper.from_array(packed, f"{name}_nbits"))
+        graph.initializer.append(numpy_helper.from_array(scales, f"{name}_scale"))
+        for k_use, node in enumerate(uses):
+            index = next(i for i, n in enumerate(graph.node) if n.name == node.name and list(n.output) == list(node.output))
+            del graph.node[index]
+            graph.node.insert(index, helper.make_node(
+                "MatMulNBits", [node.input[0], f"{name}_nbits", f"{name}_scale"], list(node.output),
+                name=f"{name}_matmul_nbits{k_use}", domain="com.microsoft", K=k, N=n, bits=w.bits,
+                block_size=w.block_size, accuracy_level=MATMUL_NBITS_ACCURACY))
+        del weights[name]
+
+
+def _row_lookup(graph, name: str, w: IntegerWeight, uses: list) -> list:
+    """An untied integer table read by ``Gather``: gather the int8 rows, then scale only those."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    t_int, scale = f"{name}_int", f"{name}_scale"
+    graph.initializer.append(numpy_helper.from_array(w.values.astype(np.int8), t_int))
+    graph.initializer.append(numpy_helper.from_array(w.scale.astype(np.float32), scale))
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last"))
+    _remove_initializer(graph, name)
+    nodes = []
+    for k, gather in enumerate(uses):
+        ids, out, p = gather.input[1], gather.output[0], f"{name}_lookup{k}"
+        nodes += [
+            helper.make_node("Gather", [t_int, ids], [f"{p}_rows_int"], name=f"{p}_gather", axis=0),
+            helper.make_node("Cast", [f"{p}_rows_int"], [f"{p}_rows"], name=f"{p}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [scale, ids], [f"{p}_scale"], name=f"{p}_gather_scale", axis=0),
+            helper.make_node("Unsqueeze", [f"{p}_scale", f"{name}_last"], [f"{p}_scale_col"], name=f"{p}_unsqueeze"),
+            helper.make_node("Mul", [f"{p}_rows", f"{p}_scale_col"], [out], name=f"{p}_mul"),
+        ]
+        graph.node.remove(gather)
+    return nodes
 
 
 def _tied_tables(graph, weights: dict[str, IntegerWeight]) -> list:
@@ -302,7 +404,9 @@ def _tied_tables(graph, weights: dict[str, IntegerWeight]) -> list:
         table = (w.values.astype(np.float32) * w.scale[:, None]).T
         copy = next((init for init in graph.initializer if tuple(init.dims) == table.shape and init.data_type == 1
                      and np.array_equal(numpy_helper.to_array(init), table)), None)
-        if copy is None:
+        if copy is None:  # not tied (or the head has its own quantized copy): gather rows, scale those
+            nodes += _row_lookup(graph, name, w, uses)
+            del weights[name]
             continue
         head, t_int, scale = copy.name, f"{name}_t_int", f"{name}_scale"
         kept = [init for init in graph.initializer if init.name not in (name, head)]

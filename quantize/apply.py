@@ -9,6 +9,7 @@ per-layer scales, clipping and calibration error.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Iterable
 
@@ -63,6 +64,10 @@ def quantize_model(
             layer = _replace(qmodel, point, plan, recipe, calibration)
             if layer:
                 layers.append(layer)
+    if recipe.head_bits:
+        head = _quantize_tied_head(qmodel, recipe)
+        if head:
+            layers.append(head)
     if recipe.changes_state:
         from quantize.state import attach_state_quant, calibrate_state
 
@@ -125,6 +130,10 @@ def _plan(model: nn.Module, point: QuantPoint, recipe: QuantRecipe) -> dict[str,
         in_features = module.in_features if isinstance(module, nn.Linear) else None
         if in_features is None:
             granularity, group = "channel", 0  # conv layers: per-channel scales
+        elif in_features % group and recipe.act_granularity == "block":
+            group = block_fallback(in_features, group)
+            if not group:  # e.g. a tiny low-rank dt_proj: stays float (see the recipe docs)
+                return {"skip": True}
         elif in_features % group:
             if recipe.group_fallback == "channel":
                 granularity, group = "channel", 0
@@ -136,6 +145,13 @@ def _plan(model: nn.Module, point: QuantPoint, recipe: QuantRecipe) -> dict[str,
     else:
         group = 0
     return {"granularity": granularity, "group_size": group}
+
+
+def block_fallback(in_features: int, group: int) -> int:
+    """The largest power-of-two block in ``[16, group]`` dividing ``in_features`` (0 if none)."""
+    while group >= 16 and in_features % group:
+        group //= 2
+    return group if group >= 16 else 0
 
 
 def _round_floats_to_half(model: nn.Module) -> None:
@@ -175,7 +191,7 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         _set_module(model, point.path, QuantAct(recipe.act_bits, stats["scale"]))
         return {**info, "act_bits": recipe.act_bits, "input_scale": stats["scale"], **_act_info(stats)}
 
-    if not recipe.quantizes_weights:
+    if not recipe.quantizes_weights or plan.get("skip"):
         return None
     rotate = rotates(point, recipe, module)
     weight = module.weight.detach().float()
@@ -194,12 +210,13 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         weight_int = quantize_weight(weight, weight_scale, recipe.weight_bits, group, levels=recipe.weight_levels)
     stats = observer.describe() if observer is not None else None
     input_scale = torch.tensor(stats["scale"], dtype=torch.float32) if stats else None
+    block = group if recipe.act_granularity == "block" and isinstance(module, nn.Linear) else 0
     common = dict(
         bias=module.bias is not None, weight_bits=recipe.weight_bits, granularity=granularity, group_size=group,
-        act_bits=recipe.act_bits if stats else 0, has_input_scale=stats is not None,
+        act_bits=recipe.act_bits if stats or block else 0, has_input_scale=stats is not None,
     )
     if isinstance(module, nn.Linear):
-        new = QuantLinear(module.in_features, module.out_features, rotate=rotate, **common)
+        new = QuantLinear(module.in_features, module.out_features, rotate=rotate, act_block=block, **common)
     else:
         cls = QuantConv1d if isinstance(module, nn.Conv1d) else QuantConv2d
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
@@ -218,12 +235,41 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
         weight_scale_min=float(weight_scale.min()),
         weight_scale_max=float(weight_scale.max()),
         weight_error=relative_error(weight, deq),
-        act_bits=recipe.act_bits if stats else 0,
+        act_bits=recipe.act_bits if stats or block else 0,
+        act_block=block,
         input_scale=None if stats is None else stats["scale"],
         input_quantized_at=point.input_quantized_at,
     )
     if stats:
         info.update(_act_info(stats))
+    return info
+
+
+def _quantize_tied_head(model: nn.Module, recipe: QuantRecipe) -> dict | None:
+    """Give a tied LM head (``lm_head`` None, reading ``embedding.weight``) its own quantized copy.
+
+    The copy is quantized from the table the lookup uses (already rounded to ``embedding_bits``
+    when the recipe rounds embeddings), with ``head_bits`` weights in the recipe's groups and its
+    activation form, so the head fuses into one integer kernel instead of dequantizing the table
+    every step. Models without that slot are left as they are.
+    """
+    embedding = getattr(model, "embedding", None)
+    if not isinstance(embedding, nn.Embedding) or not hasattr(model, "lm_head") or model.lm_head is not None:
+        return None
+    weight = embedding.weight.detach().float()
+    out_features, in_features = weight.shape
+    head_recipe = dataclasses.replace(recipe, weight_bits=recipe.head_bits)
+    plan = {"granularity": recipe.weight_granularity, "group_size": recipe.group_size}
+    if recipe.weight_granularity == "group" and in_features % recipe.group_size:
+        group = block_fallback(in_features, recipe.group_size)
+        if not group and recipe.act_granularity == "block":
+            return None
+        plan = {"granularity": "group", "group_size": group} if group else {"granularity": "channel", "group_size": 0}
+    model.lm_head = nn.Linear(in_features, out_features, bias=False).to(weight.device)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(weight)
+    point = QuantPoint("lm_head", "linear", note="tied LM head, its own quantized copy")
+    info = _replace(model, point, plan, head_recipe, Calibration())
     return info
 
 

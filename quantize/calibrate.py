@@ -67,7 +67,7 @@ def channel_dim(module: nn.Module) -> int:
 
 
 def needs_input_observer(point: QuantPoint, recipe: QuantRecipe) -> bool:
-    if not recipe.quantizes_activations:
+    if not recipe.quantizes_activations or recipe.act_granularity == "block":  # block: dynamic, no observers
         return False
     if point.kind == "act":
         return True

@@ -175,6 +175,24 @@ def fwht(x: Tensor) -> Tensor:
     return y.reshape(*lead, p)
 
 
+def hadamard_transform_matmul(x: Tensor) -> Tensor:
+    """:func:`hadamard_transform` as two small matrix products (for exported graphs).
+
+    With ``n = m · p``, ``H_n = H_m ⊗ H_p``: the vector reshaped to ``[m, p]`` is multiplied by
+    the normalised ``H_p`` on the right and the normalised ``H_m`` on the left — one or two
+    ``MatMul`` kernels with ``p × p`` and ``m × m`` constants (64 KiB for ``p = 128``) instead of
+    the butterflies' ``log2(p)`` rounds of slice/stack ops. Equal to the FWHT up to float rounding.
+    """
+    n = int(x.shape[-1])
+    m, p = hadamard_factors(n)
+    y = x.reshape(-1, m, p)
+    y = torch.matmul(y, hadamard_matrix(p, dtype=x.dtype).to(x.device))
+    if m > 1:
+        base = (_base_matrix(m) / math.sqrt(m)).to(dtype=x.dtype, device=x.device)
+        y = torch.matmul(base, y)
+    return y.reshape(x.shape)
+
+
 def hadamard_transform(x: Tensor) -> Tensor:
     """Orthonormal Hadamard transform of the last dimension: ``x @ hadamard_matrix(n).T``.
 

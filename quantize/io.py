@@ -138,8 +138,11 @@ def load_quantized(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     header = read_header(folder)
     model = build_model(header["family"], header["config"])
     for path, spec in header["modules"].items():
+        parent_path, _, name = path.rpartition(".")
         try:
-            model.get_submodule(path)
+            parent = model.get_submodule(parent_path) if parent_path else model
+            if getattr(parent, name, 0) is not None:  # None: an empty slot (a tied LM head's own copy)
+                model.get_submodule(path)
         except AttributeError:
             raise InputError(f"{folder / QUANT_FILE}: module {path!r} does not exist in a {header['family']} model") from None
         try:

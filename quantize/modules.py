@@ -13,7 +13,9 @@ Every quantized layer holds (as buffers, so they are in the state dict and saved
 * ``input_scale`` — float32 scalar, or None when the input is not quantized (weight-only recipes,
   spike inputs, or an input already quantized at an ActPoint);
 
-and the attributes ``weight_bits``, ``group_size`` (0 = not grouped), ``act_bits``, ``rotate``.
+and the attributes ``weight_bits``, ``group_size`` (0 = not grouped), ``act_bits``, ``rotate``,
+``act_block`` (linear layers: 0 = the static ``input_scale``; ``b`` > 0 = int8 activations quantized
+*dynamically* per block of ``b`` input features, see :func:`block_fake_quant`).
 
 ``forward``: ``rotate`` → ``x = hadamard_transform(x)`` over the feature dimension (last for linear
 layers, the channel dimension 1 for pointwise convs; the weight already holds ``W·Hᵀ``) →
@@ -42,6 +44,23 @@ def rotate_channels(x: Tensor, channel_dim: int = -1) -> Tensor:
     # non-negative axes throughout: the ONNX exporter turns a -1 into an invalid Transpose perm
     last, channel_dim = x.dim() - 1, channel_dim % x.dim()
     return hadamard_transform(x.movedim(channel_dim, last)).movedim(last, channel_dim)
+
+
+def block_fake_quant(x: Tensor, block: int) -> Tensor:
+    """Dynamic symmetric int8 fake quantization per block of ``block`` consecutive features (last dim).
+
+    Per block: ``amax = max|x|``, ``q = round_half_even(x · (127 / amax))`` (``q = 0`` when
+    ``amax = 0``), value ``q · (amax / 127)``. This is, to float rounding, what ONNX Runtime's
+    ``MatMulNBits`` computes at ``accuracy_level`` 4 (its "CompInt8" kernels quantize each block of
+    the activation row this way, take the integer dot product with the block's integer weights and
+    scale it by both scales), so a layer with ``act_block`` exports to that kernel and verifies.
+    """
+    shape = x.shape
+    blocks = x.reshape(*shape[:-1], shape[-1] // block, block)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inverse = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inverse)
+    return (q * (amax / 127.0)).reshape(shape)
 
 
 def _scale_shape(out_features: int, in_features: int, granularity: str, group_size: int) -> tuple[int, ...]:
@@ -83,6 +102,7 @@ class _QuantWeightMixin(nn.Module):
         self.group_size = int(group_size) if granularity == "group" else 0
         self.act_bits = int(act_bits)
         self.rotate = bool(rotate)
+        self.act_block = 0
         out_features, in_flat = weight_shape[0], int(torch.Size(weight_shape[1:]).numel())
         self.register_buffer("weight_int", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer(
@@ -134,6 +154,8 @@ class _QuantWeightMixin(nn.Module):
             x = rotate_channels(x, self.channel_dim)
         if self.input_scale is not None:
             x = fake_quant(x, self.input_scale.to(x.dtype), self.act_bits)
+        elif self.act_block:
+            x = block_fake_quant(x, self.act_block)
         return x
 
     synaptic_kind = "linear"
@@ -150,7 +172,7 @@ class _QuantWeightMixin(nn.Module):
             "bias": self.bias,
             "transform_input": self.quantize_input if transforms else None,
             "weight_bits": self.weight_bits,
-            "act_bits": self.act_bits if self.input_scale is not None else 0,
+            "act_bits": self.act_bits if self.input_scale is not None or self.act_block else 0,
             "weight_bytes": self.weight_int.numel() * self.weight_bits / 8 + scale_bytes,
             "scale_bytes": scale_bytes,
             "group_size": self.group_size,
@@ -167,6 +189,7 @@ class _QuantWeightMixin(nn.Module):
             "act_bits": self.act_bits,
             "has_input_scale": self.input_scale is not None,
             "rotate": self.rotate,
+            **({"act_block": self.act_block} if self.act_block else {}),
         }
 
 
@@ -184,10 +207,15 @@ class QuantLinear(_QuantWeightMixin):
         act_bits: int = 8,
         has_input_scale: bool = True,
         rotate: bool = False,
+        act_block: int = 0,
     ):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_quant((out_features, in_features), bias, weight_bits, granularity, group_size, act_bits, has_input_scale, rotate)
+        if act_block and (has_input_scale or in_features % act_block):
+            raise ValueError(f"dynamic block activations (act_block {act_block}) need no static input scale and a "
+                             f"block dividing the input size {in_features}")
+        self.act_block = int(act_block)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.quantize_input(x), self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -199,7 +227,8 @@ class QuantLinear(_QuantWeightMixin):
         return (
             f"in={self.in_features}, out={self.out_features}, w{self.weight_bits} {self.granularity}"
             f"{f' g{self.group_size}' if self.group_size else ''}, "
-            f"a{self.act_bits if self.input_scale is not None else '-'}, rotate={self.rotate}"
+            f"a{self.act_bits if self.input_scale is not None else '-'}"
+            f"{f' dynamic per {self.act_block}' if self.act_block else ''}, rotate={self.rotate}"
         )
 
 
@@ -338,7 +367,7 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
         rotate=spec["rotate"],
     )
     if kind == "QuantLinear":
-        return QuantLinear(spec["in_features"], spec["out_features"], **common)
+        return QuantLinear(spec["in_features"], spec["out_features"], act_block=int(spec.get("act_block", 0)), **common)
     if kind in ("QuantConv1d", "QuantConv2d"):
         cls = QUANT_MODULES[kind]
         padding = spec["padding"]
@@ -359,6 +388,7 @@ __all__ = [
     "QuantConv1d",
     "QuantConv2d",
     "QuantLinear",
+    "block_fake_quant",
     "granularity_of",
     "is_quantized_module",
     "module_from_spec",

@@ -38,6 +38,19 @@ A recipe says, for every quantization point a model declares (see
   clustered into ``act_head_clusters`` clusters, and inside each head cluster the head channels
   into ``act_channel_clusters``; every cluster gets one static scale (0 = off). The scale is a
   per-channel vector holding the cluster's value, so no channel is reordered at run time;
+* ``act_granularity`` — ``tensor`` (default): static per-tensor activation scales from
+  calibration; ``block``: int8 activations quantized *dynamically* per block of ``group_size``
+  input features of each quantized linear layer (no calibration; ``ActPoint``\ s stay float) —
+  exactly the arithmetic of ONNX Runtime's ``MatMulNBits`` at ``accuracy_level`` 4, which the
+  export uses (:func:`quantize.modules.block_fake_quant`). Needs ``weight_granularity = "group"``
+  and ``act_bits = 8``; a layer the group does not divide gets the largest power-of-two block
+  (≥ 16, the kernel's least) that does; a layer no such block divides keeps float weights
+  (then the graph holds no ``DequantizeLinear`` → ``MatMul`` pair that ONNX Runtime could fuse
+  under its own ``session.qdq_matmulnbits_accuracy_level``, so the artifact computes the same
+  function whatever that session setting is);
+* ``head_bits`` — a tied LM head (reading the embedding table) gets its own quantized copy with
+  this many bits, quantized like the other linear layers (0 = the head reads the embedding table);
+  the embedding lookup keeps its per-row table (``embedding_bits``);
 * ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
   (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
   (``StreamingModel.embeddings_quantizable``).
@@ -81,6 +94,8 @@ class QuantRecipe:
     rotate: bool = False
     # float storage
     float_dtype: str = "float32"  # float32 | float16
+    act_granularity: str = "tensor"  # tensor (static, calibrated) | block (dynamic per weight group)
+    head_bits: int = 0  # a tied LM head's own quantized copy (0 = it reads the embedding table)
     # embeddings (integer recipes only; models may opt out)
     embedding_bits: int = 8  # 0 = keep float
     # decode state carried between steps as integers with static scales (0 = float); see quantize.state
@@ -219,6 +234,19 @@ RECIPES: dict[str, QuantRecipe] = {
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
         rotate=True, state_bits=8, ssm_state_bits=16, weight_levels=_PAIR_SAFE,
     ),
+    "w8a8-block": QuantRecipe(
+        "w8a8-block",
+        "int8 weights in blocks of 32 (per-block scales), int8 activations quantized dynamically per block of 32 "
+        "(ONNX Runtime MatMulNBits, accuracy level 4), the tied LM head its own 8-bit copy; no calibration",
+        weight_bits=8, weight_granularity="group", group_size=32, act_bits=8, act_granularity="block", head_bits=8,
+    ),
+    "w4a8-block": QuantRecipe(
+        "w4a8-block",
+        "int4 weights in blocks of 32 (per-block scales, MSE clipping), int8 activations quantized dynamically per "
+        "block of 32 (ONNX Runtime MatMulNBits, accuracy level 4), the tied LM head its own 4-bit copy",
+        weight_bits=4, weight_granularity="group", group_size=32, weight_observer="mse", act_bits=8,
+        act_granularity="block", head_bits=4,
+    ),
     "w4a16": QuantRecipe(
         "w4a16",
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "
@@ -281,6 +309,16 @@ def validate_recipe(recipe: QuantRecipe) -> None:
             raise InputError(f"{where}: {field_name} must be 0 (off) or a positive number of clusters")
     if recipe.act_channel_clusters and not recipe.act_head_clusters:
         raise InputError(f"{where}: act_channel_clusters needs act_head_clusters (channels are clustered inside head clusters)")
+    if recipe.act_granularity not in ("tensor", "block"):
+        raise InputError(f"{where}: act_granularity must be tensor or block, got {recipe.act_granularity!r}")
+    if recipe.act_granularity == "block" and (recipe.act_bits != 8 or recipe.weight_granularity != "group"
+                                              or recipe.group_size < 16 or recipe.group_size & (recipe.group_size - 1)):
+        raise InputError(f"{where}: act_granularity block needs act_bits 8 and per-group weights with a power-of-two "
+                         f"group_size >= 16 (the activation block is the weight group)")
+    if recipe.act_granularity == "block" and (recipe.rotate or recipe.gptq or recipe.state_bits):
+        raise InputError(f"{where}: act_granularity block does not combine with rotate, gptq or state_bits here")
+    if recipe.head_bits not in (0, 4, 8) or (recipe.head_bits and not recipe.weight_bits):
+        raise InputError(f"{where}: head_bits must be 0, 4 or 8 (and needs weight_bits), got {recipe.head_bits}")
     if recipe.act_bits and not recipe.weight_bits:
         raise InputError(f"{where}: quantized activations need quantized weights too (set weight_bits)")
     if recipe.gptq and not recipe.quantizes_weights:

@@ -312,7 +312,8 @@ class MambaMixer(nn.Module):
         """[B, T, d_model] -> (out, conv_state [B, Di, k-1], ssm_state [B, Di, N])."""
         k = self.cfg.d_conv
         length = hidden.shape[1]
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        di = self.cfg.d_inner
+        x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split (chunk traces 7 shape ops)
         x = x.transpose(1, 2)  # [B, Di, T]
         if state is None:
             x_padded = F.pad(x, (k - 1, 0))
@@ -330,7 +331,8 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, d_model] -> (out, conv_state, ssm_state); constant cost."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        di = self.cfg.d_inner
+        x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, Di, k]
         conv = (window * self.conv1d.weight[:, 0, :]).sum(-1)
         if self.conv1d.bias is not None:
@@ -339,7 +341,8 @@ class MambaMixer(nn.Module):
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.to(x.dtype))
         ssm_state = torch.exp(dt.unsqueeze(-1) * A) * ssm_state + (dt * x).unsqueeze(-1) * B.unsqueeze(1)
-        y = torch.einsum("bdn,bn->bd", ssm_state, C) + self.D * x
+        # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
+        y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
         return self.out_proj(y * F.silu(z)), window[:, :, 1:], ssm_state
 
 
@@ -383,8 +386,9 @@ class SelectiveSSMLM(StreamingModel):
 
     def head(self, hidden: Tensor) -> Tensor:
         hidden = self.norm_f(hidden)
-        weight = self.embedding.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        if self.lm_head is None:
+            return F.linear(hidden, self.embedding.weight)
+        return self.lm_head(hidden)  # a module: a quantized head quantizes its own input
 
     def forward(self, input_ids: Tensor) -> Tensor:
         logits, _ = self._parallel(input_ids, None)

@@ -74,7 +74,8 @@ def test_static_check_finds_every_risky_layer_in_a_graph():
 
 def test_int8_recipes_use_the_safe_range_and_the_full_range_is_refused_at_export(tiny_mamba, tmp_path):
     for name, recipe in RECIPES.items():
-        if recipe.weight_bits == 8 and recipe.act_bits == 8 and name != "w8a8-fullrange":
+        # block recipes run in MatMulNBits, whose AVX2 kernels do not saturate (test_matmul_nbits.py)
+        if recipe.weight_bits == 8 and recipe.act_bits == 8 and name != "w8a8-fullrange" and recipe.act_granularity == "tensor":
             assert recipe.weight_levels == 64, name
     qmodel = quantized(tiny_mamba, "w8a8")
     weights = [m.weight_int for m in qmodel.modules() if hasattr(m, "weight_int") and m.weight_bits == 8]

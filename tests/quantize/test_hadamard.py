@@ -88,3 +88,14 @@ def test_transform_traces_to_onnx_friendly_ops():
     traced = torch.jit.trace(hadamard_transform, torch.randn(2, 24))
     x = torch.randn(5, 24)
     assert torch.allclose(traced(x), hadamard_transform(x))
+
+
+@pytest.mark.parametrize("n", [16, 12, 48, 768, 1536])
+def test_matmul_form_equals_the_fast_transform(n):
+    """The exported form (H_m ⊗ H_p as two MatMuls) is the same orthonormal transform."""
+    from quantize.hadamard import hadamard_transform_matmul
+
+    x = torch.randn(3, 5, n, generator=torch.Generator().manual_seed(n))
+    expected = x.double() @ hadamard_matrix(n).T
+    torch.testing.assert_close(hadamard_transform_matmul(x).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hadamard_transform_matmul(x), hadamard_transform(x), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,97 @@
+"""Where an ONNX artifact's decode step spends its time: ONNX Runtime's profiler, per op type.
+
+    python benchmarks/ort_profile.py ARTIFACT [ARTIFACT ...] [--threads 2] [--steps 20] [--json F]
+
+Runs the artifact's ``step.onnx`` in ONNX Runtime (full graph optimizations, the session settings
+of ``export.runtime.ort_session``) with ``enable_profiling``, feeding each step's new state back,
+and aggregates the profiler's ``Node`` events per op type: kernels per step, ms per step (the
+kernel's median duration × its count: robust to preemption by other processes), share of the step. The first ``--warmup`` steps are dropped. One table per artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def profile_step(folder: Path, threads: int, steps: int, warmup: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    spec = manifest["graphs"]["step"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    options.enable_profiling = True
+    scratch = tempfile.mkdtemp(prefix="ort-profile-")
+    options.profile_file_prefix = os.path.join(scratch, "step")
+    session = ort.InferenceSession(str(folder / spec["file"]), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for entry in spec["inputs"]:
+        shape = [1 if d == "batch" else d for d in entry["shape"]]
+        feeds[entry["name"]] = np.zeros(shape, dtype=np.int64 if entry["dtype"] == "int64" else np.float32)
+    state_names = [e["name"] for e in spec["inputs"][1:]]
+    wall = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        outputs = session.run(None, feeds)
+        wall.append((time.perf_counter() - start) * 1e3)
+        for name, value in zip(state_names, outputs[1:]):
+            feeds[name] = value
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    cutoff = runs[warmup]["ts"] if len(runs) > warmup else 0
+    per_op: dict[str, list[float]] = {}
+    for event in trace:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < cutoff:
+            continue
+        op = event.get("args", {}).get("op_name", "?")
+        per_op.setdefault(op, []).append(event["dur"] / 1e3)
+    # robust to preemption by other processes: a kernel's median duration × its count per step
+    import statistics
+
+    cost = {op: statistics.median(v) * len(v) / steps for op, v in per_op.items()}
+    total = sum(cost.values())
+    rows = sorted(({"op": op, "kernels_per_step": len(v) / steps, "ms_per_step": cost[op],
+                    "mean_ms_per_step": sum(v) / steps, "share": cost[op] / total if total else 0.0}
+                   for op, v in per_op.items()), key=lambda r: -r["ms_per_step"])
+    wall_steps = sorted(wall[warmup:])
+    return {"artifact": str(folder), "recipe": manifest.get("recipe"), "threads": threads, "steps": steps,
+            "kernels_per_step": sum(r["kernels_per_step"] for r in rows), "kernel_ms_per_step": total,
+            "wall_p50_ms": wall_steps[len(wall_steps) // 2], "load_average": os.getloadavg(), "ops": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("artifacts", nargs="+")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    results = []
+    for folder in args.artifacts:
+        r = profile_step(Path(folder), args.threads, args.steps, args.warmup)
+        results.append(r)
+        print(f"\n{r['recipe']} ({folder}): {r['kernels_per_step']:.0f} kernels/step, kernel time "
+              f"{r['kernel_ms_per_step']:.2f} ms/step, wall p50 {r['wall_p50_ms']:.2f} ms, {args.threads} thread(s), "
+              f"load {r['load_average'][0]:.2f}")
+        print("| op | kernels/step | ms/step | share |\n|---|---|---|---|")
+        for row in r["ops"][: args.top]:
+            print(f"| {row['op']} | {row['kernels_per_step']:.0f} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
