@@ -27,7 +27,12 @@ in the same way. Then
   own); teacher-forced steps and prefill positions are held to this same test;
 * no error may exceed the sanity bound: the size of the signal itself for quantized graphs (a
   moved level can flip a spike, which resets a membrane in one run only), 10 × the exact
-  tolerance for float graphs.
+  tolerance for float graphs. Free-running and prefill errors are held to the larger of that bound
+  and ``DRIFT_SLACK`` × how far the float64 reference itself drifts from the float32 one over the
+  same stream (``reference_drift``): a deep quantized recurrence can be chaotic — a last-bit
+  difference moves an activation one int8 level and the two runs part — and then a second correct
+  implementation drifts as far as a correct artifact does. Teacher-forced steps keep the plain
+  bound, so a kernel computing another function still fails there.
 
 A graph computing another function — a saturating kernel, a wrong scale, layout or state update —
 is inexact at most sample-steps and fails by far. ``note`` says what differs and what to do.
@@ -53,6 +58,7 @@ EXACT_STEP = EXACT_FLOOR["float32"]  # the least relative error of a sample-step
 NOISE_MARGIN = 32.0  # exact tolerance = margin × lower-quartile float64-vs-float32 error
 QUANTIZED_SLACK = 0.05  # extra inexact fraction a quantized graph may show (its own element-wise rounding)
 SANITY_BOUND = {"quantized": 1.0}  # float graphs: 10 × their exact tolerance
+DRIFT_SLACK = 1.5  # free-running/prefill errors may reach this × the float64 reference's own drift
 # kept for callers of the previous rule: the quantized sanity bound and the old minimum exact fraction
 TOLERANCES = {"float32": EXACT_FLOOR["float32"], "float16": EXACT_FLOOR["float16"], "quantized": SANITY_BOUND["quantized"]}
 DRIFT_TOLERANCE = {"quantized": SANITY_BOUND["quantized"]}
@@ -74,6 +80,8 @@ class Verification:
     teacher_forced_max_rel_error: float = 0.0
     teacher_forced_exact_fraction: float = 1.0  # sample-steps within exact_tolerance (from the reference state)
     drift_tolerance: float | None = None  # bound on free-running and prefill errors
+    reference_drift: float | None = None  # float64 vs float32 PyTorch, each free-running: max relative error
+    prefill_reference_max_rel_error: float | None = None  # float64 vs float32 PyTorch prefill
     exact_tolerance: float = EXACT_STEP
     sample_steps: int = 0  # teacher-forced sample-steps compared (steps × batch)
     inexact_fraction: float = 0.0
@@ -148,6 +156,8 @@ def verify_runner(
         return {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
 
     ref_state = model.init_state(batch, dtype=float_dtype)
+    free64 = as64(ref_state)  # the float64 reference's own free-running state
+    drift64 = 0.0
     art_state = runner.init_state(batch)
     ref_peak = state_peak = 0.0
     out_err = state_err = 0.0
@@ -158,6 +168,9 @@ def verify_runner(
         forced_y, forced_state = runner.step(x_t, ref_state)  # from the reference's state
         y64, state64 = exact64.step(x_t if model.task == "lm" else x_t.double(), as64(ref_state))
         ref_y, new_ref_state = model.step(x_t, ref_state)
+        free_y64, free64 = exact64.step(x_t if model.task == "lm" else x_t.double(), free64)
+        drift64 = max(drift64, _rel(ref_y.double().numpy(), free_y64.numpy()),
+                      *(_rel(new_ref_state[n].double().numpy(), free64[n].double().numpy()) for n in new_ref_state))
         art_y, art_state = runner.step(x_t, art_state)
         _check_finite(art_y.float().numpy(), f"step {t} output")
         art_errors.append(_step_errors(ref_y, new_ref_state, forced_y, forced_state))
@@ -200,7 +213,10 @@ def verify_runner(
     if drift_tolerance is not None:
         bound = drift_tolerance
     result.tolerance = bound
-    result.drift_tolerance = bound
+    result.reference_drift = drift64
+    free_bound = max(bound, DRIFT_SLACK * drift64) if drift_tolerance is None else bound
+    result.drift_tolerance = free_bound
+    prefill_bound = bound
     failures: list[str] = []
     if result.inexact_fraction > result.allowed_inexact_fraction:
         failures.append(f"{result.inexact_fraction:.1%} of {art_e.size} teacher-forced sample-steps differ beyond "
@@ -218,6 +234,9 @@ def verify_runner(
         pa, pr = _position_errors(ref_y, art_y), _position_errors(ref_y, y64)
         tol = exact_tolerance(pr, floor)
         result.prefill_max_rel_error = float(pa.max()) if pa.size else 0.0
+        result.prefill_reference_max_rel_error = float(pr.max()) if pr.size else 0.0
+        if drift_tolerance is None:
+            prefill_bound = max(bound, DRIFT_SLACK * result.prefill_reference_max_rel_error)
         result.prefill_inexact_fraction = float((pa > tol).mean()) if pa.size else 0.0
         result.prefill_reference_inexact_fraction = float((pr > tol).mean()) if pr.size else 0.0
         result.prefill_allowed_inexact_fraction = allowed_inexact(result.prefill_reference_inexact_fraction, pa.size, quantized)
@@ -227,10 +246,16 @@ def verify_runner(
             failures.append(f"prefill: {result.prefill_inexact_fraction:.1%} of {pa.size} (sample, position) outputs differ "
                             f"beyond {tol:.2g} (float64 PyTorch: {result.prefill_reference_inexact_fraction:.1%}; allowed "
                             f"{result.prefill_allowed_inexact_fraction:.1%})")
-    worst = max(result.max_rel_error, result.max_rel_state_error, result.prefill_max_rel_error or 0.0,
-                result.teacher_forced_max_rel_error)
-    if worst > bound:
-        failures.append(f"an error of {worst:.3g} of the signal exceeds the bound {bound:.3g}")
+    if result.teacher_forced_max_rel_error > bound:
+        failures.append(f"a teacher-forced step's error of {result.teacher_forced_max_rel_error:.3g} of the signal "
+                        f"exceeds the bound {bound:.3g}")
+    free_worst = max(result.max_rel_error, result.max_rel_state_error)
+    if free_worst > free_bound:
+        failures.append(f"a free-running error of {free_worst:.3g} of the signal exceeds the bound {free_bound:.3g} "
+                        f"(float64 PyTorch drifts {drift64:.3g} from float32 over the same stream)")
+    if (result.prefill_max_rel_error or 0.0) > prefill_bound:
+        failures.append(f"a prefill error of {result.prefill_max_rel_error:.3g} of the signal exceeds the bound "
+                        f"{prefill_bound:.3g}")
     result.passed = not failures
     if failures:
         result.note = "; ".join(failures)
