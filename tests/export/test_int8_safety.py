@@ -6,11 +6,6 @@ Haswell CPU model when ``qemu-x86_64-static`` is installed; the PyTorch fake-qua
 """
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,9 +21,8 @@ from export.int8_safety import PAIR_LIMIT, pairwise_risks, saturating_u8s8_matmu
 from export.verify import verify_runner
 from quantize.recipes import RECIPES, with_overrides
 
-from .conftest import quantized
+from .conftest import haswell_reference_check, needs_qemu_haswell, quantized
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _qdq_matmul(weight_kn: np.ndarray, scale_a=0.05, scale_w=0.01):
@@ -136,25 +130,7 @@ def test_verification_refuses_what_a_saturating_cpu_computes(tiny_mamba, recipe,
         assert result.inexact_fraction <= result.reference_inexact_fraction + 0.05
 
 
-QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
-
-_QEMU_CHECK = """
-import json, sys
-sys.path.insert(0, {root!r})
-import numpy as np, onnxruntime as ort
-from targets.selfcheck import compare_reference
-folder = {folder!r}
-manifest = json.load(open(folder + "/manifest.json"))
-session = ort.InferenceSession(folder + "/step.onnx", providers=["CPUExecutionProvider"])
-names = [i.name for i in session.get_inputs()]
-def step(x, state):
-    out = session.run(None, dict(zip(names, [x, *state])))
-    return out[0], out[1:]
-print(json.dumps(compare_reference(folder, manifest["reference"], step)))
-"""
-
-
-@pytest.mark.skipif(QEMU is None or os.uname().machine != "x86_64", reason="needs qemu-x86_64 (Debian qemu-user-static) on x86_64")
+@needs_qemu_haswell
 @pytest.mark.parametrize("recipe, passes", [("w8a8", True), ("w8a8-fullrange", False)])
 def test_artifact_on_a_real_avx2_cpu_without_vnni(tiny_mamba, tmp_path, recipe, passes):
     """ONNX Runtime's real AVX2 kernels, under QEMU's Haswell CPU model (AVX2, no AVX-512, no VNNI):
@@ -172,10 +148,7 @@ def test_artifact_on_a_real_avx2_cpu_without_vnni(tiny_mamba, tmp_path, recipe, 
             artifact.check_pairwise_safe = original
     else:
         export_artifact(qmodel, folder, steps=32, prefill=False)
-    script = _QEMU_CHECK.format(root=str(ROOT), folder=str(folder))
-    proc = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = haswell_reference_check(folder)
     assert result["passed"] is passes, result
 
 

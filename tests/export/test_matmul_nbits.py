@@ -8,12 +8,6 @@ the AVX2 kernels under QEMU's Haswell CPU model (no VNNI) when ``qemu-x86_64-sta
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,8 +19,8 @@ from export.qdq import IntegerWeight, matmul_nbits_weight
 from quantize.apply import quantize_model
 from quantize.modules import QuantLinear, block_fake_quant
 
-ROOT = Path(__file__).resolve().parents[2]
-QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+from .conftest import haswell_reference_check, needs_qemu_haswell
+
 
 
 def _kernel_model(w: IntegerWeight, level: int, rows: int):
@@ -141,33 +135,14 @@ def test_block_recipe_exports_to_matmul_nbits_and_verifies(small_mamba, tmp_path
     assert kernels["MatMulNBits"] == 7 and "DequantizeLinear" not in kernels
 
 
-_QEMU_CHECK = """
-import json, sys
-sys.path.insert(0, {root!r})
-import onnxruntime as ort
-from targets.selfcheck import compare_reference
-folder = {folder!r}
-manifest = json.load(open(folder + "/manifest.json"))
-session = ort.InferenceSession(folder + "/step.onnx", providers=["CPUExecutionProvider"])
-names = [i.name for i in session.get_inputs()]
-def step(x, state):
-    out = session.run(None, dict(zip(names, [x, *state])))
-    return out[0], out[1:]
-print(json.dumps(compare_reference(folder, manifest["reference"], step)))
-"""
-
-
-@pytest.mark.skipif(QEMU is None or os.uname().machine != "x86_64", reason="needs qemu-x86_64 (Debian qemu-user-static) on x86_64")
+@needs_qemu_haswell
 def test_block_artifact_on_an_avx2_cpu_without_vnni(small_mamba, tmp_path):
     """MatMulNBits' AVX2 int8 kernels (QEMU Haswell: no AVX-512, no VNNI) with full-range 8-bit
     weights: the shipped reference stream passes (no 16-bit saturation in this kernel family)."""
     qmodel, _ = quantize_model(small_mamba, "w8a8-block", None, progress=False)
     folder = tmp_path / "w8a8-block"
     export_artifact(qmodel, folder, steps=16, prefill=False)
-    script = _QEMU_CHECK.format(root=str(ROOT), folder=str(folder))
-    proc = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["passed"] is True
+    assert haswell_reference_check(folder)["passed"] is True
 
 
 def test_rotated_recipe_exports_the_hadamard_as_matmuls(small_mamba, tmp_path):
