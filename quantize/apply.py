@@ -245,6 +245,28 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
     return info
 
 
+HEAD_BLOCK = 32  # the int8-activation head's block: MatMulNBits' fastest CompInt8 form
+
+
+def head_recipe_of(recipe: QuantRecipe) -> QuantRecipe:
+    """How a tied head's own copy is quantized under ``recipe`` (``head_bits`` > 0).
+
+    * int8-activation recipes (static or block): ``head_bits`` weights in blocks of 32 with int8
+      activations quantized dynamically per block (``act_granularity = "block"``, ONNX Runtime's
+      ``MatMulNBits`` at accuracy level 4). A static per-tensor scale would need the head's input
+      calibrated, and the dynamic block scale is both the more accurate and the faster kernel;
+      full-range weights, since that kernel does not saturate on AVX2 (docs/quantization.md).
+    * float-activation recipes: ``head_bits`` weights in the recipe's own groups (``MatMulNBits``
+      with float activations).
+
+    Never rotated (the online transform would cost every step) and never GPTQ'd (no Hessian).
+    """
+    fields: dict[str, Any] = dict(weight_bits=recipe.head_bits, rotate=False, gptq=False)
+    if recipe.act_bits == 8:
+        fields.update(weight_granularity="group", group_size=HEAD_BLOCK, act_granularity="block", weight_levels=0)
+    return dataclasses.replace(recipe, **fields)
+
+
 def _quantize_tied_head(model: nn.Module, recipe: QuantRecipe) -> dict | None:
     """Give a tied LM head (``lm_head`` None, reading ``embedding.weight``) its own quantized copy.
 
@@ -258,11 +280,11 @@ def _quantize_tied_head(model: nn.Module, recipe: QuantRecipe) -> dict | None:
         return None
     weight = embedding.weight.detach().float()
     out_features, in_features = weight.shape
-    head_recipe = dataclasses.replace(recipe, weight_bits=recipe.head_bits)
-    plan = {"granularity": recipe.weight_granularity, "group_size": recipe.group_size}
-    if recipe.weight_granularity == "group" and in_features % recipe.group_size:
-        group = block_fallback(in_features, recipe.group_size)
-        if not group and recipe.act_granularity == "block":
+    head_recipe = head_recipe_of(recipe)
+    plan = {"granularity": head_recipe.weight_granularity, "group_size": head_recipe.group_size}
+    if head_recipe.weight_granularity == "group" and in_features % head_recipe.group_size:
+        group = block_fallback(in_features, head_recipe.group_size)
+        if not group and head_recipe.act_granularity == "block":
             return None
         plan = {"granularity": "group", "group_size": group} if group else {"granularity": "channel", "group_size": 0}
     model.lm_head = nn.Linear(in_features, out_features, bias=False).to(weight.device)

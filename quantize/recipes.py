@@ -181,58 +181,58 @@ RECIPES: dict[str, QuantRecipe] = {
         "w8a8-minmax",
         "naive baseline: int8 per-tensor weights, static int8 activations with min/max scales everywhere",
         weight_bits=8, weight_granularity="tensor", act_bits=8, act_observer="minmax", clip_observer="minmax",
-        weight_levels=_PAIR_SAFE,
+        weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8": QuantRecipe(
         "w8a8",
         "Quamba: int8 per-channel weights, static int8 activations, percentile-clipped SSM input, "
         "Hadamard-rotated out_proj input",
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
-        rotate=True, weight_levels=_PAIR_SAFE,
+        rotate=True, weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-norotate": QuantRecipe(
         "w8a8-norotate", "ablation: w8a8 without the Hadamard rotation",
         weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="percentile", rotate=False,
-        weight_levels=_PAIR_SAFE,
+        weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-noclip": QuantRecipe(
         "w8a8-noclip", "ablation: w8a8 without percentile clipping (min/max everywhere)",
         weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="minmax", rotate=True,
-        weight_levels=_PAIR_SAFE,
+        weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-noclip-norotate": QuantRecipe(
         "w8a8-noclip-norotate", "ablation: w8a8 with neither rotation nor percentile clipping",
         weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="minmax", rotate=False,
-        weight_levels=_PAIR_SAFE,
+        weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-fullrange": QuantRecipe(
         "w8a8-fullrange",
         "ablation: w8a8 with the full int8 weight range [-127, 127]; exact only where int8 kernels accumulate "
         "in 32 bits (x86 VNNI, Arm SDOT, CUDA): ONNX export refuses it (x86 without VNNI saturates)",
-        weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="percentile", rotate=True,
+        weight_bits=8, weight_granularity="channel", act_bits=8, clip_observer="percentile", rotate=True, head_bits=8,
     ),
     "w4a8": QuantRecipe(
         "w4a8",
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), static int8 "
         "activations as w8a8, with the rotation",
         weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
-        weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True,
+        weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True, head_bits=8,
     ),
     "w8a8-s8": QuantRecipe(
         "w8a8-s8", "w8a8 with the decode state (conv and SSM states) stored and carried as int8 (static per-channel scales)",
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
-        rotate=True, state_bits=8, weight_levels=_PAIR_SAFE,
+        rotate=True, state_bits=8, weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-s8-element": QuantRecipe(
         "w8a8-s8-element", "w8a8-s8 with one static scale per state element (a scale table the size of one state, "
         "shared by every sequence): int8 state that holds on Mamba-2",
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
-        rotate=True, state_bits=8, state_scales="element", weight_levels=_PAIR_SAFE,
+        rotate=True, state_bits=8, state_scales="element", weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-conv8-ssm16": QuantRecipe(
         "w8a8-conv8-ssm16", "w8a8 with the conv window stored as int8 (per-channel scales) and the SSM state as float16",
         weight_bits=8, weight_granularity="channel", act_bits=8, act_observer="minmax", clip_observer="percentile",
-        rotate=True, state_bits=8, ssm_state_bits=16, weight_levels=_PAIR_SAFE,
+        rotate=True, state_bits=8, ssm_state_bits=16, weight_levels=_PAIR_SAFE, head_bits=8,
     ),
     "w8a8-block": QuantRecipe(
         "w8a8-block",
@@ -252,17 +252,17 @@ RECIPES: dict[str, QuantRecipe] = {
         f"int4 per-group weights (group {_W4_GROUP}, per-channel where it does not divide), float "
         "activations, with the rotation",
         weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
-        weight_observer="mse", rotate=True,
+        weight_observer="mse", rotate=True, head_bits=4,
     ),
     "w4a16-gptq": QuantRecipe(
         "w4a16-gptq", "w4a16 with GPTQ error compensation",
         weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
-        weight_observer="mse", rotate=True, gptq=True,
+        weight_observer="mse", rotate=True, gptq=True, head_bits=4,
     ),
     "w4a8-gptq": QuantRecipe(
         "w4a8-gptq", "w4a8 with GPTQ error compensation",
         weight_bits=4, weight_granularity="group", group_size=_W4_GROUP, group_fallback="channel",
-        weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True, gptq=True,
+        weight_observer="mse", act_bits=8, clip_observer="percentile", rotate=True, gptq=True, head_bits=8,
     ),
 }
 

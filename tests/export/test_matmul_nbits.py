@@ -155,3 +155,32 @@ def test_rotated_recipe_exports_the_hadamard_as_matmuls(small_mamba, tmp_path):
     assert manifest["verification"]["passed"]
     ops = [node.op_type for node in onnx.load(str(tmp_path / "w8a8" / "step.onnx")).graph.node]
     assert ops.count("Concat") + ops.count("Split") + ops.count("Squeeze") + ops.count("Unsqueeze") < 40, ops
+
+
+@pytest.mark.parametrize("recipe, bits, level", [("w8a8", 8, 4), ("w4a16", 4, 1)])
+def test_static_recipes_give_the_tied_head_a_fused_copy(small_mamba, tmp_path, recipe, bits, level):
+    """Static recipes too: the tied head gets its own copy (``head_bits``), so the step runs it as one
+    MatMulNBits kernel instead of dequantizing the whole vocabulary table every step (issue 15).
+    int8-activation recipes: blocks of 32 with dynamic int8 activations (accuracy level 4, set on
+    the node); float-activation recipes: the recipe's groups, fused by ONNX Runtime at level 1."""
+    from export.graphs import sample_inputs
+    from quantize.apply import head_recipe_of
+    from quantize.recipes import get_recipe
+
+    calib = [sample_inputs(small_mamba, 2, 16, seed=i) for i in range(2)]
+    qmodel, _ = quantize_model(small_mamba, recipe, calib, progress=False)
+    head = qmodel.lm_head
+    assert isinstance(head, QuantLinear) and head.weight_bits == bits and not head.rotate
+    assert head.act_block == (32 if level == 4 else 0)
+    assert head_recipe_of(get_recipe(recipe)).weight_levels == 0  # MatMulNBits does not saturate: full range
+    manifest = export_artifact(qmodel, tmp_path / recipe, steps=32, prefill=False, recipe=recipe)
+    assert manifest["verification"]["passed"], manifest["verification"]
+    proto = onnx.load(str(tmp_path / recipe / "step.onnx"))
+    # nothing dequantizes the vocabulary table in the step: the lookup gathers rows, the head is its own copy
+    assert not any(node.op_type == "DequantizeLinear" and "embedding" in node.input[0] for node in proto.graph.node)
+    assert any(node.op_type == "Gather" and node.input[0].endswith("embedding.weight_int") for node in proto.graph.node)
+    kernels = manifest["export_host"]["onnxruntime"]["kernels"]["step"]
+    assert kernels.get("MatMulNBits", 0) >= 1, kernels
+    if level == 4:
+        heads = [node for node in proto.graph.node if node.op_type == "MatMulNBits"]
+        assert len(heads) == 1 and {a.name: a.i for a in heads[0].attribute}["accuracy_level"] == 4
