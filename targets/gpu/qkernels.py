@@ -326,10 +326,14 @@ def q_rot_out_kernel(
 def q_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
-    COPY_BLK: tl.constexpr, EVH: tl.constexpr,
+    COPY_BLK: tl.constexpr, EVH: tl.constexpr, NGH: tl.constexpr, GH: tl.constexpr, ABLK: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
-    """Final RMSNorm, the tied head over the int8 embedding (per-row scales), fp32 logits, arg-max
-    folded into one int64 atomic_max (as ``lm_head_kernel``)."""
+    """Final RMSNorm, the head over int8 weights, fp32 logits, arg-max folded into one int64
+    atomic_max (as ``lm_head_kernel``). The weights are the tied int8 embedding (per-row scales,
+    ``NGH`` 1) or the head's own copy (``head_bits``: ``NGH`` scale groups of ``GH`` columns per
+    row); ``ABLK`` > 0 rounds the normalized activation to int8 per block of ``ABLK`` features
+    first, as ``quantize.modules.block_fake_quant`` does (0: float activations)."""
     pid = tl.program_id(0)
     if COPY_N > 0:
         _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
@@ -343,12 +347,29 @@ def q_head_kernel(
     rmask = rows < vocab
     w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0,
                 eviction_policy=EVH)
-    ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
+    if NGH == 1:
+        ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
+    else:
+        ws2 = tl.load(emb_s_ptr + rows[:, None] * NGH + offs[None, :] // GH, mask=rmask[:, None] & dm[None, :],
+                      other=0.0)
     nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
     v = tl.load(h_ptr + offs, mask=dm, other=0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     u = v * rstd * nw
-    acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1) * ws
+    if ABLK > 0:  # dynamic int8 per block: amax, q = round_half_even(u * (127 / amax)), q * (amax / 127)
+        ub = tl.reshape(u, (BD // ABLK, ABLK))
+        am = tl.max(tl.abs(ub), axis=1)
+        inv = tl.where(am > 0, tl.math.div_rn(tl.full((BD // ABLK,), 127.0, tl.float32), am), 0.0)
+        t = ub * inv[:, None]
+        if INTERP:
+            t = (t + 12582912.0) - 12582912.0
+        else:
+            t = _rint_dev(t)
+        u = tl.reshape(t * tl.math.div_rn(am, tl.full((BD // ABLK,), 127.0, tl.float32))[:, None], (BD,))
+    if NGH == 1:
+        acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1) * ws
+    else:
+        acc = tl.sum(w.to(tl.float32) * ws2 * u[None, :], axis=1)
     tl.store(logits_ptr + rows, acc, mask=rmask)
     vals = tl.where(rmask, acc, float("-inf"))
     best = tl.max(vals, axis=0)

@@ -12,9 +12,10 @@ it is (the rotation needs the whole SSM output, one more grid-wide dependency). 
 
 Supported: weight bits 4 or 8 for in_proj/out_proj (2..8 for x_proj/dt_proj), per-tensor,
 per-channel or per-group scales, weight-only or static int8 activations at the recipe's points
-(in_proj input, ssm_in, dt_proj input, out_proj input), an int8 (per-row) embedding / tied head.
+(in_proj input, ssm_in, dt_proj input, out_proj input), an int8 (per-row) embedding read by the
+tied head or a head of its own (``head_bits``: per-group scales, float or per-block int8 activations).
 Not supported (a one-line InputError): integer decode state (``state_bits``), float layers left
-in a quantized model, untied heads, in_proj/out_proj bias.
+in a quantized model, untied float heads, in_proj/out_proj bias.
 """
 
 from __future__ import annotations
@@ -224,9 +225,12 @@ class QuantFusedMambaStep(FusedMambaStep):
             self.norm_f = qmodel.norm_f.weight.detach().float().to(dev).contiguous()
             self.emb = emb[0].to(dev).contiguous()
             self.emb_s = emb[1].float().to(dev).contiguous()
+            self._set_head(qmodel, D)
         state_bytes = 2 * 4 * len(self.layers) * E * (K - 1 + N)
         self.weight_bytes = sum(t.numel() * t.element_size() for L in self.layers for t in L.values())
         self.weight_bytes += self.emb.numel() + self.emb_s.numel() * 4 + self.norm_f.numel() * 4
+        if self.head_w is not self.emb:
+            self.weight_bytes += self.head_w.numel() + self.head_s.numel() * 4
         self.bytes_per_step = self.weight_bytes + state_bytes
         self.tok = torch.zeros(1, dtype=torch.int64, device=dev)
         self.h = torch.zeros(D, dtype=f32, device=dev)
@@ -246,6 +250,28 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.weights = f"w{self.wbits}a{8 if self.aq['in'] else 16}"
         self.set_blocks(blocks or Blocks())
+
+    def _set_head(self, qmodel: Any, D: int) -> None:
+        """The head's integers: the tied int8 table, or the head's own copy (recipes with ``head_bits``:
+        per-group scales, float or dynamic per-block int8 activations)."""
+        from quantize.modules import QuantLinear
+
+        head = getattr(qmodel, "lm_head", None)
+        self.head_w, self.head_s, self.head_groups, self.head_block = self.emb, self.emb_s, 1, 0
+        if head is None:
+            return
+        if not isinstance(head, QuantLinear):
+            raise InputError("the fused quantized runtime needs the LM head tied or quantized by the recipe (head_bits)")
+        if head.rotate or head.bias is not None or head.input_scale is not None:
+            raise InputError("the fused quantized runtime's head takes no rotation, bias or static input scale")
+        scales, group = _scales(head, D)
+        if head.act_block and head.act_block != group:
+            raise InputError(f"the head's activation block ({head.act_block}) must be its weight group ({group})")
+        self.head_w = head.weight_int.detach().to(self.torch.int8).to(self.device).contiguous()
+        self.head_s = scales.to(self.device).contiguous()
+        self.head_groups, self.head_block = scales.shape[1], int(head.act_block)
+        if self.head_groups == 1:
+            self.head_s = self.head_s.reshape(-1).contiguous()
 
     def set_blocks(self, blocks: Blocks) -> None:
         self.blocks = blocks
@@ -319,10 +345,11 @@ class QuantFusedMambaStep(FusedMambaStep):
         if "head" in parts:
             nprog = triton_cdiv(self.V, b.head_rows)
             q_head_kernel[(nprog,)](
-                self.h, self.norm_f, self.emb, self.emb_s, self.logits, self.amax, self.eps, self.V,
+                self.h, self.norm_f, self.head_w, self.head_s, self.logits, self.amax, self.eps, self.V,
                 self.xsum[-1], self.ssm_side[(nl - 1) % 2], self.ssm[-1],
                 D=D, BV=b.head_rows, BD=_pow2(D), XZ=0 if self.rotate else XD, BXZ=_pow2(XD),
                 COPY_N=0 if self.rotate else E * N, COPY_BLK=_pow2(triton_cdiv(E * N, nprog)), EVH="evict_first" if b.q_l2 else "",
+                NGH=self.head_groups, GH=D // self.head_groups, ABLK=self.head_block, INTERP=interpreted(),
                 num_warps=b.warps_head,
             )
 
