@@ -171,6 +171,11 @@ def export_artifact(
                 graphs[kind].update(cubin=build.pop("cubin"), cuda_source_sha256=build.pop("cuda_source_sha256"))
             if kind == "prefill":
                 graphs[kind]["length"] = prefill_length
+        weights = None
+        if format == "onnx":  # both graphs read one copy of the weights (external data)
+            from export.onnx_export import share_weights
+
+            weights = share_weights(staging, [graphs[kind]["file"] for kind in kinds])
         manifest: dict[str, Any] = {
             "edgeseq_artifact": mf.FORMAT_VERSION,
             "model": mf.model_entry(model, source),
@@ -182,6 +187,7 @@ def export_artifact(
             "target": {**export_target.build_record(), **({k: v for k, v in build.items() if v} if format == "tvm" else {})},
             "opset": opset if format == "onnx" else None,
             "graphs": graphs,
+            **({"weights": weights} if weights else {}),
             "tokenizer": _write_tokenizer(tokenizer, staging),
             "init_state": _write_init_state(model, staging, scratch if format == "tvm" and not export_target.runs_here else None),
             "versions": mf.tool_versions(),

@@ -134,9 +134,69 @@ def _check_and_save(proto, path: Path) -> None:
     onnx.save(proto, str(path))
 
 
+WEIGHTS_FILE = "weights.bin"
+_ALIGN = 4096  # page-aligned tensors: ONNX Runtime can map them instead of copying
+_INLINE_BYTES = 1024  # smaller tensors (shapes, axes, norms of tiny models) stay inside the graph
+
+
+def share_weights(folder: Path, files: list[str], name: str = WEIGHTS_FILE) -> dict[str, Any]:
+    """Move the initializers of the graphs in ``folder`` into one external-data file, each distinct
+    tensor once.
+
+    The step and prefill graphs read the same weights; saved inline, every artifact held them
+    twice on disk and each session parsed its own protobuf copy before building its tensors. Here
+    tensors with identical bytes (found by sha256, whatever their names) share one page-aligned
+    region of ``name``, and each graph keeps only ONNX external-data references (location, offset,
+    length) — the standard form ONNX Runtime, ``onnx.load`` and TVM's frontend read. Returns
+    ``{"file", "bytes", "tensors", "shared"}`` for the manifest.
+    """
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    protos = [onnx.load(str(folder / file)) for file in files]
+    regions: dict[str, tuple[int, int]] = {}
+    shared = 0
+    with open(folder / name, "wb") as out:
+        for proto in protos:
+            for tensor in _initializers(proto.graph):
+                if not tensor.HasField("raw_data") or len(tensor.raw_data) < _INLINE_BYTES:
+                    continue
+                data = tensor.raw_data
+                key = hashlib.sha256(data).hexdigest()
+                if key in regions:
+                    shared += 1
+                else:
+                    offset = -(-out.tell() // _ALIGN) * _ALIGN
+                    out.seek(offset)
+                    out.write(data)
+                    regions[key] = (offset, len(data))
+                offset, length = regions[key]
+                set_external_data(tensor, location=name, offset=offset, length=length)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.ClearField("raw_data")
+        size = out.tell()
+    for proto, file in zip(protos, files):
+        onnx.save(proto, str(folder / file))
+    return {"file": name, "bytes": size, "tensors": len(regions), "shared": shared}
+
+
+def _initializers(graph):
+    """Initializers of a graph and of its subgraphs (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g.ByteSize():
+                yield from _initializers(attr.g)
+            for sub in attr.graphs:
+                yield from _initializers(sub)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
 
-__all__ = ["DEFAULT_OPSET", "DTYPES", "INT4_MIN_OPSET", "MIN_OPSET", "check_opset", "export_graph", "upgrade_opset"]
+__all__ = ["DEFAULT_OPSET", "DTYPES", "INT4_MIN_OPSET", "MIN_OPSET", "WEIGHTS_FILE", "check_opset", "export_graph", "share_weights",
+           "upgrade_opset"]

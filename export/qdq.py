@@ -517,7 +517,7 @@ def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
     optimized = os.path.join(scratch_dir, "optimized.onnx")
     ort_session(onnx_path, optimized_model=optimized)
     counts: dict[str, int] = {}
-    for node in onnx.load(optimized).graph.node:
+    for node in onnx.load(optimized, load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     os.unlink(optimized)
     return dict(sorted(counts.items()))

@@ -108,8 +108,8 @@ def check_files(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def manifest_paths(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
-    """``(key, path)`` of every file the manifest makes a runtime open (graphs, cubins, tokenizer,
-    initial state, reference stream)."""
+    """``(key, path)`` of every file the manifest makes a runtime open (graphs, their shared weights,
+    cubins, tokenizer, initial state, reference stream)."""
     found: list[tuple[str, Any]] = []
     graphs = manifest.get("graphs")
     if isinstance(graphs, dict):
@@ -118,6 +118,9 @@ def manifest_paths(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
                 for key in ("file", "cubin"):
                     if key in spec and spec[key] is not None:
                         found.append((f"graphs.{kind}.{key}", spec[key]))
+    weights = manifest.get("weights")  # the graphs' shared external data
+    if isinstance(weights, dict) and weights.get("file") is not None:
+        found.append(("weights.file", weights["file"]))
     tokenizer = manifest.get("tokenizer")
     if isinstance(tokenizer, dict) and tokenizer.get("file") is not None:
         found.append(("tokenizer.file", tokenizer["file"]))

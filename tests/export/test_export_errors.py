@@ -47,7 +47,7 @@ def test_existing_output_is_refused_unless_force(tiny_mamba, tmp_path):
     (out / "keep.txt").unlink()
     export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)  # empty folder
     export_artifact(tiny_mamba, out, steps=2, prefill=False, force=True)  # an earlier artifact
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "reference.npz", "step.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "reference.npz", "step.onnx", "weights.bin"]
     assert _leftovers(tmp_path) == ["art"]
 
 

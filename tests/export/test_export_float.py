@@ -22,7 +22,7 @@ def test_onnx_step_and_prefill_match_pytorch(tiny_mamba, tmp_path):
     v = manifest["verification"]
     assert v["passed"] and v["steps"] == 64 and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert {f["path"] for f in manifest["files"]} == {"step.onnx", "prefill.onnx", "reference.npz"}
+    assert {f["path"] for f in manifest["files"]} == {"step.onnx", "prefill.onnx", "weights.bin", "reference.npz"}
     step = manifest["graphs"]["step"]
     assert step["inputs"][0] == {"name": "token", "shape": ["batch"], "dtype": "int64"}
     assert [t["name"] for t in step["inputs"][1:3]] == ["conv_0", "ssm_0"]
@@ -78,3 +78,38 @@ def test_tvm_prefill_allocates_for_the_batch_it_runs(tmp_path):
     manifest = export_artifact(model, tmp_path / "tvm", format="tvm", target="llvm", steps=4, prefill_length=64)
     v = manifest["verification"]
     assert v["passed"] and v["prefill_max_rel_error"] is not None and v["prefill_max_rel_error"] < 1e-4
+
+
+def test_step_and_prefill_share_one_copy_of_the_weights(tmp_path):
+    """Both graphs reference one page-aligned external-data file, each distinct tensor stored once;
+    the artifact is about half the size of two self-contained graphs, and an altered byte in the
+    shared file is refused like an altered graph."""
+    import onnx
+
+    from edgeseq.errors import InputError
+    from targets.testing import tiny_mamba
+
+    model = tiny_mamba(d_model=64, n_layer=2, vocab_size=256)
+    out = tmp_path / "art"
+    manifest = export_artifact(model, out, format="onnx", target="cpu", steps=8, prefill_length=8)
+    weights = manifest["weights"]
+    assert weights["file"] == "weights.bin" and weights["bytes"] == (out / "weights.bin").stat().st_size
+    inline = 0
+    for graph in ("step.onnx", "prefill.onnx"):
+        proto = onnx.load(str(out / graph), load_external_data=False)
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in tensor.external_data}
+                assert info["location"] == "weights.bin" and int(info["offset"]) % 4096 == 0
+            else:
+                inline += len(tensor.raw_data)
+        assert (out / graph).stat().st_size < weights["bytes"] / 2  # the graph, not the weights
+    assert inline < 16 * 1024
+    params = sum(p.numel() * 4 for p in model.parameters())
+    assert params <= weights["bytes"] < 1.5 * params + 4096 * weights["tensors"]  # once, not twice
+    assert weights["shared"] >= weights["tensors"] // 2  # the prefill graph found the step graph's tensors
+    raw = bytearray((out / "weights.bin").read_bytes())
+    raw[100] ^= 1
+    (out / "weights.bin").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="differ from manifest"):
+        open_artifact(out, threads=1)
