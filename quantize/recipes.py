@@ -49,8 +49,11 @@ A recipe says, for every quantization point a model declares (see
   under its own ``session.qdq_matmulnbits_accuracy_level``, so the artifact computes the same
   function whatever that session setting is);
 * ``head_bits`` — a tied LM head (reading the embedding table) gets its own quantized copy with
-  this many bits, quantized like the other linear layers (0 = the head reads the embedding table);
-  the embedding lookup keeps its per-row table (``embedding_bits``);
+  this many bits (0 = the head reads the embedding table, which an ONNX step must then dequantize
+  whole every step); int8-activation recipes quantize it in blocks of 32 with dynamic int8
+  activations per block (as ``act_granularity = "block"``), float-activation recipes in their own
+  weight groups (``quantize.apply.head_recipe_of``); never rotated. Every named integer recipe
+  sets it; the embedding lookup keeps its per-row table (``embedding_bits``);
 * ``embedding_bits`` — integer recipes round the token-embedding tables to this many bits per row
   (default 8; 0 keeps them float). Models whose embedding feeds a spiking threshold opt out
   (``StreamingModel.embeddings_quantizable``).

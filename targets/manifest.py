@@ -229,14 +229,24 @@ def is_artifact(source: str | Path) -> bool:
 
 
 def onnx_weight_bytes(path: str | Path) -> int:
-    """Bytes of an ONNX graph's initializers (external data included): the weights it reads."""
+    """Bytes of the weights an ONNX graph reads per call: its initializers (external data included,
+    from the sizes recorded in the graph), except tables only looked up row-wise (``Gather``
+    inputs, e.g. an embedding whose head has its own copy), which a step reads one row of."""
     onnx = require("onnx", "pip install onnx")
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path), load_external_data=True)
+    proto = onnx.load(str(path), load_external_data=False)
+    consumers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, set()).add(node.op_type if position == 0 else f"{node.op_type}:{position}")
     total = 0
     for tensor in proto.graph.initializer:
-        if tensor.raw_data:
+        if consumers.get(tensor.name) == {"Gather"}:
+            continue
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in tensor.external_data}.get("length", 0))
+        elif tensor.raw_data:
             total += len(tensor.raw_data)
         else:
             try:

@@ -22,7 +22,8 @@ def _initializer_types(path):
     return {init.name: init.data_type for init in proto.graph.initializer}
 
 
-@pytest.mark.parametrize("recipe, kernel, opset", [("w8a8", "MatMulIntegerToFloat", 18), ("w4a16", "MatMulNBits", 21)])
+# opset 21 for both: the tied head's own blocked copy (head_bits) needs blocked scales
+@pytest.mark.parametrize("recipe, kernel, opset", [("w8a8", "MatMulIntegerToFloat", 21), ("w4a16", "MatMulNBits", 21)])
 def test_quantized_onnx_matches_fake_quant_model(tiny_mamba, tmp_path, recipe, kernel, opset):
     qmodel = quantized(tiny_mamba, recipe)
     out = tmp_path / recipe
@@ -33,7 +34,8 @@ def test_quantized_onnx_matches_fake_quant_model(tiny_mamba, tmp_path, recipe, k
     types = _initializer_types(out / "step.onnx")
     int_type = onnx.TensorProto.INT8 if recipe == "w8a8" else onnx.TensorProto.INT4
     assert types["model.layers.0.mixer.in_proj.qweight_t_int"] == int_type
-    assert types["model.embedding.weight_t_int"] == onnx.TensorProto.INT8  # the tied table, stored once
+    assert types["model.embedding.weight_int"] == onnx.TensorProto.INT8  # the lookup's rows (the head has its own copy)
+    assert "model.lm_head.qweight_t_int" in types or "model.lm_head.qweight_t_nbits" in types
     assert not any(t == onnx.TensorProto.FLOAT and name.startswith("model.embedding") for name, t in types.items() if "scale" not in name)
     assert not any(name.endswith("qweight_t") for name in types)  # no float copy left
     assert kernel in runtime_kernels(str(out / "step.onnx"), str(tmp_path))
@@ -49,15 +51,17 @@ def test_w8a8_rotated_out_proj_is_graph_ops(tiny_mamba, tmp_path):
 
 
 def test_int8_file_is_small(tmp_path):
-    """Weights dominate a wider model: the w8a8 step graph is under 30% of the float32 one."""
+    """Weights dominate a wider model: the w8a8 artifact's weights are well under half the float32
+    ones (int8 layers, an int8 lookup table and the head's own 8-bit copy, against one float table
+    and float layers: about a third of the bytes here)."""
     from edgeseq.models.mamba import Mamba, MambaConfig
 
     model = Mamba(MambaConfig(vocab_size=256, d_model=192, n_layer=1, d_state=8)).eval()
     export_artifact(model, tmp_path / "fp32", steps=2, prefill=False)
     export_artifact(quantized(model, "w8a8", batches=1), tmp_path / "int8", steps=2, prefill=False)
-    fp32 = (tmp_path / "fp32" / "step.onnx").stat().st_size
-    int8 = (tmp_path / "int8" / "step.onnx").stat().st_size
-    assert int8 / fp32 < 0.30, (int8, fp32)
+    fp32 = sum(f.stat().st_size for f in (tmp_path / "fp32").glob("*.onnx")) + (tmp_path / "fp32" / "weights.bin").stat().st_size
+    int8 = sum(f.stat().st_size for f in (tmp_path / "int8").glob("*.onnx")) + (tmp_path / "int8" / "weights.bin").stat().st_size
+    assert int8 / fp32 < 0.36, (int8, fp32)
 
 
 @pytest.mark.slow
