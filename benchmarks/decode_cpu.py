@@ -135,7 +135,8 @@ def time_edgeseq(folder: Path, threads: int, args) -> dict:
 
 
 def artifact_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".so"))
+    """The graphs and their weights (``weights.bin``, the step and prefill graphs' one shared copy)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".so", ".bin"))
 
 
 def summarize(name: str, kind: str, threads: int, m: dict, size: int, load: tuple) -> dict:
