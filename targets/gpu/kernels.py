@@ -134,6 +134,8 @@ def mamba_in_kernel(
     if QUANT == 8:
         sx = tl.load(w_in_s_ptr + chans)
         sz = tl.load(w_in_s_ptr + E + chans)
+    smask = kk[None, :] < (K - 1)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)  # this layer's own
     if PREFETCH:
         _prefetch_l2(pf_ptr, pf_bytes, NT)
     # 2. wait for the previous kernel (programmatic dependent launch), then let the next one start:
@@ -159,8 +161,6 @@ def mamba_in_kernel(
         if QUANT == 4:
             ve = tl.load(h_ptr + 2 * o2, mask=dm2, other=0.0)
             vo = tl.load(h_ptr + 2 * o2 + 1, mask=dm2, other=0.0)
-    smask = kk[None, :] < (K - 1)
-    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
     # RMSNorm, in_proj rows of these channels (x and z)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     if QUANT == 4:
@@ -203,14 +203,16 @@ def mamba_ssm_out2_kernel(
     D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
     XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, RESET_AMAX: tl.constexpr,
     ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
-    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr,
+    QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """The SSM/out_proj stage on a 2-D grid: program (pe, po) redoes the (cheap) scan of channels
     [pe*BE, (pe+1)*BE) and adds their out_proj share into residual columns [po*BO, (po+1)*BO).
     Fewer channel blocks than the 1-D kernel, so ~BE/8 times fewer atomic adds per residual element,
     and x_proj arrives summed (80 floats) instead of as per-block partials. Every program reads the
     old state, so the new one goes to a side buffer (ssm_out); the next layer's kernel (or the head,
-    after the last layer) copies it into the state - the previous layer's copy happens here."""
+    after the last layer) copies it into the state - the previous layer's copy happens here.
+    With PDL everything before ``gdc_wait`` reads only what the kernel before the previous one (or an
+    earlier step) wrote: the weights, the old state, the previous layer's side buffer."""
     pe = tl.program_id(0)
     po = tl.program_id(1)
     if ZERO_PREV:  # previous layer: its new state into place (all its readers have ended)
@@ -237,13 +239,16 @@ def mamba_ssm_out2_kernel(
     dtb = tl.load(dt_b_ptr + chans)
     a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     dsk = tl.load(dskip_ptr + chans)
+    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    if PDL:  # the in_proj kernel's outputs are needed from here on; the next kernel may start
+        gdc_wait()
+        gdc_launch_dependents()
     # activations
     dt_low = tl.load(xsum_ptr + r, mask=r < R, other=0.0)
     b = tl.load(xsum_ptr + R + n, mask=n < N, other=0.0)
     c = tl.load(xsum_ptr + R + N + n, mask=n < N, other=0.0)
     x = tl.load(xc_ptr + chans)
     zg = tl.load(zg_ptr + chans)
-    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     dt = tl.sum(wdt.to(tl.float32) * dt_low[None, :], axis=1) + dtb
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
@@ -349,6 +354,15 @@ def lm_head_kernel(
     COPY_BLK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    offs = tl.arange(0, BD)
+    dm = offs < D
+    rows = pid * BV + tl.arange(0, BV)
+    rmask = rows < vocab
+    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+    nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+    if PDL:  # the last layer's kernel has ended (its state side buffer and x_proj sum are ours now)
+        gdc_wait()
+        gdc_launch_dependents()
     if COPY_N > 0:  # the last layer's new SSM state (2-D SSM kernel) into place
         _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
     if XZ > 0:  # the last layer's x_proj sum back to zero for the next step
@@ -358,15 +372,6 @@ def lm_head_kernel(
     if RESET_BAR:  # the persistent layers kernel before this one has ended: its barrier restarts at 0
         if pid == 0:
             tl.store(bar_ptr, 0)
-    offs = tl.arange(0, BD)
-    dm = offs < D
-    rows = pid * BV + tl.arange(0, BV)
-    rmask = rows < vocab
-    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-    nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
     v = tl.load(h_ptr + offs, mask=dm, other=0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     u = v * rstd * nw

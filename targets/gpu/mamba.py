@@ -347,8 +347,8 @@ class FusedMambaStep:
                     self.ssm_side[(i - 1) % 2], self.ssm[max(i - 1, 0)],
                     D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=self.XD, BX=_pow2(self.XD), BE=self.BE, BO=self.BO,
                     RESET_AMAX=(i == 0), ZERO_PREV=(i > 0), QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                    COPY_BLK=_pow2(triton_cdiv(E * N, (E // self.BE) * triton_cdiv(D, self.BO))),
-                    num_warps=b.warps_ssm,
+                    COPY_BLK=_pow2(triton_cdiv(E * N, (E // self.BE) * triton_cdiv(D, self.BO))), PDL=pdl,
+                    num_warps=b.warps_ssm, launch_pdl=pdl,
                 )
             elif "ssm" in parts:
                 mamba_ssm_out_kernel[(E // self.BE,)](

@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from targets.gpu.kernels import AMAX_RESET, _copy_share
+from targets.gpu.kernels import AMAX_RESET, _copy_share, gdc_launch_dependents, gdc_wait
 
 try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
     from triton.language.extra.cuda.libdevice import rint as _rint_dev
@@ -77,7 +77,7 @@ def q_in_kernel(
     BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
     NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
     FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr, L3: tl.constexpr,
-    BDW: tl.constexpr, EVW: tl.constexpr,
+    BDW: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """RMSNorm -> in_proj (x, z rows of BC channels; integer weights) -> conv + SiLU (-> ssm_in
     rounding) -> this block's x_proj share added into xsum. The d_model row is cut into NCH chunks
@@ -121,6 +121,11 @@ def q_in_kernel(
     sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
     cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
     cb = tl.load(conv_b_ptr + chans)
+    smask = kk[None, :] < (K - 1)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)  # this layer's own
+    if PDL:  # programmatic dependent launch: the weights are on their way; now the previous kernel's outputs
+        gdc_wait()
+        gdc_launch_dependents()
     # activations: the residual row (or the token's int8 embedding row for layer 0)
     if FIRST:
         if FROM_ARGMAX:
@@ -170,8 +175,6 @@ def q_in_kernel(
     if IN_AQ:
         acc_x = acc_x * s_a
         acc_z = acc_z * s_a
-    smask = kk[None, :] < (K - 1)
-    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)
     window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)
     conv = tl.sum(window * cw, axis=1) + cb
     xs = conv / (1.0 + tl.exp(-conv))
@@ -189,32 +192,44 @@ def q_in_kernel(
 
 
 @triton.jit
-def _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, c0, po, D: tl.constexpr, BO: tl.constexpr, NGO: tl.constexpr,
-               GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr):
-    """out_proj rows `chans` (stored transposed [E, D]) times y, columns [po*BO, (po+1)*BO), added
-    into the residual; the channels lie in one scale group (c0 // GO)."""
+def _out_load(w_oT_ptr, s_o_ptr, chans, c0, po, D: tl.constexpr, BO: tl.constexpr, NGO: tl.constexpr,
+              GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr):
+    """The out_proj tile of rows `chans` (stored transposed [E, D]) and columns [po*BO, (po+1)*BO) with
+    its scales (the channels lie in one scale group, c0 // GO): loaded before the kernel waits for
+    its inputs. 4-bit: byte k of column block po holds columns po*BO + k (low nibble) and
+    po*BO + BO/2 + k (high); returns (bytes, low-column scales, high-column scales)."""
     if WB == 4:
-        # byte k of column block po holds columns po*BO + k (low nibble) and po*BO + BO/2 + k (high)
         k = tl.arange(0, BO // 2)
         cl = po * BO + k
         ch = cl + BO // 2
-        ml = cl < D
-        mh = ch < D
         bo = tl.load(w_oT_ptr + chans[:, None] * LDW + (po * (BO // 2) + k)[None, :], eviction_policy=EVW)
-        sol = tl.load(s_o_ptr + cl * NGO + c0 // GO, mask=ml, other=0.0)
-        soh = tl.load(s_o_ptr + ch * NGO + c0 // GO, mask=mh, other=0.0)
-        boi = bo.to(tl.int32)
-        lo = tl.sum(((boi & 15) - 8).to(tl.float32) * y[:, None], axis=0) * sol
-        hi = tl.sum(((boi >> 4) - 8).to(tl.float32) * y[:, None], axis=0) * soh
-        tl.atomic_add(h_ptr + cl, lo, mask=ml, sem="relaxed")
-        tl.atomic_add(h_ptr + ch, hi, mask=mh, sem="relaxed")
+        sol = tl.load(s_o_ptr + cl * NGO + c0 // GO, mask=cl < D, other=0.0)
+        soh = tl.load(s_o_ptr + ch * NGO + c0 // GO, mask=ch < D, other=0.0)
     else:
         cols = po * BO + tl.arange(0, BO)
         cm = cols < D
-        wo = tl.load(w_oT_ptr + chans[:, None] * LDW + cols[None, :], mask=cm[None, :], other=0, eviction_policy=EVW)
-        so = tl.load(s_o_ptr + cols * NGO + c0 // GO, mask=cm, other=0.0)
-        contrib = tl.sum(wo.to(tl.float32) * y[:, None], axis=0) * so
-        tl.atomic_add(h_ptr + cols, contrib, mask=cm, sem="relaxed")
+        bo = tl.load(w_oT_ptr + chans[:, None] * LDW + cols[None, :], mask=cm[None, :], other=0, eviction_policy=EVW)
+        sol = tl.load(s_o_ptr + cols * NGO + c0 // GO, mask=cm, other=0.0)
+        soh = sol
+    return bo, sol, soh
+
+
+@triton.jit
+def _out_apply(h_ptr, bo, sol, soh, y, po, D: tl.constexpr, BO: tl.constexpr, WB: tl.constexpr):
+    """The loaded out_proj tile times y, added into the residual columns of block po."""
+    if WB == 4:
+        k = tl.arange(0, BO // 2)
+        cl = po * BO + k
+        ch = cl + BO // 2
+        boi = bo.to(tl.int32)
+        lo = tl.sum(((boi & 15) - 8).to(tl.float32) * y[:, None], axis=0) * sol
+        hi = tl.sum(((boi >> 4) - 8).to(tl.float32) * y[:, None], axis=0) * soh
+        tl.atomic_add(h_ptr + cl, lo, mask=cl < D, sem="relaxed")
+        tl.atomic_add(h_ptr + ch, hi, mask=ch < D, sem="relaxed")
+    else:
+        cols = po * BO + tl.arange(0, BO)
+        contrib = tl.sum(bo.to(tl.float32) * y[:, None], axis=0) * sol
+        tl.atomic_add(h_ptr + cols, contrib, mask=cols < D, sem="relaxed")
 
 
 @triton.jit
@@ -225,7 +240,7 @@ def q_ssm_kernel(
     XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, NGD: tl.constexpr, GD: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, DT_AQ: tl.constexpr, OUT_AQ: tl.constexpr,
     ROT: tl.constexpr, P2: tl.constexpr, RESET_AMAX: tl.constexpr, ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
-    LDW: tl.constexpr, INTERP: tl.constexpr, EVW: tl.constexpr,
+    LDW: tl.constexpr, INTERP: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """dt_proj (integer weights) + softplus, the state update, y = C·h + D·x, gate. Without rotation
     (ROT False, 2-D grid as ``mamba_ssm_out2_kernel``): (rounded) y times this block's out_proj share
@@ -250,12 +265,17 @@ def q_ssm_kernel(
     dtb = tl.load(dt_b_ptr + chans)
     a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     dsk = tl.load(dskip_ptr + chans)
+    if not ROT:
+        bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    if PDL:  # the in_proj kernel's outputs from here on; the next kernel may start loading its weights
+        gdc_wait()
+        gdc_launch_dependents()
     dt_low = tl.load(xsum_ptr + r, mask=r < R, other=0.0)
     b = tl.load(xsum_ptr + R + n, mask=n < N, other=0.0)
     c = tl.load(xsum_ptr + R + N + n, mask=n < N, other=0.0)
     x = tl.load(xc_ptr + chans)
     zg = tl.load(zg_ptr + chans)
-    hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     if DT_AQ:
         s_d = tl.load(act_s_ptr + 2)
         dt_low = _qint(dt_low, s_d, INTERP)
@@ -277,10 +297,8 @@ def q_ssm_kernel(
     else:
         if OUT_AQ:
             s_o = tl.load(act_s_ptr + 3)
-            yq = _qint(y, s_o, INTERP)
-            _out_share(h_ptr, w_oT_ptr, s_o_ptr, yq * s_o, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
-        else:
-            _out_share(h_ptr, w_oT_ptr, s_o_ptr, y, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+            y = _qint(y, s_o, INTERP) * s_o
+        _out_apply(h_ptr, bo, sol, soh, y, po, D, BO, WB)
         if po == 0:
             tl.store(ssm_out_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
             if pe == 0:
@@ -297,7 +315,7 @@ def q_rot_out_kernel(
     D: tl.constexpr, E: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr,
     P2: tl.constexpr, M: tl.constexpr, NPP: tl.constexpr, BNPP: tl.constexpr, PER_ROW: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, OUT_AQ: tl.constexpr, LDW: tl.constexpr,
-    INTERP: tl.constexpr, EVW: tl.constexpr,
+    INTERP: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """The rotated out_proj input for channels [pe*BE, (pe+1)*BE) (all in row a = pe*BE // P2 of
     H_m ⊗ H_p): rot[a, b] = sum_k hm[a, k // PER_ROW] * ppart[k, b] (hm holds H_m / sqrt(E)), rounded
@@ -310,12 +328,16 @@ def q_rot_out_kernel(
     k = tl.arange(0, BNPP)
     km = k < NPP
     coef = tl.load(hm_ptr + arow * M + k // PER_ROW, mask=km, other=0.0)
+    bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     pp = tl.load(ppart_ptr + k[:, None] * P2 + (chans % P2)[None, :], mask=km[:, None], other=0.0)
     rot = tl.sum(coef[:, None] * pp, axis=0)
     if OUT_AQ:
         s_o = tl.load(act_s_ptr + 3)
         rot = _qint(rot, s_o, INTERP) * s_o
-    _out_share(h_ptr, w_oT_ptr, s_o_ptr, rot, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+    _out_apply(h_ptr, bo, sol, soh, rot, po, D, BO, WB)
     if pe == 0:
         if po == 0:
             xo = tl.arange(0, BX)
@@ -327,7 +349,7 @@ def q_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
     COPY_BLK: tl.constexpr, EVH: tl.constexpr, NGH: tl.constexpr, GH: tl.constexpr, ABLK: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Final RMSNorm, the head over int8 weights, fp32 logits, arg-max folded into one int64
     atomic_max (as ``lm_head_kernel``). The weights are the tied int8 embedding (per-row scales,
@@ -335,12 +357,6 @@ def q_head_kernel(
     row); ``ABLK`` > 0 rounds the normalized activation to int8 per block of ``ABLK`` features
     first, as ``quantize.modules.block_fake_quant`` does (0: float activations)."""
     pid = tl.program_id(0)
-    if COPY_N > 0:
-        _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
-    if XZ > 0:
-        if pid == 0:
-            xz = tl.arange(0, BXZ)
-            tl.store(xzero_ptr + xz, tl.zeros([BXZ], dtype=tl.float32), mask=xz < XZ)
     offs = tl.arange(0, BD)
     dm = offs < D
     rows = pid * BV + tl.arange(0, BV)
@@ -353,6 +369,15 @@ def q_head_kernel(
         ws2 = tl.load(emb_s_ptr + rows[:, None] * NGH + offs[None, :] // GH, mask=rmask[:, None] & dm[None, :],
                       other=0.0)
     nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+    if PDL:  # the last layer's kernel has ended: its side buffer and x_proj sum are free
+        gdc_wait()
+        gdc_launch_dependents()
+    if COPY_N > 0:
+        _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
+    if XZ > 0:
+        if pid == 0:
+            xz = tl.arange(0, BXZ)
+            tl.store(xzero_ptr + xz, tl.zeros([BXZ], dtype=tl.float32), mask=xz < XZ)
     v = tl.load(h_ptr + offs, mask=dm, other=0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     u = v * rstd * nw

@@ -304,6 +304,9 @@ class QuantFusedMambaStep(FusedMambaStep):
         nl = len(self.layers)
         aq = self.aq
         evw = "evict_last" if b.q_l2 else ""  # keep the layers' weights in L2 from step to step
+        # programmatic dependent launch: each kernel starts (and loads its weights) while the one
+        # before it finishes; Hopper and later, never under the interpreter
+        pdl = bool(b.pdl) and not interpreted() and self.torch.cuda.get_device_capability(self.device)[0] >= 9
         for i, L in enumerate(self.layers):
             if "in" in parts:
                 q_in_kernel[(E // self.BC,)](
@@ -313,13 +316,14 @@ class QuantFusedMambaStep(FusedMambaStep):
                     D=D, E=E, K=K, KP=_pow2(K), XD=XD, BX=_pow2(XD), BC=self.BC, CH=self.CH, NCH=self.NCH,
                     BNCH=_pow2(self.NCH), NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, WB=self.wbits,
                     IN_AQ=aq["in"], SSM_AQ=aq["ssm"], FIRST=(i == 0), FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(),
-                    L3=b.q_chunked, BDW=_pow2(ldw), EVW=evw,
-                    num_warps=b.warps_in,
+                    L3=b.q_chunked, BDW=_pow2(ldw), EVW=evw, PDL=pdl,
+                    num_warps=b.warps_in, launch_pdl=pdl,
                 )
             if "ssm" not in parts:
                 continue
             common = dict(D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=XD, BX=_pow2(XD), NGD=R // g_dt, GD=g_dt,
-                          NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), EVW=evw)
+                          NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), EVW=evw,
+                          PDL=pdl, launch_pdl=pdl)
             if self.rotate:
                 q_ssm_kernel[(E // self.BEB, 1)](
                     self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[i], L["w_dt"], L["s_dt"], L["dt_b"],
@@ -331,7 +335,8 @@ class QuantFusedMambaStep(FusedMambaStep):
                     self.h, self.ppart, self.hm, L["acts"], L["w_oT"], L["s_o"], self.xsum[i],
                     D=D, E=E, XD=XD, BX=_pow2(XD), BE=self.BE, BO=self.BO, P2=self.hm_p, M=self.hm_m,
                     NPP=E // self.BEB, BNPP=_pow2(E // self.BEB), PER_ROW=self.hm_p // self.BEB, NGO=E // g_o,
-                    GO=g_o, WB=self.wbits, OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), EVW=evw, num_warps=b.warps_ssm,
+                    GO=g_o, WB=self.wbits, OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), EVW=evw, PDL=pdl,
+                    launch_pdl=pdl, num_warps=b.warps_ssm,
                 )
             else:
                 grid = (E // self.BE, triton_cdiv(D, self.BO))
@@ -350,7 +355,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                 D=D, BV=b.head_rows, BD=_pow2(D), XZ=0 if self.rotate else XD, BXZ=_pow2(XD),
                 COPY_N=0 if self.rotate else E * N, COPY_BLK=_pow2(triton_cdiv(E * N, nprog)), EVH="evict_first" if b.q_l2 else "",
                 NGH=self.head_groups, GH=D // self.head_groups, ABLK=self.head_block, INTERP=interpreted(),
-                num_warps=b.warps_head,
+                PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
 
     def _persistent(self) -> bool:

@@ -137,11 +137,14 @@ def test_fused_small_matches_step(weights):
 @gpu
 @pytest.mark.parametrize("weights,shape", [("bf16", {}), ("int4", {}), ("bf16", {"persistent": True}),
                                            ("int8", {"persistent": True}), ("bf16", {"ssm_cols": 128}),
-                                           ("int4", {"ssm_cols": 128}), ("bf16", {"ssm_cols": 0, "ssm_channels": 8})])
+                                           ("int4", {"ssm_cols": 128}), ("bf16", {"ssm_cols": 0, "ssm_channels": 8}),
+                                           ("bf16", {"pdl": True}), ("bf16", {"pdl": False}), ("int4", {"pdl": True}),
+                                           ("int8", {"pdl": True}), ("bf16", {"pdl": True, "ssm_cols": 0})])
 def test_fused_130m_shape_matches_step(weights, shape):
     """The mamba-130m shape under each kernel layout; `persistent` runs all layers in one launch
     (grid barriers): a barrier that let a phase start early would read stale x_proj partials or
-    residuals and miss 1e-4 by far."""
+    residuals and miss 1e-4 by far. `pdl` (programmatic dependent launch) lets each kernel start
+    while the one before it runs: a read of that kernel's output before ``gdc_wait`` would be stale."""
     from targets.gpu.mamba import Blocks
 
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24)
@@ -149,12 +152,14 @@ def test_fused_130m_shape_matches_step(weights, shape):
 
 
 @gpu
-def test_graph_replay_equals_direct_launches():
-    from targets.gpu.mamba import FusedMambaStep
+@pytest.mark.parametrize("pdl", [False, True])
+def test_graph_replay_equals_direct_launches(pdl):
+    """Also with PDL: its launches captured into the graph keep their programmatic edges."""
+    from targets.gpu.mamba import Blocks, FusedMambaStep
 
     model = _model(2, vocab_size=1000, d_model=128, n_layer=2)
-    a = FusedMambaStep(model, cuda_graph=True)
-    b = FusedMambaStep(model, cuda_graph=False)
+    a = FusedMambaStep(model, cuda_graph=True, blocks=Blocks(pdl=pdl))
+    b = FusedMambaStep(model, cuda_graph=False, blocks=Blocks(pdl=pdl))
     for tok in [1, 2, 3]:
         la, lb = a.step(tok).clone(), b.step(tok).clone()
         assert _rel(la, lb) < 1e-5  # atomics may reorder the residual sums: not bit-equal
@@ -240,6 +245,7 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int64: "i6
 @pytest.mark.slow
 @pytest.mark.parametrize("weights,shape", [("bf16", {}), ("int4", {}), ("int8", {"ssm_cols": 0}),
                                            ("bf16", {"ssm_cols": 0, "prefetch_ahead": 2, "pdl": True}),
+                                           ("bf16", {"pdl": True}), ("int4", {"pdl": True}),
                                            ("int8", {"persistent": True, "in_channels": 16})])
 def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
     """Every launch of a step, compiled ahead of time for sm_90 by Triton's own ptxas (no GPU needed):
@@ -273,6 +279,15 @@ def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
     if shape.get("persistent"):
         monkeypatch.setattr(rt, "_persistent", lambda: True)
     rt._launch(False)
+    compiled = compile_launches_sm90(triton, launches)
+    assert len(compiled) >= 2  # the persistent path: the layers kernel and the head
+
+
+def compile_launches_sm90(triton, launches) -> set:
+    """Compile recorded (jit, args, kwargs) launches for sm_90 (no GPU needed); the compiled keys."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     assert launches
     compiled = set()
     for jit, args, kw in launches:
@@ -300,5 +315,7 @@ def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
             pytest.skip(f"this Triton has another compile API: {exc}")
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
         assert kernel.asm["cubin"], jit.fn.__name__
+        if options.get("launch_pdl"):  # the grid-dependency instructions made it into the machine code
+            assert "griddepcontrol.wait" in kernel.asm["ptx"], jit.fn.__name__
         compiled.add(key)
-    assert len(compiled) >= 2  # the persistent path: the layers kernel and the head
+    return compiled

@@ -141,31 +141,42 @@ def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
 
 
 @gpu
+@pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
-def test_w4a16_130m_shape_matches_fake_quant(recipe, over):
-    """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation)."""
+def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
+    """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation), with and
+    without programmatic dependent launch (a kernel reading its predecessor's output before its
+    ``gdc_wait`` would read stale values and miss 1e-4 by far)."""
+    from targets.gpu.mamba import Blocks
+
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
-    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4)
-    print(recipe, over, worst)
+    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=Blocks(pdl=pdl))
+    print(recipe, over, pdl, worst)
 
 
 @gpu
+@pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("over", [{}, {"rotate": False}])
-def test_w8a8_130m_width_matches_fake_quant_step_by_step(over):
+def test_w8a8_130m_width_matches_fake_quant_step_by_step(over, pdl):
+    from targets.gpu.mamba import Blocks
+
     model = _model(0, vocab_size=50280, d_model=768, n_layer=2).cuda()
-    errors = teacher_forced_errors(quantized(model, "w8a8", **over), "cuda", list(range(3, 50000, 3125)))
-    print("w8a8", over, errors)
+    errors = teacher_forced_errors(quantized(model, "w8a8", **over), "cuda", list(range(3, 50000, 3125)),
+                                   blocks=Blocks(pdl=pdl))
+    print("w8a8", over, pdl, errors)
     assert sum(e < 1e-5 for e in errors) >= 0.75 * len(errors), errors
     assert max(errors) < 5e-2, errors
 
 
 @gpu
-def test_quant_graph_replay_equals_direct_launches():
+@pytest.mark.parametrize("pdl", [False, True])
+def test_quant_graph_replay_equals_direct_launches(pdl):
+    from targets.gpu.mamba import Blocks
     from targets.gpu.qmamba import QuantFusedMambaStep
 
     qmodel = quantized(_model(2, vocab_size=1000, d_model=128, n_layer=2), "w8a8")
-    a = QuantFusedMambaStep(qmodel, cuda_graph=True)
-    b = QuantFusedMambaStep(qmodel, cuda_graph=False)
+    a = QuantFusedMambaStep(qmodel, cuda_graph=True, blocks=Blocks(pdl=pdl))
+    b = QuantFusedMambaStep(qmodel, cuda_graph=False, blocks=Blocks(pdl=pdl))
     for tok in [1, 2, 3]:
         la, lb = a.step(tok).clone(), b.step(tok).clone()
         assert _rel(la, lb) < 1e-5
@@ -196,3 +207,42 @@ def test_profile_opens_the_verified_quantized_runtime(tmp_path, recipe):
     rt = open_runtime(str(tmp_path / "q"), device="cuda")
     assert rt.name == f"triton-fused-{recipe}"
     assert verify(rt, rt.fused.qmodel) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False}), ("w8a8", {"rotate": False})])
+def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
+    """Every launch of a quantized step with programmatic dependent launch, compiled ahead of time for
+    sm_90 (no GPU needed; the interpreter cannot run the grid-dependency instructions)."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"this Triton has another compile API: {exc}")
+    import targets.gpu.mamba as gm
+    import targets.gpu.qkernels as qk
+    import targets.gpu.qmamba as qm
+    from test_gpu_fused import compile_launches_sm90
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, jit):
+            self.jit = jit
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((self.jit, args, kw))
+
+    for name in ("q_in_kernel", "q_ssm_kernel", "q_rot_out_kernel", "q_head_kernel"):
+        monkeypatch.setattr(qk, name, Recorder(getattr(qk, name)))
+    for mod in (gm, qm):
+        monkeypatch.setattr(mod, "available", lambda: True)
+        monkeypatch.setattr(mod, "interpreted", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    g = dict(group_size=16, group_fallback="channel")
+    qmodel = quantized(_model(0, vocab_size=300, d_model=48, n_layer=2), recipe, **{**g, **over})
+    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True))
+    rt._launch(False)
+    assert all(kw.get("launch_pdl") for _, _, kw in launches)
+    assert len(compile_launches_sm90(triton, launches)) >= 3
