@@ -124,6 +124,13 @@ def mamba_in_kernel(
         gsz = tl.load(w_in_s_ptr + (chans[:, None] + E) * ng + (2 * o2[None, :]) // GROUP, mask=m4, other=0.0)
         nwe = tl.load(norm_w_ptr + 2 * o2, mask=dm2, other=0.0)
         nwo = tl.load(norm_w_ptr + 2 * o2 + 1, mask=dm2, other=0.0)
+        # dequantized here, before the wait: (nibble - 8) x group scale, even and odd columns
+        bxi = bx.to(tl.int32)
+        bzi = bz.to(tl.int32)
+        wxe = ((bxi & 15) - 8).to(tl.float32) * gsx
+        wxo = ((bxi >> 4) - 8).to(tl.float32) * gsx
+        wze = ((bzi & 15) - 8).to(tl.float32) * gsz
+        wzo = ((bzi >> 4) - 8).to(tl.float32) * gsz
     else:
         wx = _load_raw(w_in_ptr, chans, offs, LDW, m2, QUANT)
         wz = _load_raw(w_in_ptr, chans + E, offs, LDW, m2, QUANT)
@@ -166,10 +173,8 @@ def mamba_in_kernel(
     if QUANT == 4:
         ue = (ve * rstd * nwe)[None, :]
         uo = (vo * rstd * nwo)[None, :]
-        bxi = bx.to(tl.int32)
-        bzi = bz.to(tl.int32)
-        acc_x = tl.sum((((bxi & 15) - 8).to(tl.float32) * ue + ((bxi >> 4) - 8).to(tl.float32) * uo) * gsx, axis=1)
-        acc_z = tl.sum((((bzi & 15) - 8).to(tl.float32) * ue + ((bzi >> 4) - 8).to(tl.float32) * uo) * gsz, axis=1)
+        acc_x = tl.sum(wxe * ue + wxo * uo, axis=1)
+        acc_z = tl.sum(wze * ue + wzo * uo, axis=1)
     else:
         u = v * rstd * nw
         acc_x = tl.sum(_dequant(wx, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
@@ -229,6 +234,9 @@ def mamba_ssm_out2_kernel(
         dm2 = o2 < (D // 2)
         bo = tl.load(w_oT_ptr + chans[:, None] * LDW + o2[None, :], mask=dm2[None, :], other=0)
         gso = tl.load(w_o_s_ptr + chans[:, None] * (D // GROUP) + (2 * o2[None, :]) // GROUP, mask=dm2[None, :], other=0.0)
+        boi = bo.to(tl.int32)  # dequantized before the wait
+        woe = ((boi & 15) - 8).to(tl.float32) * gso
+        woo = ((boi >> 4) - 8).to(tl.float32) * gso
     else:
         cols = po * BO + tl.arange(0, BO)
         cm = cols < D
@@ -254,10 +262,8 @@ def mamba_ssm_out2_kernel(
     hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
     y = (tl.sum(hs * c[None, :], axis=1) + dsk * x) * zg
     if QUANT == 4:
-        ys = gso * y[:, None]
-        boi = bo.to(tl.int32)
-        ce = tl.sum(((boi & 15) - 8).to(tl.float32) * ys, axis=0)
-        co = tl.sum(((boi >> 4) - 8).to(tl.float32) * ys, axis=0)
+        ce = tl.sum(woe * y[:, None], axis=0)
+        co = tl.sum(woo * y[:, None], axis=0)
         tl.atomic_add(h_ptr + 2 * o2, ce, mask=dm2, sem="relaxed")
         tl.atomic_add(h_ptr + 2 * o2 + 1, co, mask=dm2, sem="relaxed")
     else:

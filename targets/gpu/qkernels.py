@@ -77,7 +77,7 @@ def q_in_kernel(
     BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
     NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
     FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr, L3: tl.constexpr,
-    BDW: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
+    BDW: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False, PRE: tl.constexpr = False,
 ):
     """RMSNorm -> in_proj (x, z rows of BC channels; integer weights) -> conv + SiLU (-> ssm_in
     rounding) -> this block's x_proj share added into xsum. The d_model row is cut into NCH chunks
@@ -123,6 +123,23 @@ def q_in_kernel(
     cb = tl.load(conv_b_ptr + chans)
     smask = kk[None, :] < (K - 1)
     window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)  # this layer's own
+    if PRE:  # float activations: the weights dequantized (integer x scale, as the fake-quant weight) before the wait
+        if L3:
+            gx = sxg[:, :, None]
+            gz = szg[:, :, None]
+        else:
+            gx = sxg
+            gz = szg
+        if WB == 4:
+            bxi = bx.to(tl.int32)
+            bzi = bz.to(tl.int32)
+            wxl = ((bxi & 15) - 8).to(tl.float32) * gx
+            wxh = ((bxi >> 4) - 8).to(tl.float32) * gx
+            wzl = ((bzi & 15) - 8).to(tl.float32) * gz
+            wzh = ((bzi >> 4) - 8).to(tl.float32) * gz
+        else:
+            wxl = bx.to(tl.float32) * gx
+            wzl = bz.to(tl.float32) * gz
     if PDL:  # programmatic dependent launch: the weights are on their way; now the previous kernel's outputs
         gdc_wait()
         gdc_launch_dependents()
@@ -159,6 +176,20 @@ def q_in_kernel(
         uh = vh * rstd * nwh
         if IN_AQ:
             uh = _qint(uh, s_a, INTERP)
+    if PRE:
+        if WB == 4:
+            px = wxl * ul[None] + wxh * uh[None]
+            pz = wzl * ul[None] + wzh * uh[None]
+        else:
+            px = wxl * ul[None]
+            pz = wzl * ul[None]
+        if L3:
+            acc_x = tl.sum(tl.sum(px, axis=2), axis=1)
+            acc_z = tl.sum(tl.sum(pz, axis=2), axis=1)
+        else:
+            acc_x = tl.sum(px, axis=1)
+            acc_z = tl.sum(pz, axis=1)
+    elif WB == 4:
         bxi = bx.to(tl.int32)
         bzi = bz.to(tl.int32)
         px = ((bxi & 15) - 8).to(tl.float32) * ul[None] + ((bxi >> 4) - 8).to(tl.float32) * uh[None]
@@ -166,12 +197,13 @@ def q_in_kernel(
     else:
         px = bx.to(tl.float32) * ul[None]
         pz = bz.to(tl.float32) * ul[None]
-    if L3:
-        acc_x = tl.sum(tl.sum(px, axis=2) * sxg, axis=1)
-        acc_z = tl.sum(tl.sum(pz, axis=2) * szg, axis=1)
-    else:
-        acc_x = tl.sum(px * sxg, axis=1)
-        acc_z = tl.sum(pz * szg, axis=1)
+    if not PRE:
+        if L3:
+            acc_x = tl.sum(tl.sum(px, axis=2) * sxg, axis=1)
+            acc_z = tl.sum(tl.sum(pz, axis=2) * szg, axis=1)
+        else:
+            acc_x = tl.sum(px * sxg, axis=1)
+            acc_z = tl.sum(pz * szg, axis=1)
     if IN_AQ:
         acc_x = acc_x * s_a
         acc_z = acc_z * s_a
@@ -193,11 +225,12 @@ def q_in_kernel(
 
 @triton.jit
 def _out_load(w_oT_ptr, s_o_ptr, chans, c0, po, D: tl.constexpr, BO: tl.constexpr, NGO: tl.constexpr,
-              GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr):
+              GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr, PRE: tl.constexpr):
     """The out_proj tile of rows `chans` (stored transposed [E, D]) and columns [po*BO, (po+1)*BO) with
     its scales (the channels lie in one scale group, c0 // GO): loaded before the kernel waits for
     its inputs. 4-bit: byte k of column block po holds columns po*BO + k (low nibble) and
-    po*BO + BO/2 + k (high); returns (bytes, low-column scales, high-column scales)."""
+    po*BO + BO/2 + k (high); returns (bytes, low-column scales, high-column scales), or with PRE
+    (float inputs) the dequantized fp32 tiles (low columns, high columns, unused)."""
     if WB == 4:
         k = tl.arange(0, BO // 2)
         cl = po * BO + k
@@ -211,13 +244,33 @@ def _out_load(w_oT_ptr, s_o_ptr, chans, c0, po, D: tl.constexpr, BO: tl.constexp
         bo = tl.load(w_oT_ptr + chans[:, None] * LDW + cols[None, :], mask=cm[None, :], other=0, eviction_policy=EVW)
         sol = tl.load(s_o_ptr + cols * NGO + c0 // GO, mask=cm, other=0.0)
         soh = sol
+    if PRE:
+        if WB == 4:
+            boi = bo.to(tl.int32)
+            wl = ((boi & 15) - 8).to(tl.float32) * sol[None, :]
+            wh = ((boi >> 4) - 8).to(tl.float32) * soh[None, :]
+        else:
+            wl = bo.to(tl.float32) * sol[None, :]
+            wh = wl
+        bo = wl
+        sol = wh
     return bo, sol, soh
 
 
 @triton.jit
-def _out_apply(h_ptr, bo, sol, soh, y, po, D: tl.constexpr, BO: tl.constexpr, WB: tl.constexpr):
+def _out_apply(h_ptr, bo, sol, soh, y, po, D: tl.constexpr, BO: tl.constexpr, WB: tl.constexpr, PRE: tl.constexpr):
     """The loaded out_proj tile times y, added into the residual columns of block po."""
-    if WB == 4:
+    if PRE:
+        if WB == 4:
+            k = tl.arange(0, BO // 2)
+            cl = po * BO + k
+            ch = cl + BO // 2
+            tl.atomic_add(h_ptr + cl, tl.sum(bo * y[:, None], axis=0), mask=cl < D, sem="relaxed")
+            tl.atomic_add(h_ptr + ch, tl.sum(sol * y[:, None], axis=0), mask=ch < D, sem="relaxed")
+        else:
+            cols = po * BO + tl.arange(0, BO)
+            tl.atomic_add(h_ptr + cols, tl.sum(bo * y[:, None], axis=0), mask=cols < D, sem="relaxed")
+    elif WB == 4:
         k = tl.arange(0, BO // 2)
         cl = po * BO + k
         ch = cl + BO // 2
@@ -266,7 +319,7 @@ def q_ssm_kernel(
     a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     dsk = tl.load(dskip_ptr + chans)
     if not ROT:
-        bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+        bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW, not OUT_AQ)
     hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     if PDL:  # the in_proj kernel's outputs from here on; the next kernel may start loading its weights
         gdc_wait()
@@ -298,7 +351,7 @@ def q_ssm_kernel(
         if OUT_AQ:
             s_o = tl.load(act_s_ptr + 3)
             y = _qint(y, s_o, INTERP) * s_o
-        _out_apply(h_ptr, bo, sol, soh, y, po, D, BO, WB)
+        _out_apply(h_ptr, bo, sol, soh, y, po, D, BO, WB, not OUT_AQ)
         if po == 0:
             tl.store(ssm_out_ptr + chans[:, None] * N + n[None, :], hs, mask=nm)
             if pe == 0:
@@ -328,7 +381,7 @@ def q_rot_out_kernel(
     k = tl.arange(0, BNPP)
     km = k < NPP
     coef = tl.load(hm_ptr + arow * M + k // PER_ROW, mask=km, other=0.0)
-    bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW)
+    bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW, not OUT_AQ)
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -337,7 +390,7 @@ def q_rot_out_kernel(
     if OUT_AQ:
         s_o = tl.load(act_s_ptr + 3)
         rot = _qint(rot, s_o, INTERP) * s_o
-    _out_apply(h_ptr, bo, sol, soh, rot, po, D, BO, WB)
+    _out_apply(h_ptr, bo, sol, soh, rot, po, D, BO, WB, not OUT_AQ)
     if pe == 0:
         if po == 0:
             xo = tl.arange(0, BX)

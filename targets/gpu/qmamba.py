@@ -316,7 +316,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                     D=D, E=E, K=K, KP=_pow2(K), XD=XD, BX=_pow2(XD), BC=self.BC, CH=self.CH, NCH=self.NCH,
                     BNCH=_pow2(self.NCH), NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, WB=self.wbits,
                     IN_AQ=aq["in"], SSM_AQ=aq["ssm"], FIRST=(i == 0), FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(),
-                    L3=b.q_chunked, BDW=_pow2(ldw), EVW=evw, PDL=pdl,
+                    L3=b.q_chunked, BDW=_pow2(ldw), EVW=evw, PDL=pdl, PRE=not aq["in"],
                     num_warps=b.warps_in, launch_pdl=pdl,
                 )
             if "ssm" not in parts:
