@@ -18,6 +18,11 @@ one run, interleaved round by round:
   w4a16, w4a16 without its Hadamard rotation, w8a8 and w8a8-norotate (calibrated on random tokens),
   run with the recipe's own integers and scales; checked against the fake-quant model.
 
+Every fused runtime appears twice: without programmatic dependent launch (the launch shapes of the
+design measured before it, ``targets.gpu.mamba.NO_PDL``) and as it runs by default, with PDL (each
+kernel launched while the one before it runs, loading its weights before it waits for that
+kernel's outputs) at its own default shapes.
+
 Apart from the interleaved rows, in the same run: prompt prefill (tokens/s for 512 and 4096 tokens:
 ``Mamba.prefill`` fp32/bf16 against ``targets.gpu.prefill``), and with ``--tvm`` a TVM CUDA sm_90
 artifact of one layer beside the fused step at that shape (``decode_gpu_tvm.py``).
@@ -465,36 +470,43 @@ def main(argv=None) -> int:
 
     sweep_out = None
     try:
-        from targets.gpu.mamba import Blocks, FusedMambaStep, available
+        from targets.gpu.mamba import NO_PDL, QUANT_BLOCKS, Blocks, FusedMambaStep, available
 
         if not available():
             raise RuntimeError("Triton is not importable")
         chosen = Blocks()
+        # each fused runtime twice: the launch design without programmatic dependent launch (the
+        # shapes measured before it) and the default one (PDL, its own fastest shapes)
+        designs = ((NO_PDL, ""), (None, ", PDL"))
         for weights, label in (("bf16", "bf16"), ("int8", "w8a16 (int8 weights)"), ("int4", "w4a16 (int4 weights, g128)")):
-            rt = FusedMambaStep(base, weights=weights, blocks=chosen)
-            if weights == "bf16" and args.sweep:
-                results, chosen, parts = sweep(torch, rt)
-                sweep_out = {"variants": results, "chosen": dict(chosen.__dict__), "parts_device_ms": parts}
-                log(f"parts (device ms): {parts}")
-            rt.set_blocks(chosen)
-            checks[f"fused {weights} vs Mamba.step fp32 (same weights)"] = fused_error(torch, rt, base)
-            name = f"edgeseq fused triton {label}"
-            rows[name] = (FusedStep(rt), label, True)
-            nbytes_of[name] = rt.bytes_per_step
-        extra["fused_blocks"] = dict(chosen.__dict__)
+            for blocks, suffix in designs:
+                rt = FusedMambaStep(base, weights=weights, blocks=blocks)
+                if weights == "bf16" and suffix and args.sweep:
+                    results, chosen, parts = sweep(torch, rt)
+                    sweep_out = {"variants": results, "chosen": dict(chosen.__dict__), "parts_device_ms": parts}
+                    log(f"parts (device ms): {parts}")
+                if suffix:
+                    rt.set_blocks(chosen)
+                checks[f"fused {weights}{suffix} vs Mamba.step fp32 (same weights)"] = fused_error(torch, rt, base)
+                name = f"edgeseq fused triton {label}{suffix}"
+                rows[name] = (FusedStep(rt), label, True)
+                nbytes_of[name] = rt.bytes_per_step
+        extra["fused_blocks"] = {"no PDL": dict(NO_PDL.__dict__), "PDL": dict(chosen.__dict__),
+                                 "recipe, PDL": dict(QUANT_BLOCKS.__dict__)}
         for recipe in [r for r in args.recipes.split(",") if r]:
             t0 = time.time()
             qmodel = quantized_model(torch, base, recipe)
             from targets.gpu.qmamba import QuantFusedMambaStep
 
-            rt = QuantFusedMambaStep(qmodel, blocks=chosen)
-            if rt.aq["in"]:  # int8 activations: single steps from the reference state (see quant_step_errors)
-                checks[f"fused recipe {recipe} vs fake-quant model float64, single steps"] = quant_step_errors(torch, rt)
-            else:
-                checks[f"fused recipe {recipe} vs fake-quant model fp32"] = fused_error(torch, rt, base)
-            name = f"edgeseq fused triton recipe {recipe} ({3 if rt.rotate else 2} kernels/layer)"
-            rows[name] = (FusedStep(rt), recipe, True)
-            nbytes_of[name] = rt.bytes_per_step
+            for blocks, suffix in designs:
+                rt = QuantFusedMambaStep(qmodel, blocks=blocks)
+                if rt.aq["in"]:  # int8 activations: single steps from the reference state (see quant_step_errors)
+                    checks[f"fused recipe {recipe}{suffix} vs fake-quant model float64, single steps"] = quant_step_errors(torch, rt)
+                else:
+                    checks[f"fused recipe {recipe}{suffix} vs fake-quant model fp32"] = fused_error(torch, rt, base)
+                name = f"edgeseq fused triton recipe {recipe} ({3 if rt.rotate else 2} kernels/layer){suffix}"
+                rows[name] = (FusedStep(rt), recipe, True)
+                nbytes_of[name] = rt.bytes_per_step
             extra.setdefault("recipe_seconds", {})[recipe] = time.time() - t0
             del qmodel
     except Exception as exc:
@@ -573,12 +585,12 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"decode step, mamba-130m shape ({args.layers}x768, {n_params / 1e6:.1f}M params), {device_name}, "
           f"{versions}, copy bw {copy_gbs:.0f} GB/s, {args.rounds}x{args.tokens} steps per row")
-    print(f"{'runtime':52s} {'p50 ms':>8s} {'p90 ms':>8s} {'dev ms':>8s} {'MB':>6s} {'x roof':>7s} {'dev x roof':>10s} {'vs HF':>7s}")
+    print(f"{'runtime':62s} {'p50 ms':>8s} {'p90 ms':>8s} {'dev ms':>8s} {'MB':>6s} {'x roof':>7s} {'dev x roof':>10s} {'vs HF':>7s}")
     for row in results:
         dev = "-" if row["device_ms"] is None else f"{row['device_ms']:.3f}"
         dr = "-" if row["device_ratio_measured_bw"] is None else f"{row['device_ratio_measured_bw']:.1f}"
         speed = "-" if row["speedup_vs_transformers"] is None else f"{row['speedup_vs_transformers']:.1f}x"
-        print(f"{row['row']:52s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {dev:>8s} {row['bytes_per_token'] / 1e6:6.0f} "
+        print(f"{row['row']:62s} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {dev:>8s} {row['bytes_per_token'] / 1e6:6.0f} "
               f"{row['ratio_measured_bw']:7.1f} {dr:>10s} {speed:>7s}")
     if isinstance(tvm_out, dict):
         print(f"TVM CUDA vs edgeseq, {tvm_out['model']['n_layer']} layer x {tvm_out['model']['d_model']}, vocab "

@@ -59,14 +59,16 @@ class Blocks:
     benchmarks/decode_gpu.json; any powers of two work)."""
 
     in_channels: int = 4  # channels (x and z rows) per program of the in_proj kernel
-    ssm_channels: int = 32  # channels per program of the SSM/out_proj kernel
+    ssm_channels: int = 64  # channels per program of the SSM/out_proj kernel
     ssm_cols: int = 128  # > 0: the 2-D SSM/out_proj kernel, this many residual columns per program
     head_rows: int = 16  # vocabulary rows per program of the head
     warps_in: int = 8
     warps_ssm: int = 2
-    warps_head: int = 8
+    warps_head: int = 4
     prefetch_ahead: int = 0  # kernels whose weights each kernel prefetches into L2 (0: none; not faster)
-    pdl: bool = False  # programmatic dependent launch between the per-layer kernels (not faster, seen on an H200)
+    # programmatic dependent launch (Hopper+): each kernel is launched while the one before it runs,
+    # loads its weights, then waits (gdc_wait) for that kernel's outputs; 253 -> 200 us on an H200
+    pdl: bool = True
     # all layers in one launch with grid barriers: correct, slower so far (770 us at 96 programs); only
     # used when d_inner / in_channels programs fit one per multiprocessor, else the per-layer kernels run
     persistent: bool = False
@@ -77,6 +79,13 @@ class Blocks:
     # recipe-quantized runtime: layer weights loaded with L2 evict_last, the head's table evict_first, so
     # that the (4-bit: ~45 MB) layer weights can stay in the 60 MB L2 from one step to the next
     q_l2: bool = True
+
+
+# the launch shapes of the PDL-less design measured before (benchmarks/decode_gpu.json keeps its rows)
+NO_PDL = Blocks(ssm_channels=32, warps_head=8, pdl=False)
+# the recipe-quantized runtime's defaults (fastest with PDL in the H200 sweep, decode_gpu_parts.json):
+# the rotated recipes' 1-D SSM kernel wants 32-channel blocks
+QUANT_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4)
 
 
 def quantize_rows_int8(w):
@@ -429,5 +438,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
+__all__ = ["NO_PDL", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
            "quantize_rows_int8"]

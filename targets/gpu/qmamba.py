@@ -25,7 +25,7 @@ import math
 from typing import Any
 
 from edgeseq.errors import EdgeseqError, InputError
-from targets.gpu.mamba import Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, triton_cdiv
+from targets.gpu.mamba import QUANT_BLOCKS, Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, triton_cdiv
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -249,7 +249,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.ssm_side = torch.zeros(2, E, N, dtype=f32, device=dev)
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.weights = f"w{self.wbits}a{8 if self.aq['in'] else 16}"
-        self.set_blocks(blocks or Blocks())
+        self.set_blocks(blocks or QUANT_BLOCKS)
 
     def _set_head(self, qmodel: Any, D: int) -> None:
         """The head's integers: the tied int8 table, or the head's own copy (recipes with ``head_bits``:
