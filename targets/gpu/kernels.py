@@ -101,7 +101,7 @@ def mamba_in_kernel(
     D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr,
     QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, PREFETCH: tl.constexpr, NT: tl.constexpr,
-    PDL: tl.constexpr, XATOMIC: tl.constexpr, PREW: tl.constexpr = False,
+    PDL: tl.constexpr, XATOMIC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chans = pid * BC + tl.arange(0, BC)
@@ -143,13 +143,6 @@ def mamba_in_kernel(
         sz = tl.load(w_in_s_ptr + E + chans)
     smask = kk[None, :] < (K - 1)
     window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=smask, other=0.0)  # this layer's own
-    if PREW:  # the weight tiles as fp32 before the wait: a block sum of them (used below as "+ 0 * sum")
-        if QUANT == 4:  # keeps the compiler from sinking the conversion below the wait
-            chk = tl.sum(tl.sum(wxe + wxo + wze + wzo, axis=1), axis=0)
-        else:
-            wxf = wx.to(tl.float32)
-            wzf = wz.to(tl.float32)
-            chk = tl.sum(tl.sum(wxf + wzf, axis=1), axis=0)
     if PREFETCH:
         _prefetch_l2(pf_ptr, pf_bytes, NT)
     # 2. wait for the previous kernel (programmatic dependent launch), then let the next one start:
@@ -177,8 +170,6 @@ def mamba_in_kernel(
             vo = tl.load(h_ptr + 2 * o2 + 1, mask=dm2, other=0.0)
     # RMSNorm, in_proj rows of these channels (x and z)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
-    if PREW:
-        rstd = rstd + chk * 0.0  # exact (finite weights): only orders the conversion before the wait
     if QUANT == 4:
         ue = (ve * rstd * nwe)[None, :]
         uo = (vo * rstd * nwo)[None, :]
@@ -186,12 +177,8 @@ def mamba_in_kernel(
         acc_z = tl.sum(wze * ue + wzo * uo, axis=1)
     else:
         u = v * rstd * nw
-        if PREW:
-            acc_x = tl.sum(wxf * u[None, :], axis=1)
-            acc_z = tl.sum(wzf * u[None, :], axis=1)
-        else:
-            acc_x = tl.sum(_dequant(wx, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
-            acc_z = tl.sum(_dequant(wz, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+        acc_x = tl.sum(_dequant(wx, w_in_s_ptr, chans, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
+        acc_z = tl.sum(_dequant(wz, w_in_s_ptr, chans + E, offs, LDW, m2, QUANT, GROUP) * u[None, :], axis=1)
     if QUANT == 8:
         acc_x = acc_x * sx
         acc_z = acc_z * sz
@@ -222,7 +209,6 @@ def mamba_ssm_out2_kernel(
     XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, RESET_AMAX: tl.constexpr,
     ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
     QUANT: tl.constexpr, GROUP: tl.constexpr, LDW: tl.constexpr, PDL: tl.constexpr = False,
-    PREW: tl.constexpr = False,
 ):
     """The SSM/out_proj stage on a 2-D grid: program (pe, po) redoes the (cheap) scan of channels
     [pe*BE, (pe+1)*BE) and adds their out_proj share into residual columns [po*BO, (po+1)*BO).
@@ -262,12 +248,6 @@ def mamba_ssm_out2_kernel(
     a = tl.load(a_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
     dsk = tl.load(dskip_ptr + chans)
     hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
-    if PREW:  # out_proj tile as fp32 before the wait (see mamba_in_kernel)
-        if QUANT == 4:
-            chk = tl.sum(tl.sum(woe + woo, axis=1), axis=0)
-        else:
-            wof = wo.to(tl.float32)
-            chk = tl.sum(tl.sum(wof, axis=1), axis=0)
     if PDL:  # the in_proj kernel's outputs are needed from here on; the next kernel may start
         gdc_wait()
         gdc_launch_dependents()
@@ -277,8 +257,6 @@ def mamba_ssm_out2_kernel(
     c = tl.load(xsum_ptr + R + N + n, mask=n < N, other=0.0)
     x = tl.load(xc_ptr + chans)
     zg = tl.load(zg_ptr + chans)
-    if PREW:
-        zg = zg + chk * 0.0
     dt = tl.sum(wdt.to(tl.float32) * dt_low[None, :], axis=1) + dtb
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     hs = tl.exp(dt[:, None] * a) * hs + (dt * x)[:, None] * b[None, :]
@@ -289,10 +267,7 @@ def mamba_ssm_out2_kernel(
         tl.atomic_add(h_ptr + 2 * o2, ce, mask=dm2, sem="relaxed")
         tl.atomic_add(h_ptr + 2 * o2 + 1, co, mask=dm2, sem="relaxed")
     else:
-        if PREW:
-            contrib = tl.sum(wof * y[:, None], axis=0)
-        else:
-            contrib = tl.sum(wo.to(tl.float32) * y[:, None], axis=0)
+        contrib = tl.sum(wo.to(tl.float32) * y[:, None], axis=0)
         if QUANT == 8:
             contrib = contrib * so
         tl.atomic_add(h_ptr + cols, contrib, mask=cm, sem="relaxed")

@@ -69,9 +69,6 @@ class Blocks:
     # programmatic dependent launch (Hopper+): each kernel is launched while the one before it runs,
     # loads its weights, then waits (gdc_wait) for that kernel's outputs; 253 -> 200 us on an H200
     pdl: bool = True
-    # with PDL: convert (dequantize) the weight tiles to fp32 before the wait, forced by a block sum
-    # that the result uses as "+ 0 * sum" (else the compiler converts them after the wait)
-    pre_wait: bool = False
     # all layers in one launch with grid barriers: correct, slower so far (770 us at 96 programs); only
     # used when d_inner / in_channels programs fit one per multiprocessor, else the per-layer kernels run
     persistent: bool = False
@@ -349,7 +346,7 @@ class FusedMambaStep:
                     *self._prefetch_args(2 * i),
                     D=D, E=E, K=K, KP=_pow2(K), XD=self.XD, BX=_pow2(self.XD), BC=self.BC, BD=bd,
                     FIRST=(i == 0), FROM_ARGMAX=from_argmax, QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                    PREFETCH=pf, NT=32 * b.warps_in, PDL=pdl, XATOMIC=bool(self.BO), PREW=pdl and b.pre_wait,
+                    PREFETCH=pf, NT=32 * b.warps_in, PDL=pdl, XATOMIC=bool(self.BO),
                     num_warps=b.warps_in, launch_pdl=pdl,
                 )
             if "ssm" in parts and self.BO:
@@ -359,7 +356,7 @@ class FusedMambaStep:
                     self.ssm_side[(i - 1) % 2], self.ssm[max(i - 1, 0)],
                     D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=self.XD, BX=_pow2(self.XD), BE=self.BE, BO=self.BO,
                     RESET_AMAX=(i == 0), ZERO_PREV=(i > 0), QUANT=self.quant, GROUP=self.group, LDW=ldw,
-                    COPY_BLK=_pow2(triton_cdiv(E * N, (E // self.BE) * triton_cdiv(D, self.BO))), PDL=pdl, PREW=pdl and b.pre_wait,
+                    COPY_BLK=_pow2(triton_cdiv(E * N, (E // self.BE) * triton_cdiv(D, self.BO))), PDL=pdl,
                     num_warps=b.warps_ssm, launch_pdl=pdl,
                 )
             elif "ssm" in parts:

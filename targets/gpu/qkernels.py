@@ -78,7 +78,6 @@ def q_in_kernel(
     NGX: tl.constexpr, GX: tl.constexpr, WB: tl.constexpr, IN_AQ: tl.constexpr, SSM_AQ: tl.constexpr,
     FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr, LDW: tl.constexpr, INTERP: tl.constexpr, L3: tl.constexpr,
     BDW: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False, PRE: tl.constexpr = False,
-    PREW: tl.constexpr = False,
 ):
     """RMSNorm -> in_proj (x, z rows of BC channels; integer weights) -> conv + SiLU (-> ssm_in
     rounding) -> this block's x_proj share added into xsum. The d_model row is cut into NCH chunks
@@ -141,16 +140,6 @@ def q_in_kernel(
         else:
             wxl = bx.to(tl.float32) * gx
             wzl = bz.to(tl.float32) * gz
-        if PREW:  # a block sum of the dequantized tiles, used after the wait as "+ 0 * sum": keeps the
-            # compiler from moving the dequantization below the wait
-            if WB == 4:
-                t = wxl + wxh + wzl + wzh
-            else:
-                t = wxl + wzl
-            if L3:
-                chk = tl.sum(tl.sum(tl.sum(t, axis=2), axis=1), axis=0)
-            else:
-                chk = tl.sum(tl.sum(t, axis=1), axis=0)
     if PDL:  # programmatic dependent launch: the weights are on their way; now the previous kernel's outputs
         gdc_wait()
         gdc_launch_dependents()
@@ -178,8 +167,6 @@ def q_in_kernel(
     else:
         ss = _sum_all(vl * vl, L3)
     rstd = 1.0 / tl.sqrt(ss / D + eps)
-    if PREW:
-        rstd = rstd + chk * 0.0  # exact for finite weights
     if IN_AQ:
         s_a = tl.load(act_s_ptr + 0)
     ul = vl * rstd * nwl
@@ -271,16 +258,6 @@ def _out_load(w_oT_ptr, s_o_ptr, chans, c0, po, D: tl.constexpr, BO: tl.constexp
 
 
 @triton.jit
-def _out_check(bo, sol, WB: tl.constexpr):
-    """A block sum of the dequantized out_proj tiles (``_out_load`` with PRE)."""
-    if WB == 4:
-        t = bo + sol
-    else:
-        t = bo
-    return tl.sum(tl.sum(t, axis=1), axis=0)
-
-
-@triton.jit
 def _out_apply(h_ptr, bo, sol, soh, y, po, D: tl.constexpr, BO: tl.constexpr, WB: tl.constexpr, PRE: tl.constexpr):
     """The loaded out_proj tile times y, added into the residual columns of block po."""
     if PRE:
@@ -317,7 +294,6 @@ def q_ssm_kernel(
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, DT_AQ: tl.constexpr, OUT_AQ: tl.constexpr,
     ROT: tl.constexpr, P2: tl.constexpr, RESET_AMAX: tl.constexpr, ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
     LDW: tl.constexpr, INTERP: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
-    PREW: tl.constexpr = False,
 ):
     """dt_proj (integer weights) + softplus, the state update, y = C·h + D·x, gate. Without rotation
     (ROT False, 2-D grid as ``mamba_ssm_out2_kernel``): (rounded) y times this block's out_proj share
@@ -345,9 +321,6 @@ def q_ssm_kernel(
     if not ROT:
         bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW, not OUT_AQ)
     hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
-    if PREW:  # the dequantized out_proj tile before the wait (see q_in_kernel)
-        if not ROT:
-            chk = _out_check(bo, sol, WB)
     if PDL:  # the in_proj kernel's outputs from here on; the next kernel may start loading its weights
         gdc_wait()
         gdc_launch_dependents()
@@ -356,9 +329,6 @@ def q_ssm_kernel(
     c = tl.load(xsum_ptr + R + N + n, mask=n < N, other=0.0)
     x = tl.load(xc_ptr + chans)
     zg = tl.load(zg_ptr + chans)
-    if PREW:
-        if not ROT:
-            zg = zg + chk * 0.0
     if DT_AQ:
         s_d = tl.load(act_s_ptr + 2)
         dt_low = _qint(dt_low, s_d, INTERP)
@@ -398,7 +368,7 @@ def q_rot_out_kernel(
     D: tl.constexpr, E: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr,
     P2: tl.constexpr, M: tl.constexpr, NPP: tl.constexpr, BNPP: tl.constexpr, PER_ROW: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, OUT_AQ: tl.constexpr, LDW: tl.constexpr,
-    INTERP: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False, PREW: tl.constexpr = False,
+    INTERP: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """The rotated out_proj input for channels [pe*BE, (pe+1)*BE) (all in row a = pe*BE // P2 of
     H_m ⊗ H_p): rot[a, b] = sum_k hm[a, k // PER_ROW] * ppart[k, b] (hm holds H_m / sqrt(E)), rounded
@@ -412,15 +382,11 @@ def q_rot_out_kernel(
     km = k < NPP
     coef = tl.load(hm_ptr + arow * M + k // PER_ROW, mask=km, other=0.0)
     bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW, not OUT_AQ)
-    if PREW:
-        chk = _out_check(bo, sol, WB)
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
     pp = tl.load(ppart_ptr + k[:, None] * P2 + (chans % P2)[None, :], mask=km[:, None], other=0.0)
     rot = tl.sum(coef[:, None] * pp, axis=0)
-    if PREW:
-        rot = rot + chk * 0.0
     if OUT_AQ:
         s_o = tl.load(act_s_ptr + 3)
         rot = _qint(rot, s_o, INTERP) * s_o

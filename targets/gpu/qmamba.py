@@ -317,14 +317,13 @@ class QuantFusedMambaStep(FusedMambaStep):
                     BNCH=_pow2(self.NCH), NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, WB=self.wbits,
                     IN_AQ=aq["in"], SSM_AQ=aq["ssm"], FIRST=(i == 0), FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(),
                     L3=b.q_chunked, BDW=_pow2(ldw), EVW=evw, PDL=pdl, PRE=not aq["in"],
-                    PREW=pdl and b.pre_wait and not aq["in"],
                     num_warps=b.warps_in, launch_pdl=pdl,
                 )
             if "ssm" not in parts:
                 continue
             common = dict(D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=XD, BX=_pow2(XD), NGD=R // g_dt, GD=g_dt,
                           NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), EVW=evw,
-                          PDL=pdl, launch_pdl=pdl, PREW=pdl and b.pre_wait and not aq["out"])
+                          PDL=pdl, launch_pdl=pdl)
             if self.rotate:
                 q_ssm_kernel[(E // self.BEB, 1)](
                     self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[i], L["w_dt"], L["s_dt"], L["dt_b"],

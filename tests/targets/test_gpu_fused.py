@@ -139,9 +139,7 @@ def test_fused_small_matches_step(weights):
                                            ("int8", {"persistent": True}), ("bf16", {"ssm_cols": 128}),
                                            ("int4", {"ssm_cols": 128}), ("bf16", {"ssm_cols": 0, "ssm_channels": 8}),
                                            ("bf16", {"pdl": True}), ("bf16", {"pdl": False}), ("int4", {"pdl": True}),
-                                           ("int8", {"pdl": True}), ("bf16", {"pdl": True, "ssm_cols": 0}),
-                                           ("bf16", {"pre_wait": True}), ("int4", {"pre_wait": True}),
-                                           ("int8", {"pre_wait": True})])
+                                           ("int8", {"pdl": True}), ("bf16", {"pdl": True, "ssm_cols": 0})])
 def test_fused_130m_shape_matches_step(weights, shape):
     """The mamba-130m shape under each kernel layout; `persistent` runs all layers in one launch
     (grid barriers): a barrier that let a phase start early would read stale x_proj partials or
@@ -247,7 +245,7 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int64: "i6
 @pytest.mark.slow
 @pytest.mark.parametrize("weights,shape", [("bf16", {}), ("int4", {}), ("int8", {"ssm_cols": 0}),
                                            ("bf16", {"ssm_cols": 0, "prefetch_ahead": 2, "pdl": True}),
-                                           ("bf16", {"pdl": True}), ("int4", {"pdl": True, "pre_wait": True}),
+                                           ("bf16", {"pdl": True}), ("int4", {"pdl": True}),
                                            ("int8", {"persistent": True, "in_channels": 16})])
 def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
     """Every launch of a step, compiled ahead of time for sm_90 by Triton's own ptxas (no GPU needed):

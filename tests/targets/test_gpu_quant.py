@@ -141,7 +141,7 @@ def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
 
 
 @gpu
-@pytest.mark.parametrize("pdl", [False, True, "pre_wait"])
+@pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
 def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation), with and
@@ -150,8 +150,7 @@ def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     from targets.gpu.mamba import Blocks
 
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
-    blocks = Blocks(pdl=True, pre_wait=True) if pdl == "pre_wait" else Blocks(pdl=pdl)
-    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=blocks)
+    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=Blocks(pdl=pdl))
     print(recipe, over, pdl, worst)
 
 
@@ -243,7 +242,7 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     g = dict(group_size=16, group_fallback="channel")
     qmodel = quantized(_model(0, vocab_size=300, d_model=48, n_layer=2), recipe, **{**g, **over})
-    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True, pre_wait=True))
+    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True))
     rt._launch(False)
     assert all(kw.get("launch_pdl") for _, _, kw in launches)
     assert len(compile_launches_sm90(triton, launches)) >= 3
