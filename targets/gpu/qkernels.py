@@ -402,26 +402,40 @@ def q_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
     COPY_BLK: tl.constexpr, EVH: tl.constexpr, NGH: tl.constexpr, GH: tl.constexpr, ABLK: tl.constexpr,
-    INTERP: tl.constexpr, PDL: tl.constexpr = False,
+    INTERP: tl.constexpr, PDL: tl.constexpr = False, HB4: tl.constexpr = False, BNG: tl.constexpr = 1,
 ):
     """Final RMSNorm, the head over int8 weights, fp32 logits, arg-max folded into one int64
     atomic_max (as ``lm_head_kernel``). The weights are the tied int8 embedding (per-row scales,
     ``NGH`` 1) or the head's own copy (``head_bits``: ``NGH`` scale groups of ``GH`` columns per
     row); ``ABLK`` > 0 rounds the normalized activation to int8 per block of ``ABLK`` features
-    first, as ``quantize.modules.block_fake_quant`` does (0: float activations)."""
+    first, as ``quantize.modules.block_fake_quant`` does (0: float activations). HB4: a 4-bit head
+    stored two values a byte (``pack_int4_halves`` with blocks of one group: byte k of group j holds
+    columns j*GH + k and j*GH + GH/2 + k), float activations, dequantized here with its group scale."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BD)
     dm = offs < D
     rows = pid * BV + tl.arange(0, BV)
     rmask = rows < vocab
-    w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0,
-                eviction_policy=EVH)
-    if NGH == 1:
-        ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
+    if HB4:
+        HALF: tl.constexpr = GH // 2
+        j = tl.arange(0, BNG)
+        jm = j < NGH
+        kq = tl.arange(0, HALF)
+        cl = j[:, None] * GH + kq[None, :]  # [BNG, HALF]: the low nibbles' columns
+        wb = tl.load(emb_ptr + rows[:, None, None] * (D // 2) + (j[:, None] * HALF + kq[None, :])[None, :, :],
+                     mask=rmask[:, None, None] & jm[None, :, None], other=0, eviction_policy=EVH)
+        gs = tl.load(emb_s_ptr + rows[:, None] * NGH + j[None, :], mask=rmask[:, None] & jm[None, :], other=0.0)
+        nwl = tl.load(norm_w_ptr + cl, mask=jm[:, None], other=0.0)
+        nwh = tl.load(norm_w_ptr + cl + HALF, mask=jm[:, None], other=0.0)
     else:
-        ws2 = tl.load(emb_s_ptr + rows[:, None] * NGH + offs[None, :] // GH, mask=rmask[:, None] & dm[None, :],
-                      other=0.0)
-    nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
+        w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0,
+                    eviction_policy=EVH)
+        if NGH == 1:
+            ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
+        else:
+            ws2 = tl.load(emb_s_ptr + rows[:, None] * NGH + offs[None, :] // GH, mask=rmask[:, None] & dm[None, :],
+                          other=0.0)
+        nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
     if PDL:  # the last layer's kernel has ended: its side buffer and x_proj sum are free
         gdc_wait()
         gdc_launch_dependents()
@@ -431,9 +445,19 @@ def q_head_kernel(
         if pid == 0:
             xz = tl.arange(0, BXZ)
             tl.store(xzero_ptr + xz, tl.zeros([BXZ], dtype=tl.float32), mask=xz < XZ)
-    v = tl.load(h_ptr + offs, mask=dm, other=0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
-    u = v * rstd * nw
+    if HB4:
+        vl = tl.load(h_ptr + cl, mask=jm[:, None], other=0.0)
+        vh = tl.load(h_ptr + cl + HALF, mask=jm[:, None], other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(vl * vl + vh * vh, axis=1), axis=0) / D + eps)
+        ul = vl * rstd * nwl
+        uh = vh * rstd * nwh
+        wi = wb.to(tl.int32)
+        part = ((wi & 15) - 8).to(tl.float32) * ul[None] + ((wi >> 4) - 8).to(tl.float32) * uh[None]
+        acc = tl.sum(tl.sum(part, axis=2) * gs, axis=1)
+    else:
+        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+        u = v * rstd * nw
     if ABLK > 0:  # dynamic int8 per block: amax, q = round_half_even(u * (127 / amax)), q * (amax / 127)
         ub = tl.reshape(u, (BD // ABLK, ABLK))
         am = tl.max(tl.abs(ub), axis=1)
@@ -444,7 +468,9 @@ def q_head_kernel(
         else:
             t = _rint_dev(t)
         u = tl.reshape(t * tl.math.div_rn(am, tl.full((BD // ABLK,), 127.0, tl.float32))[:, None], (BD,))
-    if NGH == 1:
+    if HB4:
+        pass
+    elif NGH == 1:
         acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1) * ws
     else:
         acc = tl.sum(w.to(tl.float32) * ws2 * u[None, :], axis=1)

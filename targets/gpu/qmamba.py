@@ -228,9 +228,11 @@ class QuantFusedMambaStep(FusedMambaStep):
             self._set_head(qmodel, D)
         state_bytes = 2 * 4 * len(self.layers) * E * (K - 1 + N)
         self.weight_bytes = sum(t.numel() * t.element_size() for L in self.layers for t in L.values())
-        self.weight_bytes += self.emb.numel() + self.emb_s.numel() * 4 + self.norm_f.numel() * 4
-        if self.head_w is not self.emb:
-            self.weight_bytes += self.head_w.numel() + self.head_s.numel() * 4
+        self.weight_bytes += self.norm_f.numel() * 4
+        if self.head_w is not self.emb:  # a head of its own: a step reads one embedding row and the head
+            self.weight_bytes += D + 4 + self.head_w.numel() + self.head_s.numel() * 4
+        else:
+            self.weight_bytes += self.emb.numel() + self.emb_s.numel() * 4
         self.bytes_per_step = self.weight_bytes + state_bytes
         self.tok = torch.zeros(1, dtype=torch.int64, device=dev)
         self.h = torch.zeros(D, dtype=f32, device=dev)
@@ -258,6 +260,7 @@ class QuantFusedMambaStep(FusedMambaStep):
 
         head = getattr(qmodel, "lm_head", None)
         self.head_w, self.head_s, self.head_groups, self.head_block = self.emb, self.emb_s, 1, 0
+        self.head4 = False
         if head is None:
             return
         if not isinstance(head, QuantLinear):
@@ -267,9 +270,15 @@ class QuantFusedMambaStep(FusedMambaStep):
         scales, group = _scales(head, D)
         if head.act_block and head.act_block != group:
             raise InputError(f"the head's activation block ({head.act_block}) must be its weight group ({group})")
-        self.head_w = head.weight_int.detach().to(self.torch.int8).to(self.device).contiguous()
-        self.head_s = scales.to(self.device).contiguous()
         self.head_groups, self.head_block = scales.shape[1], int(head.act_block)
+        # a 4-bit head with float activations: two values a byte, one packing block per scale group
+        self.head4 = (head.weight_bits == 4 and not self.head_block and self.head_groups > 1 and group % 2 == 0
+                      and _pow2(group // 2) == group // 2)
+        if self.head4:
+            self.head_w = pack_int4_halves(head.weight_int.detach(), group).to(self.device)
+        else:
+            self.head_w = head.weight_int.detach().to(self.torch.int8).to(self.device).contiguous()
+        self.head_s = scales.to(self.device).contiguous()
         if self.head_groups == 1:
             self.head_s = self.head_s.reshape(-1).contiguous()
 
@@ -355,6 +364,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                 D=D, BV=b.head_rows, BD=_pow2(D), XZ=0 if self.rotate else XD, BXZ=_pow2(XD),
                 COPY_N=0 if self.rotate else E * N, COPY_BLK=_pow2(triton_cdiv(E * N, nprog)), EVH="evict_first" if b.q_l2 else "",
                 NGH=self.head_groups, GH=D // self.head_groups, ABLK=self.head_block, INTERP=interpreted(),
+                HB4=self.head4, BNG=_pow2(self.head_groups),
                 PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
 

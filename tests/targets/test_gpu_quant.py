@@ -243,6 +243,7 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
     g = dict(group_size=16, group_fallback="channel")
     qmodel = quantized(_model(0, vocab_size=300, d_model=48, n_layer=2), recipe, **{**g, **over})
     rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True))
+    assert rt.head4 == (recipe == "w4a16")  # w4a16's own 4-bit head is packed two values a byte
     rt._launch(False)
     assert all(kw.get("launch_pdl") for _, _, kw in launches)
     assert len(compile_launches_sm90(triton, launches)) >= 3
