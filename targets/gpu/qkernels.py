@@ -427,14 +427,18 @@ def q_head_kernel(
         gs = tl.load(emb_s_ptr + rows[:, None] * NGH + j[None, :], mask=rmask[:, None] & jm[None, :], other=0.0)
         nwl = tl.load(norm_w_ptr + cl, mask=jm[:, None], other=0.0)
         nwh = tl.load(norm_w_ptr + cl + HALF, mask=jm[:, None], other=0.0)
+    elif NGH > 1:  # int8 in groups of GH columns: [rows, groups, GH] tiles, one scale per (row, group)
+        j = tl.arange(0, BNG)
+        jm = j < NGH
+        cg = j[:, None] * GH + tl.arange(0, GH)[None, :]  # [BNG, GH]
+        wg = tl.load(emb_ptr + rows[:, None, None] * D + cg[None, :, :], mask=rmask[:, None, None] & jm[None, :, None],
+                     other=0, eviction_policy=EVH)
+        gs = tl.load(emb_s_ptr + rows[:, None] * NGH + j[None, :], mask=rmask[:, None] & jm[None, :], other=0.0)
+        nwg = tl.load(norm_w_ptr + cg, mask=jm[:, None], other=0.0)
     else:
         w = tl.load(emb_ptr + rows[:, None] * D + offs[None, :], mask=rmask[:, None] & dm[None, :], other=0,
                     eviction_policy=EVH)
-        if NGH == 1:
-            ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
-        else:
-            ws2 = tl.load(emb_s_ptr + rows[:, None] * NGH + offs[None, :] // GH, mask=rmask[:, None] & dm[None, :],
-                          other=0.0)
+        ws = tl.load(emb_s_ptr + rows, mask=rmask, other=0.0)
         nw = tl.load(norm_w_ptr + offs, mask=dm, other=0.0)
     if PDL:  # the last layer's kernel has ended: its side buffer and x_proj sum are free
         gdc_wait()
@@ -454,26 +458,25 @@ def q_head_kernel(
         wi = wb.to(tl.int32)
         part = ((wi & 15) - 8).to(tl.float32) * ul[None] + ((wi >> 4) - 8).to(tl.float32) * uh[None]
         acc = tl.sum(tl.sum(part, axis=2) * gs, axis=1)
+    elif NGH > 1:
+        vg = tl.load(h_ptr + cg, mask=jm[:, None], other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(vg * vg, axis=1), axis=0) / D + eps)
+        ug = vg * rstd * nwg
+        if ABLK > 0:  # dynamic int8 per group (ABLK == GH): q = round_half_even(u * (127 / amax)), q * (amax / 127)
+            am = tl.max(tl.abs(ug), axis=1)
+            inv = tl.where(am > 0, tl.math.div_rn(tl.full((BNG,), 127.0, tl.float32), am), 0.0)
+            t = ug * inv[:, None]
+            if INTERP:
+                t = (t + 12582912.0) - 12582912.0
+            else:
+                t = _rint_dev(t)
+            ug = t * tl.math.div_rn(am, tl.full((BNG,), 127.0, tl.float32))[:, None]
+        acc = tl.sum(tl.sum(wg.to(tl.float32) * ug[None], axis=2) * gs, axis=1)
     else:
         v = tl.load(h_ptr + offs, mask=dm, other=0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
         u = v * rstd * nw
-    if ABLK > 0:  # dynamic int8 per block: amax, q = round_half_even(u * (127 / amax)), q * (amax / 127)
-        ub = tl.reshape(u, (BD // ABLK, ABLK))
-        am = tl.max(tl.abs(ub), axis=1)
-        inv = tl.where(am > 0, tl.math.div_rn(tl.full((BD // ABLK,), 127.0, tl.float32), am), 0.0)
-        t = ub * inv[:, None]
-        if INTERP:
-            t = (t + 12582912.0) - 12582912.0
-        else:
-            t = _rint_dev(t)
-        u = tl.reshape(t * tl.math.div_rn(am, tl.full((BD // ABLK,), 127.0, tl.float32))[:, None], (BD,))
-    if HB4:
-        pass
-    elif NGH == 1:
         acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1) * ws
-    else:
-        acc = tl.sum(w.to(tl.float32) * ws2 * u[None, :], axis=1)
     tl.store(logits_ptr + rows, acc, mask=rmask)
     vals = tl.where(rmask, acc, float("-inf"))
     best = tl.max(vals, axis=0)

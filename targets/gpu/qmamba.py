@@ -274,6 +274,8 @@ class QuantFusedMambaStep(FusedMambaStep):
         # a 4-bit head with float activations: two values a byte, one packing block per scale group
         self.head4 = (head.weight_bits == 4 and not self.head_block and self.head_groups > 1 and group % 2 == 0
                       and _pow2(group // 2) == group // 2)
+        if self.head_groups > 1 and not self.head4 and _pow2(group) != group:
+            raise InputError(f"the fused quantized runtime's head needs power-of-two scale groups, not {group}")
         if self.head4:
             self.head_w = pack_int4_halves(head.weight_int.detach(), group).to(self.device)
         else:
