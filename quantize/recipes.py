@@ -40,7 +40,7 @@ A recipe says, for every quantization point a model declares (see
   per-channel vector holding the cluster's value, so no channel is reordered at run time;
 * ``act_granularity`` — ``tensor`` (default): static per-tensor activation scales from
   calibration; ``block``: int8 activations quantized *dynamically* per block of ``group_size``
-  input features of each quantized linear layer (no calibration; ``ActPoint``\ s stay float) —
+  input features of each quantized linear layer (no calibration; ``ActPoint`` points stay float) —
   exactly the arithmetic of ONNX Runtime's ``MatMulNBits`` at ``accuracy_level`` 4, which the
   export uses (:func:`quantize.modules.block_fake_quant`). Needs ``weight_granularity = "group"``
   and ``act_bits = 8``; a layer the group does not divide gets the largest power-of-two block
