@@ -255,7 +255,7 @@ class OnnxRuntime(ArtifactRuntime):
         self.providers = providers or self._providers()
         self.threads = threads
         self._make_sessions()
-        self.has_prefill = self.prefill_session is not None
+        self.has_prefill = self.artifact.prefill_file is not None
 
     @property
     def label(self) -> str:
@@ -270,10 +270,15 @@ class OnnxRuntime(ArtifactRuntime):
 
     def _make_sessions(self) -> None:
         self.step_session = ort_session(self.artifact.step_file, self.threads, self.providers)
-        prefill = self.artifact.prefill_file
-        self.prefill_session = ort_session(prefill, self.threads, self.providers) if prefill else None
         self.step_inputs = [i.name for i in self.step_session.get_inputs()]
-        self.prefill_inputs = [i.name for i in self.prefill_session.get_inputs()] if self.prefill_session else []
+        self._prefill_session = None  # opened on the first prompt: a decode-only stream never holds its weights
+
+    @property
+    def prefill_session(self) -> Any:
+        if self._prefill_session is None and self.artifact.prefill_file is not None:
+            self._prefill_session = ort_session(self.artifact.prefill_file, self.threads, self.providers)
+            self.prefill_inputs = [i.name for i in self._prefill_session.get_inputs()]
+        return self._prefill_session
 
     def set_threads(self, threads: int | None) -> None:
         if threads != self.threads:
