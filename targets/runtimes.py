@@ -286,6 +286,14 @@ class OnnxRuntime(ArtifactRuntime):
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:
         return self.prefill_session.run(None, dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state])))
 
+    def _prefill_last(self, x: Any, state: list[Any]) -> Sequence[Any]:
+        # a prefill graph with the optional logits_from input (export.graphs.OUTPUTS_FROM) runs
+        # the LM head on the last position only; older graphs compute every position
+        feeds = dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state]))
+        if any(i.name == "logits_from" for i in self.prefill_session.get_overridable_initializers()):
+            feeds["logits_from"] = np.array(x.shape[1] - 1, dtype=np.int64)
+        return self.prefill_session.run(None, feeds)
+
 
 # --------------------------------------------------------------------------------------------
 # TVM (this machine's CPU or GPU)

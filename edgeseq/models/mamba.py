@@ -434,10 +434,13 @@ class SelectiveSSMLM(StreamingModel):
         logits, _ = self._parallel(input_ids, None)
         return logits
 
-    def prefill(self, input_ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self._parallel(input_ids, state)
+    def prefill(self, input_ids: Tensor, state: State | None = None, outputs_from: Tensor | int | None = None) -> tuple[Tensor, State]:
+        """The parallel form from ``state``. ``outputs_from`` (a position, possibly a 0-d int64
+        tensor): logits only for positions ``outputs_from:`` — the LM head, a ``d_model × vocab``
+        product per position, is skipped for the others (a generator needs the last position's)."""
+        return self._parallel(input_ids, state, outputs_from)
 
-    def _parallel(self, input_ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+    def _parallel(self, input_ids: Tensor, state: State | None, outputs_from: Tensor | int | None = None) -> tuple[Tensor, State]:
         hidden = self.embedding(input_ids)
         new_state: State = {}
         for i, block in enumerate(self.layers):
@@ -445,6 +448,8 @@ class SelectiveSSMLM(StreamingModel):
             out, conv_state, ssm_state = block.mixer(block.norm(hidden), layer_state)
             hidden = hidden + out
             new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
+        if outputs_from is not None:
+            hidden = hidden[:, outputs_from:]
         return self.head(hidden), new_state
 
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
