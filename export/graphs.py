@@ -157,10 +157,10 @@ class PrefillGraph(FlatPrefill):
         super().__init__(model)
         self.outputs_from = outputs_from
 
-    def forward(self, x: Tensor, *args: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:  # arg names as FlatPrefill's (torch.export)
         if not self.outputs_from:
-            return super().forward(x, *args)
-        *state, first = args
+            return super().forward(x, *state)
+        *state, first = state
         y, final = self.model.prefill(x, dict(zip(self.names, state)) if state else None, outputs_from=first)
         return (y, *[final[n] for n in self.names])
 
