@@ -3,7 +3,8 @@
     python benchmarks/ort_profile.py ARTIFACT [ARTIFACT ...] [--graph step|prefill] [--threads 2] [--steps 20] [--json F]
 
 Runs the artifact's ``step.onnx`` (``--graph prefill``: ``prefill.onnx``, one call = one chunk of
-the graph's fixed length, random token ids) in ONNX Runtime (full graph optimizations, the session
+the graph's fixed length, random token ids, logits for the last position only as a generator
+asks for them — ``--all-logits`` for every position, as evaluation does) in ONNX Runtime (full graph optimizations, the session
 settings of ``targets.runtimes.ort_session``) with ``enable_profiling``, feeding each call's new
 state back, and aggregates the profiler's ``Node`` events per op type: kernels per call, ms per
 call (the kernel's median duration × its count: robust to preemption by other processes), share
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 
-def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str = "step") -> dict:
+def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str = "step", all_logits: bool = False) -> dict:
     import numpy as np
     import onnxruntime as ort
 
@@ -47,6 +48,9 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str
     first = spec["inputs"][0]
     if first["dtype"] == "int64":  # token ids: random, not all zeros (a prefill of one repeated token)
         feeds[first["name"]] = rng.integers(0, vocab, size=feeds[first["name"]].shape, dtype=np.int64)
+    optional = {e["name"] for e in spec.get("optional_inputs", [])}
+    if graph == "prefill" and "logits_from" in optional and not all_logits:  # what OnnxRuntime.prefill feeds
+        feeds["logits_from"] = np.array(spec["length"] - 1, dtype=np.int64)
     state_names = [e["name"] for e in spec["inputs"][1:]]
     wall = []
     for i in range(warmup + steps):
@@ -74,6 +78,7 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str
                    for op, v in per_op.items()), key=lambda r: -r["ms_per_step"])
     wall_steps = sorted(wall[warmup:])
     return {"artifact": str(folder), "recipe": manifest.get("recipe"), "graph": graph, "positions": spec.get("length", 1),
+            "logits": "all" if graph == "step" or all_logits or "logits_from" not in feeds else "last",
             "threads": threads, "steps": steps,
             "kernels_per_step": sum(r["kernels_per_step"] for r in rows), "kernel_ms_per_step": total,
             "wall_p50_ms": wall_steps[len(wall_steps) // 2], "load_average": os.getloadavg(), "ops": rows}
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifacts", nargs="+")
     p.add_argument("--graph", choices=("step", "prefill"), default="step")
+    p.add_argument("--all-logits", action="store_true", help="prefill: logits for every position (default: the last)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=20, help="timed calls of the graph")
     p.add_argument("--warmup", type=int, default=3)
@@ -91,9 +97,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = []
     for folder in args.artifacts:
-        r = profile_step(Path(folder), args.threads, args.steps, args.warmup, args.graph)
+        r = profile_step(Path(folder), args.threads, args.steps, args.warmup, args.graph, args.all_logits)
         results.append(r)
-        call = "step" if args.graph == "step" else f"call ({r['positions']} positions)"
+        call = "step" if args.graph == "step" else f"call ({r['positions']} positions, logits: {r['logits']})"
         print(f"\n{r['recipe']} {args.graph} ({folder}): {r['kernels_per_step']:.0f} kernels/{call}, kernel time "
               f"{r['kernel_ms_per_step']:.2f} ms/{call}, wall p50 {r['wall_p50_ms']:.2f} ms, {args.threads} thread(s), "
               f"load {r['load_average'][0]:.2f}")
