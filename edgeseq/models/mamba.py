@@ -86,17 +86,6 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(variance + self.eps) * self.weight
 
 
-def softplus_log1p(x: Tensor) -> Tensor:
-    """``softplus(x) = max(x, 0) + log1p(e^{-|x|})`` from elementwise ops a graph runtime
-    vectorises (ONNX has no Log1p): ``log1p(u) = log(w)·u/(w - 1)`` with ``w = 1 + u`` rounded
-    (Goldberg, "What every computer scientist should know about floating-point arithmetic",
-    1991: within a few ulps, where ``log(1 + u)`` alone loses ``u``'s digits), and ``u`` where
-    ``w`` rounds to 1. For x > 20 it is x, as ``F.softplus``'s threshold."""
-    u = torch.exp(-x.abs())
-    w = 1 + u
-    return torch.relu(x) + torch.where(w == 1, u, torch.log(w) * (u / (w - 1)))
-
-
 # --------------------------------------------------------------------------------------------
 # the selective scan
 # --------------------------------------------------------------------------------------------
@@ -357,10 +346,7 @@ class MambaMixer(nn.Module):
     def _ssm_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, r = self.cfg.d_state, self.cfg.rank
         dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)
-        dt = self.dt_proj(dt)
-        # the traced prefill ([B, T, r]): ONNX Runtime's Softplus kernel is scalar code, twice the
-        # time of the same function from its vectorised Exp/Log/arithmetic kernels
-        return (softplus_log1p(dt) if dt.dim() == 3 and _is_tracing() else F.softplus(dt)), B, C
+        return F.softplus(self.dt_proj(dt)), B, C
 
     def forward(self, hidden: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """[B, T, d_model] -> (out, conv_state [B, Di, k-1], ssm_state [B, Di, N])."""
