@@ -457,6 +457,12 @@ class ArtifactModel:
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=True)
         return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
 
+    def prefill_last(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """``prefill`` returning only the last position's output ``[B, ...]`` — what a generator
+        needs; the ONNX prefill graph then skips the LM head for the other positions."""
+        y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=False)
+        return self.torch.from_numpy(np.asarray(y)), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+
     def forward(self, x: Any) -> Any:
         return self.prefill(x)[0]
 

@@ -56,6 +56,8 @@ def test_onnx_step_and_prefill_match_pytorch(tiny_mamba, tmp_path):
     np.testing.assert_allclose(last, every[:, -1], rtol=0, atol=1e-5 * float(np.abs(every).max()))
     for a, b in zip(last_state, every_state):
         np.testing.assert_array_equal(a, b)  # the same graph: the head does not touch the state
+    torch_last, _ = runner.prefill_last(tokens[:, :32])  # what edgeseq.generate calls on an artifact
+    assert torch_last.shape == (3, 256) and np.array_equal(torch_last.numpy(), last)
 
 
 def test_onnx_graph_is_valid_with_symbolic_batch(tiny_mamba, tmp_path):
