@@ -14,8 +14,10 @@ parallel scans unroll over it). The ONNX prefill graph of a language model whose
 ``outputs_from`` (Mamba, Mamba-2) has one more input, ``logits_from`` (int64 scalar), stored with a
 default of 0 (an initializer of the same name: callers that do not feed it get every position,
 as before): fed ``L - 1``, the graph applies the LM head to the last position only and returns
-``logits`` ``[B, 1, V]`` — what a generator needs, without ``L - 1`` head products. Input kind and sizes come from the model's ``io_spec()``, the
-state from its ``state_spec()``; :func:`check_state_spec` runs one step to check that both are true.
+``logits`` ``[B, 1, V]`` — what a generator needs, without ``L - 1`` head products.
+
+Input kind and sizes come from the model's ``io_spec()``, the state from its ``state_spec()``;
+:func:`check_state_spec` runs one step to check that both are true.
 """
 
 from __future__ import annotations
