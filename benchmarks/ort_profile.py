@@ -1,11 +1,14 @@
-"""Where an ONNX artifact's decode step spends its time: ONNX Runtime's profiler, per op type.
+"""Where an ONNX artifact's decode step (or prefill chunk) spends its time: ONNX Runtime's profiler, per op type.
 
-    python benchmarks/ort_profile.py ARTIFACT [ARTIFACT ...] [--threads 2] [--steps 20] [--json F]
+    python benchmarks/ort_profile.py ARTIFACT [ARTIFACT ...] [--graph step|prefill] [--threads 2] [--steps 20] [--json F]
 
-Runs the artifact's ``step.onnx`` in ONNX Runtime (full graph optimizations, the session settings
-of ``export.runtime.ort_session``) with ``enable_profiling``, feeding each step's new state back,
-and aggregates the profiler's ``Node`` events per op type: kernels per step, ms per step (the
-kernel's median duration × its count: robust to preemption by other processes), share of the step. The first ``--warmup`` steps are dropped. One table per artifact.
+Runs the artifact's ``step.onnx`` (``--graph prefill``: ``prefill.onnx``, one call = one chunk of
+the graph's fixed length, random token ids, logits for the last position only as a generator
+asks for them — ``--all-logits`` for every position, as evaluation does) in ONNX Runtime (full graph optimizations, the session
+settings of ``targets.runtimes.ort_session``) with ``enable_profiling``, feeding each call's new
+state back, and aggregates the profiler's ``Node`` events per op type: kernels per call, ms per
+call (the kernel's median duration × its count: robust to preemption by other processes), share
+of the call. The first ``--warmup`` calls are dropped. One table per artifact.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import time
 from pathlib import Path
 
 
-def profile_step(folder: Path, threads: int, steps: int, warmup: int) -> dict:
+def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str = "step", all_logits: bool = False) -> dict:
     import numpy as np
     import onnxruntime as ort
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    spec = manifest["graphs"]["step"]
+    if graph not in manifest["graphs"]:
+        raise SystemExit(f"{folder}: the artifact has no {graph} graph")
+    spec = manifest["graphs"][graph]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
@@ -32,12 +37,20 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int) -> dict:
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     options.enable_profiling = True
     scratch = tempfile.mkdtemp(prefix="ort-profile-")
-    options.profile_file_prefix = os.path.join(scratch, "step")
+    options.profile_file_prefix = os.path.join(scratch, graph)
     session = ort.InferenceSession(str(folder / spec["file"]), options, providers=["CPUExecutionProvider"])
     feeds = {}
+    rng = np.random.default_rng(0)
+    vocab = manifest["model"].get("io", {}).get("input_size") or 2
     for entry in spec["inputs"]:
         shape = [1 if d == "batch" else d for d in entry["shape"]]
         feeds[entry["name"]] = np.zeros(shape, dtype=np.int64 if entry["dtype"] == "int64" else np.float32)
+    first = spec["inputs"][0]
+    if first["dtype"] == "int64":  # token ids: random, not all zeros (a prefill of one repeated token)
+        feeds[first["name"]] = rng.integers(0, vocab, size=feeds[first["name"]].shape, dtype=np.int64)
+    optional = {e["name"] for e in spec.get("optional_inputs", [])}
+    if graph == "prefill" and "logits_from" in optional and not all_logits:  # what OnnxRuntime.prefill feeds
+        feeds["logits_from"] = np.array(spec["length"] - 1, dtype=np.int64)
     state_names = [e["name"] for e in spec["inputs"][1:]]
     wall = []
     for i in range(warmup + steps):
@@ -64,7 +77,9 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int) -> dict:
                     "mean_ms_per_step": sum(v) / steps, "share": cost[op] / total if total else 0.0}
                    for op, v in per_op.items()), key=lambda r: -r["ms_per_step"])
     wall_steps = sorted(wall[warmup:])
-    return {"artifact": str(folder), "recipe": manifest.get("recipe"), "threads": threads, "steps": steps,
+    return {"artifact": str(folder), "recipe": manifest.get("recipe"), "graph": graph, "positions": spec.get("length", 1),
+            "logits": "all" if graph == "step" or all_logits or "logits_from" not in feeds else "last",
+            "threads": threads, "steps": steps,
             "kernels_per_step": sum(r["kernels_per_step"] for r in rows), "kernel_ms_per_step": total,
             "wall_p50_ms": wall_steps[len(wall_steps) // 2], "load_average": os.getloadavg(), "ops": rows}
 
@@ -72,20 +87,23 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifacts", nargs="+")
+    p.add_argument("--graph", choices=("step", "prefill"), default="step")
+    p.add_argument("--all-logits", action="store_true", help="prefill: logits for every position (default: the last)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="timed calls of the graph")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     results = []
     for folder in args.artifacts:
-        r = profile_step(Path(folder), args.threads, args.steps, args.warmup)
+        r = profile_step(Path(folder), args.threads, args.steps, args.warmup, args.graph, args.all_logits)
         results.append(r)
-        print(f"\n{r['recipe']} ({folder}): {r['kernels_per_step']:.0f} kernels/step, kernel time "
-              f"{r['kernel_ms_per_step']:.2f} ms/step, wall p50 {r['wall_p50_ms']:.2f} ms, {args.threads} thread(s), "
+        call = "step" if args.graph == "step" else f"call ({r['positions']} positions, logits: {r['logits']})"
+        print(f"\n{r['recipe']} {args.graph} ({folder}): {r['kernels_per_step']:.0f} kernels/{call}, kernel time "
+              f"{r['kernel_ms_per_step']:.2f} ms/{call}, wall p50 {r['wall_p50_ms']:.2f} ms, {args.threads} thread(s), "
               f"load {r['load_average'][0]:.2f}")
-        print("| op | kernels/step | ms/step | share |\n|---|---|---|---|")
+        print("| op | kernels/call | ms/call | share |\n|---|---|---|---|")
         for row in r["ops"][: args.top]:
             print(f"| {row['op']} | {row['kernels_per_step']:.0f} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |")
     if args.json:

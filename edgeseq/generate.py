@@ -181,8 +181,12 @@ def generate(
 
     start = time.perf_counter()
     state = model.init_state(1) if callable(getattr(model, "init_state", None)) else None
-    logits, state = model.prefill(prompt_ids, state)  # [1, P, V]
-    logits = torch.as_tensor(logits)[:, -1]  # [1, V]
+    if callable(getattr(model, "prefill_last", None)):  # an artifact: the LM head on the last position only
+        logits, state = model.prefill_last(prompt_ids, state)
+        logits = torch.as_tensor(logits)  # [1, V]
+    else:
+        logits, state = model.prefill(prompt_ids, state)  # [1, P, V]
+        logits = torch.as_tensor(logits)[:, -1]  # [1, V]
     stream = TextStream(tokenizer)
     pieces: list[str] = []
     token_ids: list[int] = []

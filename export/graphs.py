@@ -10,8 +10,14 @@ Both graphs take the recurrent state as flat, named tensors in ``state_spec()`` 
   the runtime streams the prompt through ``step``.
 
 The batch dimension is symbolic (``batch``); the prefill length is fixed at export time (the
-parallel scans unroll over it). Input kind and sizes come from the model's ``io_spec()``, the
-state from its ``state_spec()``; :func:`check_state_spec` runs one step to check that both are true.
+parallel scans unroll over it). The ONNX prefill graph of a language model whose ``prefill`` takes
+``outputs_from`` (Mamba, Mamba-2) has one more input, ``logits_from`` (int64 scalar), stored with a
+default of 0 (an initializer of the same name: callers that do not feed it get every position,
+as before): fed ``L - 1``, the graph applies the LM head to the last position only and returns
+``logits`` ``[B, 1, V]`` — what a generator needs, without ``L - 1`` head products.
+
+Input kind and sizes come from the model's ``io_spec()``, the state from its ``state_spec()``;
+:func:`check_state_spec` runs one step to check that both are true.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class GraphIO:
 
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    # inputs with a stored default that callers may leave out (the prefill's logits_from)
+    optional_inputs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
@@ -42,7 +50,10 @@ class GraphIO:
         return [t["name"] for t in self.outputs]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "outputs": self.outputs}
+        out = {"inputs": self.inputs, "outputs": self.outputs}
+        if self.optional_inputs:
+            out["optional_inputs"] = self.optional_inputs
+        return out
 
 
 def input_name(model: StreamingModel) -> str:
@@ -125,7 +136,35 @@ def check_state_spec(model: StreamingModel, batch: int = 2) -> list[StateSpec]:
 # the traced wrappers are the contract's flat forms: (x_t, *state) -> (y_t, *new_state), and the
 # prefill from any state (x, *state) -> (y, *final_state)
 StepGraph = FlatStep
-PrefillGraph = FlatPrefill
+
+# the prefill graph's optional input: outputs for positions logits_from.. only (default 0: all)
+OUTPUTS_FROM = "logits_from"
+
+
+def takes_outputs_from(model: StreamingModel) -> bool:
+    """True for a language model whose ``prefill`` accepts ``outputs_from`` (its LM head can
+    skip positions): its ONNX prefill graph gets the ``logits_from`` input."""
+    import inspect
+
+    if model.io_spec().output_kind != "logits":
+        return False
+    return "outputs_from" in inspect.signature(type(model).prefill).parameters
+
+
+class PrefillGraph(FlatPrefill):
+    """``FlatPrefill``; with ``outputs_from`` the last argument is the first position whose output
+    is computed (a 0-d int64 tensor, traced as the graph input ``logits_from``)."""
+
+    def __init__(self, model: StreamingModel, outputs_from: bool = False):
+        super().__init__(model)
+        self.outputs_from = outputs_from
+
+    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:  # arg names as FlatPrefill's (torch.export)
+        if not self.outputs_from:
+            return super().forward(x, *state)
+        *state, first = state
+        y, final = self.model.prefill(x, dict(zip(self.names, state)) if state else None, outputs_from=first)
+        return (y, *[final[n] for n in self.names])
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -173,6 +212,7 @@ def example_args(model: StreamingModel, batch: int, length: int | None, float_dt
 
 __all__ = [
     "GraphIO",
+    "OUTPUTS_FROM",
     "PrefillGraph",
     "StepGraph",
     "check_state_spec",
@@ -185,4 +225,5 @@ __all__ = [
     "prefill_io",
     "sample_inputs",
     "step_io",
+    "takes_outputs_from",
 ]

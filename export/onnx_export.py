@@ -23,7 +23,7 @@ import torch
 
 from edgeseq.errors import EdgeseqError, InputError, require
 from edgeseq.streaming import StreamingModel
-from export.graphs import GraphIO, PrefillGraph, StepGraph, example_args, prefill_io, step_io
+from export.graphs import OUTPUTS_FROM, GraphIO, PrefillGraph, StepGraph, example_args, prefill_io, step_io, takes_outputs_from
 
 MIN_OPSET = 17
 INT4_MIN_OPSET = 21  # int4 DequantizeLinear with blocked (per-group) scales
@@ -69,10 +69,16 @@ def export_graph(
     graph_io = step_io(model, dtype) if kind == "step" else prefill_io(model, prefill_length, dtype)
     trace_opset = min(opset, TORCHSCRIPT_MAX_OPSET)
     dynamic_axes = {name: {0: "batch"} for name in graph_io.input_names + graph_io.output_names}
+    outputs_from = kind == "prefill" and takes_outputs_from(model)
+    input_names = graph_io.input_names + ([OUTPUTS_FROM] if outputs_from else [])
+    if outputs_from:  # logits_from < L selects fewer positions
+        dynamic_axes[graph_io.output_names[0]] = {0: "batch", 1: "positions"}
     with quantized_for_export(model, int_embeddings=int_embeddings) as (traced_model, weights):
-        wrapper = (StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model)).eval()
+        wrapper = (StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model, outputs_from)).eval()
         wrapper = wrapper.to(dtype) if dtype != torch.float32 else wrapper
         args = example_args(traced_model, 2, length, dtype)
+        if outputs_from:
+            args = (*args, torch.tensor(0, dtype=torch.int64))
         buffer = io.StringIO()
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), torch.no_grad():
@@ -81,7 +87,7 @@ def export_graph(
                     wrapper,
                     args,
                     str(path),
-                    input_names=graph_io.input_names,
+                    input_names=input_names,
                     output_names=graph_io.output_names,
                     opset_version=trace_opset,
                     dynamic_axes=dynamic_axes,
@@ -97,8 +103,23 @@ def export_graph(
         proto = rewrite_integer_weights(proto, weights, opset)
     else:
         proto = dedupe_transposed(proto)
+    if outputs_from:
+        _default_outputs_from(proto)
+        graph_io.optional_inputs.append({"name": OUTPUTS_FROM, "shape": [], "dtype": "int64", "default": 0})
     _check_and_save(proto, path)
     return graph_io
+
+
+def _default_outputs_from(proto) -> None:
+    """Give the prefill graph's ``logits_from`` input the default 0 (every position): an
+    initializer of the input's name, which ONNX Runtime lets a caller override."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    names = [i.name for i in proto.graph.input]
+    if OUTPUTS_FROM not in names:
+        raise EdgeseqError(f"the traced prefill graph lost its {OUTPUTS_FROM!r} input (inputs: {names})")
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), OUTPUTS_FROM))
 
 
 def upgrade_opset(proto, opset: int):

@@ -90,6 +90,9 @@ class Verification:
     prefill_inexact_fraction: float | None = None
     prefill_reference_inexact_fraction: float | None = None
     prefill_allowed_inexact_fraction: float | None = None
+    # the same prefill asked for its last position only (the ONNX graph's logits_from) vs that
+    # position of the every-position run, relative to its peak
+    prefill_last_max_rel_error: float | None = None
     passed: bool = False
     note: str = ""
     checks: list[str] = field(default_factory=list)
@@ -242,6 +245,16 @@ def verify_runner(
         result.prefill_allowed_inexact_fraction = allowed_inexact(result.prefill_reference_inexact_fraction, pa.size, quantized)
         result.checks.append(f"prefill of {length} positions × batch {batch} vs PyTorch prefill, per (sample, position), "
                              f"exact within {tol:.2g}")
+        engine = getattr(runner, "engine", None)
+        if engine is not None and model.task == "lm":  # what a generator runs: the last position only
+            last, _ = engine.prefill(chunk.numpy(), engine.init_state(batch), all_outputs=False)
+            gap = _position_errors(art_y[:, -1:].float(), torch.from_numpy(np.asarray(last))[:, None].float())
+            result.prefill_last_max_rel_error = float(gap.max())
+            result.checks.append(f"the prefill's last position alone (the generator's call) vs the same position of that prefill, "
+                                 f"exact within {tol:.2g}")
+            if result.prefill_last_max_rel_error > tol:
+                failures.append(f"prefill: the last position computed alone differs from the every-position run by "
+                                f"{result.prefill_last_max_rel_error:.3g} of the signal (exact within {tol:.2g})")
         if result.prefill_inexact_fraction > result.prefill_allowed_inexact_fraction:
             failures.append(f"prefill: {result.prefill_inexact_fraction:.1%} of {pa.size} (sample, position) outputs differ "
                             f"beyond {tol:.2g} (float64 PyTorch: {result.prefill_reference_inexact_fraction:.1%}; allowed "

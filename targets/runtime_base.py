@@ -194,7 +194,8 @@ class Runtime:
         if self.has_prefill:
             size = chunk or length
             while position + size <= length:
-                result = self._prefill(x[:, position:position + size], state)
+                part = x[:, position:position + size]
+                result = self._prefill(part, state) if all_outputs else self._prefill_last(part, state)
                 outputs.append(result[0] if all_outputs else result[0][:, -1:])
                 state = list(result[1:])
                 position += size
@@ -227,6 +228,11 @@ class Runtime:
 
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:  # pragma: no cover
         raise NotImplementedError
+
+    def _prefill_last(self, x: Any, state: list[Any]) -> Sequence[Any]:
+        """``_prefill`` where only the last position's output is used; engines whose graph can
+        skip the other positions' outputs (the ONNX prefill's ``logits_from``) override it."""
+        return self._prefill(x, state)
 
 
 __all__ = ["Runtime", "StepIO", "TensorSpec", "current_rss_bytes", "module_bytes", "peak_rss_bytes", "step_io_from_manifest", "step_io_from_model"]

@@ -296,6 +296,14 @@ class OnnxRuntime(ArtifactRuntime):
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:
         return self.prefill_session.run(None, dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state])))
 
+    def _prefill_last(self, x: Any, state: list[Any]) -> Sequence[Any]:
+        # a prefill graph with the optional logits_from input (export.graphs.OUTPUTS_FROM) runs
+        # the LM head on the last position only; older graphs compute every position
+        feeds = dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state]))
+        if any(i.name == "logits_from" for i in self.prefill_session.get_overridable_initializers()):
+            feeds["logits_from"] = np.array(x.shape[1] - 1, dtype=np.int64)
+        return self.prefill_session.run(None, feeds)
+
 
 # --------------------------------------------------------------------------------------------
 # TVM (this machine's CPU or GPU)
@@ -458,6 +466,12 @@ class ArtifactModel:
     def prefill(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=True)
         return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+
+    def prefill_last(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """``prefill`` returning only the last position's output ``[B, ...]`` — what a generator
+        needs; the ONNX prefill graph then skips the LM head for the other positions."""
+        y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=False)
+        return self.torch.from_numpy(np.asarray(y)), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
 
     def forward(self, x: Any) -> Any:
         return self.prefill(x)[0]

@@ -14,7 +14,8 @@ Parameter names follow the reference implementation so that Hugging Face and ``s
 checkpoints map onto it by renaming only (see ``edgeseq.convert.mamba``).
 
 The parallel form evaluates the linear recurrence with a chunked scan (see ``selective_scan``):
-closed form inside a chunk through cumulative log-decays, a carried state across chunks. The step
+closed form inside a chunk through cumulative log-decays, a carried state across chunks; the
+exported (traced) prefill graph runs the recurrence unrolled over its fixed length. The step
 form keeps, per layer, the last ``d_conv - 1`` conv inputs and the SSM state.
 """
 
@@ -132,14 +133,18 @@ def selective_scan(
     evaluated with time as the last (contiguous) axis, ``[B, Di, N, L]``. The chunk shrinks when
     the decay is so steep that ``e^{-S}`` could overflow, so the result is exact, never clamped;
     when it would have to shrink below a few steps, the Kogge–Stone prefix scan (products of
-    decays only, stable for any decay) is used instead, as it is under tracing
-    (ONNX/``torch.export``), where shapes must be static.
+    decays only, stable for any decay) is used instead.
+
+    Traced (ONNX/``torch.export``, where shapes must be static and the chunk cannot adapt to
+    the input): the recurrence itself, unrolled step by step (:func:`_selective_scan_unrolled`)
+    — the step graph's arithmetic, exact for any decay, and on a CPU cheaper than any
+    parallel form (it does the least work, and a step's tensors stay in cache).
     """
     batch, length, d_inner = x.shape
     if ssm_state is None:
         ssm_state = x.new_zeros(batch, d_inner, A.shape[1])
     if _is_tracing():
-        return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=64)
+        return _selective_scan_unrolled(x, dt, A, B, C, D, ssm_state)
     chunk = _safe_chunk(dt.detach(), (-A.detach()).amax(dim=1), max(1, min(chunk, length)))
     if chunk == 0:  # so steep (or NaN) that only products of decays are safe
         return _selective_scan_prefix(x, dt, A, B, C, D, ssm_state, chunk=64)
@@ -258,6 +263,41 @@ def _selective_scan_prefix(
         ys.append(torch.einsum("bldn,bln->bld", states, C[:, sl]))
         ssm_state = states[:, -1]
     return torch.cat(ys, dim=1) + x * D, ssm_state
+
+
+# time steps whose decays and drives the unrolled scan materialises at once ([B, L, N, Di]):
+# small enough to stay in cache, large enough that a block's few big kernels amortise
+_UNROLL_BLOCK = 16
+
+
+def _selective_scan_unrolled(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, ssm_state: Tensor, block: int = _UNROLL_BLOCK
+) -> tuple[Tensor, Tensor]:
+    """The recurrence unrolled over time, for the traced (exported) prefill graph.
+
+    Per block of ``block`` steps: the decays ``exp(dt_t A)`` and drives ``(dt_t x_t) B_t`` of all
+    its steps in two broadcasts, then per step ``h = a_t ⊙ h + b_t`` (two kernels), then
+    ``y_t = C_t · h_t`` for the block as one batched matrix product. The state is carried as
+    ``[B, N, Di]`` (d_inner last and contiguous): every broadcast then runs over 1536-float spans
+    instead of 16-float ones, which ONNX Runtime's elementwise kernels need to be fast. Exact for
+    any decay (no cumulative products or their inverses), element for element the step's update.
+    """
+    length = x.shape[1]
+    h = ssm_state.transpose(1, 2).unsqueeze(1)  # [B, 1, N, Di]
+    A_t = A.t()  # [N, Di]
+    drive = dt * x  # [B, T, Di]
+    ys = []
+    for start in range(0, length, block):
+        sl = slice(start, start + block)
+        decay = torch.exp(dt[:, sl].unsqueeze(2) * A_t)  # [B, L, N, Di]
+        inputs = drive[:, sl].unsqueeze(2) * B[:, sl].unsqueeze(-1)  # [B, L, N, Di]
+        states = []
+        for a_t, b_t in zip(decay.split(1, dim=1), inputs.split(1, dim=1)):
+            h = a_t * h + b_t
+            states.append(h)
+        # [B, L, 1, N] @ [B, L, N, Di]: a batched matrix product (ONNX MatMul), not an Einsum
+        ys.append(torch.matmul(C[:, sl].unsqueeze(2), torch.cat(states, dim=1)).squeeze(2))
+    return torch.cat(ys, dim=1) + x * D, h.squeeze(1).transpose(1, 2)
 
 
 def selective_scan_loop(
@@ -394,10 +434,13 @@ class SelectiveSSMLM(StreamingModel):
         logits, _ = self._parallel(input_ids, None)
         return logits
 
-    def prefill(self, input_ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self._parallel(input_ids, state)
+    def prefill(self, input_ids: Tensor, state: State | None = None, outputs_from: Tensor | int | None = None) -> tuple[Tensor, State]:
+        """The parallel form from ``state``. ``outputs_from`` (a position, possibly a 0-d int64
+        tensor): logits only for positions ``outputs_from:`` — the LM head, a ``d_model × vocab``
+        product per position, is skipped for the others (a generator needs the last position's)."""
+        return self._parallel(input_ids, state, outputs_from)
 
-    def _parallel(self, input_ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+    def _parallel(self, input_ids: Tensor, state: State | None, outputs_from: Tensor | int | None = None) -> tuple[Tensor, State]:
         hidden = self.embedding(input_ids)
         new_state: State = {}
         for i, block in enumerate(self.layers):
@@ -405,6 +448,8 @@ class SelectiveSSMLM(StreamingModel):
             out, conv_state, ssm_state = block.mixer(block.norm(hidden), layer_state)
             hidden = hidden + out
             new_state[f"conv_{i}"], new_state[f"ssm_{i}"] = conv_state, ssm_state
+        if outputs_from is not None:
+            hidden = hidden[:, outputs_from:]
         return self.head(hidden), new_state
 
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:

@@ -14,6 +14,7 @@ from edgeseq.models.mamba import (
     Mamba,
     MambaConfig,
     _selective_scan_prefix,
+    _selective_scan_unrolled,
     selective_scan,
     selective_scan_loop,
 )
@@ -192,9 +193,26 @@ def test_scan_equals_loop(chunk, steep):
     assert torch.isfinite(y).all()
     assert (y - y_ref).abs().max().item() <= 1e-10
     assert (h - h_ref).abs().max().item() <= 1e-10
-    y_p, h_p = _selective_scan_prefix(x, dt, A, B, C, D, h0, chunk=chunk)  # the tracing path
+    y_p, h_p = _selective_scan_prefix(x, dt, A, B, C, D, h0, chunk=chunk)  # the eager fallback for steep decays
     assert (y_p - y_ref).abs().max().item() <= 1e-10
     assert (h_p - h_ref).abs().max().item() <= 1e-10
+    y_u, h_u = _selective_scan_unrolled(x, dt, A, B, C, D, h0, block=chunk)  # the traced (exported) path
+    assert (y_u - y_ref).abs().max().item() <= 1e-10
+    assert (h_u - h_ref).abs().max().item() <= 1e-10
+
+
+def test_traced_scan_is_the_unrolled_recurrence():
+    """Under tracing ``selective_scan`` takes the unrolled form; the traced function (what the
+    exported prefill graph computes) still equals the loop, on a length the block does not divide."""
+    x, dt, A, B, C, D, h0 = scan_inputs(length=21, steep=True)
+    y_ref, h_ref = selective_scan_loop(x, dt, A, B, C, D, h0)
+    traced = torch.jit.trace(lambda *a: selective_scan(*a, chunk=4), (x, dt, A, B, C, D, h0))
+    ops = [n.kind() for n in traced.graph.nodes()]
+    assert "aten::cumsum" not in ops and "aten::div" not in ops  # not the closed form
+    assert ops.count("aten::add") >= 21  # one state update per step
+    y, h = traced(x, dt, A, B, C, D, h0)
+    assert (y - y_ref).abs().max().item() <= 1e-10
+    assert (h - h_ref).abs().max().item() <= 1e-10
 
 
 @pytest.mark.parametrize("chunk,steep", [(1, False), (8, False), (32, False), (16, True)])

@@ -40,6 +40,25 @@ def test_onnx_step_and_prefill_match_pytorch(tiny_mamba, tmp_path):
     for name in ref_state:
         assert (state[name] - ref_state[name]).abs().max() / ref_state[name].abs().max() < 1e-4
 
+    # the prefill graph's optional logits_from input: default 0 (every position), fed L - 1 the
+    # LM head runs on the last position only; a prompt of whole chunks ends in the prefill graph
+    assert manifest["graphs"]["prefill"]["optional_inputs"] == [
+        {"name": "logits_from", "shape": [], "dtype": "int64", "default": 0}]
+    session = runner.engine.prefill_session
+    assert [i.name for i in session.get_overridable_initializers()] == ["logits_from"]
+    ids = tokens[:, :32].numpy()
+    feeds = dict(zip(runner.engine.prefill_inputs, [ids[:, :16], *runner.engine.init_state(3)]))
+    assert session.run(None, feeds)[0].shape == (3, 16, 256)
+    assert session.run(None, {**feeds, "logits_from": np.array(15, dtype=np.int64)})[0].shape == (3, 1, 256)
+    last, last_state = runner.engine.prefill(ids)  # the engine feeds logits_from = 15 to each chunk
+    every, every_state = runner.engine.prefill(ids, all_outputs=True)
+    assert last.shape == (3, 256)
+    np.testing.assert_allclose(last, every[:, -1], rtol=0, atol=1e-5 * float(np.abs(every).max()))
+    for a, b in zip(last_state, every_state):
+        np.testing.assert_array_equal(a, b)  # the same graph: the head does not touch the state
+    torch_last, _ = runner.prefill_last(tokens[:, :32])  # what edgeseq.generate calls on an artifact
+    assert torch_last.shape == (3, 256) and np.array_equal(torch_last.numpy(), last)
+
 
 def test_onnx_graph_is_valid_with_symbolic_batch(tiny_mamba, tmp_path):
     import onnx
