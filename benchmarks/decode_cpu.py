@@ -191,7 +191,9 @@ def main(argv=None) -> int:
             for x in results:
                 if x["threads"] == t and peer:
                     x["ratio_to_llama_q8_0"] = x["p50_ms"] / peer["p50_ms"]
-                    x["cpu_ratio_to_llama_q8_0"] = x["cpu_ms_per_token"] / peer["cpu_ms_per_token"]
+                    peer_cpu = peer.get("cpu_ms_per_token") or 0  # llama-bench may not report CPU time
+                    mine = x.get("cpu_ms_per_token")
+                    x["cpu_ratio_to_llama_q8_0"] = mine / peer_cpu if peer_cpu and mine is not None else None
         mean_load = statistics.mean(x["load_before"][0] for x in results)
         rounds.append({"round": r + 1, "mean_load_1min": mean_load, "rows": results})
     best = min(rounds, key=lambda x: x["mean_load_1min"])
@@ -222,7 +224,8 @@ def print_table(report: dict) -> None:
         ratio = x.get("ratio_to_llama_q8_0")
         cratio = x.get("cpu_ratio_to_llama_q8_0")
         print(f"| {x['row']} | {x['threads']} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
-              f"{x['cpu_ms_per_token']:.2f} | {'-' if cratio is None else f'{cratio:.2f}'} | "
+              f"{'-' if x.get('cpu_ms_per_token') is None else format(x['cpu_ms_per_token'], '.2f')} | "
+              f"{'-' if cratio is None else f'{cratio:.2f}'} | "
               f"{x['prefill_tok_s'] or 0:.0f} | {x['peak_rss_bytes'] / 2**20:.0f} | {x['rss_over_artifact']:.2f} | "
               f"{x['load_before'][0]:.2f} |")
 

@@ -283,6 +283,7 @@ class OnnxRuntime(ArtifactRuntime):
         if self._prefill_session is None and self.artifact.prefill_file is not None:
             self._prefill_session = ort_session(self.artifact.prefill_file, self.threads, self.providers, mem_pattern=False)
             self.prefill_inputs = [i.name for i in self._prefill_session.get_inputs()]
+            self._logits_from = any(i.name == "logits_from" for i in self._prefill_session.get_overridable_initializers())
         return self._prefill_session
 
     def set_threads(self, threads: int | None) -> None:
@@ -294,15 +295,17 @@ class OnnxRuntime(ArtifactRuntime):
         return self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
 
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:
-        return self.prefill_session.run(None, dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state])))
+        session = self.prefill_session  # opens it (and names its inputs) on the first prompt
+        return session.run(None, dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state])))
 
     def _prefill_last(self, x: Any, state: list[Any]) -> Sequence[Any]:
         # a prefill graph with the optional logits_from input (export.graphs.OUTPUTS_FROM) runs
         # the LM head on the last position only; older graphs compute every position
+        session = self.prefill_session
         feeds = dict(zip(self.prefill_inputs, [np.ascontiguousarray(x), *state]))
-        if any(i.name == "logits_from" for i in self.prefill_session.get_overridable_initializers()):
+        if self._logits_from:
             feeds["logits_from"] = np.array(x.shape[1] - 1, dtype=np.int64)
-        return self.prefill_session.run(None, feeds)
+        return session.run(None, feeds)
 
 
 # --------------------------------------------------------------------------------------------
