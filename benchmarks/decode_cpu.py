@@ -44,7 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONFIG = dict(vocab_size=50280, d_model=768, n_layer=24, d_state=16, d_conv=4, expand=2)
-DEFAULT_RECIPES = "fp32,w8a8-block,w4a8-block"
+DEFAULT_RECIPES = "fp32,w8a8,w4a16,w8a8-block,w4a8-block"
 LLAMA_QUANTS = ("Q8_0", "Q4_0", "F32")
 
 
