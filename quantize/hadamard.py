@@ -190,7 +190,9 @@ def hadamard_transform_matmul(x: Tensor) -> Tensor:
     if m > 1:
         base = (_base_matrix(m) / math.sqrt(m)).to(dtype=x.dtype, device=x.device)
         y = torch.matmul(base, y)
-    return y.reshape(x.shape)
+    # the leading dims but the first as constants: a traced graph reshapes by a stored shape
+    # instead of Shape/Gather/Unsqueeze/Concat on every step (only the batch stays symbolic)
+    return y.reshape(-1, *[int(d) for d in x.shape[1:-1]], n) if x.dim() > 1 else y.reshape(n)
 
 
 def hadamard_transform(x: Tensor) -> Tensor:
