@@ -60,6 +60,18 @@ def _prefetch_l2(pf_ptr, pf_bytes, NT: tl.constexpr, SHARED: tl.constexpr = True
 
 
 @triton.jit
+def _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX: tl.constexpr):
+    """The step's input token: the given one, or the previous head's arg-max decoded from its
+    int64 atomic_max key (logit bits << 32 | vocab - 1 - index)."""
+    if FROM_ARGMAX:
+        key = tl.load(amax_ptr)
+        tok = vocab - 1 - (key - ((key >> 32) << 32))
+    else:
+        tok = tl.load(tok_ptr)
+    return tok
+
+
+@triton.jit
 def _copy_share(src_ptr, dst_ptr, total, q, nq, BLK: tl.constexpr):
     """Program q of nq copies its share of `total` floats from src to dst."""
     per = (total + nq - 1) // nq
@@ -152,11 +164,7 @@ def mamba_in_kernel(
         gdc_launch_dependents()
     # 3. the activations
     if FIRST:
-        if FROM_ARGMAX:
-            key = tl.load(amax_ptr)
-            tok = vocab - 1 - (key - ((key >> 32) << 32))
-        else:
-            tok = tl.load(tok_ptr)
+        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
         v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0.0).to(tl.float32)
         if QUANT == 4:
             ve = tl.load(emb_ptr + tok * D + 2 * o2, mask=dm2, other=0.0).to(tl.float32)
@@ -459,11 +467,7 @@ def mamba_layers_kernel(
     m2 = dm[None, :] & (chans[:, None] < E)
     shift = (kk[:, None] == (kk[None, :] + 1)).to(tl.float32)
     # the embedding row (layer 0's input): every program reads it, program 0 starts the residual
-    if FROM_ARGMAX:
-        key = tl.load(amax_ptr)
-        tok = vocab - 1 - (key - ((key >> 32) << 32))
-    else:
-        tok = tl.load(tok_ptr)
+    tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
     v0 = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0.0).to(tl.float32)
     if pid == 0:
         tl.store(h_ptr + offs, v0, mask=dm)

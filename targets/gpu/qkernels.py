@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from targets.gpu.kernels import AMAX_RESET, _copy_share, gdc_launch_dependents, gdc_wait
+from targets.gpu.kernels import AMAX_RESET, _copy_share, _next_token, gdc_launch_dependents, gdc_wait
 
 try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
     from triton.language.extra.cuda.libdevice import rint as _rint_dev
@@ -36,17 +36,23 @@ except ImportError:  # pragma: no cover
 
 
 @triton.jit
+def _round_half_even(t, INTERP: tl.constexpr):
+    """Round to the nearest integer, halves to even (|t| < 2^22). On the GPU libdevice ``rint``
+    (PTX cvt.rni): the compiler may fold the add-and-subtract trick, which the interpreter (numpy
+    fp32) uses instead."""
+    if INTERP:
+        r = (t + 12582912.0) - 12582912.0
+    else:
+        r = _rint_dev(t)
+    return r
+
+
+@triton.jit
 def _qint(x, s, INTERP: tl.constexpr):
     """The integer level (as fp32) of fake_quant(x, s, 8): clamp(round_half_even(x / s), -128, 127),
-    x / s with IEEE rounding as torch divides. On the GPU the rounding is libdevice ``rint`` (PTX
-    cvt.rni): the compiler may fold the add-and-subtract trick, which the interpreter (numpy fp32)
-    uses instead."""
+    x / s with IEEE rounding as torch divides."""
     t = tl.math.div_rn(x, s)
-    t = tl.minimum(tl.maximum(t, -130.0), 130.0)
-    if INTERP:
-        t = (t + 12582912.0) - 12582912.0
-    else:
-        t = _rint_dev(t)
+    t = _round_half_even(tl.minimum(tl.maximum(t, -130.0), 130.0), INTERP)
     return tl.minimum(tl.maximum(t, -128.0), 127.0)
 
 
@@ -145,11 +151,7 @@ def q_in_kernel(
         gdc_launch_dependents()
     # activations: the residual row (or the token's int8 embedding row for layer 0)
     if FIRST:
-        if FROM_ARGMAX:
-            key = tl.load(amax_ptr)
-            tok = vocab - 1 - (key - ((key >> 32) << 32))
-        else:
-            tok = tl.load(tok_ptr)
+        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
         es = tl.load(emb_s_ptr + tok)
         vl = tl.load(emb_ptr + tok * D + cl, mask=am, other=0).to(tl.float32) * es
         if pid == 0:
@@ -465,11 +467,7 @@ def q_head_kernel(
         if ABLK > 0:  # dynamic int8 per group (ABLK == GH): q = round_half_even(u * (127 / amax)), q * (amax / 127)
             am = tl.max(tl.abs(ug), axis=1)
             inv = tl.where(am > 0, tl.math.div_rn(tl.full((BNG,), 127.0, tl.float32), am), 0.0)
-            t = ug * inv[:, None]
-            if INTERP:
-                t = (t + 12582912.0) - 12582912.0
-            else:
-                t = _rint_dev(t)
+            t = _round_half_even(ug * inv[:, None], INTERP)
             ug = t * tl.math.div_rn(am, tl.full((BNG,), 127.0, tl.float32))[:, None]
         acc = tl.sum(tl.sum(wg.to(tl.float32) * ug[None], axis=2) * gs, axis=1)
     else:
