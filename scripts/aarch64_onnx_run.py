@@ -41,7 +41,9 @@ import time
 
 import numpy as np
 
-ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1"}  # = targets.runtimes.ORT_SESSION_CONFIG
+# = targets.runtimes.ORT_SESSION_CONFIG (a test checks it): float activations where ONNX Runtime fuses
+# QDQ into MatMulNBits; MLAS's own block kernels instead of KleidiAI's per-row ones on aarch64
+ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "mlas.disable_kleidiai": "1"}
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "int8": np.int8,
           "uint8": np.uint8}
 

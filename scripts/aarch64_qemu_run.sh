@@ -4,6 +4,7 @@
 #
 #   scripts/aarch64_qemu_run.sh [options] ARTIFACT_DIR [REFERENCE.npz]
 #   scripts/aarch64_qemu_run.sh [options] --setup-only
+#   scripts/aarch64_qemu_run.sh [options] --exec SCRIPT.py [ARGS...]   (any script, sysroot Python)
 #
 #   --sysroot DIR   aarch64 run environment (created on first use, then reused);
 #                   default $EDGESEQ_AARCH64_SYSROOT or ~/.cache/edgeseq/aarch64-sysroot
@@ -38,12 +39,12 @@
 #     the runner drives the Relax VM through tvm_ffi, as a device without TVM's compiler would;
 #     from onnxruntime its bindings, onnxruntime/capi).
 # Then the runner (numpy + the runtime; no torch, no edgeseq) runs inside
-# `qemu-aarch64-static -cpu MODEL -L SYSROOT SYSROOT/usr/bin/python3.11`. Each run first writes
-# SYSROOT/proc/cpuinfo for MODEL (qemu-user opens SYSROOT/<path> for a guest's absolute <path> when
-# it exists): qemu 7.2 shows the guest the host's x86 /proc/cpuinfo, on which ONNX Runtime's CPU
-# detection (pytorch/cpuinfo) finds no ARM processor and crashes at import. The CPU's features
-# themselves come from the hwcaps qemu reports for MODEL (getauxval), which is what cpuinfo reads;
-# the file only carries the model's MIDR. One run at a time per sysroot when --cpu differs.
+# `qemu-aarch64-static -cpu MODEL -L SYSROOT/.cpu/MODEL SYSROOT/usr/bin/python3.11`, where
+# SYSROOT/.cpu/MODEL links to the sysroot's folders and adds proc/cpuinfo naming MODEL (qemu-user
+# opens PREFIX/<path> for a guest's absolute <path> when it exists): qemu 7.2 shows the guest the
+# host's x86 /proc/cpuinfo, on which ONNX Runtime's CPU detection (pytorch/cpuinfo) finds no ARM
+# processor and crashes at import. The CPU's features themselves come from the hwcaps qemu reports
+# for MODEL (getauxval), which is what cpuinfo reads; the file carries the model's MIDR.
 # Needs: qemu-user-static, apt-get + dpkg-deb (Debian), pip and unzip-capable python3 on the host.
 set -euo pipefail
 
@@ -58,6 +59,7 @@ NO_SETUP=""
 CPU=max
 COMPARE=""
 SESSION_CONFIG=()
+EXEC=""
 ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -71,13 +73,14 @@ while [ $# -gt 0 ]; do
     --compare) COMPARE=$2; shift 2 ;;
     --session-config) SESSION_CONFIG+=(--session-config "$2"); shift 2 ;;
     --setup-only) SETUP_ONLY=1; shift ;;
+    --exec) EXEC=1; shift; ARGS+=("$@"); break ;;
     --no-setup) NO_SETUP=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
-if [ -z "$SETUP_ONLY" ] && { [ ${#ARGS[@]} -lt 1 ] || [ ${#ARGS[@]} -gt 2 ]; }; then
+if [ -z "$SETUP_ONLY" ] && [ -z "$EXEC" ] && { [ ${#ARGS[@]} -lt 1 ] || [ ${#ARGS[@]} -gt 2 ]; }; then
   echo "usage: $0 [--sysroot DIR] [--wheels DIR] [--cpu MODEL] [--steps N] [--threads N] [--json] [--save OUT.npz] [--compare F.npz] ARTIFACT_DIR [REFERENCE.npz]" >&2
   exit 2
 fi
@@ -200,10 +203,10 @@ setup_sysroot() {
 run_python() {  # the sysroot's python3.11 under qemu, seeing only the sysroot's packages
   env -i PATH=/usr/bin:/bin HOME="${HOME:-/tmp}" PYTHONHOME="$SYSROOT/usr" PYTHONPATH="$SITE" PYTHONNOUSERSITE=1 \
     TVM_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS=1 \
-    "$QEMU" -cpu "$CPU" -L "$SYSROOT" "$SYSROOT/usr/bin/python$PYVER" -S "$@"
+    "$QEMU" -cpu "$CPU" -L "$SYSROOT/.cpu/$CPU" "$SYSROOT/usr/bin/python$PYVER" -S "$@"
 }
 
-fake_cpuinfo() {  # SYSROOT/proc/cpuinfo naming qemu's CPU model $CPU (its MIDR), one entry per host CPU
+fake_cpuinfo() {  # SYSROOT/.cpu/$CPU: the sysroot plus a proc/cpuinfo naming qemu's CPU model $CPU (its MIDR)
   local midr
   case "$CPU" in
     max) midr=0x000f0510 ;;  # qemu's own: implementer 0 (software), part 'Q'
@@ -212,8 +215,12 @@ fake_cpuinfo() {  # SYSROOT/proc/cpuinfo naming qemu's CPU model $CPU (its MIDR)
     a64fx) midr=0x461f0010 ;;
     *) echo "no MIDR known for -cpu $CPU (max, cortex-a35/a53/a57/a72/a76, neoverse-n1, a64fx)" >&2; exit 2 ;;
   esac
-  mkdir -p "$SYSROOT/proc"
-  python3 - "$midr" "$(nproc)" > "$SYSROOT/proc/cpuinfo.tmp" <<'PY'
+  local view="$SYSROOT/.cpu/$CPU" entry
+  mkdir -p "$view/proc"
+  for entry in "$SYSROOT"/*; do
+    [ "$(basename "$entry")" = proc ] || ln -sfn "../../$(basename "$entry")" "$view/$(basename "$entry")"
+  done
+  python3 - "$midr" "$(nproc)" > "$view/proc/cpuinfo.tmp" <<'PY'
 import sys
 midr, n = int(sys.argv[1], 16), int(sys.argv[2])
 for i in range(n):
@@ -221,12 +228,13 @@ for i in range(n):
           f"CPU architecture: 8\nCPU variant\t: 0x{midr >> 20 & 0xf:x}\nCPU part\t: 0x{midr >> 4 & 0xfff:03x}\n"
           f"CPU revision\t: {midr & 0xf}\n")
 PY
-  mv "$SYSROOT/proc/cpuinfo.tmp" "$SYSROOT/proc/cpuinfo"
+  mv "$view/proc/cpuinfo.tmp" "$view/proc/cpuinfo"
 }
 
 setup_sysroot
 fake_cpuinfo
 [ -n "$SETUP_ONLY" ] && exit 0
+if [ -n "$EXEC" ]; then run_python "${ARGS[@]}"; exit $?; fi
 
 ARTIFACT=${ARGS[0]}
 FORMAT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("format", ""))' "$ARTIFACT/manifest.json" 2>/dev/null || true)

@@ -42,6 +42,11 @@ def reference_model(manifest: dict, model_source: str | None):
     model = load_model(source).model.eval()
     if manifest["model"].get("family") != model.config.family or manifest["model"].get("config") != model.config.to_dict():
         sys.exit(f"{source}: its config differs from the artifact's manifest (re-export, or pass the right --model)")
+    return as_exported(model, manifest)
+
+
+def as_exported(model, manifest: dict):
+    """``model`` as export verified it: quantized models with the int8 embedding table export stored."""
     bits = manifest.get("embedding_bits")
     if bits:  # export.artifact quantizes the embedding table of quantized models before export
         from export.qdq import quantize_embeddings
