@@ -108,17 +108,19 @@ def test_runner_passes_a_correct_artifact_and_refuses_another_function(tiny_mamb
 
 @needs_sysroot
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, cpu, passes", [
-    ("fp32", "cortex-a57", True),
-    ("w8a8-block", "max", True),  # sdot + i8mm: MLAS's int8 block kernel
-    ("w4a8-block", "neoverse-n1", True),  # sdot, no i8mm; KleidiAI off (ORT_SESSION_CONFIG)
+@pytest.mark.parametrize("recipe, cpu, config, passes", [
+    ("fp32", "cortex-a57", (), True),
+    ("w8a8-block", "max", (), True),  # i8mm: MLAS's int8 block kernel
+    ("w4a8-block", "neoverse-n1", (), True),  # sdot, no i8mm; KleidiAI off (ORT_SESSION_CONFIG)
+    # ONNX Runtime's default on the same CPU: KleidiAI's 4-bit kernel, activations quantized per row
+    ("w4a8-block", "neoverse-n1", ("mlas.disable_kleidiai=0",), False),
     # no sdot: MatMulNBits at accuracy level 4 falls back to float activations, another function;
     # the artifact's self-check refuses the device (what edgeseq's runtime does on first load)
-    ("w8a8-block", "cortex-a57", False),
+    ("w8a8-block", "cortex-a57", (), False),
 ])
-def test_onnx_artifact_under_aarch64_qemu(small_mamba, tmp_path, recipe, cpu, passes):
+def test_onnx_artifact_under_aarch64_qemu(small_mamba, tmp_path, recipe, cpu, config, passes):
     folder, stream = _artifact_and_stream(small_mamba, recipe, tmp_path)
-    done = _qemu(cpu, "--json", folder, stream)
+    done = _qemu(cpu, "--json", folder, stream, config=config)
     assert done.returncode == (0 if passes else 1), done.stdout + done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["machine"] == "aarch64" and report["passed"] is passes
@@ -128,7 +130,7 @@ def test_onnx_artifact_under_aarch64_qemu(small_mamba, tmp_path, recipe, cpu, pa
         assert tf["inexact_fraction"] <= report["stream"]["rule"]["allowed_inexact_fraction"]
         assert report["stream"]["free_running"]["top1_agreement"] == 1.0
     else:
-        assert report["shipped"]["passed"] is False and tf["inexact_fraction"] == 1.0
+        assert report["shipped"]["passed"] is False and tf["inexact_fraction"] > 0.5
 
 
 _KERNEL_PROBE = """
