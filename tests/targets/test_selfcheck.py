@@ -86,3 +86,17 @@ def test_the_profiling_runtime_checks_the_same_stream(artifact, tmp_path, monkey
     _perturb(monkeypatch, OnnxRuntime, 0.9, calls)
     with pytest.raises(EdgeseqError, match="computes another function"):
         open_runtime(artifact)
+
+
+def test_the_arm_hint_names_only_onnx_runtime_on_arm_without_dot_product():
+    from export.artifact import _failure_hint
+    from targets.selfcheck import arm_without_dot_product
+
+    plain = {"machine": "aarch64", "features": ["asimd"], "cpu": "Cortex-A57", "int8_accumulation": "32-bit"}
+    assert "no dot-product" in arm_without_dot_product(plain)
+    assert arm_without_dot_product({**plain, "features": ["asimd", "asimddp"]}) is None
+    assert arm_without_dot_product({**plain, "machine": "x86_64"}) is None
+    assert arm_without_dot_product(plain, "tvm") is None
+    # an export on such a board fails verification with the same cause, not "saturates"
+    assert "no dot-product" in _failure_hint("onnx", True, {"export_host": plain})
+    assert "saturates" in _failure_hint("onnx", True, {"export_host": {**plain, "features": ["asimd", "asimddp"]}})
