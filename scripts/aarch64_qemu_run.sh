@@ -16,7 +16,8 @@
 #   --steps N       steps to run (default: every step in REFERENCE.npz)
 #   --threads N     TVM / ONNX Runtime threads inside the emulated process (default 1)
 #   --json          print one JSON object instead of the summary
-#   --save OUT.npz  also write the emulated artifact's step outputs
+#   --save OUT.npz  also write the emulated artifact's step outputs (ONNX: teacher-forced outputs
+#                   and states)
 #   --compare F.npz (ONNX) diff the teacher-forced outputs with another run's --save file
 #   --session-config KEY=VALUE  (ONNX, repeatable) another session config entry, for diagnosis
 #                   (e.g. mlas.disable_kleidiai=1); not what verification ran
