@@ -21,7 +21,10 @@ checks it) and runs two checks:
   export verification's rule derived on that stream (``rule_*``: exact tolerance from the float64
   reference's noise, allowed inexact fraction, sanity bound); then free-running (the artifact
   carries its own state) with max absolute/relative output and state errors, held to
-  ``rule_drift_bound``; top-1 agreement for language models in both.
+  ``rule_drift_bound``; top-1 agreement for language models in both;
+* **prefill** (when the stream holds a prefill chunk and the artifact a prefill graph): every
+  (sample, position) output of one chunk from the initial state against PyTorch's prefill, under
+  the stream's ``rule_prefill_*``.
 
 Exit 0 when every check passes, 1 otherwise. ``--save`` writes the teacher-forced outputs and
 states; ``--compare`` reports how far they are from another run's ``--save`` file (for example the
@@ -74,14 +77,14 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def open_session(path: str, threads: int | None, extra_config: dict | None = None):
+def open_session(path: str, threads: int | None, extra_config: dict | None = None, mem_pattern: bool = True):
     """``targets.runtimes.ort_session`` without edgeseq: the settings verification ran with
     (``extra_config``: further session config entries, for diagnosis only)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.enable_mem_pattern = True
+    options.enable_mem_pattern = mem_pattern
     for key, value in {**ORT_SESSION_CONFIG, **(extra_config or {})}.items():
         options.add_session_config_entry(key, value)
     if threads:
@@ -217,6 +220,28 @@ def stream_check(stream: dict, manifest: dict, step: Step, steps: int, lm: bool)
     return report, {k: np.stack(v) for k, v in saved.items()}
 
 
+def prefill_check(stream: dict, session, spec: dict, names: list) -> dict:
+    """One prefill chunk from the initial state, every (sample, position) against PyTorch's prefill
+    under the stream's ``rule_prefill_*`` (export verification's prefill rule)."""
+    inputs = [t["name"] for t in spec["inputs"]]
+    dtypes = [DTYPES[t["dtype"]] for t in spec["inputs"]]
+    arrays = [stream["prefill_inputs"]] + [stream[f"init_{n}"] for n in names]
+    feeds = {n: np.ascontiguousarray(a, dtype=d) for n, a, d in zip(inputs, arrays, dtypes)}
+    y = np.asarray(session.run(None, feeds)[0], np.float64)  # without logits_from: every position
+    ref = stream["prefill_outputs"].astype(np.float64)
+    if y.shape != ref.shape:
+        sys.exit(f"prefill: the artifact returned shape {y.shape}, the reference holds {ref.shape}")
+    peak = max(float(np.abs(ref).max()), 1e-12)
+    errors = (np.abs(y - ref).reshape(ref.shape[0], ref.shape[1], -1).max(-1) / peak).reshape(-1)
+    tolerance = float(stream["rule_prefill_exact_tolerance"])
+    inexact = float((errors > tolerance).mean())
+    allowed, bound = float(stream["rule_prefill_allowed_inexact_fraction"]), float(stream["rule_prefill_bound"])
+    top1 = float((y.argmax(-1) == ref.argmax(-1)).mean()) if y.ndim == 3 else None
+    return {"passed": bool(inexact <= allowed and float(errors.max()) <= bound), "positions": int(errors.size),
+            "inexact_fraction": inexact, "allowed_inexact_fraction": allowed, "exact_tolerance": tolerance,
+            "max_rel_error": float(errors.max()), "bound": bound, "top1_agreement": top1}
+
+
 def compare_saved(saved: dict, other_path: str) -> dict:
     """Max |Δ| of this run's teacher-forced outputs/states against another run's ``--save`` file."""
     with np.load(other_path, allow_pickle=False) as data:
@@ -242,6 +267,7 @@ def main() -> int:
     parser.add_argument("--save", metavar="OUT.npz", default=None, help="write the teacher-forced outputs and states")
     parser.add_argument("--compare", metavar="OTHER.npz", default=None, help="another run's --save file to diff against")
     parser.add_argument("--no-verify-files", action="store_true", help="skip the sha256 check of the artifact's files")
+    parser.add_argument("--no-prefill", action="store_true", help="skip the stream's prefill chunk")
     parser.add_argument("--session-config", metavar="KEY=VALUE", action="append", default=[],
                         help="another ONNX Runtime session config entry (diagnosis: e.g. mlas.disable_kleidiai=1); "
                              "not what verification ran, so the run is labelled with it")
@@ -288,6 +314,12 @@ def main() -> int:
         steps = total if args.steps is None else max(1, min(args.steps, total))
         report["stream"], saved = stream_check(stream, manifest, step, steps, lm)
         passed = passed and report["stream"]["passed"]
+        prefill_spec = manifest["graphs"].get("prefill")
+        if "prefill_inputs" in stream and prefill_spec and not args.no_prefill:
+            # as OnnxRuntime.prefill_session: its own session, without the memory-pattern planner
+            prefill = open_session(os.path.join(args.artifact, prefill_spec["file"]), args.threads, extra_config, mem_pattern=False)
+            report["prefill"] = prefill_check(stream, prefill, prefill_spec, step.names[1:])
+            passed = passed and report["prefill"]["passed"]
         if args.save:
             np.savez(args.save, **saved)
         if args.compare:
@@ -317,6 +349,13 @@ def main() -> int:
               f"{fr['max_abs_state_error']:.3e} / rel {fr['max_rel_state_error']:.3e} (bound {r['drift_bound']:.3g})"
               f"{top1(fr['top1_agreement'])}")
         print(f"    {'PASS' if report['stream']['passed'] else 'FAIL'}")
+        if "prefill" in report:
+            p = report["prefill"]
+            print(f"  prefill, {p['positions']} (sample, position) outputs: {p['inexact_fraction']:.1%} beyond "
+                  f"{p['exact_tolerance']:.2g} (allowed {p['allowed_inexact_fraction']:.1%}), max rel error "
+                  f"{p['max_rel_error']:.3e} (bound {p['bound']:.3g})"
+                  + (f", top-1 {p['top1_agreement']:.3f}" if p["top1_agreement"] is not None else "")
+                  + f": {'PASS' if p['passed'] else 'FAIL'}")
         if "compare" in report:
             c = report["compare"]
             print(f"  vs {c['against']}: " + (c["error"] if "error" in c else

@@ -221,7 +221,7 @@ fake_cpuinfo() {  # SYSROOT/.cpu/$CPU: the sysroot plus a proc/cpuinfo naming qe
   for entry in "$SYSROOT"/*; do
     [ "$(basename "$entry")" = proc ] || ln -sfn "../../$(basename "$entry")" "$view/$(basename "$entry")"
   done
-  python3 - "$midr" "$(nproc)" > "$view/proc/cpuinfo.tmp" <<'PY'
+  python3 - "$midr" "$(nproc)" > "$view/proc/cpuinfo.$$" <<'PY'
 import sys
 midr, n = int(sys.argv[1], 16), int(sys.argv[2])
 for i in range(n):
@@ -229,7 +229,7 @@ for i in range(n):
           f"CPU architecture: 8\nCPU variant\t: 0x{midr >> 20 & 0xf:x}\nCPU part\t: 0x{midr >> 4 & 0xfff:03x}\n"
           f"CPU revision\t: {midr & 0xf}\n")
 PY
-  mv "$view/proc/cpuinfo.tmp" "$view/proc/cpuinfo"
+  mv "$view/proc/cpuinfo.$$" "$view/proc/cpuinfo"
 }
 
 setup_sysroot

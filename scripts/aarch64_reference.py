@@ -14,6 +14,9 @@ a zoo name or checkpoint/quantized folder), feeds it the seeded inputs verificat
   ``rule_reference_inexact_fraction``, ``rule_allowed_inexact_fraction``), ``rule_sanity_bound``
   and ``rule_drift_bound`` (free-running: the larger of the sanity bound and 1.5 × the float64
   reference's own drift),
+* ``prefill_inputs`` / ``prefill_outputs`` [B, L, ...]: one chunk of the prefill graph's length from
+  the initial state (when the artifact has a prefill graph; ``--no-prefill`` leaves it out), with
+  ``rule_prefill_*`` derived the same way per (sample, position),
 
 which ``scripts/aarch64_artifact_run.py`` (numpy + TVM runtime only) and
 ``scripts/aarch64_onnx_run.py`` (numpy + ONNX Runtime only) read. Runs on the host, with torch and
@@ -57,7 +60,8 @@ def as_exported(model, manifest: dict):
 
 
 @torch.no_grad()
-def write_stream(model, path: str | Path, steps: int, batch: int = 1, seed: int = 0, input_dtype: str | None = None) -> None:
+def write_stream(model, path: str | Path, steps: int, batch: int = 1, seed: int = 0, input_dtype: str | None = None,
+                 prefill_length: int = 0) -> None:
     from export.graphs import sample_inputs
     from targets.selfcheck import step_errors
 
@@ -85,8 +89,33 @@ def write_stream(model, path: str | Path, steps: int, batch: int = 1, seed: int 
         noise.append(step_errors(y, [state[n] for n in state], y64, [state64[n] for n in state]))
         drift64 = max(drift64, _rel(y, free_y64), *(_rel(state[n], free64[n]) for n in state))
     arrays.update({f"state_{name}": np.stack(values) for name, values in states.items()})
-    arrays.update({f"rule_{k}": np.float64(v) for k, v in stream_rule(model, np.concatenate(noise), drift64).items()})
+    rule = stream_rule(model, np.concatenate(noise), drift64)
+    arrays.update({f"rule_{k}": np.float64(v) for k, v in rule.items()})
+    if prefill_length:
+        arrays.update(prefill_stream(model, exact64, batch, prefill_length, seed, input_dtype, rule))
     np.savez(path, inputs=inputs.numpy(), outputs=torch.stack(outputs, 1).numpy(), **arrays)
+
+
+def prefill_stream(model, exact64, batch: int, length: int, seed: int, input_dtype: str | None, rule: dict) -> dict:
+    """One prefill chunk from the initial state (``prefill_inputs``, ``prefill_outputs`` [B, L, ...]) and
+    export.verify's prefill rule for it: per (sample, position), thresholds from the float64 prefill."""
+    from export.graphs import sample_inputs
+    from export.verify import DRIFT_SLACK, allowed_inexact, exact_tolerance, tolerance_for
+
+    chunk = sample_inputs(model, batch, length, seed=seed + 1)
+    if input_dtype and model.task != "lm":
+        chunk = chunk.to(getattr(torch, input_dtype))
+    ref_y, _ = model.prefill(chunk, model.init_state(batch))
+    y64, _ = exact64.prefill(chunk if model.task == "lm" else chunk.double(), exact64.init_state(batch, dtype=torch.float64))
+    r, g = ref_y.double(), y64.double()
+    noise = ((r - g).abs().reshape(r.shape[0], r.shape[1], -1).amax(-1) / max(float(r.abs().max()), 1e-12)).reshape(-1).numpy()
+    quantized = bool(rule["quantized"])
+    tolerance = exact_tolerance(noise, tolerance_for("float32", quantized))
+    p_ref = float((noise > tolerance).mean())
+    return {"prefill_inputs": chunk.numpy(), "prefill_outputs": ref_y.float().numpy(),
+            "rule_prefill_exact_tolerance": np.float64(tolerance),
+            "rule_prefill_allowed_inexact_fraction": np.float64(allowed_inexact(p_ref, noise.size, quantized)),
+            "rule_prefill_bound": np.float64(max(rule["sanity_bound"], DRIFT_SLACK * float(noise.max())))}
 
 
 def _rel(ref: torch.Tensor, got: torch.Tensor) -> float:
@@ -116,13 +145,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="model to run instead of the manifest's model.source")
+    parser.add_argument("--no-prefill", action="store_true", help="leave out the prefill chunk (default: one chunk "
+                        "of the prefill graph's length when the artifact has one)")
     args = parser.parse_args()
     if args.steps < 1 or args.batch < 1:
         sys.exit("--steps and --batch must be positive")
     manifest = json.loads((Path(args.artifact) / "manifest.json").read_text())
     model = reference_model(manifest, args.model)
-    write_stream(model, args.output, args.steps, args.batch, args.seed, manifest["graphs"]["step"]["inputs"][0]["dtype"])
-    print(f"wrote {args.output}: {args.steps} steps, batch {args.batch}, seed {args.seed} ({manifest['model']['family']})")
+    prefill = 0 if args.no_prefill else int((manifest["graphs"].get("prefill") or {}).get("length") or 0)
+    write_stream(model, args.output, args.steps, args.batch, args.seed, manifest["graphs"]["step"]["inputs"][0]["dtype"],
+                 prefill_length=prefill)
+    print(f"wrote {args.output}: {args.steps} steps" + (f" and a {prefill}-position prefill" if prefill else "")
+          + f", batch {args.batch}, seed {args.seed} ({manifest['model']['family']})")
 
 
 if __name__ == "__main__":

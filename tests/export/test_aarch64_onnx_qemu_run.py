@@ -59,15 +59,19 @@ def small_mamba():
     return Mamba(MambaConfig(vocab_size=256, d_model=64, n_layer=2, d_state=8)).eval()
 
 
-def _artifact_and_stream(model, recipe, tmp_path, steps=12):
+def _artifact_and_stream(model, recipe, tmp_path, steps=12, prefill_length=0):
     """An ONNX artifact of ``model`` (quantized with ``recipe``) and its PyTorch stream (batch 2)."""
     if recipe != "fp32":
         model, _ = quantize_model(model, recipe, None, progress=False)
     folder = tmp_path / recipe
-    manifest = export_artifact(model, folder, steps=16, prefill=False)
+    if prefill_length:
+        manifest = export_artifact(model, folder, steps=16, prefill_length=prefill_length)
+    else:
+        manifest = export_artifact(model, folder, steps=16, prefill=False)
     reference = _load("aarch64_reference")
     stream = tmp_path / f"{recipe}.npz"
-    reference.write_stream(reference.as_exported(model, manifest), stream, steps=steps, batch=2)
+    reference.write_stream(reference.as_exported(model, manifest), stream, steps=steps, batch=2,
+                           prefill_length=prefill_length)
     return folder, stream
 
 
@@ -90,10 +94,11 @@ def test_runner_opens_sessions_as_the_runtime_does():
 
 
 def test_runner_passes_a_correct_artifact_and_refuses_another_function(tiny_mamba, tmp_path):
-    folder, stream = _artifact_and_stream(tiny_mamba, "fp32", tmp_path)
+    folder, stream = _artifact_and_stream(tiny_mamba, "fp32", tmp_path, prefill_length=8)
     rc, report = _host_run(folder, stream, "--save", tmp_path / "host.npz")
     assert rc == 0 and report["passed"], report
     assert report["shipped"]["passed"] and report["stream"]["teacher_forced"]["inexact_fraction"] == 0.0
+    assert report["prefill"]["passed"] and report["prefill"]["positions"] == 16 and report["prefill"]["inexact_fraction"] == 0.0
     assert report["stream"]["free_running"]["top1_agreement"] == 1.0
     rc, report = _host_run(folder, stream, "--compare", tmp_path / "host.npz")
     assert rc == 0 and report["compare"]["bit_identical"] is True
@@ -104,6 +109,11 @@ def test_runner_passes_a_correct_artifact_and_refuses_another_function(tiny_mamb
     np.savez(tmp_path / "off.npz", **arrays)
     rc, report = _host_run(folder, tmp_path / "off.npz")
     assert rc == 1 and not report["stream"]["passed"] and report["stream"]["teacher_forced"]["inexact_fraction"] == 1.0
+    arrays["outputs"] = arrays["outputs"] / 1.01
+    arrays["prefill_outputs"] = arrays["prefill_outputs"] * 1.01  # only the prefill is off
+    np.savez(tmp_path / "off-prefill.npz", **arrays)
+    rc, report = _host_run(folder, tmp_path / "off-prefill.npz")
+    assert rc == 1 and report["stream"]["passed"] and not report["prefill"]["passed"], report
 
 
 @needs_sysroot
@@ -119,13 +129,15 @@ def test_runner_passes_a_correct_artifact_and_refuses_another_function(tiny_mamb
     ("w8a8-block", "cortex-a57", (), False),
 ])
 def test_onnx_artifact_under_aarch64_qemu(small_mamba, tmp_path, recipe, cpu, config, passes):
-    folder, stream = _artifact_and_stream(small_mamba, recipe, tmp_path)
+    prefill = 8 if recipe == "fp32" else 0  # the prefill graph's own kernels too (float: every CPU)
+    folder, stream = _artifact_and_stream(small_mamba, recipe, tmp_path, prefill_length=prefill)
     done = _qemu(cpu, "--json", folder, stream, config=config)
     assert done.returncode == (0 if passes else 1), done.stdout + done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["machine"] == "aarch64" and report["passed"] is passes
     assert ("asimddp" in report["hwcaps"]) is (cpu != "cortex-a57")
     tf = report["stream"]["teacher_forced"]
+    assert ("prefill" in report) is bool(prefill) and (not prefill or report["prefill"]["passed"])
     if passes:
         assert tf["inexact_fraction"] <= report["stream"]["rule"]["allowed_inexact_fraction"]
         assert report["stream"]["free_running"]["top1_agreement"] == 1.0
