@@ -35,6 +35,7 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    options.add_session_config_entry("mlas.disable_kleidiai", "1")  # as targets.runtimes.ORT_SESSION_CONFIG (Arm)
     options.enable_profiling = True
     scratch = tempfile.mkdtemp(prefix="ort-profile-")
     options.profile_file_prefix = os.path.join(scratch, graph)

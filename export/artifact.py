@@ -303,6 +303,11 @@ def _failure_hint(format: str, quantized: bool, manifest: dict[str, Any]) -> str
     host = manifest.get("export_host", {})
     where = f"{host.get('cpu') or 'this CPU'}, int8 accumulation {host.get('int8_accumulation', '?')}"
     if format == "onnx" and quantized:
+        from targets.selfcheck import arm_without_dot_product
+
+        arm = arm_without_dot_product(host)
+        if arm:
+            return f"likely cause: {arm}; re-run with --keep-failed DIR to inspect it"
         return (f"likely cause: an ONNX Runtime integer kernel on this CPU ({where}) rounds or saturates differently "
                 "from the recipe; re-run with --keep-failed DIR to inspect it, or report it with the artifact")
     return f"likely cause: an operator this runtime lowers differently ({where}); re-run with --keep-failed DIR to inspect it"

@@ -27,6 +27,7 @@ def _session(path: Path, provider: str):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")  # as edgeseq verifies
+    options.add_session_config_entry("mlas.disable_kleidiai", "1")  # as targets.runtimes.ORT_SESSION_CONFIG
     return ort.InferenceSession(str(path), options, providers=[provider])
 
 

@@ -102,6 +102,23 @@ def compare_reference(folder: Path, entry: dict[str, Any], step: StepFn) -> dict
                        f"(allowed {entry['allowed_inexact_fraction']:.0%}), worst relative error {worst:.3g}")}
 
 
+def arm_without_dot_product(device: dict[str, Any], runtime: str = "onnxruntime") -> str | None:
+    """Why ONNX Runtime on an Arm CPU without ``sdot`` computes another function, or None elsewhere
+    (measured under qemu: docs/export.md, "ONNX artifacts on Arm CPUs")."""
+    arm = str(device.get("machine", "")).lower() in ("aarch64", "arm64")
+    if arm and runtime.startswith("onnxruntime") and "asimddp" not in device.get("features", []):
+        return ("this Arm CPU has no dot-product instructions (asimddp), so ONNX Runtime runs MatMulNBits at "
+                "accuracy level 4 (the block recipes' layers, the LM head of int8-activation recipes) with float "
+                "activations; export a float-activation recipe (w4a16, fp32) or a TVM artifact for it")
+    return None
+
+
+def _remedy(device: dict[str, Any], runtime: str) -> str:
+    """What to do about a refused device."""
+    return arm_without_dot_product(device, runtime) or (
+        "re-export the model on this device, or with a recipe whose integer ranges every kernel computes exactly (w8a8)")
+
+
 def _cache_file(manifest: dict[str, Any], runtime: str) -> Path:
     files = sorted((f.get("path", ""), f.get("sha256", "")) for f in manifest.get("files", []) if isinstance(f, dict))
     key = json.dumps({"files": files, "device": cpu_features(), "runtime": runtime,
@@ -141,7 +158,7 @@ def check_on_device(folder: str | Path, manifest: dict[str, Any], runtime: str, 
             f"{folder}: this device computes another function than the artifact was verified for on "
             f"{manifest.get('export_host', {}).get('cpu') or 'the export host'}: {result['detail']} "
             f"({runtime} on {device['cpu'] or device['machine']}, int8 accumulation {device['int8_accumulation']}); "
-            "re-export the model on this device, or with a recipe whose integer ranges every kernel computes exactly (w8a8)"
+            + _remedy(device, runtime)
         )
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -151,4 +168,4 @@ def check_on_device(folder: str | Path, manifest: dict[str, Any], runtime: str, 
     return result
 
 
-__all__ = ["REFERENCE_FILE", "REFERENCE_STEPS", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors", "write_reference"]
+__all__ = ["REFERENCE_FILE", "REFERENCE_STEPS", "arm_without_dot_product", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors", "write_reference"]

@@ -50,6 +50,20 @@ def test_a_device_computing_another_function_is_refused_on_first_load(artifact, 
     assert calls  # the check ran the device's own step
 
 
+def test_an_arm_cpu_without_dot_product_is_told_which_recipes_it_computes(artifact, tmp_path, monkeypatch):
+    """No sdot: ONNX Runtime's level-4 MatMulNBits runs with float activations (measured under qemu,
+    tests/export/test_aarch64_onnx_qemu_run.py); the refusal names the cause and what to export."""
+    import targets.selfcheck as selfcheck
+    from targets.runtimes import OnnxRuntime, open_artifact
+
+    monkeypatch.setenv("EDGESEQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(selfcheck, "cpu_features", lambda: {"cpu": "Cortex-A72", "machine": "aarch64",
+                                                            "features": ["asimd"], "int8_accumulation": "32-bit"})
+    _perturb(monkeypatch, OnnxRuntime, 1.05, [])
+    with pytest.raises(EdgeseqError, match=r"no dot-product instructions.*float activations.*w4a16"):
+        open_artifact(artifact)
+
+
 def test_a_passing_device_is_remembered(artifact, tmp_path, monkeypatch):
     from targets.runtimes import OnnxRuntime, open_artifact
 
@@ -72,3 +86,17 @@ def test_the_profiling_runtime_checks_the_same_stream(artifact, tmp_path, monkey
     _perturb(monkeypatch, OnnxRuntime, 0.9, calls)
     with pytest.raises(EdgeseqError, match="computes another function"):
         open_runtime(artifact)
+
+
+def test_the_arm_hint_names_only_onnx_runtime_on_arm_without_dot_product():
+    from export.artifact import _failure_hint
+    from targets.selfcheck import arm_without_dot_product
+
+    plain = {"machine": "aarch64", "features": ["asimd"], "cpu": "Cortex-A57", "int8_accumulation": "32-bit"}
+    assert "no dot-product" in arm_without_dot_product(plain)
+    assert arm_without_dot_product({**plain, "features": ["asimd", "asimddp"]}) is None
+    assert arm_without_dot_product({**plain, "machine": "x86_64"}) is None
+    assert arm_without_dot_product(plain, "tvm") is None
+    # an export on such a board fails verification with the same cause, not "saturates"
+    assert "no dot-product" in _failure_hint("onnx", True, {"export_host": plain})
+    assert "saturates" in _failure_hint("onnx", True, {"export_host": {**plain, "features": ["asimd", "asimddp"]}})
