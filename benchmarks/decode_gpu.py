@@ -2,9 +2,11 @@
 cuBLAS floor and edgeseq's fused Triton runtime side by side.
 
     python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep] [--tvm ARTIFACT,LIBDIR] [--quick]
+        [--d-model 768 --layers 24] [--designs both|pdl] [--fused bf16,int8,int4] [--recipes ...]
 
-Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1. Rows, timed in
-one run, interleaved round by round:
+Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1 (``--d-model 2048
+--layers 48``: the mamba-1.4b shape, where the weights, not the kernel chain, should decide). Rows,
+timed in one run, interleaved round by round:
 
 * ``transformers`` MambaForCausalLM eager fp32 with its cache (its pure-PyTorch path: the fused
   ``mamba_ssm`` kernels are not installed) — the baseline;

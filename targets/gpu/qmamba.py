@@ -288,9 +288,12 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.blocks = blocks
         g_in, g_x, g_dt, g_o = self.groups
         D, E = self.D, self.E
-        # a program holds its channels' whole (dequantized) d_model rows in registers: at most 8 rows of
-        # 1024 columns (sm_90 ptxas: 16 x 1024 and 8 x 2048 spill, 8 x 1024 and 4 x 2048 do not)
-        self.BC = _divisor_block(E, min(blocks.in_channels, max(1, 8192 // _pow2(D)), _pow2_divisor(g_x, 1 << 30)))
+        # a program holds its channels' whole d_model rows in registers. 8-bit: at most 8 rows of 1024
+        # columns (4 at d_model 2048: W8A8 1.92 ms a step on the H200 against 2.14 with 8). 4-bit: 16
+        # (8 at 2048 spill 340 bytes in sm_90 ptxas, yet ran 1.56 ms against 1.71 with 4;
+        # benchmarks/decode_gpu_1p4b*.json)
+        cap = (16384 if self.wbits == 4 else 8192) // _pow2(D)
+        self.BC = _divisor_block(E, min(blocks.in_channels, max(1, cap), _pow2_divisor(g_x, 1 << 30)))
         self.NCH = D // self.CH
         # 4-bit out_proj: the column block is the packing block
         self.BO = self.PB if self.wbits == 4 else min(_pow2(blocks.ssm_cols or 128), _pow2(D))
