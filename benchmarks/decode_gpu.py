@@ -2,9 +2,11 @@
 cuBLAS floor and edgeseq's fused Triton runtime side by side.
 
     python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep] [--tvm ARTIFACT,LIBDIR] [--quick]
+        [--d-model 768 --layers 24] [--designs both|pdl] [--fused bf16,int8,int4] [--recipes ...]
 
-Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1. Rows, timed in
-one run, interleaved round by round:
+Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1 (``--d-model 2048
+--layers 48``: the mamba-1.4b shape, where the weights, not the kernel chain, should decide). Rows,
+timed in one run, interleaved round by round:
 
 * ``transformers`` MambaForCausalLM eager fp32 with its cache (its pure-PyTorch path: the fused
   ``mamba_ssm`` kernels are not installed) — the baseline;
@@ -381,6 +383,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--layers", type=int, default=CONFIG["n_layer"])
+    p.add_argument("--d-model", type=int, default=CONFIG["d_model"],
+                   help="model width (d_inner = 2 x d_model; 2048 with --layers 48 is the mamba-1.4b shape)")
+    p.add_argument("--designs", choices=("both", "pdl"), default="both",
+                   help="both: each fused runtime without and with PDL; pdl: only the default (PDL) design")
+    p.add_argument("--fused", default="bf16,int8,int4",
+                   help="weight kinds of the fused runtime ('bf16', 'int8', 'int4' weight-only g128; '' for none)")
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", help="'' skips the torch.compile row")
     p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
     p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
@@ -394,6 +402,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.skip_eager, args.compile_mode = True, ""
+    CONFIG["d_model"] = args.d_model
 
     import torch
 
@@ -465,20 +474,24 @@ def main(argv=None) -> int:
         except Exception as exc:
             log(f"torch.compile row skipped: {type(exc).__name__}: {exc}")
     floor = GemvFloor(torch, base)
-    rows["cuBLAS GEMV-only floor bf16 (97 F.linear)"] = (floor, "bf16", True)
-    nbytes_of["cuBLAS GEMV-only floor bf16 (97 F.linear)"] = floor.nbytes
+    floor_name = f"cuBLAS GEMV-only floor bf16 ({len(floor.weights)} F.linear)"
+    rows[floor_name] = (floor, "bf16", True)
+    nbytes_of[floor_name] = floor.nbytes
 
     sweep_out = None
     try:
-        from targets.gpu.mamba import NO_PDL, QUANT_BLOCKS, Blocks, FusedMambaStep, available
+        from targets.gpu.mamba import NO_PDL, QUANT4_BLOCKS, QUANT_BLOCKS, Blocks, FusedMambaStep, available
 
         if not available():
             raise RuntimeError("Triton is not importable")
         chosen = Blocks()
         # each fused runtime twice: the launch design without programmatic dependent launch (the
         # shapes measured before it) and the default one (PDL, its own fastest shapes)
-        designs = ((NO_PDL, ""), (None, ", PDL"))
+        designs = ((NO_PDL, ""), (None, ", PDL")) if args.designs == "both" else ((None, ", PDL"),)
+        kinds = [k for k in args.fused.split(",") if k]
         for weights, label in (("bf16", "bf16"), ("int8", "w8a16 (int8 weights)"), ("int4", "w4a16 (int4 weights, g128)")):
+            if weights not in kinds:
+                continue
             for blocks, suffix in designs:
                 rt = FusedMambaStep(base, weights=weights, blocks=blocks)
                 if weights == "bf16" and suffix and args.sweep:
@@ -492,7 +505,7 @@ def main(argv=None) -> int:
                 rows[name] = (FusedStep(rt), label, True)
                 nbytes_of[name] = rt.bytes_per_step
         extra["fused_blocks"] = {"no PDL": dict(NO_PDL.__dict__), "PDL": dict(chosen.__dict__),
-                                 "recipe, PDL": dict(QUANT_BLOCKS.__dict__)}
+                                 "recipe, PDL": dict(QUANT_BLOCKS.__dict__), "4-bit recipe, PDL": dict(QUANT4_BLOCKS.__dict__)}
         for recipe in [r for r in args.recipes.split(",") if r]:
             t0 = time.time()
             qmodel = quantized_model(torch, base, recipe)
@@ -583,7 +596,7 @@ def main(argv=None) -> int:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"decode step, mamba-130m shape ({args.layers}x768, {n_params / 1e6:.1f}M params), {device_name}, "
+    print(f"decode step, Mamba-1 {args.layers}x{args.d_model} ({n_params / 1e6:.1f}M params), {device_name}, "
           f"{versions}, copy bw {copy_gbs:.0f} GB/s, {args.rounds}x{args.tokens} steps per row")
     print(f"{'runtime':62s} {'p50 ms':>8s} {'p90 ms':>8s} {'dev ms':>8s} {'MB':>6s} {'x roof':>7s} {'dev x roof':>10s} {'vs HF':>7s}")
     for row in results:

@@ -81,6 +81,14 @@ def _copy_share(src_ptr, dst_ptr, total, q, nq, BLK: tl.constexpr):
 
 
 @triton.jit
+def _nib_f32(n):
+    """n - 8 as fp32 for int32 n in [0, 15] (a 4-bit weight stored with an offset of 8): n or'ed into
+    the mantissa of 2^23 is the float 2^23 + n exactly, minus 2^23 + 8. A logic op and a float add
+    instead of an integer-to-float conversion, which sm_90 issues at a quarter of the rate."""
+    return (n | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+
+
+@triton.jit
 def _load_raw(w_ptr, rows, cols, ld, mask, QUANT: tl.constexpr):
     """A [rows, cols] tile of a weight as stored: bf16 (QUANT 0), int8 (QUANT 8), or for int4
     (QUANT 4) the byte holding each column (two columns a byte along the row; ld counts bytes)."""
@@ -100,7 +108,7 @@ def _dequant(w, s_ptr, rows, cols, ld, mask, QUANT: tl.constexpr, GROUP: tl.cons
         nib = tl.where((cols[None, :] % 2) == 0, b & 15, (b >> 4) & 15)
         ng = (ld * 2) // GROUP
         s = tl.load(s_ptr + rows[:, None] * ng + cols[None, :] // GROUP, mask=mask, other=0.0)
-        out = (nib - 8).to(tl.float32) * s
+        out = _nib_f32(nib) * s
     else:
         out = w.to(tl.float32)
     return out
@@ -139,10 +147,10 @@ def mamba_in_kernel(
         # dequantized here, before the wait: (nibble - 8) x group scale, even and odd columns
         bxi = bx.to(tl.int32)
         bzi = bz.to(tl.int32)
-        wxe = ((bxi & 15) - 8).to(tl.float32) * gsx
-        wxo = ((bxi >> 4) - 8).to(tl.float32) * gsx
-        wze = ((bzi & 15) - 8).to(tl.float32) * gsz
-        wzo = ((bzi >> 4) - 8).to(tl.float32) * gsz
+        wxe = _nib_f32(bxi & 15) * gsx
+        wxo = _nib_f32(bxi >> 4) * gsx
+        wze = _nib_f32(bzi & 15) * gsz
+        wzo = _nib_f32(bzi >> 4) * gsz
     else:
         wx = _load_raw(w_in_ptr, chans, offs, LDW, m2, QUANT)
         wz = _load_raw(w_in_ptr, chans + E, offs, LDW, m2, QUANT)
@@ -243,8 +251,8 @@ def mamba_ssm_out2_kernel(
         bo = tl.load(w_oT_ptr + chans[:, None] * LDW + o2[None, :], mask=dm2[None, :], other=0)
         gso = tl.load(w_o_s_ptr + chans[:, None] * (D // GROUP) + (2 * o2[None, :]) // GROUP, mask=dm2[None, :], other=0.0)
         boi = bo.to(tl.int32)  # dequantized before the wait
-        woe = ((boi & 15) - 8).to(tl.float32) * gso
-        woo = ((boi >> 4) - 8).to(tl.float32) * gso
+        woe = _nib_f32(boi & 15) * gso
+        woo = _nib_f32(boi >> 4) * gso
     else:
         cols = po * BO + tl.arange(0, BO)
         cm = cols < D
@@ -345,8 +353,8 @@ def mamba_ssm_out_kernel(
     if QUANT == 4:
         ys = gso * y[:, None]
         boi = bo.to(tl.int32)
-        ce = tl.sum(((boi & 15) - 8).to(tl.float32) * ys, axis=0)
-        co = tl.sum(((boi >> 4) - 8).to(tl.float32) * ys, axis=0)
+        ce = tl.sum(_nib_f32(boi & 15) * ys, axis=0)
+        co = tl.sum(_nib_f32(boi >> 4) * ys, axis=0)
         tl.atomic_add(h_ptr + 2 * o2, ce, mask=dm2, sem="relaxed")
         tl.atomic_add(h_ptr + 2 * o2 + 1, co, mask=dm2, sem="relaxed")
     else:

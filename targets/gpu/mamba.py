@@ -79,6 +79,9 @@ class Blocks:
     # recipe-quantized runtime: layer weights loaded with L2 evict_last, the head's table evict_first, so
     # that the (4-bit: ~45 MB) layer weights can stay in the 60 MB L2 from one step to the next
     q_l2: bool = True
+    # recipe-quantized runtime's 4-bit head (head_bits 4): row blocks of head_rows each program takes in
+    # turn (1: one block a program, thousands of short programs)
+    head_loop: int = 1
 
 
 # the launch shapes of the PDL-less design measured before (benchmarks/decode_gpu.json keeps its rows)
@@ -86,6 +89,9 @@ NO_PDL = Blocks(ssm_channels=32, warps_head=8, pdl=False)
 # the recipe-quantized runtime's defaults (fastest with PDL in the H200 sweep, decode_gpu_parts.json):
 # the rotated recipes' 1-D SSM kernel wants 32-channel blocks
 QUANT_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4)
+# 4-bit recipes (W4A16): the same, with the 4-bit head taking 12 row blocks a program and no L2 eviction
+# hints (each ~1 us off the step in the H200 sweeps of benchmarks/decode_gpu_w4_sweeps.json)
+QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False)
 
 
 def quantize_rows_int8(w):
@@ -438,5 +444,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["NO_PDL", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
+__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
            "quantize_rows_int8"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from targets.gpu.kernels import AMAX_RESET, _copy_share, _next_token, gdc_launch_dependents, gdc_wait
+from targets.gpu.kernels import AMAX_RESET, _copy_share, _next_token, _nib_f32, gdc_launch_dependents, gdc_wait
 
 try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
     from triton.language.extra.cuda.libdevice import rint as _rint_dev
@@ -139,10 +139,10 @@ def q_in_kernel(
         if WB == 4:
             bxi = bx.to(tl.int32)
             bzi = bz.to(tl.int32)
-            wxl = ((bxi & 15) - 8).to(tl.float32) * gx
-            wxh = ((bxi >> 4) - 8).to(tl.float32) * gx
-            wzl = ((bzi & 15) - 8).to(tl.float32) * gz
-            wzh = ((bzi >> 4) - 8).to(tl.float32) * gz
+            wxl = _nib_f32(bxi & 15) * gx
+            wxh = _nib_f32(bxi >> 4) * gx
+            wzl = _nib_f32(bzi & 15) * gz
+            wzh = _nib_f32(bzi >> 4) * gz
         else:
             wxl = bx.to(tl.float32) * gx
             wzl = bz.to(tl.float32) * gz
@@ -194,8 +194,8 @@ def q_in_kernel(
     elif WB == 4:
         bxi = bx.to(tl.int32)
         bzi = bz.to(tl.int32)
-        px = ((bxi & 15) - 8).to(tl.float32) * ul[None] + ((bxi >> 4) - 8).to(tl.float32) * uh[None]
-        pz = ((bzi & 15) - 8).to(tl.float32) * ul[None] + ((bzi >> 4) - 8).to(tl.float32) * uh[None]
+        px = _nib_f32(bxi & 15) * ul[None] + _nib_f32(bxi >> 4) * uh[None]
+        pz = _nib_f32(bzi & 15) * ul[None] + _nib_f32(bzi >> 4) * uh[None]
     else:
         px = bx.to(tl.float32) * ul[None]
         pz = bz.to(tl.float32) * ul[None]
@@ -249,8 +249,8 @@ def _out_load(w_oT_ptr, s_o_ptr, chans, c0, po, D: tl.constexpr, BO: tl.constexp
     if PRE:
         if WB == 4:
             boi = bo.to(tl.int32)
-            wl = ((boi & 15) - 8).to(tl.float32) * sol[None, :]
-            wh = ((boi >> 4) - 8).to(tl.float32) * soh[None, :]
+            wl = _nib_f32(boi & 15) * sol[None, :]
+            wh = _nib_f32(boi >> 4) * soh[None, :]
         else:
             wl = bo.to(tl.float32) * sol[None, :]
             wh = wl
@@ -277,8 +277,8 @@ def _out_apply(h_ptr, bo, sol, soh, y, po, D: tl.constexpr, BO: tl.constexpr, WB
         cl = po * BO + k
         ch = cl + BO // 2
         boi = bo.to(tl.int32)
-        lo = tl.sum(((boi & 15) - 8).to(tl.float32) * y[:, None], axis=0) * sol
-        hi = tl.sum(((boi >> 4) - 8).to(tl.float32) * y[:, None], axis=0) * soh
+        lo = tl.sum(_nib_f32(boi & 15) * y[:, None], axis=0) * sol
+        hi = tl.sum(_nib_f32(boi >> 4) * y[:, None], axis=0) * soh
         tl.atomic_add(h_ptr + cl, lo, mask=cl < D, sem="relaxed")
         tl.atomic_add(h_ptr + ch, hi, mask=ch < D, sem="relaxed")
     else:
@@ -400,11 +400,42 @@ def q_rot_out_kernel(
 
 
 @triton.jit
+def _h4_load(emb_ptr, emb_s_ptr, rows, rmask, j, jm, kq, D: tl.constexpr, HALF: tl.constexpr, NGH: tl.constexpr,
+             EVH: tl.constexpr):
+    """A 4-bit head's [rows, groups, GH/2] bytes and [rows, groups] scales (rows past the vocabulary masked)."""
+    wb = tl.load(emb_ptr + rows[:, None, None] * (D // 2) + (j[:, None] * HALF + kq[None, :])[None, :, :],
+                 mask=rmask[:, None, None] & jm[None, :, None], other=0, eviction_policy=EVH)
+    gs = tl.load(emb_s_ptr + rows[:, None] * NGH + j[None, :], mask=rmask[:, None] & jm[None, :], other=0.0)
+    return wb, gs
+
+
+@triton.jit
+def _h4_dot(wb, gs, ul, uh):
+    """The 4-bit head's logits of a row block: sum over groups of scale x (low nibbles . ul + high . uh)."""
+    wi = wb.to(tl.int32)
+    part = _nib_f32(wi & 15) * ul[None] + _nib_f32(wi >> 4) * uh[None]
+    return tl.sum(tl.sum(part, axis=2) * gs, axis=1)
+
+
+@triton.jit
+def _argmax_key(acc, rows, rmask, vocab):
+    """The int64 arg-max key of a block of logits: (order-preserving int32 of the largest) << 32 |
+    (vocab - 1 - its first index), so one atomic_max over all blocks gives torch.argmax."""
+    vals = tl.where(rmask, acc, float("-inf"))
+    best = tl.max(vals, axis=0)
+    idx = tl.min(tl.where(vals == best, rows, vocab), axis=0)
+    bits = best.to(tl.int32, bitcast=True)
+    key32 = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (key32.to(tl.int64) << 32) + (vocab - 1 - idx).to(tl.int64)
+
+
+@triton.jit
 def q_head_kernel(
     h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
     COPY_BLK: tl.constexpr, EVH: tl.constexpr, NGH: tl.constexpr, GH: tl.constexpr, ABLK: tl.constexpr,
     INTERP: tl.constexpr, PDL: tl.constexpr = False, HB4: tl.constexpr = False, BNG: tl.constexpr = 1,
+    LOOP: tl.constexpr = 1,
 ):
     """Final RMSNorm, the head over int8 weights, fp32 logits, arg-max folded into one int64
     atomic_max (as ``lm_head_kernel``). The weights are the tied int8 embedding (per-row scales,
@@ -412,7 +443,12 @@ def q_head_kernel(
     row); ``ABLK`` > 0 rounds the normalized activation to int8 per block of ``ABLK`` features
     first, as ``quantize.modules.block_fake_quant`` does (0: float activations). HB4: a 4-bit head
     stored two values a byte (``pack_int4_halves`` with blocks of one group: byte k of group j holds
-    columns j*GH + k and j*GH + GH/2 + k), float activations, dequantized here with its group scale."""
+    columns j*GH + k and j*GH + GH/2 + k), float activations, dequantized here with its group scale.
+    LOOP > 1 (4-bit head only): program p takes the row blocks p, p + P, ... (P programs, LOOP blocks
+    each), normalizes the activation once, loads block i + 1 while it computes block i, and keeps
+    its running arg-max key for one atomic_max: fewer, longer programs for a head that moves few
+    bytes per row, so that latency, not the norm and launch of thousands of short programs, is
+    what streams the table."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BD)
     dm = offs < D
@@ -424,9 +460,7 @@ def q_head_kernel(
         jm = j < NGH
         kq = tl.arange(0, HALF)
         cl = j[:, None] * GH + kq[None, :]  # [BNG, HALF]: the low nibbles' columns
-        wb = tl.load(emb_ptr + rows[:, None, None] * (D // 2) + (j[:, None] * HALF + kq[None, :])[None, :, :],
-                     mask=rmask[:, None, None] & jm[None, :, None], other=0, eviction_policy=EVH)
-        gs = tl.load(emb_s_ptr + rows[:, None] * NGH + j[None, :], mask=rmask[:, None] & jm[None, :], other=0.0)
+        wb, gs = _h4_load(emb_ptr, emb_s_ptr, rows, rmask, j, jm, kq, D, HALF, NGH, EVH)
         nwl = tl.load(norm_w_ptr + cl, mask=jm[:, None], other=0.0)
         nwh = tl.load(norm_w_ptr + cl + HALF, mask=jm[:, None], other=0.0)
     elif NGH > 1:  # int8 in groups of GH columns: [rows, groups, GH] tiles, one scale per (row, group)
@@ -457,9 +491,19 @@ def q_head_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(vl * vl + vh * vh, axis=1), axis=0) / D + eps)
         ul = vl * rstd * nwl
         uh = vh * rstd * nwh
-        wi = wb.to(tl.int32)
-        part = ((wi & 15) - 8).to(tl.float32) * ul[None] + ((wi >> 4) - 8).to(tl.float32) * uh[None]
-        acc = tl.sum(tl.sum(part, axis=2) * gs, axis=1)
+        if LOOP > 1:  # block i + 1 loaded while block i is computed
+            nprog = tl.num_programs(0)
+            kbest = tl.full((), AMAX_RESET, tl.int64)
+            for it in range(LOOP):
+                nrows = (pid + (it + 1) * nprog) * BV + tl.arange(0, BV)
+                nmask = nrows < vocab
+                wb_n, gs_n = _h4_load(emb_ptr, emb_s_ptr, nrows, nmask, j, jm, kq, D, HALF, NGH, EVH)
+                acc = _h4_dot(wb, gs, ul, uh)
+                tl.store(logits_ptr + rows, acc, mask=rmask)
+                kbest = tl.maximum(kbest, _argmax_key(acc, rows, rmask, vocab))
+                wb, gs, rows, rmask = wb_n, gs_n, nrows, nmask
+        else:
+            acc = _h4_dot(wb, gs, ul, uh)
     elif NGH > 1:
         vg = tl.load(h_ptr + cg, mask=jm[:, None], other=0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(vg * vg, axis=1), axis=0) / D + eps)
@@ -475,11 +519,8 @@ def q_head_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
         u = v * rstd * nw
         acc = tl.sum(w.to(tl.float32) * u[None, :], axis=1) * ws
-    tl.store(logits_ptr + rows, acc, mask=rmask)
-    vals = tl.where(rmask, acc, float("-inf"))
-    best = tl.max(vals, axis=0)
-    idx = tl.min(tl.where(vals == best, rows, vocab), axis=0)
-    bits = best.to(tl.int32, bitcast=True)
-    key32 = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    key = (key32.to(tl.int64) << 32) + (vocab - 1 - idx).to(tl.int64)
-    tl.atomic_max(amax_ptr, key, sem="relaxed")
+    if HB4 and LOOP > 1:
+        tl.atomic_max(amax_ptr, kbest, sem="relaxed")
+    else:
+        tl.store(logits_ptr + rows, acc, mask=rmask)
+        tl.atomic_max(amax_ptr, _argmax_key(acc, rows, rmask, vocab), sem="relaxed")

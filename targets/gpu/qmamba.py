@@ -25,7 +25,7 @@ import math
 from typing import Any
 
 from edgeseq.errors import EdgeseqError, InputError
-from targets.gpu.mamba import QUANT_BLOCKS, Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, triton_cdiv
+from targets.gpu.mamba import QUANT4_BLOCKS, QUANT_BLOCKS, Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, triton_cdiv
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -251,7 +251,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.ssm_side = torch.zeros(2, E, N, dtype=f32, device=dev)
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.weights = f"w{self.wbits}a{8 if self.aq['in'] else 16}"
-        self.set_blocks(blocks or QUANT_BLOCKS)
+        self.set_blocks(blocks or (QUANT4_BLOCKS if self.wbits == 4 else QUANT_BLOCKS))
 
     def _set_head(self, qmodel: Any, D: int) -> None:
         """The head's integers: the tied int8 table, or the head's own copy (recipes with ``head_bits``:
@@ -288,7 +288,12 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.blocks = blocks
         g_in, g_x, g_dt, g_o = self.groups
         D, E = self.D, self.E
-        self.BC = _divisor_block(E, min(blocks.in_channels, _pow2_divisor(g_x, 1 << 30)))
+        # a program holds its channels' whole d_model rows in registers. 8-bit: at most 8 rows of 1024
+        # columns (4 at d_model 2048: W8A8 1.92 ms a step on the H200 against 2.14 with 8). 4-bit: 16
+        # (8 at 2048 spill 340 bytes in sm_90 ptxas, yet ran 1.56 ms against 1.71 with 4;
+        # benchmarks/decode_gpu_1p4b*.json)
+        cap = (16384 if self.wbits == 4 else 8192) // _pow2(D)
+        self.BC = _divisor_block(E, min(blocks.in_channels, max(1, cap), _pow2_divisor(g_x, 1 << 30)))
         self.NCH = D // self.CH
         # 4-bit out_proj: the column block is the packing block
         self.BO = self.PB if self.wbits == 4 else min(_pow2(blocks.ssm_cols or 128), _pow2(D))
@@ -359,14 +364,15 @@ class QuantFusedMambaStep(FusedMambaStep):
                     COPY_BLK=_pow2(triton_cdiv(E * N, grid[0] * grid[1])), **common, num_warps=b.warps_ssm,
                 )
         if "head" in parts:
-            nprog = triton_cdiv(self.V, b.head_rows)
+            loop = max(1, b.head_loop) if self.head4 else 1  # row blocks per program (4-bit head)
+            nprog = triton_cdiv(triton_cdiv(self.V, b.head_rows), loop)
             q_head_kernel[(nprog,)](
                 self.h, self.norm_f, self.head_w, self.head_s, self.logits, self.amax, self.eps, self.V,
                 self.xsum[-1], self.ssm_side[(nl - 1) % 2], self.ssm[-1],
                 D=D, BV=b.head_rows, BD=_pow2(D), XZ=0 if self.rotate else XD, BXZ=_pow2(XD),
                 COPY_N=0 if self.rotate else E * N, COPY_BLK=_pow2(triton_cdiv(E * N, nprog)), EVH="evict_first" if b.q_l2 else "",
                 NGH=self.head_groups, GH=D // self.head_groups, ABLK=self.head_block, INTERP=interpreted(),
-                HB4=self.head4, BNG=_pow2(self.head_groups),
+                HB4=self.head4, BNG=_pow2(self.head_groups), LOOP=loop,
                 PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
 

@@ -105,7 +105,9 @@ def test_unsupported_models_refused_cleanly():
 @pytest.mark.slow
 def test_interpreted_quant_kernels_match_fake_quant():
     """Every kernel path under Triton's CPU interpreter, d_model 48 (d_inner 96 = 12 x 8: the
-    Paley-12 x Sylvester-8 rotation), groups of 16 (3 per in_proj row: a padded chunk grid)."""
+    Paley-12 x Sylvester-8 rotation), groups of 16 (3 per in_proj row: a padded chunk grid). The
+    4-bit head also as a loop (5 programs of 4 blocks of 16 rows over a 300-row vocabulary: the last
+    program's tail blocks lie past it), whose running arg-max must agree with the one-block programs'."""
     pytest.importorskip("triton")
     code = (
         "import sys; sys.path.insert(0, 'tests/targets'); sys.path.insert(0, '.');\n"
@@ -115,11 +117,14 @@ def test_interpreted_quant_kernels_match_fake_quant():
         "for recipe, over, tol in [('w4a16', g, 1e-4), ('w4a16', {**g, 'rotate': False}, 1e-4), ('w8a8', {}, 1e-3),\n"
         "                          ('w8a8', {'rotate': False}, 1e-3), ('w8a8-minmax', {}, 1e-3)]:\n"
         "    print(recipe, over, check_quant_runtime(quantized(m, recipe, **over), 'cpu', [5, 299, 0], tol))\n"
+        "from targets.gpu.mamba import Blocks\n"
+        "print(check_quant_runtime(quantized(m, 'w4a16', **g, rotate=False), 'cpu', [5, 299, 0], 1e-4,\n"
+        "                          blocks=Blocks(head_rows=16, head_loop=4)))\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("kernels_per_layer") == 5
+    assert out.stdout.count("kernels_per_layer") == 6
 
 
 def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
@@ -141,16 +146,18 @@ def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
 
 
 @gpu
-@pytest.mark.parametrize("pdl", [False, True])
+@pytest.mark.parametrize("pdl", [False, True, None])
 @pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
 def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation), with and
     without programmatic dependent launch (a kernel reading its predecessor's output before its
-    ``gdc_wait`` would read stale values and miss 1e-4 by far)."""
+    ``gdc_wait`` would read stale values and miss 1e-4 by far); None: the 4-bit defaults
+    (``QUANT4_BLOCKS``: PDL, the looping head)."""
     from targets.gpu.mamba import Blocks
 
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
-    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=Blocks(pdl=pdl))
+    blocks = None if pdl is None else Blocks(pdl=pdl)
+    worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=blocks)
     print(recipe, over, pdl, worst)
 
 
@@ -242,7 +249,7 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     g = dict(group_size=16, group_fallback="channel")
     qmodel = quantized(_model(0, vocab_size=300, d_model=48, n_layer=2), recipe, **{**g, **over})
-    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True))
+    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True, head_loop=3))
     assert rt.head4 == (recipe == "w4a16")  # w4a16's own 4-bit head is packed two values a byte
     rt._launch(False)
     assert all(kw.get("launch_pdl") for _, _, kw in launches)
