@@ -384,7 +384,7 @@ class MambaMixer(nn.Module):
         # size 1, exact (each element one product): dt [B, Di, 1] @ ones [1, N] and the outer product
         # (dt·x) [B, Di, 1] @ B [B, 1, N]. ONNX Runtime broadcasts [B, Di, 1] against [Di, N] as
         # 1536 spans of 16 floats, several times slower per element than these products (the
-        # 130m w8a8-block step: 16.8 -> 13.7 CPU ms at one thread; docs/targets.md)
+        # 130m w8a8-block step, 2 threads: 11.4 -> 9.9 ms median; docs/targets.md)
         dt_rows = torch.matmul(dt.unsqueeze(-1), x.new_ones(1, A.shape[1]))
         ssm_state = torch.exp(dt_rows * A) * ssm_state + torch.matmul((dt * x).unsqueeze(-1), B.unsqueeze(1))
         # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
