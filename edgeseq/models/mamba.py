@@ -380,13 +380,17 @@ class MambaMixer(nn.Module):
         x = self.ssm_in(F.silu(conv))
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.to(x.dtype))
-        # exp(dt·A)·h + (dt·x)·B with the two per-channel broadcasts as matrix products of inner
-        # size 1, exact (each element one product): dt [B, Di, 1] @ ones [1, N] and the outer product
-        # (dt·x) [B, Di, 1] @ B [B, 1, N]. ONNX Runtime broadcasts [B, Di, 1] against [Di, N] as
-        # 1536 spans of 16 floats, several times slower per element than these products (the
-        # 130m w8a8-block step, 2 threads: 11.4 -> 9.9 ms median; docs/targets.md)
-        dt_rows = torch.matmul(dt.unsqueeze(-1), x.new_ones(1, A.shape[1]))
-        ssm_state = torch.exp(dt_rows * A) * ssm_state + torch.matmul((dt * x).unsqueeze(-1), B.unsqueeze(1))
+        if _is_tracing():
+            # exported graphs: the two per-channel broadcasts as matrix products of inner size 1,
+            # exact (each element one product, the same numbers as below): dt [B, Di, 1] @ ones
+            # [1, N] and the outer product (dt·x) [B, Di, 1] @ B [B, 1, N]. ONNX Runtime broadcasts
+            # [B, Di, 1] against [Di, N] as 1536 spans of 16 floats, several times slower per
+            # element (the 130m w8a8-block step, 2 threads: 11.4 -> 9.9 ms median; docs/targets.md)
+            dt_rows = torch.matmul(dt.unsqueeze(-1), x.new_ones(1, A.shape[1]))
+            drive = torch.matmul((dt * x).unsqueeze(-1), B.unsqueeze(1))
+        else:
+            dt_rows, drive = dt.unsqueeze(-1), (dt * x).unsqueeze(-1) * B.unsqueeze(1)
+        ssm_state = torch.exp(dt_rows * A) * ssm_state + drive
         # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
         y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
         return self.out_proj(y * F.silu(z)), window[:, :, 1:], ssm_state

@@ -31,3 +31,30 @@ def test_check_state_spec_refuses_an_io_spec_the_step_contradicts():
     model.io_spec = lambda: IOSpec.tokens(37, output_size=40)  # claims 40 logits; step returns 37
     with pytest.raises(InputError, match=r"io_spec\(\) says \(2, 40\)"):
         check_state_spec(model)
+
+
+def test_mamba_step_graph_has_no_short_span_broadcasts(tmp_path):
+    """The exported Mamba step broadcasts nothing along a size-1 last axis: ONNX Runtime runs such
+    a Mul as one short span per channel (1536 spans of 16 floats at 130m), several times slower per
+    element than a product of inner size 1 (docs/targets.md). Shapes from ONNX shape inference."""
+    onnx = pytest.importorskip("onnx")
+    from export.onnx_export import export_graph
+
+    model = build_model("mamba", vocab_size=37, d_model=16, n_layer=2, d_state=4).eval()
+    path = tmp_path / "step.onnx"
+    export_graph(model, path, kind="step")
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
+    shapes.update({t.name: list(t.dims) for t in proto.graph.initializer})
+    muls = [n for n in proto.graph.node if n.op_type == "Mul"]
+    assert muls
+    short = []
+    for node in muls:
+        dims = [shapes.get(name) for name in node.input]
+        if any(d is None or not d for d in dims):
+            continue
+        lasts = {d[-1] for d in dims}
+        if 1 in lasts and len(lasts) > 1 and max(len(d) for d in dims) >= 3:
+            short.append((node.name, dims))
+    assert not short, f"Mul nodes broadcasting a size-1 last axis: {short}"
