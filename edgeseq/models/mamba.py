@@ -393,7 +393,11 @@ class MambaMixer(nn.Module):
         ssm_state = torch.exp(dt_rows * A) * ssm_state + drive
         # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
         y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
-        return self.out_proj(y * F.silu(z)), window[:, :, 1:], ssm_state
+        if _is_tracing():  # the shifted window as window @ [rows 1.. of I]: exact, and not one 3-float span per channel
+            shifted = torch.matmul(window, torch.eye(window.shape[-1], dtype=window.dtype)[:, 1:])
+        else:
+            shifted = window[:, :, 1:]
+        return self.out_proj(y * F.silu(z)), shifted, ssm_state
 
 
 class MambaBlock(nn.Module):
