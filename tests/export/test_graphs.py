@@ -58,3 +58,6 @@ def test_mamba_step_graph_has_no_short_span_broadcasts(tmp_path):
         if 1 in lasts and len(lasts) > 1 and max(len(d) for d in dims) >= 3:
             short.append((node.name, dims))
     assert not short, f"Mul nodes broadcasting a size-1 last axis: {short}"
+    # every shape is static but the batch: no shape arithmetic traced into the step
+    dynamic = sorted({n.op_type for n in proto.graph.node} & {"Shape", "ConstantOfShape", "EyeLike", "Range"})
+    assert not dynamic, f"shape computations in the step graph: {dynamic}"
