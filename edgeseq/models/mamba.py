@@ -380,7 +380,8 @@ class MambaMixer(nn.Module):
         x = self.ssm_in(F.silu(conv))
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.to(x.dtype))
-        if _is_tracing():
+        traced = _is_tracing()
+        if traced:
             # exported graphs: the two per-channel broadcasts as matrix products of inner size 1,
             # exact (each element one product, the same numbers as below): dt [B, Di, 1] @ ones
             # [1, N] and the outer product (dt·x) [B, Di, 1] @ B [B, 1, N]. ONNX Runtime broadcasts
@@ -393,7 +394,7 @@ class MambaMixer(nn.Module):
         ssm_state = torch.exp(dt_rows * A) * ssm_state + drive
         # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
         y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
-        if _is_tracing():  # the shifted window as window @ [rows 1.. of I]: exact, and not one 3-float span per channel
+        if traced:  # the shifted window as window @ [rows 1.. of I]: exact, and not one 3-float span per channel
             shifted = torch.matmul(window, torch.eye(self.cfg.d_conv, dtype=window.dtype)[:, 1:])
         else:
             shifted = window[:, :, 1:]

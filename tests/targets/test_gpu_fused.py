@@ -260,17 +260,8 @@ def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
     import targets.gpu.kernels as kernels
     import targets.gpu.mamba as gm
 
-    launches = []
-
-    class Recorder:
-        def __init__(self, jit):
-            self.jit = jit
-
-        def __getitem__(self, grid):
-            return lambda *args, **kw: launches.append((self.jit, args, kw))
-
-    for name in ("mamba_in_kernel", "mamba_ssm_out_kernel", "mamba_ssm_out2_kernel", "lm_head_kernel", "mamba_layers_kernel"):
-        monkeypatch.setattr(kernels, name, Recorder(getattr(kernels, name)))
+    launches = record_launches(monkeypatch, kernels, ("mamba_in_kernel", "mamba_ssm_out_kernel", "mamba_ssm_out2_kernel",
+                                                      "lm_head_kernel", "mamba_layers_kernel"))
     monkeypatch.setattr(gm, "available", lambda: True)
     monkeypatch.setattr(gm, "interpreted", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
@@ -281,6 +272,23 @@ def test_kernels_compile_for_sm90(weights, shape, monkeypatch):
     rt._launch(False)
     compiled = compile_launches_sm90(triton, launches)
     assert len(compiled) >= 2  # the persistent path: the layers kernel and the head
+
+
+def record_launches(monkeypatch, module, names) -> list:
+    """Replace the named jit kernels of ``module`` by recorders: each ``kernel[grid](*args, **kw)``
+    appends ``(jit, args, kw)`` to the returned list instead of launching."""
+    launches = []
+
+    class Recorder:
+        def __init__(self, jit):
+            self.jit = jit
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((self.jit, args, kw))
+
+    for name in names:
+        monkeypatch.setattr(module, name, Recorder(getattr(module, name)))
+    return launches
 
 
 def compile_launches_sm90(triton, launches) -> set:

@@ -230,19 +230,9 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
     import targets.gpu.mamba as gm
     import targets.gpu.qkernels as qk
     import targets.gpu.qmamba as qm
-    from test_gpu_fused import compile_launches_sm90
+    from test_gpu_fused import compile_launches_sm90, record_launches
 
-    launches = []
-
-    class Recorder:
-        def __init__(self, jit):
-            self.jit = jit
-
-        def __getitem__(self, grid):
-            return lambda *args, **kw: launches.append((self.jit, args, kw))
-
-    for name in ("q_in_kernel", "q_ssm_kernel", "q_rot_out_kernel", "q_head_kernel"):
-        monkeypatch.setattr(qk, name, Recorder(getattr(qk, name)))
+    launches = record_launches(monkeypatch, qk, ("q_in_kernel", "q_ssm_kernel", "q_rot_out_kernel", "q_head_kernel"))
     for mod in (gm, qm):
         monkeypatch.setattr(mod, "available", lambda: True)
         monkeypatch.setattr(mod, "interpreted", lambda: False)
