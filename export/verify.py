@@ -25,6 +25,18 @@ in the same way. Then
   statistical slack: ``allowed = 2·p_ref + 3·sqrt(max(p_ref, 1/n)/n)`` (+ 0.05 for quantized
   graphs, whose element-wise ops round differently from PyTorch's and can move a level on their
   own); teacher-forced steps and prefill positions are held to this same test;
+* **prefill**, a single call over a chunk, cannot be teacher-forced position by position, and over
+  a chunk a deep quantized recurrence is chaotic: one moved level at position 5 changes every later
+  position, so the float64 reference itself can be inexact at most positions and the chunk's
+  fraction test loses its power. So the prefill graph is also run from the float32 reference's
+  streamed state at ``PREFILL_RESTARTS`` positions of the stream, and each run is read up to and
+  including its first inexact position: until then the run's state is the reference's, so every
+  such position is a teacher-forced step of the prefill graph (deeper positions than a fixed
+  window, none that a moved level has already spread to). The fraction inexact among those
+  positions (a hazard rate), and the float64 reference's own, go through the same rule. The
+  whole-chunk fraction test applies too where it has power — the rule's allowance for the float64
+  reference's own fraction below its cap of one half — and is reported, not applied, where it has
+  none;
 * no error may exceed the sanity bound: the size of the signal itself for quantized graphs (a
   moved level can flip a spike, which resets a membrane in one run only), 10 × the exact
   tolerance for float graphs. Free-running and prefill errors are held to the larger of that bound
@@ -59,6 +71,8 @@ NOISE_MARGIN = 32.0  # exact tolerance = margin × lower-quartile float64-vs-flo
 QUANTIZED_SLACK = 0.05  # extra inexact fraction a quantized graph may show (its own element-wise rounding)
 SANITY_BOUND = {"quantized": 1.0}  # float graphs: 10 × their exact tolerance
 DRIFT_SLACK = 1.5  # free-running/prefill errors may reach this × the float64 reference's own drift
+PREFILL_RESTARTS = 8  # prefill calls from the reference's streamed state (spread over the stream)
+INEXACT_CAP = 0.5  # never more than half of the sample-steps may be inexact
 # kept for callers of the previous rule: the quantized sanity bound and the old minimum exact fraction
 TOLERANCES = {"float32": EXACT_FLOOR["float32"], "float16": EXACT_FLOOR["float16"], "quantized": SANITY_BOUND["quantized"]}
 DRIFT_TOLERANCE = {"quantized": SANITY_BOUND["quantized"]}
@@ -90,6 +104,14 @@ class Verification:
     prefill_inexact_fraction: float | None = None
     prefill_reference_inexact_fraction: float | None = None
     prefill_allowed_inexact_fraction: float | None = None
+    prefill_chunk_test_applied: bool | None = None  # False where float64 PyTorch itself is inexact at most positions
+    # prefill calls from the reference's streamed state: the positions of each run up to and including
+    # its first inexact one (before it, the run's state is the reference's: a teacher-forced step)
+    prefill_forced_positions: int | None = None
+    prefill_forced_exact_tolerance: float | None = None
+    prefill_forced_inexact_fraction: float | None = None  # inexact positions / positions seen (a hazard rate)
+    prefill_forced_reference_inexact_fraction: float | None = None
+    prefill_forced_allowed_inexact_fraction: float | None = None
     # the same prefill asked for its last position only (the ONNX graph's logits_from) vs that
     # position of the every-position run, relative to its peak
     prefill_last_max_rel_error: float | None = None
@@ -110,7 +132,7 @@ def allowed_inexact(reference_fraction: float, n: int, quantized: bool) -> float
     """How many inexact sample-steps a correct artifact may show, given the float64 reference's own."""
     n = max(n, 1)
     slack = 3.0 * math.sqrt(max(reference_fraction, 1.0 / n) / n)
-    return min(0.5, 2.0 * reference_fraction + slack + (QUANTIZED_SLACK if quantized else 0.0))
+    return min(INEXACT_CAP, 2.0 * reference_fraction + slack + (QUANTIZED_SLACK if quantized else 0.0))
 
 
 def exact_tolerance(reference_errors: np.ndarray, floor: float) -> float:
@@ -166,8 +188,13 @@ def verify_runner(
     out_err = state_err = 0.0
     agree = 0
     art_errors, ref_errors = [], []
+    length = getattr(runner, "prefill_length", 0)
+    restarts = _restart_positions(steps, length)
+    restart_states: dict[int, dict] = {}
     for t in range(steps):
         x_t = inputs[:, t]
+        if t in restarts:
+            restart_states[t] = {k: v.clone() for k, v in ref_state.items()}
         forced_y, forced_state = runner.step(x_t, ref_state)  # from the reference's state
         y64, state64 = exact64.step(x_t if model.task == "lm" else x_t.double(), as64(ref_state))
         ref_y, new_ref_state = model.step(x_t, ref_state)
@@ -225,7 +252,6 @@ def verify_runner(
         failures.append(f"{result.inexact_fraction:.1%} of {art_e.size} teacher-forced sample-steps differ beyond "
                         f"{result.exact_tolerance:.2g} (a second correct implementation, PyTorch in float64: "
                         f"{result.reference_inexact_fraction:.1%}; allowed {result.allowed_inexact_fraction:.1%})")
-    length = getattr(runner, "prefill_length", 0)
     if length:
         chunk = inputs[:, :length] if inputs.shape[1] >= length else sample_inputs(model, batch, length, seed=seed + 1)
         if model.task != "lm":
@@ -243,8 +269,48 @@ def verify_runner(
         result.prefill_inexact_fraction = float((pa > tol).mean()) if pa.size else 0.0
         result.prefill_reference_inexact_fraction = float((pr > tol).mean()) if pr.size else 0.0
         result.prefill_allowed_inexact_fraction = allowed_inexact(result.prefill_reference_inexact_fraction, pa.size, quantized)
-        result.checks.append(f"prefill of {length} positions × batch {batch} vs PyTorch prefill, per (sample, position), "
-                             f"exact within {tol:.2g}")
+        # where the rule's allowance reaches its cap, a correct artifact may be inexact at half of the chunk
+        # or more (the float64 reference itself is): the fraction test then has no power, and is not applied
+        result.prefill_chunk_test_applied = result.prefill_allowed_inexact_fraction < INEXACT_CAP
+        if result.prefill_chunk_test_applied:
+            result.checks.append(f"prefill of {length} positions × batch {batch} vs PyTorch prefill, per (sample, position), "
+                                 f"exact within {tol:.2g}")
+        else:
+            result.checks.append(f"prefill of {length} positions × batch {batch}: float64 PyTorch itself is inexact at "
+                                 f"{result.prefill_reference_inexact_fraction:.0%} of the positions (a chaotic recurrence), so "
+                                 f"the chunk is held to the drift bound and the runs below, not to a fraction")
+        art_runs, ref_runs = [pa.reshape(batch, -1)], [pr.reshape(batch, -1)]
+        for start, state in sorted(restart_states.items()):
+            if start == 0 and inputs.shape[1] >= length:
+                continue  # the chunk above: the same call
+            part = inputs[:, start:start + length]
+            if model.task != "lm":
+                part = part.to(float_dtype)
+            ref_c, _ = model.prefill(part, {k: v.clone() for k, v in state.items()})
+            c64, _ = exact64.prefill(part if model.task == "lm" else part.double(), as64(state))
+            art_c, _ = runner.prefill(part, {k: v.clone() for k, v in state.items()})
+            _check_finite(art_c.float().numpy(), f"prefill output from step {start}")
+            art_runs.append(_position_errors(ref_c, art_c).reshape(batch, -1))
+            ref_runs.append(_position_errors(ref_c, c64).reshape(batch, -1))
+        art_runs, ref_runs = np.concatenate(art_runs), np.concatenate(ref_runs)  # [calls × batch, length]
+        # the tolerance from each call's first position: a teacher-forced step of the prefill graph
+        ftol = exact_tolerance(ref_runs[:, 0], floor)
+        a_events, a_seen = _first_inexact(art_runs, ftol)
+        r_events, r_seen = _first_inexact(ref_runs, ftol)
+        result.prefill_forced_positions = a_seen
+        result.prefill_forced_exact_tolerance = ftol
+        result.prefill_forced_inexact_fraction = a_events / max(a_seen, 1)
+        result.prefill_forced_reference_inexact_fraction = r_events / max(r_seen, 1)
+        result.prefill_forced_allowed_inexact_fraction = allowed_inexact(
+            result.prefill_forced_reference_inexact_fraction, a_seen, quantized)
+        result.checks.append(f"prefill from the reference's state at {art_runs.shape[0] // batch} stream positions × batch "
+                             f"{batch}, each run's positions up to its first inexact one (those start from the "
+                             f"reference's state), exact within {ftol:.2g}")
+        if result.prefill_forced_inexact_fraction > result.prefill_forced_allowed_inexact_fraction:
+            failures.append(f"prefill: {a_events} of {a_seen} positions reached from the reference's state differ beyond "
+                            f"{ftol:.2g} ({result.prefill_forced_inexact_fraction:.1%}; float64 PyTorch: "
+                            f"{result.prefill_forced_reference_inexact_fraction:.1%}; allowed "
+                            f"{result.prefill_forced_allowed_inexact_fraction:.1%})")
         engine = getattr(runner, "engine", None)
         if engine is not None and model.task == "lm":  # what a generator runs: the last position only
             last, _ = engine.prefill(chunk.numpy(), engine.init_state(batch), all_outputs=False)
@@ -255,7 +321,7 @@ def verify_runner(
             if result.prefill_last_max_rel_error > tol:
                 failures.append(f"prefill: the last position computed alone differs from the every-position run by "
                                 f"{result.prefill_last_max_rel_error:.3g} of the signal (exact within {tol:.2g})")
-        if result.prefill_inexact_fraction > result.prefill_allowed_inexact_fraction:
+        if result.prefill_chunk_test_applied and result.prefill_inexact_fraction > result.prefill_allowed_inexact_fraction:
             failures.append(f"prefill: {result.prefill_inexact_fraction:.1%} of {pa.size} (sample, position) outputs differ "
                             f"beyond {tol:.2g} (float64 PyTorch: {result.prefill_reference_inexact_fraction:.1%}; allowed "
                             f"{result.prefill_allowed_inexact_fraction:.1%})")
@@ -273,6 +339,22 @@ def verify_runner(
     if failures:
         result.note = "; ".join(failures)
     return result
+
+
+def _first_inexact(errors: np.ndarray, tol: float) -> tuple[int, int]:
+    """Over runs ``[n, length]``: how many runs turn inexact, and how many positions were seen up to and
+    including each run's first inexact one (all of a run that stays exact)."""
+    bad = errors > tol
+    first = np.where(bad.any(1), bad.argmax(1), errors.shape[1] - 1)
+    return int(bad.any(1).sum()), int((first + 1).sum())
+
+
+def _restart_positions(steps: int, length: int) -> set[int]:
+    """Stream positions whose reference state the prefill runs start from: ``PREFILL_RESTARTS``
+    spread over the teacher-forced stream, each with a whole chunk of inputs after it."""
+    if not length or steps < length:
+        return set()
+    return {int(p) for p in np.linspace(0, steps - length, PREFILL_RESTARTS).round()}
 
 
 def _rel(ref: np.ndarray, got: np.ndarray) -> float:

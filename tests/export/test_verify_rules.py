@@ -159,3 +159,44 @@ def test_free_running_bound_follows_the_float64_reference_drift(model):
     drifting = verify_runner(model, _DriftOnly(model, 3.0), steps=16, quantized=True)
     assert drifting.teacher_forced_exact_fraction == 1.0  # every step from the reference's state is exact
     assert not drifting.passed and "free-running error" in drifting.note
+
+
+class _PrefillIgnoresState(_PrefillOff):
+    """A prefill graph that drops its input state (starts every chunk from zeros): exact on the one
+    chunk that starts from the initial state, wrong from any other."""
+
+    def prefill(self, x, state):
+        return self.model.prefill(x, self.model.init_state(x.shape[0]))
+
+
+def test_prefill_runs_from_the_reference_state_catch_a_graph_that_drops_its_state(model):
+    result = verify_runner(model, _PrefillIgnoresState(model), steps=32, quantized=True)
+    assert result.prefill_inexact_fraction == 0.0  # the chunk from the initial state alone looks exact
+    assert result.teacher_forced_exact_fraction == 1.0
+    assert not result.passed and "reached from the reference's state" in result.note
+    assert result.prefill_forced_inexact_fraction > result.prefill_forced_allowed_inexact_fraction
+
+
+def test_prefill_runs_count_positions_up_to_the_first_inexact_one():
+    from export.verify import _first_inexact
+
+    errors = np.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    assert _first_inexact(errors, 0.5) == (2, 3 + 4 + 1)  # runs 0 and 2 turn inexact; run 1 is seen whole
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["w8a8-block", "w4a8-block"])
+def test_block_recipes_of_the_zoo_model_export_and_verify(recipe, tmp_path):
+    """The zoo model's block recipes are chaotic over a prefill chunk (float64 PyTorch itself is
+    inexact at ~50–70% of the 64 positions): the chunk's fraction test has no power there and used to
+    refuse every such artifact. The runs from the reference's state hold the prefill graph instead."""
+    import json
+
+    from edgeseq.cli import main
+
+    q, a = tmp_path / "q", tmp_path / "a"
+    assert main(["quantize", "mamba-shakespeare", "--recipe", recipe, "-o", str(q), "--quiet"]) == 0
+    assert main(["export", str(q), "-o", str(a), "--steps", "128"]) == 0
+    v = json.loads((a / "manifest.json").read_text())["verification"]
+    assert v["passed"] and v["prefill_forced_positions"] >= 64
+    assert v["prefill_forced_inexact_fraction"] <= v["prefill_forced_allowed_inexact_fraction"]
