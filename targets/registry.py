@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -321,6 +322,38 @@ def get_target(name: str, targets_file: str | Path | None = None, measure_host: 
         raise InputError(f"unknown target {name!r}; known: {', '.join(registry)} (`edgeseq targets` lists them; "
                          "add your own with --targets-file)")
     return registry[name]
+
+
+def gpu_target_for(device_name: str, registry: dict[str, TargetSpec] | None = None) -> str | None:
+    """The registry's CUDA entry for a GPU as the driver names it ("NVIDIA H200" -> ``h200``, "NVIDIA
+    H100 PCIe" -> ``h100-pcie``, "NVIDIA GeForce RTX 4090" -> ``rtx-4090``): the entry whose
+    description names the board, the most specific first; None for a board the registry lacks."""
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9]+", text.lower().replace("-", " "))) - {"nvidia", "geforce", "gb", "tensor", "core"}
+
+    board = words(device_name)
+    best, best_score = None, 0
+    for spec in (registry or builtin_targets()).values():
+        if spec.device != "cuda" or spec.kind != "gpu":
+            continue
+        name = words(spec.name)
+        if not name <= board:
+            continue  # every word of the entry's name is on the board ("h100" and "pcie" for h100-pcie)
+        score = len(name)
+        if score > best_score:
+            best, best_score = spec.name, score
+    return best
+
+
+def local_gpu_target(registry: dict[str, TargetSpec] | None = None) -> str | None:
+    """The registry entry of the first visible CUDA GPU, or None (no GPU, no torch, an unknown board)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return gpu_target_for(torch.cuda.get_device_name(0), registry)
 
 
 def export_target(name: str, targets_file: str | Path | None = None) -> TargetSpec:

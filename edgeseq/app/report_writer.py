@@ -214,9 +214,11 @@ def provenance(results: list[dict]) -> list[str]:
     elif len(runs) > 1:
         lines.append(f"rows come from {len(runs)} different runs (resumed); compare latency across runs with care")
     timings = sorted({str(p.get("timing")) for r in results for p in (r.get("targets") or {}).values() if p.get("timing")})
-    lines.append("latency: measured through each configuration's exported artifact in the runtime named in the "
-                 "`<target>.runtime` column (" + ("; ".join(timings) or "no timing recorded") + "); a configuration "
-                 "whose export failed shows `failed` and no latency (never a PyTorch figure in its place); "
+    lines.append("latency: measured on CPU targets through each configuration's exported artifact, on a CUDA GPU "
+                 "through the model's fastest runtime verified there (the fused Triton step where it applies), in "
+                 "the runtime named in the `<target>.runtime` column (" + ("; ".join(timings) or "no timing recorded")
+                 + "); a CPU configuration whose export failed shows `failed` and no latency (never a PyTorch figure "
+                 "in its place); "
                  "`<target>.load` is the 1-minute load average before→after, `round_p50_spread` the range of the "
                  "rounds' medians")
     lines.append("accuracy: 95 % confidence intervals (bits/byte: standard error over blocks of text; accuracy: "

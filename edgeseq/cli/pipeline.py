@@ -24,7 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", default="out/pipeline", help="output folder (default: out/pipeline)")
     p.add_argument("--models", default=None, help="comma-separated zoo models (default: all)")
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipes")
-    p.add_argument("--targets", default="cpu", help="comma-separated targets to profile on")
+    p.add_argument("--targets", default="auto",
+                   help="comma-separated targets to profile on (default auto: this CPU, and the visible GPU when the "
+                        "registry knows it, through its fastest verified runtime)")
     p.add_argument("--jobs", type=int, default=1, help="local worker processes")
     p.add_argument("--max-bytes", type=int, default=PIPELINE_MAX_BYTES,
                    help="text evaluated per language-model configuration (default: the whole validation split)")
@@ -43,8 +45,25 @@ def run(args):
     if not models:
         raise InputError("no zoo models are installed (edgeseq/zoo is empty); reinstall edgeseq")
     # progress lines go to stderr, also with --json (stdout then holds only the summary)
-    summary = build_report(models, args.output, recipes=split_list(args.recipes), targets=split_list(args.targets),
+    summary = build_report(models, args.output, recipes=split_list(args.recipes), targets=pipeline_targets(args.targets),
                            jobs=args.jobs, progress=True, debug=args.debug, max_bytes=args.max_bytes,
                            max_samples=args.max_samples, calib_samples=16, profile_tokens=32, verify_steps=32,
                            latency_rounds=args.latency_rounds)
     return finish(args, summary)
+
+
+def pipeline_targets(value: str) -> list[str]:
+    """``auto``: this CPU, plus the visible CUDA GPU's registry entry (``targets.registry.local_gpu_target``)."""
+    from edgeseq.cli.report import split_list
+
+    names = split_list(value) or []
+    if "auto" not in names:
+        return names
+    from targets.registry import local_gpu_target
+
+    gpu = local_gpu_target()
+    auto = ["cpu"] + ([gpu] if gpu else [])
+    out: list[str] = []
+    for name in names:
+        out.extend(auto if name == "auto" else [name])
+    return list(dict.fromkeys(out))

@@ -105,3 +105,40 @@ def test_cli_exits_nonzero_and_says_which_units_failed(tiny_model, tmp_path, mon
     summary = json.loads(captured.out)  # the summary still comes out, as one JSON object
     assert summary["partial"] == 1
     assert "fp32: partial: export: RuntimeError: simulated exporter crash" in captured.err
+
+
+def test_a_gpu_target_profiles_the_model_and_a_cpu_target_the_artifact(tiny_model, tmp_path, monkeypatch):
+    """On a CUDA target the report times the model through its fastest verified GPU runtime (the CPU
+    artifact is not what a GPU runs); on the CPU the exported artifact, as before."""
+    seen = {}
+
+    def fake_profile(source, target, tokens, prompt_len):
+        seen[target] = source
+        return {"p50_ms": 0.2 if target == "h200" else 3.0, "runtime": "triton-fused" if target == "h200" else "onnxruntime"}
+
+    monkeypatch.setattr(report, "_profile", fake_profile)
+    out = tmp_path / "r"
+    build_report([tiny_model], out, recipes=["fp32"], targets=["cpu", "h200"], progress=False, latency_rounds=0, **OPTIONS)
+    assert seen["h200"] == tiny_model  # fp32: the model itself
+    assert "artifact-onnx" in seen["cpu"]
+    row = next(csv.DictReader(open(out / "report.csv")))
+    assert row["h200.runtime"] == "triton-fused" and float(row["h200.p50_ms"]) == 0.2
+
+
+def test_pipeline_auto_targets_add_the_visible_gpu(monkeypatch):
+    import torch
+
+    from edgeseq.cli.pipeline import pipeline_targets
+    from targets.registry import gpu_target_for
+
+    assert gpu_target_for("NVIDIA H200") == "h200"
+    assert gpu_target_for("NVIDIA H100 PCIe") == "h100-pcie" and gpu_target_for("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_target_for("NVIDIA GeForce RTX 4090") == "rtx-4090" and gpu_target_for("Tesla T4") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pipeline_targets("auto") == ["cpu"]
+    assert pipeline_targets("cpu,aarch64") == ["cpu", "aarch64"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    assert pipeline_targets("auto") == ["cpu", "h200"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")  # not in the registry
+    assert pipeline_targets("auto") == ["cpu"]
