@@ -1,4 +1,4 @@
-"""The fused Triton Mamba step behind the ``targets.runtimes.Runtime`` interface (``edgeseq profile``).
+"""The fused Triton Mamba and SpikeGPT steps behind the ``targets.runtimes.Runtime`` interface (``edgeseq profile``).
 
 ``open_fused(model, device)`` builds it and verifies it before use: one step from a random state
 against ``Mamba.step`` in fp32 with the same (bf16-rounded) weights on the same device; a relative
@@ -7,7 +7,9 @@ only. Which one: a float model gets the bf16 fused step (``triton-fused``; the f
 runtime of a float model on an H200, benchmarks/decode_gpu.json: 0.26 ms against 2.1 ms for the
 PyTorch CUDA graph); a model quantized by an edgeseq recipe (W4A16, W8A8, ...) gets the fused
 quantized step that computes its fake-quant function (``triton-fused-w4a16`` ...), verified against
-it (int8-activation recipes step by step, see ``verify``). The state it returns aliases its own device buffers (no copy per step): feeding it back is
+it (int8-activation recipes step by step, see ``verify``). A float SpikeGPT model gets the fused
+SpikeGPT step (``triton-fused``, ``targets.gpu.spikegpt``), verified against ``SpikeGPT.step`` the
+same way (``verify_spikegpt``: spikes are thresholds, so the best of 4 single steps). The state it returns aliases its own device buffers (no copy per step): feeding it back is
 free, keeping an old one past the next step is not safe (clone it).
 """
 
@@ -69,6 +71,62 @@ class TritonMambaRuntime(Runtime):
         return super().peak_memory_bytes()
 
 
+class TritonSpikeGPTRuntime(Runtime):
+    """The fused SpikeGPT step (``targets.gpu.spikegpt``) behind the Runtime interface; the state it
+    returns aliases its device buffers, as for Mamba."""
+
+    name = "triton-fused"
+    has_prefill = False
+
+    def __init__(self, model: Any, device: str = "cuda", source: str = "", **kw):
+        import torch
+
+        from targets.gpu.spikegpt import FusedSpikeGPTStep
+
+        self.torch = torch
+        self.fused = FusedSpikeGPTStep(model, device=device, **kw)
+        super().__init__(step_io_from_model(model), self.fused.weight_bytes, source)
+        self.device = str(self.fused.device)
+        self.device_name = torch.cuda.get_device_name(self.fused.device) if self.fused.device.type == "cuda" else "cpu"
+        self.names = self.io.state_names
+        f = self.fused
+        views = {f"{n}_{i}": t.view(1, f.D) for (n, i), t in f.state.items()}
+        self._views = [views[n] for n in self.names]
+
+    def init_state(self, batch: int = 1) -> list[Any]:
+        """The model's initial state (``SpikeGPT.init_state``: the WKV exponent at "no history yet",
+        not zero), as the runtime's own device buffers."""
+        if batch != 1:
+            raise InputError(f"the {self.name} runtime runs batch 1, not {batch}")
+        self.fused.reset()
+        return list(self._views)
+
+    _step = TritonMambaRuntime._step
+    synchronize = TritonMambaRuntime.synchronize
+    peak_memory_bytes = TritonMambaRuntime.peak_memory_bytes
+
+
+def verify_spikegpt(rt: TritonSpikeGPTRuntime, model: Any) -> float:
+    """Relative logits error of the fused SpikeGPT step vs ``SpikeGPT.step`` (fp32, the same
+    bf16-rounded weights, the same device), the smallest over 4 single steps from the initial
+    state: a LIF membrane within fp32 rounding of its threshold can fire on one side only (a
+    boundary flip, which moves the rest of that step), so a flip-free step shows the kernels right."""
+    torch = rt.torch
+    f = rt.fused
+    ref = f.dequantized_model(model).to(f.device)
+    errors = []
+    for seed in range(4):
+        token = torch.tensor([min(3 + 1000 * seed, f.V - 1)], device=f.device)
+        f.reset()
+        got = f.step(token).clone()
+        with torch.inference_mode():
+            want, _ = ref.step(token, ref.init_state(1, device=f.device))
+        errors.append(float((got - want[0].float()).norm() / want[0].float().norm()))
+    f.reset()
+    del ref
+    return min(errors)
+
+
 def is_recipe_quantized(model: Any) -> bool:
     """The model holds layers quantized by an edgeseq recipe (``quantize.modules``)."""
     try:
@@ -111,27 +169,33 @@ def _verify_once(rt: TritonMambaRuntime, model: Any, seed: int) -> float:
 
 def open_fused(model: Any, device: str, source: str = "", required: bool = False) -> TritonMambaRuntime | None:
     """The verified fused runtime for `model` on `device`, or None when it does not apply (not a
-    Mamba LM, no CUDA device or Triton) unless `required`, which raises instead."""
+    Mamba or SpikeGPT LM, no CUDA device or Triton) unless `required`, which raises instead."""
     from targets.gpu.mamba import available
 
     why = None
-    if getattr(getattr(model, "config", None), "family", None) != "mamba":
-        why = "it runs Mamba models only"
+    family = getattr(getattr(model, "config", None), "family", None)
+    if family not in ("mamba", "spikegpt"):
+        why = "it runs Mamba and SpikeGPT models only"
+    elif family == "spikegpt" and is_recipe_quantized(model):
+        why = "it runs float SpikeGPT models only (no fused quantized SpikeGPT step yet)"
     elif not device.startswith("cuda") or not available():
         why = "it needs a CUDA device and Triton"
     if why is None:
+        kind, check = (TritonMambaRuntime, verify) if family == "mamba" else (TritonSpikeGPTRuntime, verify_spikegpt)
         try:
-            rt = TritonMambaRuntime(model, device=device, source=source)
+            rt = kind(model, device=device, source=source)
         except InputError as exc:
             why = str(exc)
         else:
-            err = verify(rt, model)
+            err = check(rt, model)
             if err <= VERIFY_TOLERANCE:
                 return rt
-            why = f"its step differs from Mamba.step by {err:.2e} (relative), over {VERIFY_TOLERANCE:g}"
+            why = (f"its step differs from {type(model).__name__}.step by {err:.2e} (relative), "
+                   f"over {VERIFY_TOLERANCE:g}")
     if required:
         raise InputError(f"the triton runtime cannot run this source: {why}")
     return None
 
 
-__all__ = ["TritonMambaRuntime", "is_recipe_quantized", "open_fused", "verify", "EdgeseqError"]
+__all__ = ["TritonMambaRuntime", "TritonSpikeGPTRuntime", "is_recipe_quantized", "open_fused", "verify",
+           "verify_spikegpt", "EdgeseqError"]

@@ -53,6 +53,11 @@ class FusedSpikeGPTStep:
         if getattr(cfg, "family", None) != "spikegpt":
             raise InputError(f"the fused SpikeGPT runtime runs SpikeGPT models, not {getattr(cfg, 'family', '?')!r}")
         D, F = cfg.d_model, cfg.hidden
+        linears = [model.head] + [m for blk in model.blocks for m in (blk.att.key, blk.att.value, blk.att.receptance,
+                                                                      blk.att.output, blk.ffn.key, blk.ffn.receptance,
+                                                                      blk.ffn.value)]
+        if any(type(m) is not torch.nn.Linear for m in linears):
+            raise InputError("the fused SpikeGPT runtime runs float models (plain nn.Linear layers); this one is quantized")
         if D > 2048 or F > 8192:
             raise InputError(f"the fused SpikeGPT runtime holds whole rows in registers: d_model <= 2048 and "
                              f"d_ffn <= 8192, not {D} / {F}")

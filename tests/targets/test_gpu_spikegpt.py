@@ -235,3 +235,35 @@ def test_open_runtime_picks_fused_spikegpt(tmp_path):
     assert y.shape == (1, 300)
     torch_rt = open_runtime(tmp_path / "m", device="cuda", runtime="torch")
     assert torch_rt.name != "triton-fused"
+
+
+@pytest.mark.slow
+def test_interpreted_runtime_interface():
+    """``TritonSpikeGPTRuntime`` (what ``open_runtime`` returns on a GPU) under the interpreter: its
+    verification passes, its initial state is the model's (WKV exponent at -1e30, not 0), and three
+    steps through the Runtime interface follow ``SpikeGPT.step`` with the same weights."""
+    pytest.importorskip("triton")
+    code = """
+import sys; sys.path.insert(0, 'tests/targets'); sys.path.insert(0, '.')
+import torch
+from test_gpu_spikegpt import _model, _rel
+from targets.gpu.runtime import TritonSpikeGPTRuntime, verify_spikegpt
+m = _model(0, vocab_size=64, d_model=16, n_layer=2)
+rt = TritonSpikeGPTRuntime(m, device='cpu')
+err = verify_spikegpt(rt, m)
+assert err < 1e-5, err
+ref = rt.fused.dequantized_model(m)
+names, st = rt.names, rt.init_state(1)
+assert float(st[names.index('wkv_p_0')].max()) < -1e29
+rs = ref.init_state(1)
+for t in (3, 63, 0):
+    y, st = rt.step(torch.tensor([t]), st)
+    with torch.no_grad():
+        yr, rs = ref.step(torch.tensor([t]), rs)
+    assert _rel(y, yr) < 1e-4, _rel(y, yr)
+    assert max(_rel(s, rs[n]) for n, s in zip(names, st)) < 1e-4
+print('ok', err)
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
