@@ -34,7 +34,8 @@ class SpikeBlocks:
     out_rows: int = 4  # residual channels per program of the two output GEMV + LIF kernels
     ffn_rows: int = 16  # hidden units per program of the ChannelMix key kernel
     head_rows: int = 16
-    warps: int = 4
+    warps: int = 8  # the two input-GEMV kernels (key/value/receptance + WKV; ChannelMix key + receptance)
+    warps_out: int = 4  # the two output-GEMV + LIF kernels
     warps_head: int = 4
     pdl: bool = True  # programmatic dependent launch (compute capability >= 9 only)
 
@@ -183,7 +184,7 @@ class FusedSpikeGPTStep:
                 self.h, self.amax, self.rw, L["w_o"], st["lif1_v", i], self.xn, st["att_shift", i],
                 self.spikes[i, 0], self.inv_tau, self.thr,
                 D=D, BD=bd, BO=self.BO, FIRE_GE=self.fire_ge, HARD=self.hard, RESET_AMAX=(i == 0), PDL=pdl,
-                num_warps=b.warps, launch_pdl=pdl,
+                num_warps=b.warps_out, launch_pdl=pdl,
             )
             spk_ffn_in_kernel[(self.P3,)](
                 self.h, L["ln2_w"], L["ln2_b"], L["fmu_k"], L["fmu_r"], L["f_k"], L["f_r"], st["ffn_shift", i],
@@ -195,7 +196,7 @@ class FusedSpikeGPTStep:
                 self.h, self.kk, self.rr, L["f_v"], st["lif2_v", i], self.xn, st["ffn_shift", i],
                 self.spikes[i, 1], self.inv_tau, self.thr,
                 D=D, F=F, BF=_pow2(F), BO=self.BO, FIRE_GE=self.fire_ge, HARD=self.hard, PDL=pdl,
-                num_warps=b.warps, launch_pdl=pdl,
+                num_warps=b.warps_out, launch_pdl=pdl,
             )
         spk_head_kernel[(triton_cdiv(self.V, b.head_rows),)](
             self.h, self.lno_w, self.lno_b, self.head, self.logits, self.amax, self.eps, self.V,

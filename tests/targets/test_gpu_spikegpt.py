@@ -267,3 +267,35 @@ print('ok', err)
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pdl", [True, False])
+def test_kernels_compile_for_sm90(pdl, monkeypatch):
+    """Every launch of a step compiled ahead of time for sm_90 by Triton's own ptxas (no GPU needed),
+    with the argument types and constexprs the runtime passes: the PDL path, which the interpreter
+    cannot run, at least compiles, with ``griddepcontrol.wait`` in its PTX."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"this Triton has another compile API: {exc}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_gpu_fused import compile_launches_sm90, record_launches
+
+    import targets.gpu.spikegpt as gs
+    import targets.gpu.spikegpt_kernels as ks
+
+    launches = record_launches(monkeypatch, ks, ("spk_att_in_kernel", "spk_att_out_kernel", "spk_ffn_in_kernel",
+                                                 "spk_ffn_out_kernel", "spk_head_kernel"))
+    monkeypatch.setattr(gs, "available", lambda: True)
+    monkeypatch.setattr(gs, "interpreted", lambda: False)
+    model = _model(0, vocab_size=300, d_model=96, n_layer=2)
+    rt = gs.FusedSpikeGPTStep(model, device="cpu", cuda_graph=False, blocks=gs.SpikeBlocks(pdl=pdl))
+    monkeypatch.setattr(rt, "_pdl", lambda: pdl)
+    rt._launch(False)
+    rt._launch(True)
+    compiled = compile_launches_sm90(triton, launches)
+    assert {k[0] for k in compiled} == {"spk_att_in_kernel", "spk_att_out_kernel", "spk_ffn_in_kernel",
+                                         "spk_ffn_out_kernel", "spk_head_kernel"}
