@@ -170,9 +170,9 @@ def sweep(torch, base, pdl: bool = True) -> tuple[list, object]:
     rt = FusedSpikeGPTStep(base, blocks=SpikeBlocks(pdl=pdl))
     results = []
     best, best_ms = None, float("inf")
-    cands = [SpikeBlocks(pdl=pdl), SpikeBlocks(att_rows=8, pdl=pdl), SpikeBlocks(out_rows=8, pdl=pdl),
-             SpikeBlocks(ffn_rows=32, pdl=pdl), SpikeBlocks(out_rows=2, warps_out=2, pdl=pdl),
-             SpikeBlocks(att_rows=2, ffn_rows=8, warps=4, pdl=pdl), SpikeBlocks(pdl=pdl)]
+    cands = [SpikeBlocks(pdl=pdl), SpikeBlocks(att_rows=8, ffn_rows=32, pdl=pdl), SpikeBlocks(out_rows=8, pdl=pdl),
+             SpikeBlocks(out_rows=2, warps_out=2, pdl=pdl), SpikeBlocks(att_rows=2, ffn_rows=8, warps=4, pdl=pdl),
+             SpikeBlocks(pdl=pdl)]  # the default again last: the spread of the two is the noise
     for cand in cands:
         try:
             rt.set_blocks(cand)
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                               "tests/targets/test_gpu_spikegpt.py", "-m", "not slow", "-s"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=400)
+                             cwd=ROOT, capture_output=True, text=True, timeout=150)
         tail = (res.stdout + res.stderr)[-3000:]
         tests_out = {"returncode": res.returncode, "seconds": time.time() - t0, "tail": tail}
         print(tail)
