@@ -15,7 +15,8 @@ one run, interleaved round by round:
 * the cuBLAS GEMV-only floor: only the step's 7 weight GEMVs per layer and the head (127 ``F.linear``
   at 18 layers) in bf16, one CUDA graph: no norm, WKV, LIF or gating;
 * edgeseq's fused Triton runtime (``targets.gpu.spikegpt``, 4 kernels per layer + the head, one CUDA
-  graph), without and with programmatic dependent launch.
+  graph), bf16 weights without and with programmatic dependent launch; with ``--fp32`` also fp32
+  weights (the trained model's own function, twice the bytes).
 
 Timings as in decode_gpu.py: ``p50_ms`` / ``p90_ms`` with a synchronize after every step (host clock);
 ``device_ms`` for graph rows: CUDA events around 50 back-to-back replays (median of 4 per round).
@@ -201,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="no eager and no torch.compile rows")
     p.add_argument("--sweep", action="store_true", help="time a few fused launch shapes, use the fastest")
     p.add_argument("--tests", action="store_true", help="run the GPU tests of test_gpu_spikegpt.py first")
+    p.add_argument("--fp32", action="store_true", help="also the fused step with fp32 weights (as trained)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "decode_gpu_spikegpt.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -285,11 +287,14 @@ def main(argv=None) -> int:
             results, best = sweep(torch, base)
             extra["sweep"] = results
             chosen = best or chosen
-        for blocks, suffix in ((SpikeBlocks(pdl=False), ", no PDL"), (chosen, ", PDL")):
-            rt = FusedSpikeGPTStep(base, blocks=blocks)
-            checks[f"fused bf16{suffix} vs SpikeGPT.step fp32 (same weights)"] = fused_check(torch, rt, base)
-            name = f"edgeseq fused triton bf16 ({4 * len(rt.layers) + 1} kernels){suffix}"
-            rows[name] = (FusedStep(rt), "bf16", True)
+        variants = [("bf16", SpikeBlocks(pdl=False), ", no PDL"), ("bf16", chosen, ", PDL")]
+        if args.fp32:
+            variants.append(("fp32", chosen, ", PDL"))
+        for weights, blocks, suffix in variants:
+            rt = FusedSpikeGPTStep(base, blocks=blocks, weights=weights)
+            checks[f"fused {weights}{suffix} vs SpikeGPT.step fp32 (same weights)"] = fused_check(torch, rt, base)
+            name = f"edgeseq fused triton {weights} weights ({4 * len(rt.layers) + 1} kernels){suffix}"
+            rows[name] = (FusedStep(rt), weights, True)
             nbytes_of[name] = rt.bytes_per_step
         extra["fused_blocks"] = dict(chosen.__dict__)
     except Exception as exc:

@@ -8,8 +8,8 @@
 
 The step is 4 kernels per layer + 1 for the head (``spikegpt_kernels.py`` says what each fuses),
 captured once into a CUDA graph and replayed, chained by programmatic dependent launch on Hopper.
-Weights are bf16; the binary embedding is stored as its spikes (H(emb) is all the model reads of
-it); activations, the residual, the WKV and LIF state and every sum are fp32. The state lives in
+Weights are bf16 (``weights="fp32"``: as trained, twice the bytes); the binary embedding is stored
+as its spikes (H(emb) is all the model reads of it); activations, the residual, the WKV and LIF state and every sum are fp32. The state lives in
 this object (``state_dict()`` / ``load_state()`` convert to and from the model's named state).
 
 Triton is imported here, never by ``import edgeseq`` or ``import targets``.
@@ -28,13 +28,15 @@ STATE_NAMES = ("att_shift", "ffn_shift", "wkv_a", "wkv_b", "wkv_p", "lif1_v", "l
 
 @dataclass
 class SpikeBlocks:
-    """Launch shapes (any powers of two work; the defaults keep ~200 programs per kernel at 768 wide)."""
+    """Launch shapes (any powers of two work). The defaults: the fastest of the H200 sweep at the
+    SpikeGPT-216M shape (benchmarks/decode_gpu_spikegpt.json: 251 us against 256 us for 4-channel
+    programs with 8 warps, 278 us for 2-row output programs)."""
 
-    att_rows: int = 4  # channels per program of the key/value/receptance + WKV kernel (3 rows each)
+    att_rows: int = 2  # channels per program of the key/value/receptance + WKV kernel (3 rows each)
     out_rows: int = 4  # residual channels per program of the two output GEMV + LIF kernels
-    ffn_rows: int = 16  # hidden units per program of the ChannelMix key kernel
+    ffn_rows: int = 8  # hidden units per program of the ChannelMix key kernel
     head_rows: int = 16
-    warps: int = 8  # the two input-GEMV kernels (key/value/receptance + WKV; ChannelMix key + receptance)
+    warps: int = 4  # the two input-GEMV kernels (key/value/receptance + WKV; ChannelMix key + receptance)
     warps_out: int = 4  # the two output-GEMV + LIF kernels
     warps_head: int = 4
     pdl: bool = True  # programmatic dependent launch (compute capability >= 9 only)
@@ -45,7 +47,8 @@ class FusedSpikeGPTStep:
 
     name = "triton-fused"
 
-    def __init__(self, model: Any, device: str = "cuda", blocks: SpikeBlocks | None = None, cuda_graph: bool = True):
+    def __init__(self, model: Any, device: str = "cuda", blocks: SpikeBlocks | None = None, cuda_graph: bool = True,
+                 weights: str = "bf16"):
         import torch
 
         if not available():
@@ -62,14 +65,17 @@ class FusedSpikeGPTStep:
         if D > 2048 or F > 8192:
             raise InputError(f"the fused SpikeGPT runtime holds whole rows in registers: d_model <= 2048 and "
                              f"d_ffn <= 8192, not {D} / {F}")
-        self.torch, self.cfg, self.device = torch, cfg, torch.device(device)
+        if weights not in ("bf16", "fp32"):
+            raise InputError(f"weights must be bf16 or fp32, not {weights!r}")
+        self.torch, self.cfg, self.device, self.weights = torch, cfg, torch.device(device), weights
         self.D, self.F, self.V, self.L = D, F, cfg.vocab_size, cfg.n_layer
         self.eps = float(cfg.ln_eps)
         self.inv_tau, self.thr = 1.0 / float(cfg.lif_tau), float(cfg.lif_threshold)
         self.fire_ge, self.hard = cfg.lif_fire_on == "ge", cfg.lif_reset == "hard"
         dev, f32, bf16 = self.device, torch.float32, torch.bfloat16
         vec = lambda t: t.detach().float().reshape(-1).to(dev).contiguous()  # noqa: E731
-        mat = lambda lin: lin.weight.detach().to(dev, bf16).contiguous()  # noqa: E731
+        wdt = bf16 if weights == "bf16" else f32
+        mat = lambda lin: lin.weight.detach().to(dev, wdt).contiguous()  # noqa: E731
         self.layers = []
         with torch.no_grad():
             for blk in model.blocks:
@@ -91,7 +97,8 @@ class FusedSpikeGPTStep:
             # the binary embedding H(emb) (ATan spike, fires on >= 0): only these bits reach the model
             self.emb = (model.emb.weight.detach() >= 0).to(dev, torch.uint8).contiguous()
         weight_names = ("w_k", "w_v", "w_r", "w_o", "f_k", "f_r", "f_v")
-        self.weight_bytes = sum(L[n].numel() * 2 for L in self.layers for n in weight_names) + self.head.numel() * 2
+        self.weight_bytes = sum(L[n].numel() * L[n].element_size() for L in self.layers for n in weight_names)
+        self.weight_bytes += self.head.numel() * self.head.element_size()
         small = sum(t.numel() * t.element_size() for L in self.layers for n, t in L.items() if n not in weight_names)
         self.state_all = torch.zeros(self.L, len(STATE_NAMES), D, dtype=f32, device=dev)
         # bytes a step moves: every weight once, the small vectors, one embedding row, the state read + written
@@ -126,12 +133,14 @@ class FusedSpikeGPTStep:
     # -- reference ---------------------------------------------------------------------------------
 
     def dequantized_model(self, model: Any) -> Any:
-        """A copy of `model` (fp32, CPU) with the weights the kernels compute with (bf16-rounded): the
-        reference of the tests."""
+        """A copy of `model` (fp32, CPU) with the weights the kernels compute with (bf16-rounded, or
+        as they are with ``weights="fp32"``): the reference of the tests."""
         import copy
 
         torch = self.torch
         ref = copy.deepcopy(model).float().cpu()
+        if self.weights == "fp32":
+            return ref
         with torch.no_grad():
             for blk in ref.blocks:
                 for lin in (blk.att.key, blk.att.value, blk.att.receptance, blk.att.output,

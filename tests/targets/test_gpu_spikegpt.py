@@ -145,9 +145,9 @@ def test_import_leaves_triton_alone():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("blocks", ["SpikeBlocks(att_rows=8, out_rows=8, ffn_rows=32, head_rows=64)",
-                                    "SpikeBlocks(att_rows=32, out_rows=2, ffn_rows=8, head_rows=32)"])
-def test_interpreted_kernels_match_step(blocks):
+@pytest.mark.parametrize("blocks,weights", [("SpikeBlocks(att_rows=8, out_rows=8, ffn_rows=32, head_rows=64)", "bf16"),
+                                            ("SpikeBlocks(att_rows=32, out_rows=2, ffn_rows=8, head_rows=32)", "fp32")])
+def test_interpreted_kernels_match_step(blocks, weights):
     """The kernels under Triton's CPU interpreter (no GPU needed), d_model 48 (not a power of two, so
     every tile is masked), d_ffn 192, 2 layers; the second shape leaves the last programs partly
     past the channels and gives the ffn-in programs 1 receptance row each."""
@@ -157,7 +157,7 @@ def test_interpreted_kernels_match_step(blocks):
         "from test_gpu_spikegpt import _model, check_against_reference;"
         "from targets.gpu.spikegpt import SpikeBlocks;"
         "m = _model(0, vocab_size=200, d_model=48, n_layer=2);"
-        f"print(check_against_reference(m, 'cpu', [5, 199, 0, 17], blocks={blocks}))"
+        f"print(check_against_reference(m, 'cpu', [5, 199, 0, 17], blocks={blocks}, weights={weights!r}))"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
@@ -183,12 +183,12 @@ def test_refuses_other_families_and_bad_tokens():
 
 
 @gpu
-@pytest.mark.parametrize("pdl", [True, False])
-def test_fused_small_matches_step(pdl):
+@pytest.mark.parametrize("pdl,weights", [(True, "bf16"), (False, "bf16"), (True, "fp32")])
+def test_fused_small_matches_step(pdl, weights):
     from targets.gpu.spikegpt import SpikeBlocks
 
     model = _model(0, vocab_size=300, d_model=96, n_layer=3)
-    check_against_reference(model, "cuda", [5, 17, 299, 0, 42, 7, 8, 9], blocks=SpikeBlocks(pdl=pdl))
+    check_against_reference(model, "cuda", [5, 17, 299, 0, 42, 7, 8, 9], blocks=SpikeBlocks(pdl=pdl), weights=weights)
 
 
 @gpu
@@ -222,22 +222,38 @@ def test_graph_replay_matches_direct_launches():
 
 
 @gpu
+@pytest.mark.parametrize("weights", ["bf16", "fp32"])
+def test_zoo_model_matches_step(weights):
+    """The trained zoo SpikeGPT (~22% of its neurons fire) on text, on the GPU, bf16 and fp32 weights."""
+    from edgeseq.checkpoints import load_model
+
+    model = load_model("spikegpt-shakespeare").model.eval()
+    print(check_against_reference(model, "cuda", list(b"ROMEO:\nO, she"), max_flip_steps=1, weights=weights))
+
+
+@gpu
 def test_open_runtime_picks_fused_spikegpt():
-    """``open_runtime`` (``edgeseq profile --target h200``) on the trained zoo SpikeGPT: the verified
-    fused step, whose greedy continuation follows the PyTorch runtime's (the model's spikes at
-    22% firing: no boundary flip seen on its text under the interpreter)."""
+    """``open_runtime`` (``edgeseq profile --target h200``) on the zoo SpikeGPT: the verified fused step,
+    whose steps through the Runtime interface follow ``SpikeGPT.step`` with the same (bf16-rounded)
+    weights. Not the fp32 model itself: bf16 rounding moves currents by ~1e-3, enough to flip the
+    spikes of neurons near threshold in a trained model (docs/gpu.md measures what that costs)."""
+    from edgeseq.checkpoints import load_model
     from targets.runtimes import open_runtime
 
     rt = open_runtime("spikegpt-shakespeare", device="cuda")
     torch_rt = open_runtime("spikegpt-shakespeare", device="cuda", runtime="torch")
     assert rt.name == "triton-fused" and torch_rt.name != "triton-fused"
-    st, st_t = rt.init_state(1), torch_rt.init_state(1)
-    tok = torch.tensor([ord("R")])
-    for _ in range(8):
-        y, st = rt.step(tok, st)
-        y_t, st_t = torch_rt.step(tok.cuda(), st_t)
-        assert _rel(y, y_t) < 2e-2  # bf16 weights against fp32: ~1e-3
-        tok = y_t.argmax(-1).cpu()
+    ref = rt.fused.dequantized_model(load_model("spikegpt-shakespeare").model.eval()).double()
+    st, rs = rt.init_state(1), ref.init_state(1, dtype=torch.float64)
+    flips = 0
+    for t in b"ROMEO":
+        y, st = rt.step(torch.tensor([t]), st)
+        with torch.no_grad():
+            yr, rs = ref.step(torch.tensor([t]), rs)
+        if _rel(y, yr) > 1e-4:  # a boundary flip: start again from the reference state
+            flips += 1
+            rt.fused.load_state(rs)
+    assert flips <= 1
 
 
 def test_triton_runtime_refusals():
