@@ -9,7 +9,8 @@ PyTorch CUDA graph); a model quantized by an edgeseq recipe (W4A16, W8A8, ...) g
 quantized step that computes its fake-quant function (``triton-fused-w4a16`` ...), verified against
 it (int8-activation recipes step by step, see ``verify``). A float SpikeGPT model gets the fused
 SpikeGPT step (``triton-fused``, ``targets.gpu.spikegpt``), verified against ``SpikeGPT.step`` the
-same way (``verify_spikegpt``: spikes are thresholds, so the best of 4 single steps). The state it returns aliases its own device buffers (no copy per step): feeding it back is
+same way (``verify_spikegpt``: spikes are thresholds, so the best of 4 single steps); an LMUFormer or
+Spiking LMUFormer the one-kernel frame step (``targets.gpu.lmuformer``, ``verify_lmuformer``). The state it returns aliases its own device buffers (no copy per step): feeding it back is
 free, keeping an old one past the next step is not safe (clone it).
 """
 
@@ -106,6 +107,71 @@ class TritonSpikeGPTRuntime(Runtime):
     peak_memory_bytes = TritonMambaRuntime.peak_memory_bytes
 
 
+class TritonLMUFormerRuntime(Runtime):
+    """The fused LMUFormer / Spiking LMUFormer frame step (``targets.gpu.lmuformer``, one kernel a frame)
+    behind the Runtime interface; frames in, per-frame scores out, the state aliasing its device buffers
+    only where the layouts agree (memories, membranes) — windows are copied (they are stored transposed)."""
+
+    name = "triton-fused"
+    has_prefill = False
+
+    def __init__(self, model: Any, device: str = "cuda", source: str = "", **kw):
+        import torch
+
+        from targets.gpu.lmuformer import FusedLMUFormerStep
+
+        self.torch = torch
+        self.fused = FusedLMUFormerStep(model, device=device, **kw)
+        super().__init__(step_io_from_model(model), self.fused.weight_bytes, source)
+        self.device = str(self.fused.device)
+        self.device_name = torch.cuda.get_device_name(self.fused.device) if self.fused.device.type == "cuda" else "cpu"
+        self.names = self.io.state_names
+        self._last: list = []
+
+    def init_state(self, batch: int = 1) -> list[Any]:
+        if batch != 1:
+            raise InputError(f"the {self.name} runtime runs batch 1, not {batch}")
+        self.fused.reset()
+        self._last = [t for t in (self.fused.state_dict()[n] for n in self.names)]
+        return list(self._last)
+
+    def _step(self, x_t: Any, state: list[Any]) -> Sequence[Any]:
+        torch = self.torch
+        frame = x_t if isinstance(x_t, torch.Tensor) else torch.as_tensor(x_t)
+        if frame.dim() != 2 or frame.shape[0] != 1:
+            raise InputError(f"the {self.name} runtime runs batch 1 (one frame [1, features]), got shape {tuple(frame.shape)}")
+        if not all(a is b for a, b in zip(state, self._last)):  # a state from elsewhere: copy it in
+            self.fused.load_state({n: torch.as_tensor(s).to(self.fused.device) for n, s in zip(self.names, state)})
+        scores = self.fused.step(frame.to(self.fused.device, torch.float32)).view(1, -1).clone()
+        named = self.fused.state_dict()
+        self._last = [named[n] for n in self.names]
+        return [scores, *self._last]
+
+    synchronize = TritonMambaRuntime.synchronize
+    peak_memory_bytes = TritonMambaRuntime.peak_memory_bytes
+
+
+def verify_lmuformer(rt: TritonLMUFormerRuntime, model: Any) -> float:
+    """Relative score error of the fused frame step vs the model's ``step`` (fp32, the same weights, the
+    same device), the smallest over 4 single steps from the zero state with random frames (spiking
+    models: a membrane within rounding of its threshold can fire on one side only)."""
+    torch = rt.torch
+    f = rt.fused
+    ref = f.dequantized_model(model).to(f.device)
+    gen = torch.Generator().manual_seed(0)
+    errors = []
+    for _ in range(4):
+        frame = torch.rand(1, f.F, generator=gen).to(f.device)
+        f.reset()
+        got = f.step(frame).clone()
+        with torch.inference_mode():
+            want, _ = ref.step(frame, ref.init_state(1, device=f.device))
+        errors.append(float((got - want[0].float()).norm() / max(float(want[0].float().norm()), 1e-30)))
+    f.reset()
+    del ref
+    return min(errors)
+
+
 def verify_spikegpt(rt: TritonSpikeGPTRuntime, model: Any) -> float:
     """Relative logits error of the fused SpikeGPT step vs ``SpikeGPT.step`` (fp32, the same
     bf16-rounded weights, the same device), the smallest over 4 single steps from the initial
@@ -169,19 +235,20 @@ def _verify_once(rt: TritonMambaRuntime, model: Any, seed: int) -> float:
 
 def open_fused(model: Any, device: str, source: str = "", required: bool = False) -> TritonMambaRuntime | None:
     """The verified fused runtime for `model` on `device`, or None when it does not apply (not a
-    Mamba or SpikeGPT LM, no CUDA device or Triton) unless `required`, which raises instead."""
+    Mamba / SpikeGPT / LMUFormer model, no CUDA device or Triton) unless `required`, which raises instead."""
     from targets.gpu.mamba import available
 
     why = None
     family = getattr(getattr(model, "config", None), "family", None)
-    if family not in ("mamba", "spikegpt"):
-        why = "it runs Mamba and SpikeGPT models only"
-    elif family == "spikegpt" and is_recipe_quantized(model):
-        why = "it runs float SpikeGPT models only (no fused quantized SpikeGPT step yet)"
+    if family not in ("mamba", "spikegpt", "lmuformer", "spiking-lmuformer"):
+        why = "it runs Mamba, SpikeGPT and LMUFormer models only"
+    elif family != "mamba" and is_recipe_quantized(model):
+        why = f"it runs float {family} models only (no fused quantized step for them yet)"
     elif not device.startswith("cuda") or not available():
         why = "it needs a CUDA device and Triton"
     if why is None:
-        kind, check = (TritonMambaRuntime, verify) if family == "mamba" else (TritonSpikeGPTRuntime, verify_spikegpt)
+        kind, check = {"mamba": (TritonMambaRuntime, verify), "spikegpt": (TritonSpikeGPTRuntime, verify_spikegpt)}.get(
+            family, (TritonLMUFormerRuntime, verify_lmuformer))
         try:
             rt = kind(model, device=device, source=source)
         except InputError as exc:
@@ -197,5 +264,5 @@ def open_fused(model: Any, device: str, source: str = "", required: bool = False
     return None
 
 
-__all__ = ["TritonMambaRuntime", "TritonSpikeGPTRuntime", "is_recipe_quantized", "open_fused", "verify",
-           "verify_spikegpt", "EdgeseqError"]
+__all__ = ["TritonLMUFormerRuntime", "TritonMambaRuntime", "TritonSpikeGPTRuntime", "is_recipe_quantized", "open_fused",
+           "verify", "verify_lmuformer", "verify_spikegpt", "EdgeseqError"]

@@ -261,8 +261,8 @@ def test_triton_runtime_refusals():
     from edgeseq.errors import InputError
     from targets.runtimes import open_runtime
 
-    with pytest.raises(InputError, match="Mamba and SpikeGPT models only"):
-        open_runtime("lmuformer-digits", device="cuda" if _gpu_ready() else "cpu", runtime="triton")
+    with pytest.raises(InputError, match="Mamba, SpikeGPT and LMUFormer models only"):
+        open_runtime("mamba2-shakespeare", device="cuda" if _gpu_ready() else "cpu", runtime="triton")
     if not _gpu_ready():
         with pytest.raises(InputError, match="CUDA device and Triton"):
             open_runtime("spikegpt-shakespeare", device="cpu", runtime="triton")
