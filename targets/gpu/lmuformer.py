@@ -33,7 +33,7 @@ class FusedLMUFormerStep:
     name = "triton-fused"
 
     def __init__(self, model: Any, device: str = "cuda", weights: str = "bf16", cuda_graph: bool = True,
-                 num_warps: int = 8):
+                 num_warps: int | None = None, tile: int | None = None):
         import torch
 
         from edgeseq.models.lmuformer import batchnorm_affine
@@ -55,7 +55,11 @@ class FusedLMUFormerStep:
         if max(self.KS * max(self.F, self.DIM), self.ORDER + self.DIM, self.HID) > 8192:
             raise InputError("the fused LMUFormer runtime holds a whole GEMV input row in registers: "
                              "embed_kernel x dim, memory + dim and the hidden width must stay <= 8192")
-        self.num_warps = num_warps
+        # one program: its warps and the weight elements each GEMV loads per loop iteration (more bytes
+        # in flight per round trip; a single multiprocessor streams the whole model)
+        wide = max(self.KS * max(self.F, self.DIM), self.ORDER + self.DIM, self.HID) > 512
+        self.num_warps = num_warps or (16 if wide else 8)
+        self.tile = tile or (16384 if wide else 8192)
         wdt = torch.bfloat16 if weights == "bf16" else torch.float32
         w_parts, p_parts = [], []
         w_len = p_len = 0
@@ -227,7 +231,7 @@ class FusedLMUFormerStep:
         from targets.gpu.lmuformer_kernels import lmuformer_step_kernel
 
         K, F, D = self.KS, self.F, self.DIM
-        bk = max(_pow2(K * F), _pow2(K * D), _pow2(self.ORDER + D), _pow2(self.HID), _pow2(self.ORDER))
+        bk = max(_pow2(K * F), _pow2(K * D), _pow2(self.ORDER + D), _pow2(self.HID), _pow2(self.ORDER))  # widest row
         lmuformer_step_kernel[(1,)](
             self.x, self.w, self.p, self.o, self.s, self.so, self.scratch, self.out, self.inv_tau, self.thr,
             self.thr_mix,
@@ -235,7 +239,7 @@ class FusedLMUFormerStep:
             BHID=_pow2(self.HID), NCLS=self.NCLS, BCLS=_pow2(max(self.NCLS, 2)), KS=K, NEMB=self.NEMB,
             DEPTH=self.DEPTH, DELAY=self.DELAY, SPIKING=self.spiking, BKF=_pow2(K * F), BKD=_pow2(K * D),
             BCAT=_pow2(self.ORDER + D), BWF=_pow2(max(1, (K - 1) * F)), BWD=_pow2(max(1, (K - 1) * D)),
-            BSK=_pow2(max(1, self.DELAY * D)), RB=max(1, min(64, 8192 // bk)), BIG=self.BIG,
+            BSK=_pow2(max(1, self.DELAY * D)), TILE=max(_pow2(self.tile), bk), BIG=self.BIG,
             num_warps=self.num_warps,
         )
 

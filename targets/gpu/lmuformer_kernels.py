@@ -39,8 +39,10 @@ def _put(ptr, v, N: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _gemv(x_ptr, K: tl.constexpr, BK: tl.constexpr, w_ptr, N: tl.constexpr, out_ptr, RB: tl.constexpr):
-    """out[:N] = W[N, K] · x[:K] (W row-major), in blocks of RB rows; ends with a CTA barrier."""
+def _gemv(x_ptr, K: tl.constexpr, BK: tl.constexpr, w_ptr, N: tl.constexpr, out_ptr, TILE: tl.constexpr):
+    """out[:N] = W[N, K] · x[:K] (W row-major), in blocks of TILE / BK rows (TILE weight elements in
+    flight per iteration); ends with a CTA barrier."""
+    RB: tl.constexpr = TILE // BK
     k = tl.arange(0, BK)
     km = k < K
     x = tl.load(x_ptr + k, mask=km, other=0.0)
@@ -82,7 +84,7 @@ def lmuformer_step_kernel(
     BORD: tl.constexpr, HID: tl.constexpr, BHID: tl.constexpr, NCLS: tl.constexpr, BCLS: tl.constexpr,
     KS: tl.constexpr, NEMB: tl.constexpr, DEPTH: tl.constexpr, DELAY: tl.constexpr, SPIKING: tl.constexpr,
     BKF: tl.constexpr, BKD: tl.constexpr, BCAT: tl.constexpr, BWF: tl.constexpr, BWD: tl.constexpr,
-    BSK: tl.constexpr, RB: tl.constexpr, BIG: tl.constexpr,
+    BSK: tl.constexpr, TILE: tl.constexpr, BIG: tl.constexpr,
 ):
     X0 = scratch_ptr
     X1 = scratch_ptr + BIG
@@ -95,10 +97,10 @@ def lmuformer_step_kernel(
     for i in tl.static_range(NEMB):
         win = s_ptr + tl.load(so_ptr + i)
         if i == 0:
-            _gemv(win, KS * F, BKF, w_ptr + tl.load(o_ptr + i), DIM, X0, RB)
+            _gemv(win, KS * F, BKF, w_ptr + tl.load(o_ptr + i), DIM, X0, TILE)
             _shift_window(win, F, KS, BWF)
         else:
-            _gemv(win, KS * DIM, BKD, w_ptr + tl.load(o_ptr + i), DIM, X0, RB)
+            _gemv(win, KS * DIM, BKD, w_ptr + tl.load(o_ptr + i), DIM, X0, TILE)
             _shift_window(win, DIM, KS, BWD)
         y = _vec(X0, DIM, BDIM)
         bs = _vec(p_ptr + tl.load(o_ptr + NEMB + i), DIM, BDIM)
@@ -116,7 +118,7 @@ def lmuformer_step_kernel(
         tl.debug_barrier()
     # positional conv + the skip delayed by DELAY frames
     win = s_ptr + tl.load(so_ptr + NEMB)
-    _gemv(win, KS * DIM, BKD, w_ptr + tl.load(o_ptr + 3 * NEMB), DIM, X0, RB)
+    _gemv(win, KS * DIM, BKD, w_ptr + tl.load(o_ptr + 3 * NEMB), DIM, X0, TILE)
     _shift_window(win, DIM, KS, BWD)
     if DELAY > 0:
         sk_ptr = s_ptr + tl.load(so_ptr + NEMB + 1)
@@ -153,7 +155,7 @@ def lmuformer_step_kernel(
         us = tl.sum(tl.where(u2 == 0, u, 0.0), axis=0)
         # the Legendre memory: m <- A m + B u (A fp32)
         mem = s_ptr + tl.load(st + 0)
-        _gemv(mem, ORDER, BORD, p_ptr + tl.load(po + 16), ORDER, X1, RB)
+        _gemv(mem, ORDER, BORD, p_ptr + tl.load(po + 16), ORDER, X1, TILE)
         m = _vec(X1, ORDER, BORD) + _vec(p_ptr + tl.load(po + 17), ORDER, BORD) * us
         _put(mem, m, ORDER, BORD)
         if SPIKING:
@@ -162,7 +164,7 @@ def lmuformer_step_kernel(
         _put(CAT, m, ORDER, BORD)
         _put(CAT + ORDER, xin, DIM, BDIM)
         tl.debug_barrier()
-        _gemv(CAT, ORDER + DIM, BCAT, w_ptr + tl.load(po + 2), DIM, X0, RB)
+        _gemv(CAT, ORDER + DIM, BCAT, w_ptr + tl.load(po + 2), DIM, X0, TILE)
         h = _vec(X0, DIM, BDIM) + _vec(p_ptr + tl.load(po + 3), DIM, BDIM)
         if SPIKING:
             h = _lif(s_ptr + tl.load(st + 4), h * _vec(p_ptr + tl.load(po + 24), DIM, BDIM)
@@ -171,7 +173,7 @@ def lmuformer_step_kernel(
             h = tl.maximum(h, 0.0)
         _put(X1, h, DIM, BDIM)
         tl.debug_barrier()
-        _gemv(X1, DIM, BDIM, w_ptr + tl.load(po + 4), DIM, X0, RB)
+        _gemv(X1, DIM, BDIM, w_ptr + tl.load(po + 4), DIM, X0, TILE)
         y = _vec(X0, DIM, BDIM) + _vec(p_ptr + tl.load(po + 5), DIM, BDIM)
         x = x + y * _vec(p_ptr + tl.load(po + 6), DIM, BDIM) + _vec(p_ptr + tl.load(po + 7), DIM, BDIM)
         # channel mixer
@@ -182,7 +184,7 @@ def lmuformer_step_kernel(
         else:
             _put(X1, x, DIM, BDIM)
         tl.debug_barrier()
-        _gemv(X1, DIM, BDIM, w_ptr + tl.load(po + 8), HID, X0, RB)
+        _gemv(X1, DIM, BDIM, w_ptr + tl.load(po + 8), HID, X0, TILE)
         f = _vec(X0, HID, BHID) + _vec(p_ptr + tl.load(po + 9), HID, BHID)
         if SPIKING:
             f = _lif(s_ptr + tl.load(st + 6), f * _vec(p_ptr + tl.load(po + 14), HID, BHID)
@@ -192,7 +194,7 @@ def lmuformer_step_kernel(
             f = 0.5 * f * (1.0 + tl.math.erf(f * 0.7071067811865476))
         _put(X1, f, HID, BHID)
         tl.debug_barrier()
-        _gemv(X1, HID, BHID, w_ptr + tl.load(po + 12), DIM, X0, RB)
+        _gemv(X1, HID, BHID, w_ptr + tl.load(po + 12), DIM, X0, TILE)
         y = _vec(X0, DIM, BDIM) + _vec(p_ptr + tl.load(po + 13), DIM, BDIM)
         if not SPIKING:
             y = tl.maximum(y * _vec(p_ptr + tl.load(po + 14), DIM, BDIM) + _vec(p_ptr + tl.load(po + 15), DIM, BDIM), 0.0)
@@ -203,6 +205,6 @@ def lmuformer_step_kernel(
                  + _vec(p_ptr + tl.load(o_ptr + 3 * NEMB + 4), DIM, BDIM), DIM, BDIM, inv_tau, thr)
     _put(X1, x, DIM, BDIM)
     tl.debug_barrier()
-    _gemv(X1, DIM, BDIM, w_ptr + tl.load(o_ptr + 3 * NEMB + 1), NCLS, X0, RB)
+    _gemv(X1, DIM, BDIM, w_ptr + tl.load(o_ptr + 3 * NEMB + 1), NCLS, X0, TILE)
     scores = _vec(X0, NCLS, BCLS) + _vec(p_ptr + tl.load(o_ptr + 3 * NEMB + 2), NCLS, BCLS)
     _put(out_ptr, scores, NCLS, BCLS)
