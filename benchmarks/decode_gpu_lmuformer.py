@@ -9,11 +9,12 @@ Shapes: ``zoo`` — the zoo models' (8 features, 64 wide, 1 block, 10 classes, m
 embedding kernel 3 (4 convolutions + the positional one). Random weights (seed 0) with BatchNorm
 statistics moved off their defaults, eval mode, batch 1, a random frame each step. Rows per shape and
 variant, interleaved round by round: ``TorchRuntime`` eager fp32 and as one CUDA graph (fp32, bf16);
-``torch.compile`` (``max-autotune-no-cudagraphs``) of the plain ``step`` in fp32 captured into one
-CUDA graph with the state fed back (for ``--compile-shapes``); the cuBLAS GEMV-only floor (every
+``torch.compile`` (mode ``default``) of the plain ``step`` in fp32 captured into one CUDA graph with
+the state fed back (for ``--compile-shapes``); the cuBLAS GEMV-only floor (every
 Linear / Conv1d weight as one bf16 ``F.linear``, one CUDA graph); the fused step (one kernel a
-frame, one CUDA graph) with bf16 and fp32 weights at its default launch shape (8 warps and 8K-element
-weight tiles up to 512-wide rows, 16 warps and 16K above), and bf16 at the other shape. Timing and roofline as in decode_gpu.py (p50/p90
+frame, one CUDA graph) with bf16 weights at its default launch shape (8 warps and 8K-element weight
+tiles up to 512-wide rows, 16 warps and 16K above), for ``--shape-sweep`` shapes also at the other one,
+and with ``--fp32`` with fp32 weights. Timing and roofline as in decode_gpu.py (p50/p90
 host clock with a synchronize per step; device time from CUDA events over 50 back-to-back replays;
 roofline: the row's weight bytes ÷ the measured copy bandwidth — at these sizes a few µs, so the
 ratio mostly shows launch and latency cost). Before timing, the fused steps are checked against the
@@ -65,9 +66,9 @@ def build(torch, spiking: bool, shape: dict):
 
 
 class TorchStep:
-    def __init__(self, torch, runtime, features):
+    def __init__(self, torch, runtime, features, dtype=None, device="cuda"):
         self.runtime, self.state = runtime, runtime.init_state(1)
-        self.x = torch.rand(1, features, device="cuda")
+        self.x = torch.rand(1, features, device=device, dtype=getattr(torch, dtype) if dtype else torch.float32)
 
     def __call__(self):
         y, self.state = self.runtime.step(self.x, self.state)
@@ -143,13 +144,13 @@ class FusedStep:
         return self.rt.out
 
 
-def fused_check(torch, rt, model, frames: int = 12) -> dict:
+def fused_check(torch, rt, model, frames: int = 12, device: str = "cuda") -> dict:
     """Teacher-forced frames against ``step`` in fp32 on the GPU with the same weights: the largest
     relative error of scores and state, and (spiking) the frames over 1e-4, each of which must have
     had a membrane within 1e-4 of its threshold in the reference (a boundary flip)."""
     from edgeseq.models.lif import LIF
 
-    ref = rt.dequantized_model(model).cuda()
+    ref = rt.dequantized_model(model).to(device)
     margins: list = []
     for lif in [m for m in ref.modules() if isinstance(m, LIF)]:
         orig = lif.step
@@ -161,10 +162,10 @@ def fused_check(torch, rt, model, frames: int = 12) -> dict:
 
         lif.step = step
     gen = torch.Generator().manual_seed(4)
-    state = ref.init_state(1, device="cuda")
+    state = ref.init_state(1, device=device)
     out = {"frames": frames, "max_rel_error": 0.0, "flip_frames": 0, "flips_off_boundary": 0}
     for _ in range(frames):
-        x = (torch.rand(1, rt.F, generator=gen) * 2).cuda()
+        x = (torch.rand(1, rt.F, generator=gen) * 2).to(device)
         rt.load_state(state)
         y = rt.step(x).clone()
         margins.clear()
@@ -189,7 +190,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--shapes", default="zoo,256x4")
     p.add_argument("--compile-shapes", default="256x4", help="shapes that get the torch.compile row ('' for none)")
-    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode (default: 'default'; max-autotune-no-cudagraphs compiles for much longer)")
+    p.add_argument("--fp32", action="store_true", help="also the fused step with fp32 weights")
+    p.add_argument("--shape-sweep", default="256x4", help="shapes that also get the fused step at its other launch shape")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "decode_gpu_lmuformer.json"))
     args = p.parse_args(argv)
 
@@ -229,7 +233,7 @@ def main(argv=None) -> int:
                     rows[f"{tag}: edgeseq torch eager fp32"] = (TorchStep(torch, TorchRuntime(m, device="cuda"), F), False)
                     nbytes_of[f"{tag}: edgeseq torch eager fp32"] = 4 * weight_params
                 name = f"{tag}: edgeseq torch cuda-graph {label}"
-                rows[name] = (TorchStep(torch, TorchRuntime(m, device="cuda", dtype=dtype, cuda_graph=True), F), True)
+                rows[name] = (TorchStep(torch, TorchRuntime(m, device="cuda", dtype=dtype, cuda_graph=True), F, dtype), True)
                 nbytes_of[name] = (4 if dtype is None else 2) * weight_params
             if shape_name in args.compile_shapes.split(","):
                 try:
@@ -248,7 +252,10 @@ def main(argv=None) -> int:
             nbytes_of[name] = floor.nbytes
             default = FusedLMUFormerStep(base)
             other = (8, 8192) if default.num_warps == 16 else (16, 16384)
-            for weights, warps, tile in (("bf16", None, None), ("fp32", None, None), ("bf16", *other)):
+            variants = [("bf16", None, None)] + ([("fp32", None, None)] if args.fp32 else [])
+            if shape_name in args.shape_sweep.split(","):
+                variants.append(("bf16", *other))
+            for weights, warps, tile in variants:
                 rt = FusedLMUFormerStep(base, weights=weights, num_warps=warps, tile=tile)
                 shape_label = f"{rt.num_warps} warps, {rt.tile // 1024}K-element tiles"
                 checks[f"{tag}: fused {weights} ({shape_label}) vs step fp32 (same weights)"] = fused_check(torch, rt, base)

@@ -222,7 +222,7 @@ def test_kernel_compiles_for_sm90(spiking, monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("spiking,weights", [(False, "bf16"), (True, "bf16"), (False, "fp32"), (True, "fp32")])
+@pytest.mark.parametrize("spiking,weights", [(False, "bf16"), (True, "bf16"), (True, "fp32")])
 def test_fused_matches_step(spiking, weights):
     print(check_against_reference(_model(spiking, **SHAPE), "cuda", frames=12, max_flip_steps=1 if spiking else 0,
                                   weights=weights))
