@@ -263,3 +263,24 @@ def test_graph_replay_and_open_runtime():
                 yr, rs = ref.step(x, rs)
             off += _rel(y, yr) > 1e-4  # a spike boundary flip (fp32 sums in another order)
         assert off <= 1
+
+
+def test_open_fused_takes_the_one_kernel_step_only_for_small_models(monkeypatch):
+    """The default runtime choice follows the measurement (benchmarks/decode_gpu_lmuformer.json): the
+    one-kernel step up to LMUFORMER_FUSED_MAX_BYTES of weights, the PyTorch runtime above it unless the
+    triton runtime is asked for. (A stand-in runtime: no GPU needed.)"""
+    import targets.gpu.mamba as gm
+    import targets.gpu.runtime as gr
+
+    class Fake:
+        def __init__(self, model, device, source):
+            self.fused = type("F", (), {"weight_bytes": model.weight_bytes})()
+
+    monkeypatch.setattr(gm, "available", lambda: True)
+    monkeypatch.setattr(gr, "TritonLMUFormerRuntime", Fake)
+    monkeypatch.setattr(gr, "verify_lmuformer", lambda rt, model: 0.0)
+    small, big = _model(False, **SHAPE), _model(True, **SHAPE)
+    small.weight_bytes, big.weight_bytes = gr.LMUFORMER_FUSED_MAX_BYTES, gr.LMUFORMER_FUSED_MAX_BYTES + 1
+    assert isinstance(gr.open_fused(small, "cuda"), Fake)
+    assert gr.open_fused(big, "cuda") is None
+    assert isinstance(gr.open_fused(big, "cuda", required=True), Fake)
