@@ -167,7 +167,8 @@ def fused_check(torch, rt, model, frames: int = 12, device: str = "cuda") -> dic
         lif.step = step
     gen = torch.Generator().manual_seed(4)
     state = ref.init_state(1, device=device)
-    out = {"frames": frames, "max_rel_error": 0.0, "flip_frames": 0, "flips_off_boundary": 0}
+    out = {"frames": frames, "max_rel_error": 0.0, "flip_frames": 0, "flips_off_boundary": 0, "frame_errors": [],
+           "frame_min_margins": []}
     for _ in range(frames):
         x = (torch.rand(1, rt.F, generator=gen) * 2).to(device)
         rt.load_state(state)
@@ -178,6 +179,8 @@ def fused_check(torch, rt, model, frames: int = 12, device: str = "cuda") -> dic
         got = rt.state_dict()
         err = max([float((y - yr[0]).norm() / yr[0].norm())]
                   + [float((got[k] - state[k]).norm() / max(float(state[k].norm()), 1e-30)) for k in state])
+        out["frame_errors"].append(err)
+        out["frame_min_margins"].append(min(margins, default=None))
         if err > 1e-4:
             out["flip_frames"] += 1
             out["flips_off_boundary"] += int(min(margins, default=1.0) >= 1e-4)
