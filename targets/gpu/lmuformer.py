@@ -92,17 +92,15 @@ class FusedLMUFormerStep:
 
         with torch.no_grad():
             emb = model.patch_embed
-            convs, bns = [], []
+            convs, bns, conv_biases = [], [], []
             for i in range(self.NEMB):
                 if self.spiking:
                     conv, bnm = emb._layer("proj_conv", i), emb._layer("proj_bn", i)
                 else:
                     conv, bnm = emb.conv_layers[i][0], emb.conv_layers[i][3]
-                if conv.bias is not None:
-                    raise InputError("the fused LMUFormer runtime expects bias-free embedding convolutions "
-                                     "(as published; fold_batchnorm adds biases: run the unfolded model)")
                 convs.append(put_w(conv_w(conv)))
                 bns.append(bn(bnm, self.DIM))
+                conv_biases.append(bias(conv, self.DIM))  # none as published; fold_batchnorm adds them
             table = convs + [s for s, _ in bns] + [t for _, t in bns] + [put_w(conv_w(emb.rpe_conv))]
             table += [put_w(model.head.weight), bias(model.head, self.NCLS)]
             table += list(bn(model.head_bn, self.DIM) if self.spiking else bn(None, self.DIM))
@@ -129,6 +127,9 @@ class FusedLMUFormerStep:
                     for n in ("prev_bn", "bn_u", "bn_m", "bn_h"):
                         e[n + "_s"] = e[n + "_t"] = 0
                 table += [e[n] for n in BLOCK_PARAMS]
+            table += conv_biases  # after the blocks: entry 3 * NEMB + 5 + 26 * depth + i
+            if emb.rpe_conv.bias is not None:
+                raise InputError("the fused LMUFormer runtime expects a bias-free positional convolution (as published)")
             self.w = torch.cat(w_parts).to(self.device, wdt).contiguous()
             self.p = torch.cat(p_parts).to(self.device).contiguous()
             self.o = torch.tensor(table, dtype=torch.int64, device=self.device)

@@ -89,6 +89,8 @@ def lmuformer_step_kernel(
     X0 = scratch_ptr
     X1 = scratch_ptr + BIG
     CAT = scratch_ptr + 2 * BIG
+    SB: tl.constexpr = 2 * NEMB + 3  # first per-block entry of the state table
+    PB: tl.constexpr = 3 * NEMB + 5  # first per-block entry of the parameter table (26 a block)
     # ---- embedding: the frame into the first conv's window (its current slot, row KS-1)
     frame = _vec(x_ptr, F, BF)
     _put(s_ptr + tl.load(so_ptr + 0) + (KS - 1) * F, frame, F, BF)
@@ -102,7 +104,7 @@ def lmuformer_step_kernel(
         else:
             _gemv(win, KS * DIM, BKD, w_ptr + tl.load(o_ptr + i), DIM, X0, TILE)
             _shift_window(win, DIM, KS, BWD)
-        y = _vec(X0, DIM, BDIM)
+        y = _vec(X0, DIM, BDIM) + _vec(p_ptr + tl.load(o_ptr + PB + DEPTH * 26 + i), DIM, BDIM)  # conv bias
         bs = _vec(p_ptr + tl.load(o_ptr + NEMB + i), DIM, BDIM)
         bt = _vec(p_ptr + tl.load(o_ptr + 2 * NEMB + i), DIM, BDIM)
         if SPIKING:  # BN -> LIF in front of the next conv; the last conv's raw output is the skip path
@@ -131,8 +133,6 @@ def lmuformer_step_kernel(
         sk = skip_src
     x = sk + _vec(X0, DIM, BDIM)
     # ---- blocks
-    SB: tl.constexpr = 2 * NEMB + 3
-    PB: tl.constexpr = 3 * NEMB + 5
     for j in tl.static_range(DEPTH):
         po = o_ptr + PB + j * 26
         st = so_ptr + SB + j * 7

@@ -138,14 +138,17 @@ def _interpret(code: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spiking,weights", [(False, "bf16"), (True, "fp32")])
-def test_interpreted_kernel_matches_step(spiking, weights):
+@pytest.mark.parametrize("spiking,weights,fold", [(False, "bf16", False), (True, "fp32", False), (True, "fp32", True)])
+def test_interpreted_kernel_matches_step(spiking, weights, fold):
     """Under Triton's CPU interpreter: 2 blocks, every width off a power of two (5 features, 48 wide,
-    memory 40, hidden 192), embedding kernel 5 (4-frame windows, a 2-frame delayed skip)."""
+    memory 40, hidden 192), embedding kernel 5 (4-frame windows, a 2-frame delayed skip); ``fold``:
+    after ``fold_batchnorm`` (embedding convs with biases, identity BatchNorms with eps 0)."""
     pytest.importorskip("triton")
+    model = "fold_batchnorm(_model(True, **SHAPE))" if fold else f"_model({spiking}, **SHAPE)"
     out = _interpret(
         "from test_gpu_lmuformer import _model, check_against_reference, SHAPE\n"
-        f"print(check_against_reference(_model({spiking}, **SHAPE), 'cpu', weights={weights!r}))\n")
+        "from edgeseq.models.lmuformer import fold_batchnorm\n"
+        f"print(check_against_reference({model}, 'cpu', weights={weights!r}))\n")
     assert "scores" in out
 
 
