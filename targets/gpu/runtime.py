@@ -10,8 +10,10 @@ quantized step that computes its fake-quant function (``triton-fused-w4a16`` ...
 it (int8-activation recipes step by step, see ``verify``). A float SpikeGPT model gets the fused
 SpikeGPT step (``triton-fused``, ``targets.gpu.spikegpt``), verified against ``SpikeGPT.step`` the
 same way (``verify_spikegpt``: spikes are thresholds, so the best of 4 single steps); an LMUFormer or
-Spiking LMUFormer the one-kernel frame step (``targets.gpu.lmuformer``, ``verify_lmuformer``). The state it returns aliases its own device buffers (no copy per step): feeding it back is
-free, keeping an old one past the next step is not safe (clone it).
+Spiking LMUFormer the one-kernel frame step (``targets.gpu.lmuformer``, ``verify_lmuformer``), up to
+``LMUFORMER_FUSED_MAX_BYTES`` of weights. The Mamba and SpikeGPT runtimes return a state that aliases
+their own device buffers (no copy per step): feeding it back is free, keeping an old one past the
+next step is not safe (clone it).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
 The step is 4 kernels per layer + 1 for the head (``spikegpt_kernels.py`` says what each fuses),
 captured once into a CUDA graph and replayed, chained by programmatic dependent launch on Hopper.
 Weights are bf16 (``weights="fp32"``: as trained, twice the bytes); the binary embedding is stored
-as its spikes (H(emb) is all the model reads of it); activations, the residual, the WKV and LIF state and every sum are fp32. The state lives in
-this object (``state_dict()`` / ``load_state()`` convert to and from the model's named state).
+as its spikes (H(emb) is all the model reads of it); activations, the residual, the WKV and LIF
+state and every sum are fp32. The state lives in this object (``state_dict()`` / ``load_state()``
+convert to and from the model's named state).
 
 Triton is imported here, never by ``import edgeseq`` or ``import targets``.
 """
