@@ -549,7 +549,7 @@ def open_runtime(
 
     loaded = load_model(source)
     if runtime == "triton" or (runtime is None and device.startswith("cuda") and not cuda_graph):
-        # the fused Triton step (Mamba on CUDA), verified against Mamba.step; None: not applicable
+        # the fused Triton step (Mamba or SpikeGPT on CUDA), verified against the model's step; None: not applicable
         from targets.gpu.runtime import open_fused
 
         fused = open_fused(loaded.model, device, str(source), required=runtime == "triton")
