@@ -273,7 +273,14 @@ def run_lif(lif: LIF, current: Tensor, membrane: Tensor | None) -> tuple[Tensor,
 
 
 def _get(state: State | None, name: str) -> Tensor | None:
-    return None if state is None else state[name]
+    """A state entry; None before the first call, and for state a layer does not keep (a 1-wide
+    conv has no window: ``conv_window_spec`` names none)."""
+    return None if state is None else state.get(name)
+
+
+def _put(new: State, name: str, value: Tensor | None) -> None:
+    if value is not None:
+        new[name] = value
 
 
 class LMUCell(nn.Module):
@@ -349,9 +356,11 @@ class ConvEmbedding(nn.Module):
     def run(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         new: State = {}
         for i, layer in enumerate(self.conv_layers):
-            x, new[f"embed_conv_{i}"] = causal_conv(layer[0], x, _get(state, f"embed_conv_{i}"))
+            x, window = causal_conv(layer[0], x, _get(state, f"embed_conv_{i}"))
+            _put(new, f"embed_conv_{i}", window)
             x = layer[3](layer[2](layer[1](x)))
-        rpe, new["embed_rpe"] = causal_conv(self.rpe_conv, x, _get(state, "embed_rpe"))
+        rpe, window = causal_conv(self.rpe_conv, x, _get(state, "embed_rpe"))
+        _put(new, "embed_rpe", window)
         skip, skip_state = delay(x, _get(state, "embed_skip"), self.skip_delay)
         if skip_state is not None:
             new["embed_skip"] = skip_state
@@ -562,11 +571,13 @@ class SpikingEmbedding(nn.Module):
             if i > 0:
                 x, new[f"embed_lif_{i - 1}"] = run_lif(self._layer("proj_lif", i - 1), self._layer("proj_bn", i - 1)(x),
                                                        _get(state, f"embed_lif_{i - 1}"))
-            x, new[f"embed_conv_{i}"] = causal_conv(self._layer("proj_conv", i), x, _get(state, f"embed_conv_{i}"))
+            x, window = causal_conv(self._layer("proj_conv", i), x, _get(state, f"embed_conv_{i}"))
+            _put(new, f"embed_conv_{i}", window)
         last = self.n_layers - 1
         s, new[f"embed_lif_{last}"] = run_lif(self._layer("proj_lif", last), self._layer("proj_bn", last)(x),
                                               _get(state, f"embed_lif_{last}"))
-        rpe, new["embed_rpe"] = causal_conv(self.rpe_conv, s, _get(state, "embed_rpe"))
+        rpe, window = causal_conv(self.rpe_conv, s, _get(state, "embed_rpe"))
+        _put(new, "embed_rpe", window)
         skip, skip_state = delay(x, _get(state, "embed_skip"), self.skip_delay)
         if skip_state is not None:
             new["embed_skip"] = skip_state

@@ -129,6 +129,23 @@ def test_step_equals_forward_float64(spiking):
         assert state[name].shape[1:] == next(s.shape for s in model.state_spec() if s.name == name)
 
 
+@pytest.mark.parametrize("spiking", [False, True])
+def test_one_wide_embedding_kernel_keeps_no_window_and_steps_as_it_runs(spiking):
+    """embed_kernel = 1: the embedding's convs keep no window (none in state_spec); step and prefill
+    used to ask the state for one (KeyError 'embed_conv_0')."""
+    torch.manual_seed(0)
+    family = "spiking-lmuformer" if spiking else "lmuformer"
+    model = build_model(family, input_dim=5, dim=16, depth=1, n_classes=3, memory_size=8, embed_kernel=1).double().eval()
+    x = torch.randn(2, 7, 5, dtype=torch.float64)
+    assert not any(s.name.startswith(("embed_conv", "embed_rpe")) for s in model.state_spec())
+    with torch.no_grad():
+        y = model(x)
+        y_step, state = model.step_sequence(x)
+        _, state_pre = model.prefill(x)
+    torch.testing.assert_close(y_step, y, rtol=1e-10, atol=1e-10)
+    assert set(state) == set(model.state_names()) == set(state_pre)
+
+
 def _head_input_spikes(model, run):
     seen = []
     handle = model.head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
