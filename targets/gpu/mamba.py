@@ -82,6 +82,19 @@ class Blocks:
     # recipe-quantized runtime's 4-bit head (head_bits 4): row blocks of head_rows each program takes in
     # turn (1: one block a program, thousands of short programs)
     head_loop: int = 1
+    # recipe-quantized runtime's looping 4-bit head: each program's row blocks contiguous and asked
+    # into L2 (sm_90 bulk prefetch) before the program waits for the last layer
+    head_prefetch: bool = False
+    # recipe-quantized runtime, 4-bit weights with float activations: > 0 runs in_proj as a loop over
+    # this many CH-column chunks at a time (software pipelined over in_stages, the program's rows asked
+    # into L2 before the wait when in_prefetch), not one [channels, d_model] register tile
+    in_chunks: int = 0
+    # recipe-quantized runtime's 4-bit head: > 0 reads each row block this many scale groups at a time in
+    # one flat pipelined loop (head_stages deep; head_loop blocks of head_rows rows a program)
+    head_chunks: int = 0
+    head_stages: int = 3
+    in_stages: int = 3
+    in_prefetch: bool = True
 
 
 # the launch shapes of the PDL-less design measured before (benchmarks/decode_gpu.json keeps its rows)
