@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default="decode_gpu_w4_loop.json")
+    p.add_argument("--heads", default="", help="indices into HEADS to try (default all)")
+    p.add_argument("--ins", default="", help="indices into INS to try (default all)")
     args = p.parse_args(argv)
     import torch
 
@@ -89,10 +91,12 @@ def main(argv=None) -> int:
     def ok(r):
         return "step_us" in r and r["err"] < 1e-4
 
+    heads_v = [HEADS[int(i)] for i in args.heads.split(",")] if args.heads else HEADS
+    ins_v = [INS[int(i)] for i in args.ins.split(",")] if args.ins else INS
     base_row = trial({})
-    heads = [r for r in (trial(v) for v in HEADS) if ok(r)]
+    heads = [r for r in (trial(v) for v in heads_v) if ok(r)]
     best_head = min(heads + [base_row], key=lambda r: r["step_us"] - r["bf16_us"])["blocks"]
-    ins = [r for r in (trial({**best_head, **v}, head=False) for v in INS) if ok(r)]
+    ins = [r for r in (trial({**best_head, **v}, head=False) for v in ins_v) if ok(r)]
     best = min(ins + [{"blocks": best_head, "step_us": 1e9, "bf16_us": 0}], key=lambda r: r["step_us"] - r["bf16_us"])["blocks"]
     out["best"] = best
     # interleaved rounds: bf16, the old defaults, the best shape
