@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="decode_gpu_w4_loop.json")
     p.add_argument("--heads", default="", help="indices into HEADS to try (default all)")
     p.add_argument("--ins", default="", help="indices into INS to try (default all)")
+    p.add_argument("--parts", default="", help="';'-separated JSON launch shapes (over QUANT4_BLOCKS): time the step and "
+                   "each kernel kind apart for them and for bf16, instead of the search")
     args = p.parse_args(argv)
     import torch
 
@@ -91,13 +93,32 @@ def main(argv=None) -> int:
     def ok(r):
         return "step_us" in r and r["err"] < 1e-4
 
+    if args.parts:
+        kinds = (("step", ("in", "ssm", "head")), ("in", ("in",)), ("ssm", ("ssm",)), ("head", ("head",)),
+                 ("in+ssm", ("in", "ssm")))
+        out["parts"] = []
+        for v in [None] + [json.loads(x) for x in args.parts.split(";") if x]:
+            rt = bf16 if v is None else q
+            if v is not None:
+                q.set_blocks(blocks(v))
+                err = fused_error(torch, q, base)
+            row = {"runtime": "bf16" if v is None else "w4a16-norotate", "blocks": v,
+                   "err": out["checks"]["bf16"] if v is None else err}
+            for name, parts in kinds:
+                row[name] = device_ms(torch, rt.graph(False, parts).replay, inner=inner, repeats=reps) * 1e3
+            rt.reset()
+            out["parts"].append(row)
+            print(json.dumps(row), flush=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        return 0
     heads_v = [HEADS[int(i)] for i in args.heads.split(",")] if args.heads else HEADS
     ins_v = [INS[int(i)] for i in args.ins.split(",")] if args.ins else INS
     base_row = trial({})
     heads = [r for r in (trial(v) for v in heads_v) if ok(r)]
     best_head = min(heads + [base_row], key=lambda r: r["step_us"] - r["bf16_us"])["blocks"]
     ins = [r for r in (trial({**best_head, **v}, head=False) for v in ins_v) if ok(r)]
-    best = min(ins + [{"blocks": best_head, "step_us": 1e9, "bf16_us": 0}], key=lambda r: r["step_us"] - r["bf16_us"])["blocks"]
+    head_rows = [r for r in heads + [base_row] if r["blocks"] == best_head]
+    best = min(ins + head_rows, key=lambda r: r["step_us"] - r["bf16_us"])["blocks"]
     out["best"] = best
     # interleaved rounds: bf16, the old defaults, the best shape
     rounds = {"bf16": [], "w4a16 QUANT4_BLOCKS": [], "w4a16 best": []}
