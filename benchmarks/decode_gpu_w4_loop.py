@@ -48,7 +48,10 @@ def main(argv=None) -> int:
     p.add_argument("--heads", default="", help="indices into HEADS to try (default all)")
     p.add_argument("--ins", default="", help="indices into INS to try (default all)")
     p.add_argument("--parts", default="", help="';'-separated JSON launch shapes (over QUANT4_BLOCKS): time the step and "
-                   "each kernel kind apart for them and for bf16, instead of the search")
+                   "each kernel kind apart for them (a 'bf16:' prefix: the bf16 runtime under Blocks(...)), instead "
+                   "of the search")
+    p.add_argument("--parts-rounds", type=int, default=1)
+    p.add_argument("--kinds", default="step,in,ssm,head,in+ssm")
     args = p.parse_args(argv)
     import torch
 
@@ -94,21 +97,29 @@ def main(argv=None) -> int:
         return "step_us" in r and r["err"] < 1e-4
 
     if args.parts:
+        # each kernel kind timed apart ("in" alone, ...) leaves partial sums that only the next kind
+        # zeroes: the buffers are cleared after each row, before the next shape's check
         kinds = (("step", ("in", "ssm", "head")), ("in", ("in",)), ("ssm", ("ssm",)), ("head", ("head",)),
                  ("in+ssm", ("in", "ssm")))
+        kinds = [k for k in kinds if k[0] in args.kinds.split(",")]
         out["parts"] = []
-        for v in [None] + [json.loads(x) for x in args.parts.split(";") if x]:
-            rt = bf16 if v is None else q
-            if v is not None:
-                q.set_blocks(blocks(v))
-                err = fused_error(torch, q, base)
-            row = {"runtime": "bf16" if v is None else "w4a16-norotate", "blocks": v,
-                   "err": out["checks"]["bf16"] if v is None else err}
-            for name, parts in kinds:
-                row[name] = device_ms(torch, rt.graph(False, parts).replay, inner=inner, repeats=reps) * 1e3
-            rt.reset()
-            out["parts"].append(row)
-            print(json.dumps(row), flush=True)
+        specs = [x for x in args.parts.split(";") if x]
+        for rnd in range(args.parts_rounds):
+            for spec in specs:
+                is_bf16 = spec.startswith("bf16:")
+                v = json.loads(spec.removeprefix("bf16:"))
+                rt = bf16 if is_bf16 else q
+                rt.set_blocks(Blocks(**v) if is_bf16 else blocks(v))
+                err = fused_error(torch, rt, base) if rnd == 0 else None
+                row = {"round": rnd, "runtime": "bf16" if is_bf16 else "w4a16-norotate", "blocks": v, "err": err}
+                for name, parts in kinds:
+                    row[name] = device_ms(torch, rt.graph(False, parts).replay, inner=inner, repeats=reps) * 1e3
+                rt.reset()
+                rt.xsum.zero_()
+                if hasattr(rt, "ssm_side"):
+                    rt.ssm_side.zero_()
+                out["parts"].append(row)
+                print(json.dumps(row), flush=True)
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
         return 0
     heads_v = [HEADS[int(i)] for i in args.heads.split(",")] if args.heads else HEADS

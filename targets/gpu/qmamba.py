@@ -297,7 +297,9 @@ class QuantFusedMambaStep(FusedMambaStep):
             cap = 1 << 30  # the looping kernel holds CH-column chunks, not whole rows
         self.BC = _divisor_block(E, min(blocks.in_channels, max(1, cap), _pow2_divisor(g_x, 1 << 30)))
         self.NCH = D // self.CH
-        # 4-bit out_proj: the column block is the packing block
+        # 4-bit out_proj: the column block is the packing block (repacked when the shape asks another)
+        if self.wbits == 4 and not self.rotate:
+            self._repack_out(max(2, min(_pow2(blocks.ssm_cols or 128), _pow2(D))))
         self.BO = self.PB if self.wbits == 4 else min(_pow2(blocks.ssm_cols or 128), _pow2(D))
         limit = math.gcd(E, g_o)
         if self.rotate:
@@ -307,6 +309,15 @@ class QuantFusedMambaStep(FusedMambaStep):
         else:
             self.BE = _divisor_block(limit, min(blocks.ssm_channels, max(1, 32768 // self.BO)))
         self._graphs = {}
+
+    def _repack_out(self, pb: int) -> None:
+        """Store the 4-bit out_proj weights in packing blocks of pb columns (the SSM kernel's column block)."""
+        if pb == self.PB:
+            return
+        for L in self.layers:
+            q = unpack_int4_halves(L["w_oT"].cpu(), self.PB, self.D)
+            L["w_oT"] = pack_int4_halves(q, pb).to(self.device).contiguous()
+        self.PB = pb
 
     def dequantized_model(self, model: Any = None) -> Any:
         """The reference: a copy of the fake-quant model this runtime was built from (fp32, CPU)."""
