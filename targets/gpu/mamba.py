@@ -105,6 +105,17 @@ QUANT_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4)
 # 4-bit recipes (W4A16): the same, with the 4-bit head taking 12 row blocks a program and no L2 eviction
 # hints (each ~1 us off the step in the H200 sweeps of benchmarks/decode_gpu_w4_sweeps.json)
 QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False)
+# 4-bit recipes at d_model > 1024: 64-channel SSM/out_proj blocks (at 48 x 2048 on the H200 the 32-channel
+# grid, 2,048 programs a layer, cost 767 us of SSM kernels a step against 577 with 64; at 768 wide, 64
+# channels were slower: benchmarks/decode_gpu_w4_loop*.json)
+QUANT4_WIDE_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=64, warps_head=4, head_loop=12, q_l2=False)
+
+
+def quant_blocks(wbits: int, d_model: int) -> Blocks:
+    """The recipe runtime's default launch shapes for a weight width and model width."""
+    if wbits == 4:
+        return QUANT4_WIDE_BLOCKS if d_model > 1024 else QUANT4_BLOCKS
+    return QUANT_BLOCKS
 
 
 def quantize_rows_int8(w):
@@ -457,5 +468,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
+__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT4_WIDE_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quant_blocks", "quantize_groups_int4",
            "quantize_rows_int8"]

@@ -25,7 +25,7 @@ import math
 from typing import Any
 
 from edgeseq.errors import EdgeseqError, InputError
-from targets.gpu.mamba import QUANT4_BLOCKS, QUANT_BLOCKS, Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, triton_cdiv
+from targets.gpu.mamba import Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, quant_blocks, triton_cdiv
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -251,7 +251,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.ssm_side = torch.zeros(2, E, N, dtype=f32, device=dev)
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.weights = f"w{self.wbits}a{8 if self.aq['in'] else 16}"
-        self.set_blocks(blocks or (QUANT4_BLOCKS if self.wbits == 4 else QUANT_BLOCKS))
+        self.set_blocks(blocks or quant_blocks(self.wbits, D))
 
     def _set_head(self, qmodel: Any, D: int) -> None:
         """The head's integers: the tied int8 table, or the head's own copy (recipes with ``head_bits``:
