@@ -174,6 +174,27 @@ def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     print(recipe, over, pdl, worst)
 
 
+def test_quant_blocks_pick_the_wide_ssm_grid_for_wide_4bit_models():
+    from targets.gpu.mamba import QUANT4_BLOCKS, QUANT4_WIDE_BLOCKS, QUANT_BLOCKS, quant_blocks
+
+    assert quant_blocks(4, 768) is QUANT4_BLOCKS and quant_blocks(4, 2048) is QUANT4_WIDE_BLOCKS
+    assert quant_blocks(8, 2048) is QUANT_BLOCKS
+    assert QUANT4_WIDE_BLOCKS.ssm_channels == 2 * QUANT4_BLOCKS.ssm_channels
+
+
+@gpu
+def test_w4a16_wide_default_matches_fake_quant():
+    """At d_model 2048 a 4-bit recipe runs with its wide defaults (64-channel SSM/out_proj blocks,
+    ``QUANT4_WIDE_BLOCKS``) and computes the fake-quant model."""
+    from targets.gpu.mamba import QUANT4_WIDE_BLOCKS, quant_blocks
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    assert quant_blocks(4, 2048) is QUANT4_WIDE_BLOCKS and quant_blocks(4, 768) is not QUANT4_WIDE_BLOCKS
+    qmodel = quantized(_model(0, vocab_size=1000, d_model=2048, n_layer=2).cuda(), "w4a16", rotate=False)
+    assert QuantFusedMambaStep(qmodel).blocks is QUANT4_WIDE_BLOCKS
+    print(check_quant_runtime(qmodel, "cuda", [3, 999, 7], 1e-4))
+
+
 @gpu
 @pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("over", [{}, {"rotate": False}])
