@@ -395,7 +395,7 @@ class MambaMixer(nn.Module):
         # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
         y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
         if traced:  # the shifted window as window @ [rows 1.. of I]: exact, and not one 3-float span per channel
-            shifted = torch.matmul(window, torch.eye(self.cfg.d_conv, dtype=window.dtype)[:, 1:])
+            shifted = torch.matmul(window, torch.eye(self.cfg.d_conv, dtype=window.dtype, device=window.device)[:, 1:])
         else:
             shifted = window[:, :, 1:]
         return self.out_proj(y * F.silu(z)), shifted, ssm_state

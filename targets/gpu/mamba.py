@@ -82,6 +82,19 @@ class Blocks:
     # recipe-quantized runtime's 4-bit head (head_bits 4): row blocks of head_rows each program takes in
     # turn (1: one block a program, thousands of short programs)
     head_loop: int = 1
+    # recipe-quantized runtime's looping 4-bit head: each program's row blocks contiguous and asked
+    # into L2 (sm_90 bulk prefetch) before the program waits for the last layer
+    head_prefetch: bool = False
+    # recipe-quantized runtime, 4-bit weights with float activations: > 0 runs in_proj as a loop over
+    # this many CH-column chunks at a time (software pipelined over in_stages, the program's rows asked
+    # into L2 before the wait when in_prefetch), not one [channels, d_model] register tile
+    in_chunks: int = 0
+    # recipe-quantized runtime's 4-bit head: > 0 reads each row block this many scale groups at a time in
+    # one flat pipelined loop (head_stages deep; head_loop blocks of head_rows rows a program)
+    head_chunks: int = 0
+    head_stages: int = 3
+    in_stages: int = 3
+    in_prefetch: bool = True
 
 
 # the launch shapes of the PDL-less design measured before (benchmarks/decode_gpu.json keeps its rows)
@@ -92,6 +105,17 @@ QUANT_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4)
 # 4-bit recipes (W4A16): the same, with the 4-bit head taking 12 row blocks a program and no L2 eviction
 # hints (each ~1 us off the step in the H200 sweeps of benchmarks/decode_gpu_w4_sweeps.json)
 QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False)
+# 4-bit recipes at d_model > 1024: 64-channel SSM/out_proj blocks (at 48 x 2048 on the H200 the 32-channel
+# grid, 2,048 programs a layer, cost 767 us of SSM kernels a step against 577 with 64; at 768 wide, 64
+# channels were slower: benchmarks/decode_gpu_w4_loop*.json)
+QUANT4_WIDE_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=64, warps_head=4, head_loop=12, q_l2=False)
+
+
+def quant_blocks(wbits: int, d_model: int) -> Blocks:
+    """The recipe runtime's default launch shapes for a weight width and model width."""
+    if wbits == 4:
+        return QUANT4_WIDE_BLOCKS if d_model > 1024 else QUANT4_BLOCKS
+    return QUANT_BLOCKS
 
 
 def quantize_rows_int8(w):
@@ -444,5 +468,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quantize_groups_int4",
+__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT4_WIDE_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quant_blocks", "quantize_groups_int4",
            "quantize_rows_int8"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from targets.gpu.kernels import AMAX_RESET, _copy_share, _next_token, _nib_f32, gdc_launch_dependents, gdc_wait
+from targets.gpu.kernels import AMAX_RESET, _copy_share, _next_token, _nib_f32, _prefetch_l2, gdc_launch_dependents, gdc_wait
 
 try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
     from triton.language.extra.cuda.libdevice import rint as _rint_dev
@@ -209,6 +209,16 @@ def q_in_kernel(
     if IN_AQ:
         acc_x = acc_x * s_a
         acc_z = acc_z * s_a
+    _in_tail(acc_x, acc_z, window, cw, cb, wxT, sxp, chans, kk, xo, act_s_ptr, conv_ptr, xc_ptr, zg_ptr, xsum_ptr,
+             K, XD, SSM_AQ, INTERP)
+
+
+@triton.jit
+def _in_tail(acc_x, acc_z, window, cw, cb, wxT, sxp, chans, kk, xo, act_s_ptr, conv_ptr, xc_ptr, zg_ptr, xsum_ptr,
+             K: tl.constexpr, XD: tl.constexpr, SSM_AQ: tl.constexpr, INTERP: tl.constexpr):
+    """After the in_proj rows: depthwise conv over [window, x] + bias, SiLU (-> ssm_in rounding), the
+    shifted window, x and SiLU(z) stored, this block's x_proj share added into xsum."""
+    smask = kk[None, :] < (K - 1)
     window = tl.where(kk[None, :] == (K - 1), acc_x[:, None], window)
     conv = tl.sum(window * cw, axis=1) + cb
     xs = conv / (1.0 + tl.exp(-conv))
@@ -223,6 +233,87 @@ def q_in_kernel(
     tl.store(zg_ptr + chans, acc_z / (1.0 + tl.exp(-acc_z)))
     part = tl.sum(wxT.to(tl.float32) * xs[:, None], axis=0) * sxp
     tl.atomic_add(xsum_ptr + xo, part, mask=xo < XD, sem="relaxed")
+
+
+
+@triton.jit
+def q_in4_kernel(
+    tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, norm_w_ptr, w_in_ptr, s_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
+    w_xT_ptr, s_x_ptr, act_s_ptr, xc_ptr, zg_ptr, xsum_ptr, eps, vocab,
+    D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
+    BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
+    NGX: tl.constexpr, GX: tl.constexpr, SSM_AQ: tl.constexpr, FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr,
+    LDW: tl.constexpr, INTERP: tl.constexpr, BD: tl.constexpr, CPI: tl.constexpr, STAGES: tl.constexpr,
+    PF: tl.constexpr, NT: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """``q_in_kernel`` for 4-bit weights with float activations (W4A16), with few live values: the
+    program's x and z rows are read in a loop over CPI chunks of CH columns at a time (software
+    pipelined over STAGES), not held as one dequantized [BC, d_model] tile. Before the wait the
+    program only asks L2 for its rows (PF: sm_90 bulk prefetch) and loads the small tiles (x_proj,
+    conv); after it, the residual's norm, then per chunk Σ q·(v·norm_w) scaled by the chunk's group
+    scales, and rstd applied once at the end (the same sum as (q·s)·(v·rstd·norm_w) up to fp32
+    rounding order)."""
+    pid = tl.program_id(0)
+    chans = pid * BC + tl.arange(0, BC)
+    kk = tl.arange(0, KP)
+    xo = tl.arange(0, BX)
+    HALF: tl.constexpr = CH // 2
+    kq = tl.arange(0, HALF)
+    jj = tl.arange(0, CPI)
+    if PF:
+        if not INTERP:
+            _prefetch_l2(w_in_ptr + pid * BC * LDW, BC * LDW, NT, False)
+            _prefetch_l2(w_in_ptr + (E + pid * BC) * LDW, BC * LDW, NT, False)
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
+    sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
+    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    cb = tl.load(conv_b_ptr + chans)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=kk[None, :] < (K - 1), other=0.0)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    offs = tl.arange(0, BD)
+    dm = offs < D
+    if FIRST:
+        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
+        es = tl.load(emb_s_ptr + tok)
+        v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0).to(tl.float32) * es
+        if pid == 0:
+            tl.store(h_ptr + offs, v, mask=dm)
+    else:
+        tok = 0
+        es = 1.0
+        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    acc_x = tl.zeros([BC], dtype=tl.float32)
+    acc_z = tl.zeros([BC], dtype=tl.float32)
+    for it in tl.range(0, NCH // CPI, num_stages=STAGES):
+        j = it * CPI + jj
+        boff = j[:, None] * HALF + kq[None, :]
+        cl = j[:, None] * CH + kq[None, :]
+        woff = chans[:, None, None] * LDW + boff[None, :, :]
+        bx = tl.load(w_in_ptr + woff)
+        bz = tl.load(w_in_ptr + E * LDW + woff)
+        sx = tl.load(s_in_ptr + chans[:, None] * NGI + ((j * CH) // GI)[None, :])
+        sz = tl.load(s_in_ptr + (chans[:, None] + E) * NGI + ((j * CH) // GI)[None, :])
+        if FIRST:  # layer 0 reads the embedding row itself (program 0 is still writing h)
+            vl = tl.load(emb_ptr + tok * D + cl).to(tl.float32) * es
+            vh = tl.load(emb_ptr + tok * D + cl + HALF).to(tl.float32) * es
+        else:
+            vl = tl.load(h_ptr + cl)
+            vh = tl.load(h_ptr + cl + HALF)
+        ul = vl * tl.load(norm_w_ptr + cl)
+        uh = vh * tl.load(norm_w_ptr + cl + HALF)
+        bxi = bx.to(tl.int32)
+        bzi = bz.to(tl.int32)
+        px = tl.sum(_nib_f32(bxi & 15) * ul[None] + _nib_f32(bxi >> 4) * uh[None], axis=2)
+        pz = tl.sum(_nib_f32(bzi & 15) * ul[None] + _nib_f32(bzi >> 4) * uh[None], axis=2)
+        acc_x += tl.sum(px * sx, axis=1)
+        acc_z += tl.sum(pz * sz, axis=1)
+    acc_x = acc_x * rstd
+    acc_z = acc_z * rstd
+    _in_tail(acc_x, acc_z, window, cw, cb, wxT, sxp, chans, kk, xo, act_s_ptr, conv_ptr, xc_ptr, zg_ptr, xsum_ptr,
+             K, XD, SSM_AQ, INTERP)
 
 
 @triton.jit
@@ -435,7 +526,7 @@ def q_head_kernel(
     D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
     COPY_BLK: tl.constexpr, EVH: tl.constexpr, NGH: tl.constexpr, GH: tl.constexpr, ABLK: tl.constexpr,
     INTERP: tl.constexpr, PDL: tl.constexpr = False, HB4: tl.constexpr = False, BNG: tl.constexpr = 1,
-    LOOP: tl.constexpr = 1,
+    LOOP: tl.constexpr = 1, HPF: tl.constexpr = False, NT: tl.constexpr = 128,
 ):
     """Final RMSNorm, the head over int8 weights, fp32 logits, arg-max folded into one int64
     atomic_max (as ``lm_head_kernel``). The weights are the tied int8 embedding (per-row scales,
@@ -448,11 +539,22 @@ def q_head_kernel(
     each), normalizes the activation once, loads block i + 1 while it computes block i, and keeps
     its running arg-max key for one atomic_max: fewer, longer programs for a head that moves few
     bytes per row, so that latency, not the norm and launch of thousands of short programs, is
-    what streams the table."""
+    what streams the table. HPF (with LOOP > 1): program p takes the contiguous row blocks
+    p*LOOP .. p*LOOP + LOOP - 1 and, before it waits for the last layer, asks L2 for all their bytes
+    and scales (sm_90 bulk prefetch), so that the loop reads L2 while HBM streams at the copy
+    engine's pace instead of one latency-bound block at a time."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BD)
     dm = offs < D
-    rows = pid * BV + tl.arange(0, BV)
+    if HPF:
+        rows = pid * LOOP * BV + tl.arange(0, BV)
+        if not INTERP:
+            r0 = pid * LOOP * BV
+            nr = tl.minimum(LOOP * BV, vocab - r0)
+            _prefetch_l2(emb_ptr + r0 * (D // 2), (nr * (D // 2)) // 16 * 16, NT, False)
+            _prefetch_l2(emb_s_ptr.to(tl.pointer_type(tl.uint8)) + r0 * NGH * 4, (nr * NGH * 4) // 16 * 16, NT, False)
+    else:
+        rows = pid * BV + tl.arange(0, BV)
     rmask = rows < vocab
     if HB4:
         HALF: tl.constexpr = GH // 2
@@ -495,7 +597,10 @@ def q_head_kernel(
             nprog = tl.num_programs(0)
             kbest = tl.full((), AMAX_RESET, tl.int64)
             for it in range(LOOP):
-                nrows = (pid + (it + 1) * nprog) * BV + tl.arange(0, BV)
+                if HPF:
+                    nrows = (pid * LOOP + it + 1) * BV + tl.arange(0, BV)
+                else:
+                    nrows = (pid + (it + 1) * nprog) * BV + tl.arange(0, BV)
                 nmask = nrows < vocab
                 wb_n, gs_n = _h4_load(emb_ptr, emb_s_ptr, nrows, nmask, j, jm, kq, D, HALF, NGH, EVH)
                 acc = _h4_dot(wb, gs, ul, uh)
@@ -524,3 +629,62 @@ def q_head_kernel(
     else:
         tl.store(logits_ptr + rows, acc, mask=rmask)
         tl.atomic_max(amax_ptr, _argmax_key(acc, rows, rmask, vocab), sem="relaxed")
+
+
+@triton.jit
+def q_head4_kernel(
+    h_ptr, norm_w_ptr, emb_ptr, emb_s_ptr, logits_ptr, amax_ptr, eps, vocab, xzero_ptr, last_out_ptr, last_ssm_ptr,
+    D: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, XZ: tl.constexpr, BXZ: tl.constexpr, COPY_N: tl.constexpr,
+    COPY_BLK: tl.constexpr, NGH: tl.constexpr, GH: tl.constexpr, LOOP: tl.constexpr, GPI: tl.constexpr,
+    STAGES: tl.constexpr, PF: tl.constexpr, NT: tl.constexpr, INTERP: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """The 4-bit head (``q_head_kernel`` with HB4) with few live values: program p takes the LOOP
+    contiguous row blocks of BV rows from p*LOOP*BV, and reads each block GPI scale groups (of GH
+    columns) at a time in one flat software-pipelined loop (STAGES deep), instead of holding a
+    [BV, d_model] tile; before it waits for the last layer it asks L2 for its rows and scales (PF:
+    sm_90 bulk prefetch). Logits = rstd * sum over groups of scale x (q . (v * norm_w)), the
+    fake-quant head's sum up to fp32 rounding order; arg-max as one atomic_max per program."""
+    pid = tl.program_id(0)
+    HALF: tl.constexpr = GH // 2
+    NIT: tl.constexpr = NGH // GPI
+    kq = tl.arange(0, HALF)
+    jj = tl.arange(0, GPI)
+    r0 = pid * LOOP * BV
+    if PF:
+        if not INTERP:
+            nr = tl.minimum(LOOP * BV, vocab - r0)
+            _prefetch_l2(emb_ptr + r0 * (D // 2), (nr * (D // 2)) // 16 * 16, NT, False)
+            _prefetch_l2(emb_s_ptr.to(tl.pointer_type(tl.uint8)) + r0 * NGH * 4, (nr * NGH * 4) // 16 * 16, NT, False)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    if COPY_N > 0:
+        _copy_share(last_out_ptr, last_ssm_ptr, COPY_N, pid, tl.num_programs(0), COPY_BLK)
+    if XZ > 0:
+        if pid == 0:
+            xz = tl.arange(0, BXZ)
+            tl.store(xzero_ptr + xz, tl.zeros([BXZ], dtype=tl.float32), mask=xz < XZ)
+    offs = tl.arange(0, BD)
+    v = tl.load(h_ptr + offs, mask=offs < D, other=0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    kbest = tl.full((), AMAX_RESET, tl.int64)
+    acc = tl.zeros([BV], dtype=tl.float32)
+    for t in tl.range(0, LOOP * NIT, num_stages=STAGES):
+        blk = t // NIT
+        g = t % NIT
+        rows = r0 + blk * BV + tl.arange(0, BV)
+        rmask = rows < vocab
+        j = g * GPI + jj
+        wb = tl.load(emb_ptr + rows[:, None, None] * (D // 2) + (j[:, None] * HALF + kq[None, :])[None, :, :],
+                     mask=rmask[:, None, None], other=0)
+        gs = tl.load(emb_s_ptr + rows[:, None] * NGH + j[None, :], mask=rmask[:, None], other=0.0)
+        cl = j[:, None] * GH + kq[None, :]
+        ul = tl.load(h_ptr + cl) * tl.load(norm_w_ptr + cl)
+        uh = tl.load(h_ptr + cl + HALF) * tl.load(norm_w_ptr + cl + HALF)
+        acc += _h4_dot(wb, gs, ul, uh)
+        if g == NIT - 1:
+            res = acc * rstd
+            tl.store(logits_ptr + rows, res, mask=rmask)
+            kbest = tl.maximum(kbest, _argmax_key(res, rows, rmask, vocab))
+            acc = tl.zeros([BV], dtype=tl.float32)
+    tl.atomic_max(amax_ptr, kbest, sem="relaxed")

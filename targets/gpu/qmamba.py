@@ -25,7 +25,7 @@ import math
 from typing import Any
 
 from edgeseq.errors import EdgeseqError, InputError
-from targets.gpu.mamba import QUANT4_BLOCKS, QUANT_BLOCKS, Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, triton_cdiv
+from targets.gpu.mamba import Blocks, FusedMambaStep, _divisor_block, _pow2, available, interpreted, quant_blocks, triton_cdiv
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
@@ -251,7 +251,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.ssm_side = torch.zeros(2, E, N, dtype=f32, device=dev)
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.weights = f"w{self.wbits}a{8 if self.aq['in'] else 16}"
-        self.set_blocks(blocks or (QUANT4_BLOCKS if self.wbits == 4 else QUANT_BLOCKS))
+        self.set_blocks(blocks or quant_blocks(self.wbits, D))
 
     def _set_head(self, qmodel: Any, D: int) -> None:
         """The head's integers: the tied int8 table, or the head's own copy (recipes with ``head_bits``:
@@ -293,9 +293,13 @@ class QuantFusedMambaStep(FusedMambaStep):
         # (8 at 2048 spill 340 bytes in sm_90 ptxas, yet ran 1.56 ms against 1.71 with 4;
         # benchmarks/decode_gpu_1p4b*.json)
         cap = (16384 if self.wbits == 4 else 8192) // _pow2(D)
+        if blocks.in_chunks > 0 and self.wbits == 4 and not self.aq["in"]:
+            cap = 1 << 30  # the looping kernel holds CH-column chunks, not whole rows
         self.BC = _divisor_block(E, min(blocks.in_channels, max(1, cap), _pow2_divisor(g_x, 1 << 30)))
         self.NCH = D // self.CH
-        # 4-bit out_proj: the column block is the packing block
+        # 4-bit out_proj: the column block is the packing block (repacked when the shape asks another)
+        if self.wbits == 4 and not self.rotate:
+            self._repack_out(max(2, min(_pow2(blocks.ssm_cols or 128), _pow2(D))))
         self.BO = self.PB if self.wbits == 4 else min(_pow2(blocks.ssm_cols or 128), _pow2(D))
         limit = math.gcd(E, g_o)
         if self.rotate:
@@ -306,12 +310,21 @@ class QuantFusedMambaStep(FusedMambaStep):
             self.BE = _divisor_block(limit, min(blocks.ssm_channels, max(1, 32768 // self.BO)))
         self._graphs = {}
 
+    def _repack_out(self, pb: int) -> None:
+        """Store the 4-bit out_proj weights in packing blocks of pb columns (the SSM kernel's column block)."""
+        if pb == self.PB:
+            return
+        for L in self.layers:
+            q = unpack_int4_halves(L["w_oT"].cpu(), self.PB, self.D)
+            L["w_oT"] = pack_int4_halves(q, pb).to(self.device).contiguous()
+        self.PB = pb
+
     def dequantized_model(self, model: Any = None) -> Any:
         """The reference: a copy of the fake-quant model this runtime was built from (fp32, CPU)."""
         return copy.deepcopy(self.qmodel).float().cpu()
 
     def _launch(self, from_argmax: bool, parts: tuple = ("in", "ssm", "head")) -> None:
-        from targets.gpu.qkernels import q_head_kernel, q_in_kernel, q_rot_out_kernel, q_ssm_kernel
+        from targets.gpu.qkernels import q_head4_kernel, q_head_kernel, q_in4_kernel, q_in_kernel, q_rot_out_kernel, q_ssm_kernel
 
         b, D, E, N, R, K, XD = self.blocks, self.D, self.E, self.N, self.R, self.K, self.XD
         g_in, g_x, g_dt, g_o = self.groups
@@ -324,7 +337,19 @@ class QuantFusedMambaStep(FusedMambaStep):
         # before it finishes; Hopper and later, never under the interpreter
         pdl = bool(b.pdl) and not interpreted() and self.torch.cuda.get_device_capability(self.device)[0] >= 9
         for i, L in enumerate(self.layers):
-            if "in" in parts:
+            if "in" in parts and self._in4_loop():
+                cpi = self._in4_cpi()
+                q_in4_kernel[(E // self.BC,)](
+                    self.tok, self.amax, self.emb, self.emb_s, self.h, L["norm_w"], L["w_in"], L["s_in"], L["conv_w"],
+                    L["conv_b"], self.conv[i], L["w_xT"], L["s_x"], L["acts"], self.xc, self.zg, self.xsum[i],
+                    self.eps, self.V,
+                    D=D, E=E, K=K, KP=_pow2(K), XD=XD, BX=_pow2(XD), BC=self.BC, CH=self.CH, NCH=self.NCH,
+                    NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, SSM_AQ=aq["ssm"], FIRST=(i == 0),
+                    FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(), BD=_pow2(D), CPI=cpi,
+                    STAGES=max(1, b.in_stages), PF=bool(b.in_prefetch) and (self.BC * ldw) % 16 == 0 and ldw % 16 == 0,
+                    NT=32 * b.warps_in, PDL=pdl, num_warps=b.warps_in, launch_pdl=pdl,
+                )
+            elif "in" in parts:
                 q_in_kernel[(E // self.BC,)](
                     self.tok, self.amax, self.emb, self.emb_s, self.h, L["norm_w"], L["w_in"], L["s_in"], L["conv_w"],
                     L["conv_b"], self.conv[i], L["w_xT"], L["s_x"], L["acts"], self.xc, self.zg, self.xsum[i],
@@ -363,7 +388,21 @@ class QuantFusedMambaStep(FusedMambaStep):
                     BE=self.BE, BO=self.BO, ROT=False, P2=1, RESET_AMAX=(i == 0), ZERO_PREV=(i > 0),
                     COPY_BLK=_pow2(triton_cdiv(E * N, grid[0] * grid[1])), **common, num_warps=b.warps_ssm,
                 )
-        if "head" in parts:
+        if "head" in parts and self.head4 and b.head_chunks > 0:
+            ngh = self.head_groups
+            gpi = _pow2_divisor(ngh, b.head_chunks)
+            loop = max(1, b.head_loop)
+            nprog = triton_cdiv(triton_cdiv(self.V, b.head_rows), loop)
+            q_head4_kernel[(nprog,)](
+                self.h, self.norm_f, self.head_w, self.head_s, self.logits, self.amax, self.eps, self.V,
+                self.xsum[-1], self.ssm_side[(nl - 1) % 2], self.ssm[-1],
+                D=D, BV=b.head_rows, BD=_pow2(D), XZ=0 if self.rotate else XD, BXZ=_pow2(XD),
+                COPY_N=0 if self.rotate else E * N, COPY_BLK=_pow2(triton_cdiv(E * N, nprog)), NGH=ngh, GH=D // ngh,
+                LOOP=loop, GPI=gpi, STAGES=max(1, b.head_stages),
+                PF=bool(b.head_prefetch) and D % 32 == 0 and b.head_rows % 4 == 0, NT=32 * b.warps_head,
+                INTERP=interpreted(), PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
+            )
+        elif "head" in parts:
             loop = max(1, b.head_loop) if self.head4 else 1  # row blocks per program (4-bit head)
             nprog = triton_cdiv(triton_cdiv(self.V, b.head_rows), loop)
             q_head_kernel[(nprog,)](
@@ -373,8 +412,17 @@ class QuantFusedMambaStep(FusedMambaStep):
                 COPY_N=0 if self.rotate else E * N, COPY_BLK=_pow2(triton_cdiv(E * N, nprog)), EVH="evict_first" if b.q_l2 else "",
                 NGH=self.head_groups, GH=D // self.head_groups, ABLK=self.head_block, INTERP=interpreted(),
                 HB4=self.head4, BNG=_pow2(self.head_groups), LOOP=loop,
+                HPF=bool(b.head_prefetch) and loop > 1 and D % 32 == 0 and b.head_rows % 4 == 0, NT=32 * b.warps_head,
                 PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
+
+    def _in4_cpi(self) -> int:
+        """Chunks of CH columns per iteration of the looping 4-bit in_proj kernel (a divisor of NCH)."""
+        return _pow2_divisor(self.NCH, max(1, self.blocks.in_chunks))
+
+    def _in4_loop(self) -> bool:
+        """The looping 4-bit in_proj kernel (``Blocks.in_chunks`` > 0): 4-bit weights, float activations."""
+        return self.blocks.in_chunks > 0 and self.wbits == 4 and not self.aq["in"]
 
     def _persistent(self) -> bool:
         return False

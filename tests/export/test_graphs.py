@@ -61,3 +61,30 @@ def test_mamba_step_graph_has_no_short_span_broadcasts(tmp_path):
     # every shape is static but the batch: no shape arithmetic traced into the step
     dynamic = sorted({n.op_type for n in proto.graph.node} & {"Shape", "ConstantOfShape", "EyeLike", "Range"})
     assert not dynamic, f"shape computations in the step graph: {dynamic}"
+
+
+def test_traced_mamba_step_makes_its_constants_on_the_state_device(monkeypatch):
+    """The exported (traced) step's conv-window shift multiplies by rows of an identity: that matrix
+    must be made on the window's device (a CPU identity broke torch.compile of the step on CUDA),
+    and the traced form must give the eager numbers."""
+    import edgeseq.models.mamba as mm
+
+    model = build_model("mamba", vocab_size=37, d_model=8, n_layer=1, d_state=4).eval()
+    state = model.init_state(1)
+    for v in state.values():
+        v.normal_()
+    with torch.no_grad():
+        y_eager, s_eager = model.step(torch.tensor([3]), dict(state))
+    devices, real_eye = [], torch.eye
+
+    def eye(*args, **kw):
+        devices.append(kw.get("device"))
+        return real_eye(*args, **kw)
+
+    monkeypatch.setattr(mm, "_is_tracing", lambda: True)
+    monkeypatch.setattr(mm.torch, "eye", eye)
+    with torch.no_grad():
+        y_traced, s_traced = model.step(torch.tensor([3]), dict(state))
+    assert devices and all(d is not None and torch.device(d) == torch.device("cpu") for d in devices)
+    assert torch.equal(y_traced, y_eager)
+    assert all(torch.equal(s_traced[k], s_eager[k]) for k in s_eager)

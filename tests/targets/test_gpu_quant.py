@@ -107,7 +107,9 @@ def test_interpreted_quant_kernels_match_fake_quant():
     """Every kernel path under Triton's CPU interpreter, d_model 48 (d_inner 96 = 12 x 8: the
     Paley-12 x Sylvester-8 rotation), groups of 16 (3 per in_proj row: a padded chunk grid). The
     4-bit head also as a loop (5 programs of 4 blocks of 16 rows over a 300-row vocabulary: the last
-    program's tail blocks lie past it), whose running arg-max must agree with the one-block programs'."""
+    program's tail blocks lie past it), whose running arg-max must agree with the one-block programs';
+    and at d_model 64 the looping in_proj and head kernels (``in_chunks``, ``head_chunks``: chunked
+    rows, a flat loop over row blocks and groups) against the same fake-quant model."""
     pytest.importorskip("triton")
     code = (
         "import sys; sys.path.insert(0, 'tests/targets'); sys.path.insert(0, '.');\n"
@@ -120,11 +122,15 @@ def test_interpreted_quant_kernels_match_fake_quant():
         "from targets.gpu.mamba import Blocks\n"
         "print(check_quant_runtime(quantized(m, 'w4a16', **g, rotate=False), 'cpu', [5, 299, 0], 1e-4,\n"
         "                          blocks=Blocks(head_rows=16, head_loop=4)))\n"
+        "m = _model(0, vocab_size=300, d_model=64, n_layer=2)\n"
+        "for b in [Blocks(in_chunks=2, head_chunks=2, head_rows=16, head_loop=4, head_prefetch=True),\n"
+        "          Blocks(in_chunks=1, in_channels=16, head_chunks=1, head_rows=32)]:\n"
+        "    print(check_quant_runtime(quantized(m, 'w4a16', **g, rotate=False), 'cpu', [5, 299, 0], 1e-4, blocks=b))\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("kernels_per_layer") == 6
+    assert out.stdout.count("kernels_per_layer") == 8
 
 
 def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
@@ -145,20 +151,48 @@ def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
     return errors
 
 
+LOOPING = dict(in_chunks=2, head_chunks=2, head_rows=64, head_loop=4, head_prefetch=True)
+
+
 @gpu
-@pytest.mark.parametrize("pdl", [False, True, None])
+@pytest.mark.parametrize("pdl", [False, True, None, "loop"])
 @pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
 def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation), with and
     without programmatic dependent launch (a kernel reading its predecessor's output before its
     ``gdc_wait`` would read stale values and miss 1e-4 by far); None: the 4-bit defaults
-    (``QUANT4_BLOCKS``: PDL, the looping head)."""
-    from targets.gpu.mamba import Blocks
+    (``QUANT4_BLOCKS``: PDL, the looping head); "loop": the looping in_proj and head kernels with
+    their L2 prefetch before the wait."""
+    from targets.gpu.mamba import QUANT4_BLOCKS, Blocks
 
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
-    blocks = None if pdl is None else Blocks(pdl=pdl)
+    if pdl == "loop":
+        blocks = Blocks(**{**QUANT4_BLOCKS.__dict__, **LOOPING})
+    else:
+        blocks = None if pdl is None else Blocks(pdl=pdl)
     worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=blocks)
     print(recipe, over, pdl, worst)
+
+
+def test_quant_blocks_pick_the_wide_ssm_grid_for_wide_4bit_models():
+    from targets.gpu.mamba import QUANT4_BLOCKS, QUANT4_WIDE_BLOCKS, QUANT_BLOCKS, quant_blocks
+
+    assert quant_blocks(4, 768) is QUANT4_BLOCKS and quant_blocks(4, 2048) is QUANT4_WIDE_BLOCKS
+    assert quant_blocks(8, 2048) is QUANT_BLOCKS
+    assert QUANT4_WIDE_BLOCKS.ssm_channels == 2 * QUANT4_BLOCKS.ssm_channels
+
+
+@gpu
+def test_w4a16_wide_default_matches_fake_quant():
+    """At d_model 2048 a 4-bit recipe runs with its wide defaults (64-channel SSM/out_proj blocks,
+    ``QUANT4_WIDE_BLOCKS``) and computes the fake-quant model."""
+    from targets.gpu.mamba import QUANT4_WIDE_BLOCKS, quant_blocks
+    from targets.gpu.qmamba import QuantFusedMambaStep
+
+    assert quant_blocks(4, 2048) is QUANT4_WIDE_BLOCKS and quant_blocks(4, 768) is not QUANT4_WIDE_BLOCKS
+    qmodel = quantized(_model(0, vocab_size=1000, d_model=2048, n_layer=2).cuda(), "w4a16", rotate=False)
+    assert QuantFusedMambaStep(qmodel).blocks is QUANT4_WIDE_BLOCKS
+    print(check_quant_runtime(qmodel, "cuda", [3, 999, 7], 1e-4))
 
 
 @gpu
@@ -217,8 +251,10 @@ def test_profile_opens_the_verified_quantized_runtime(tmp_path, recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False}), ("w8a8", {"rotate": False})])
-def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
+@pytest.mark.parametrize("recipe,over,shape", [("w4a16", {}, {}), ("w4a16", {"rotate": False}, {}),
+                                               ("w8a8", {"rotate": False}, {}),
+                                               ("w4a16", {"rotate": False}, {**LOOPING, "head_rows": 16})])
+def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, shape, monkeypatch):
     """Every launch of a quantized step with programmatic dependent launch, compiled ahead of time for
     sm_90 (no GPU needed; the interpreter cannot run the grid-dependency instructions)."""
     triton = pytest.importorskip("triton")
@@ -232,15 +268,19 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, monkeypatch):
     import targets.gpu.qmamba as qm
     from test_gpu_fused import compile_launches_sm90, record_launches
 
-    launches = record_launches(monkeypatch, qk, ("q_in_kernel", "q_ssm_kernel", "q_rot_out_kernel", "q_head_kernel"))
+    launches = record_launches(monkeypatch, qk, ("q_in_kernel", "q_in4_kernel", "q_ssm_kernel", "q_rot_out_kernel",
+                                                 "q_head_kernel", "q_head4_kernel"))
     for mod in (gm, qm):
         monkeypatch.setattr(mod, "available", lambda: True)
         monkeypatch.setattr(mod, "interpreted", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     g = dict(group_size=16, group_fallback="channel")
-    qmodel = quantized(_model(0, vocab_size=300, d_model=48, n_layer=2), recipe, **{**g, **over})
-    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(pdl=True, head_loop=3))
+    # d_model 64 for the looping kernels: rows of 32 bytes, so their L2 prefetches are compiled too
+    qmodel = quantized(_model(0, vocab_size=300, d_model=64 if shape else 48, n_layer=2), recipe, **{**g, **over})
+    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(**{"pdl": True, "head_loop": 3, **shape}))
     assert rt.head4 == (recipe == "w4a16")  # w4a16's own 4-bit head is packed two values a byte
     rt._launch(False)
     assert all(kw.get("launch_pdl") for _, _, kw in launches)
     assert len(compile_launches_sm90(triton, launches)) >= 3
+    if shape:
+        assert {jit.fn.__name__ for jit, _, _ in launches} >= {"q_in4_kernel", "q_head4_kernel"}
