@@ -108,7 +108,14 @@ def _prefix_scan(decay: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _is_tracing() -> bool:
-    return torch.jit.is_tracing() or bool(getattr(torch.compiler, "is_exporting", lambda: False)())
+    """Whether the step is being captured for an exported graph (ONNX through the TorchScript tracer,
+    TVM through ``torch.export``): the graph forms that ONNX Runtime runs fast. ``torch.compile``
+    gets the plain eager form (some torch versions answer ``jit.is_tracing()`` inside Dynamo)."""
+    if getattr(torch.compiler, "is_exporting", lambda: False)():
+        return True
+    if getattr(torch.compiler, "is_compiling", lambda: False)():
+        return False
+    return torch.jit.is_tracing()
 
 
 # e^{-S} below must stay finite in float32: keep |cumulative log-decay| of a chunk under this

@@ -88,3 +88,21 @@ def test_traced_mamba_step_makes_its_constants_on_the_state_device(monkeypatch):
     assert devices and all(d is not None and torch.device(d) == torch.device("cpu") for d in devices)
     assert torch.equal(y_traced, y_eager)
     assert all(torch.equal(s_traced[k], s_eager[k]) for k in s_eager)
+
+
+def test_torch_compile_gets_the_plain_step_and_export_the_graph_forms(monkeypatch):
+    """The exported-graph forms (products of inner size 1, the identity shift) are for ONNX Runtime;
+    torch.compile — the GPU benchmark's free baseline — must compile the plain step, also on torch
+    versions whose Dynamo answers ``torch.jit.is_tracing()`` with True."""
+    import edgeseq.models.mamba as mm
+
+    seen = []
+
+    def probe(x):
+        seen.append(mm._is_tracing())
+        return x + 1
+
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    torch.compile(probe, backend="eager", fullgraph=True)(torch.zeros(1))
+    assert seen == [False]
+    assert mm._is_tracing()  # outside Dynamo, a tracer answering True means an ONNX export
