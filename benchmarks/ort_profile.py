@@ -39,7 +39,10 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str
     options.enable_profiling = True
     scratch = tempfile.mkdtemp(prefix="ort-profile-")
     options.profile_file_prefix = os.path.join(scratch, graph)
-    session = ort.InferenceSession(str(folder / spec["file"]), options, providers=["CPUExecutionProvider"])
+    from targets.runtimes import disabled_optimizers  # as every edgeseq runtime opens the graph
+
+    session = ort.InferenceSession(str(folder / spec["file"]), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=disabled_optimizers(folder / spec["file"]))
     feeds = {}
     rng = np.random.default_rng(0)
     vocab = manifest["model"].get("io", {}).get("input_size") or 2

@@ -320,18 +320,23 @@ def matmul_nbits_weight(w: IntegerWeight) -> tuple[np.ndarray, np.ndarray]:
 def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
     """Weights of layers with dynamic block activations: their ``MatMul`` becomes one
     ``MatMulNBits`` node (``accuracy_level`` 4) holding the packed integers, which ONNX Runtime
-    runs as int8×int{4,8} block dot products (see :func:`quantize.modules.block_fake_quant`).
-    Removes the handled names from ``weights``."""
-    from onnx import helper, numpy_helper
-
+    runs as int8×int{4,8} block dot products (see :func:`quantize.modules.block_fake_quant`);
+    blocked 4-bit weights under static int8 activations become ``MatMulNBits`` at accuracy level 1
+    (:func:`_static_int4`). Removes the handled names from ``weights``."""
     from edgeseq.errors import EdgeseqError
 
     consumers: dict[str, list] = {}
+    producers: dict[str, Any] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producers[name] = node
     for name, w in list(weights.items()):
         if not w.act_block:
+            if _static_int4(name, w, consumers, producers):
+                _replace_with_matmul_nbits(graph, name, w, consumers[name], accuracy_level=1)
+                del weights[name]
             continue
         uses = consumers.get(name, [])
         if not uses or any(node.op_type != "MatMul" or list(node.input).index(name) != 1 for node in uses):
@@ -339,19 +344,42 @@ def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
                                f"(found {sorted({node.op_type for node in uses}) or 'no use'})")
         if w.bits not in (4, 8) or w.block_size != w.act_block:
             raise EdgeseqError(f"{name}: MatMulNBits needs 4- or 8-bit weights whose group is the activation block")
-        k, n = w.values.shape
-        packed, scales = matmul_nbits_weight(w)
-        _remove_initializer(graph, name)
-        graph.initializer.append(numpy_helper.from_array(packed, f"{name}_nbits"))
-        graph.initializer.append(numpy_helper.from_array(scales, f"{name}_scale"))
-        for k_use, node in enumerate(uses):
-            index = next(i for i, n in enumerate(graph.node) if n.name == node.name and list(n.output) == list(node.output))
-            del graph.node[index]
-            graph.node.insert(index, helper.make_node(
-                "MatMulNBits", [node.input[0], f"{name}_nbits", f"{name}_scale"], list(node.output),
-                name=f"{name}_matmul_nbits{k_use}", domain="com.microsoft", K=k, N=n, bits=w.bits,
-                block_size=w.block_size, accuracy_level=MATMUL_NBITS_ACCURACY))
+        _replace_with_matmul_nbits(graph, name, w, uses, accuracy_level=MATMUL_NBITS_ACCURACY)
         del weights[name]
+
+
+def _static_int4(name: str, w: IntegerWeight, consumers: dict, producers: dict) -> bool:
+    """A blocked 4-bit weight read by ``MatMul``\ s whose activation is a static int8 ``QuantizeLinear
+    → DequantizeLinear`` pair (w4a8, w4a8-gptq). ONNX Runtime fuses such a pair into no kernel (its
+    int8 matmuls need 8-bit weights, its 4-bit one float activations), so the int4 weight would be
+    dequantized to float on every call (6-layer 130m-width step: 2× the fp32 artifact's time).
+    ``MatMulNBits`` at accuracy level 1 on the dequantized activation computes the recipe's
+    function — ``DQ(Q(x)) @ DQ(W)`` in float — from the packed weight."""
+    block = w.block_size
+    if w.bits != 4 or not block or block < 16 or block & (block - 1) or w.values.ndim != 2:
+        return False
+    uses = consumers.get(name, [])
+    return bool(uses) and all(
+        node.op_type == "MatMul" and list(node.input).index(name) == 1
+        and getattr(producers.get(node.input[0]), "op_type", None) == "DequantizeLinear" for node in uses)
+
+
+def _replace_with_matmul_nbits(graph, name: str, w: IntegerWeight, uses: list, accuracy_level: int) -> None:
+    """Each ``MatMul`` reading the weight initializer ``name`` becomes one ``MatMulNBits`` node."""
+    from onnx import helper, numpy_helper
+
+    k, n = w.values.shape
+    packed, scales = matmul_nbits_weight(w)
+    _remove_initializer(graph, name)
+    graph.initializer.append(numpy_helper.from_array(packed, f"{name}_nbits"))
+    graph.initializer.append(numpy_helper.from_array(scales, f"{name}_scale"))
+    for k_use, node in enumerate(uses):
+        index = next(i for i, n in enumerate(graph.node) if n.name == node.name and list(n.output) == list(node.output))
+        del graph.node[index]
+        graph.node.insert(index, helper.make_node(
+            "MatMulNBits", [node.input[0], f"{name}_nbits", f"{name}_scale"], list(node.output),
+            name=f"{name}_matmul_nbits{k_use}", domain="com.microsoft", K=k, N=n, bits=w.bits,
+            block_size=w.block_size, accuracy_level=accuracy_level))
 
 
 def _row_lookup(graph, name: str, w: IntegerWeight, uses: list) -> list:

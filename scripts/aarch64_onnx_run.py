@@ -90,14 +90,17 @@ def open_session(path: str, threads: int | None, extra_config: dict | None = Non
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    # as targets.runtimes.disabled_optimizers: graphs with static int8 activations without MatMulAddFusion
+    with open(path, "rb") as f:
+        disabled = ["MatMulAddFusion"] if b"QuantizeLinear" in f.read() else []
     try:
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as exc:
         if "output_dtype" not in str(exc):
             sys.exit(f"{path}: ONNX Runtime cannot load this graph ({str(exc).strip().splitlines()[0][:300]})")
         # as ort_session: onnxruntime 1.2x-1.3x's QDQ propagation breaks on opset-21 graphs
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=["QDQPropagationTransformer"])
+                                    disabled_optimizers=disabled + ["QDQPropagationTransformer"])
 
 
 def per_sample(ref, got) -> np.ndarray:

@@ -217,6 +217,24 @@ class ArtifactRuntime(Runtime):
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "mlas.disable_kleidiai": "1"}
 
 
+def disabled_optimizers(path: str | Path) -> list[str]:
+    """ONNX Runtime graph optimizers an edgeseq graph is opened without.
+
+    ``MatMulAddFusion`` (basic level) turns ``MatMul`` + ``Add`` into ``Gemm`` before the QDQ fusions
+    (extended level) see the ``DequantizeLinear → MatMul`` pair, and ``Gemm`` has no integer form
+    without an output ``QuantizeLinear``: a static-int8 layer followed by a bias or residual add then
+    dequantizes its int8 weight to float on every call (w8a8-norotate's out_proj and dt_proj: 6-layer
+    130m-width step 18 → 6 ms at one thread, same outputs to 6e-7). Graphs holding static int8
+    activation quantizers (``QuantizeLinear``) are opened without it; others keep it (neutral on
+    float and block-quantized graphs, measured).
+    """
+    try:  # the op type is a plain string in the protobuf ("DequantizeLinear" does not contain it)
+        graph = Path(path).read_bytes()
+    except OSError:  # unreadable: ONNX Runtime says why, in ort_session
+        return []
+    return ["MatMulAddFusion"] if b"QuantizeLinear" in graph else []
+
+
 def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
                 optimized_model: str | Path | None = None, mem_pattern: bool = True):
     """An ONNX Runtime session for an edgeseq graph, configured as verification ran it.
@@ -243,14 +261,16 @@ def ort_session(path: str | Path, threads: int | None = None, providers: list[st
         options.optimized_model_filepath = str(optimized_model)
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    disabled = disabled_optimizers(path)
     try:
-        return ort.InferenceSession(str(path), options, providers=chosen)
+        return ort.InferenceSession(str(path), options, providers=chosen, disabled_optimizers=disabled)
     except Exception as exc:
         if "output_dtype" not in str(exc):
             raise EdgeseqError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).strip().splitlines()[0][:300]})") from None
         # onnxruntime 1.2x-1.3x: on opset-21 graphs its QDQ propagation inserts QuantizeLinear nodes
         # whose output_dtype contradicts their zero point; the graph is valid without that pass
-        return ort.InferenceSession(str(path), options, providers=chosen, disabled_optimizers=["QDQPropagationTransformer"])
+        return ort.InferenceSession(str(path), options, providers=chosen,
+                                    disabled_optimizers=disabled + ["QDQPropagationTransformer"])
 
 
 class OnnxRuntime(ArtifactRuntime):

@@ -72,3 +72,33 @@ def test_tvm_llvm_runs_the_quantized_model(tmp_path):
     qmodel = quantized(model, "w8a8")
     manifest = export_artifact(qmodel, tmp_path / "tvm", format="tvm", target="cpu", steps=64, prefill=False)
     assert manifest["verification"]["passed"] and manifest["verification"]["max_rel_error"] < 1e-2
+
+
+@pytest.mark.parametrize("recipe, kernel", [("w8a8-norotate", "MatMulIntegerToFloat"), ("w4a8", "MatMulNBits")])
+def test_static_int8_layers_run_integer_kernels_not_per_step_dequantization(tmp_path, recipe, kernel):
+    """What ONNX Runtime runs for in_proj / out_proj / dt_proj under static int8 activations: an
+    integer kernel on the stored weight, never a DequantizeLinear of that weight on every call.
+    w8a8-norotate's out_proj (residual add) and dt_proj (bias) used to become float Gemms
+    (MatMulAddFusion ran before the QDQ fusion); w4a8's 4-bit weights had no fused form."""
+    from edgeseq.models.mamba import Mamba, MambaConfig
+    from targets.runtimes import ort_session
+
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(vocab_size=256, d_model=128, n_layer=1, d_state=8)).eval()
+    out = tmp_path / recipe
+    manifest = export_artifact(quantized(model, recipe), out, steps=16, prefill=False, recipe=recipe)
+    assert manifest["verification"]["passed"]
+    optimized = tmp_path / "optimized.onnx"
+    ort_session(out / "step.onnx", optimized_model=optimized)
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    # w4a8's dt_proj (8 inputs here, 48 at the 130m width) has per-channel scales (its group of 128
+    # does not divide), which MatMulNBits cannot hold: it stays a small per-call dequantization
+    layers = ("in_proj.qweight", "out_proj.qweight") + (("dt_proj.qweight",) if recipe != "w4a8" else ())
+    per_call = [n.name for n in graph.node if n.op_type == "DequantizeLinear"
+                and any(p in i for i in n.input for p in layers)]
+    assert not per_call, per_call
+    kernels = [n for n in graph.node if n.op_type == kernel]
+    assert len(kernels) >= 2  # in_proj and out_proj at least
+    if kernel == "MatMulNBits":  # float activations (the dequantized int8 ones): the recipe's function
+        levels = {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in kernels if "lm_head" not in n.name}
+        assert levels == {1}
