@@ -32,17 +32,9 @@ BOUNDARY = 1e-4
 SHAPE = dict(input_dim=5, dim=48, depth=2, n_classes=7, memory_size=40, theta=16.0, embed_layers=3, embed_kernel=5)
 
 
-def _gpu_ready() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-gpu = pytest.mark.skipif(not _gpu_ready(), reason="needs a CUDA GPU and Triton")
+from test_gpu_fused import _gpu_ready, gpu  # noqa: E402  (gpu: needs a CUDA GPU and Triton)
 
 
 def _model(spiking: bool, seed: int = 0, **kw):

@@ -34,17 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BOUNDARY = 1e-4
 
 
-def _gpu_ready() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-gpu = pytest.mark.skipif(not _gpu_ready(), reason="needs a CUDA GPU and Triton")
+from test_gpu_fused import _gpu_ready, gpu  # noqa: E402  (gpu: needs a CUDA GPU and Triton)
 
 
 def _model(seed: int, **kw) -> SpikeGPT:
