@@ -120,6 +120,8 @@ def check_command(argv: list[str], produced: set[str], known: dict) -> tuple[lis
                 runnable = False
     for option in ("target", "targets"):
         for name in (getattr(args, option, None) or "").split(","):
+            if name == "auto" and command == "pipeline":
+                continue  # the pipeline's default: this CPU plus the visible GPU (edgeseq.cli.pipeline.pipeline_targets)
             if name and not _is_placeholder(name):
                 try:
                     # export compiles for its own targets (cpu, aarch64, jetson-*, cuda); the others profile on the registry's
