@@ -252,14 +252,21 @@ def verify_runner(
         failures.append(f"{result.inexact_fraction:.1%} of {art_e.size} teacher-forced sample-steps differ beyond "
                         f"{result.exact_tolerance:.2g} (a second correct implementation, PyTorch in float64: "
                         f"{result.reference_inexact_fraction:.1%}; allowed {result.allowed_inexact_fraction:.1%})")
-    if length:
-        chunk = inputs[:, :length] if inputs.shape[1] >= length else sample_inputs(model, batch, length, seed=seed + 1)
+    def prefill_three(chunk, state, where, art_state=None):
+        """One prefill chunk from ``state`` through the float32 reference, float64 and the artifact
+        (from ``art_state`` when given: the artifact's own initial state)."""
         if model.task != "lm":
             chunk = chunk.to(float_dtype)
-        ref_y, _ = model.prefill(chunk, model.init_state(batch, dtype=float_dtype))
-        y64, _ = exact64.prefill(chunk if model.task == "lm" else chunk.double(), exact64.init_state(batch, dtype=torch.float64))
-        art_y, _ = runner.prefill(chunk, runner.init_state(batch))
-        _check_finite(art_y.float().numpy(), "prefill output")
+        ref, _ = model.prefill(chunk, {k: v.clone() for k, v in state.items()})
+        y64, _ = exact64.prefill(chunk if model.task == "lm" else chunk.double(), as64(state))
+        art, _ = runner.prefill(chunk, art_state if art_state is not None else {k: v.clone() for k, v in state.items()})
+        _check_finite(art.float().numpy(), where)
+        return chunk, ref, y64, art
+
+    if length:
+        chunk = inputs[:, :length] if inputs.shape[1] >= length else sample_inputs(model, batch, length, seed=seed + 1)
+        chunk, ref_y, y64, art_y = prefill_three(chunk, model.init_state(batch, dtype=float_dtype), "prefill output",
+                                                 art_state=runner.init_state(batch))
         pa, pr = _position_errors(ref_y, art_y), _position_errors(ref_y, y64)
         tol = exact_tolerance(pr, floor)
         result.prefill_max_rel_error = float(pa.max()) if pa.size else 0.0
@@ -283,13 +290,7 @@ def verify_runner(
         for start, state in sorted(restart_states.items()):
             if start == 0 and inputs.shape[1] >= length:
                 continue  # the chunk above: the same call
-            part = inputs[:, start:start + length]
-            if model.task != "lm":
-                part = part.to(float_dtype)
-            ref_c, _ = model.prefill(part, {k: v.clone() for k, v in state.items()})
-            c64, _ = exact64.prefill(part if model.task == "lm" else part.double(), as64(state))
-            art_c, _ = runner.prefill(part, {k: v.clone() for k, v in state.items()})
-            _check_finite(art_c.float().numpy(), f"prefill output from step {start}")
+            _, ref_c, c64, art_c = prefill_three(inputs[:, start:start + length], state, f"prefill output from step {start}")
             art_runs.append(_position_errors(ref_c, art_c).reshape(batch, -1))
             ref_runs.append(_position_errors(ref_c, c64).reshape(batch, -1))
         art_runs, ref_runs = np.concatenate(art_runs), np.concatenate(ref_runs)  # [calls × batch, length]
