@@ -197,13 +197,8 @@ def main(argv=None) -> int:
         mean_load = statistics.mean(x["load_before"][0] for x in results)
         rounds.append({"round": r + 1, "mean_load_1min": mean_load, "rows": results})
     best = min(rounds, key=lambda x: x["mean_load_1min"])
-    from targets.registry import read_cpuinfo
-
-    cpu = read_cpuinfo()
-    flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0]
     report = {
-        "benchmark": "decode_cpu", "model": {**CONFIG, "n_layer": args.layers},
-        "cpu": cpu["model"], "cores": cpu["cores"], "isa": sorted({f for f in flags.split() if f.startswith(("avx", "fma"))}),
+        "benchmark": "decode_cpu", "model": {**CONFIG, "n_layer": args.layers}, **machine_record(),
         "python": platform.python_version(), "threads": threads, "tokens_per_row": args.tokens, "warmup": args.warmup,
         "prefill_tokens": args.prefill, "rounds_run": args.rounds, "reported_round": best["round"],
         "reported_round_mean_load": best["mean_load_1min"], "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -213,6 +208,16 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     return 0
+
+
+def machine_record() -> dict:
+    """CPU model, cores and the SIMD flags (AVX*, FMA) a CPU figure is read with."""
+    from targets.registry import read_cpuinfo
+
+    cpu = read_cpuinfo()
+    flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0]
+    return {"cpu": cpu["model"], "cores": cpu["cores"],
+            "isa": sorted({f for f in flags.split() if f.startswith(("avx", "fma"))})}
 
 
 def print_table(report: dict) -> None:

@@ -87,14 +87,8 @@ def main(argv=None) -> int:
                             "p50_ms": statistics.median(x["p50_ms"] for x in mine),
                             "ratio_to_fp32": statistics.median(x["ratio_to_fp32"] for x in mine),
                             "artifact_bytes": mine[0]["artifact_bytes"]})
-    from targets.registry import read_cpuinfo
-
-    cpu = read_cpuinfo()
-    flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0]
     report = {
-        "benchmark": "recipes_cpu", "model": {**decode_cpu.CONFIG, "n_layer": args.layers},
-        "cpu": cpu["model"], "cores": cpu["cores"],
-        "isa": sorted({f for f in flags.split() if f.startswith(("avx", "fma"))}),
+        "benchmark": "recipes_cpu", "model": {**decode_cpu.CONFIG, "n_layer": args.layers}, **decode_cpu.machine_record(),
         "threads": threads, "tokens_per_row": args.tokens, "rounds_run": args.rounds,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summary, "not_exported": not_exported, "rounds": rounds,
