@@ -200,3 +200,48 @@ def test_block_recipes_of_the_zoo_model_export_and_verify(recipe, tmp_path):
     v = json.loads((a / "manifest.json").read_text())["verification"]
     assert v["passed"] and v["prefill_forced_positions"] >= 64
     assert v["prefill_forced_inexact_fraction"] <= v["prefill_forced_allowed_inexact_fraction"]
+
+
+class _ChaoticTail(Mamba):
+    """A 2-layer Mamba whose float64 copy (verification's second implementation) scatters its
+    output and its last layer's state by up to 30% — what a deep quantized model does after one
+    moved int8 level — while its first layer stays exact: the whole-step test has no power here."""
+
+    def step(self, token, state):
+        y, state = super().step(token, state)
+        if y.dtype == torch.float64:
+            g = torch.Generator().manual_seed(int(token.sum()))
+            y = y * (1 + 0.3 * torch.rand(y.shape, generator=g, dtype=y.dtype))
+            state = {**state, "ssm_1": state["ssm_1"] * (1 + 0.3 * torch.rand(state["ssm_1"].shape, generator=g, dtype=y.dtype))}
+        return y, state
+
+
+class _ChaoticRunner(_Runner):
+    """The float32 model with the same kind of scatter in the tail, and optionally a 2% error in the
+    first layer's state update (a wrong scale in a kernel every layer runs)."""
+
+    def __init__(self, model, first_layer_error=0.0):
+        super().__init__(model)
+        self.error = first_layer_error
+
+    def step(self, x, state):
+        y, state = super().step(x, state)
+        g = torch.Generator().manual_seed(int(x.sum()) + 7)
+        y = y * (1 + 0.3 * torch.rand(y.shape, generator=g))
+        return y, {**state, "ssm_0": state["ssm_0"] * (1 + self.error),
+                   "ssm_1": state["ssm_1"] * (1 + 0.3 * torch.rand(state["ssm_1"].shape, generator=g))}
+
+
+def test_each_state_is_tested_alone_where_the_whole_step_has_no_power():
+    torch.manual_seed(0)
+    chaotic = _ChaoticTail(MambaConfig(d_model=16, n_layer=2, d_state=4, vocab_size=32)).eval()
+    ok = verify_runner(chaotic, _ChaoticRunner(chaotic), steps=32, quantized=True)
+    assert ok.passed, ok.note
+    assert ok.exact_tolerance > 0.1  # the whole step: float64 is itself inexact, the tolerance near the signal
+    assert ok.state_tests == 4 and ok.state_test_sharpest["exact_tolerance"] < 1e-3
+    assert ok.state_test_sharpest["state"] in ("conv_0", "ssm_0", "conv_1")
+    broken = verify_runner(chaotic, _ChaoticRunner(chaotic, first_layer_error=0.02), steps=32, quantized=True)
+    assert not broken.passed and "state 'ssm_0'" in broken.note
+    assert broken.inexact_fraction <= broken.allowed_inexact_fraction  # the whole-step test alone let it through
+    # float graphs keep the whole-step test only
+    assert verify_runner(chaotic, _Runner(chaotic), steps=8).state_tests == 0
