@@ -123,6 +123,7 @@ class Verification:
     # quantized graphs: the teacher-forced test applied to each new state tensor on its own
     # (_state_tests); the state whose test has the most power (the lowest tolerance) and the worst one
     state_tests: int = 0
+    state_tests_without_power: int = 0  # states where float64 PyTorch is itself inexact at most sample-steps
     state_test_sharpest: dict[str, Any] | None = None
     state_test_worst: dict[str, Any] | None = None
     passed: bool = False
@@ -372,13 +373,18 @@ def _state_tests(result: Verification, state_errors: dict[str, tuple[list, list]
     computed before any such spread: it is exact at most sample-steps unless a kernel computes
     another function (a saturating integer product, a wrong scale or layout), and every layer of a
     model runs the same kernels. Each state is held to the same rule, with its own tolerance from
-    its own float64 errors."""
+    its own float64 errors, where it has power: a state where float64 PyTorch is itself inexact at
+    most sample-steps (the allowance at its cap) is recorded, not tested — with int8 activations
+    quantized per block of a 768-wide vector, one level already moves in the first layer at most
+    steps (130m w4a8-block: float64 inexact at 67% of conv_0's sample-steps)."""
     failures, rows = [], []
     for name, (arts, refs) in state_errors.items():
         a, r = np.concatenate(arts), np.concatenate(refs)
         tol = exact_tolerance(r, floor)
         fa, fr = float((a > tol).mean()), float((r > tol).mean())
         allowed = allowed_inexact(fr, a.size, True)
+        if allowed >= INEXACT_CAP:  # float64 itself inexact at most sample-steps: no power, not applied
+            continue
         row = {"state": name, "exact_tolerance": tol, "inexact_fraction": fa, "reference_inexact_fraction": fr,
                "allowed_inexact_fraction": allowed}
         rows.append(row)
@@ -386,11 +392,17 @@ def _state_tests(result: Verification, state_errors: dict[str, tuple[list, list]
             failures.append(f"state {name!r}: {fa:.1%} of {a.size} teacher-forced sample-steps differ beyond {tol:.2g} "
                             f"(float64 PyTorch: {fr:.1%}; allowed {allowed:.1%})")
     result.state_tests = len(rows)
-    result.state_test_sharpest = min(rows, key=lambda row: row["exact_tolerance"])
+    result.state_tests_without_power = len(state_errors) - len(rows)
+    if not rows:
+        result.checks.append(f"each of {len(state_errors)} new state tensors on its own: float64 PyTorch is itself inexact "
+                             f"at most sample-steps of every one (int8 levels moved in the first layer already), not applied")
+        return []
+    result.state_test_sharpest = min(rows, key=lambda row: (row["exact_tolerance"], row["allowed_inexact_fraction"]))
     result.state_test_worst = max(rows, key=lambda row: row["inexact_fraction"] - row["allowed_inexact_fraction"])
     sharp = result.state_test_sharpest
-    result.checks.append(f"each of {len(rows)} new state tensors on its own, teacher-forced (the sharpest, "
-                         f"{sharp['state']!r}, exact within {sharp['exact_tolerance']:.2g})")
+    result.checks.append(f"{len(rows)} of {len(state_errors)} new state tensors on their own, teacher-forced (the sharpest, "
+                         f"{sharp['state']!r}, exact within {sharp['exact_tolerance']:.2g}); the others have no power "
+                         f"(float64 PyTorch itself inexact at most sample-steps)")
     return failures[:3]
 
 
