@@ -245,3 +245,16 @@ def test_each_state_is_tested_alone_where_the_whole_step_has_no_power():
     assert broken.inexact_fraction <= broken.allowed_inexact_fraction  # the whole-step test alone let it through
     # float graphs keep the whole-step test only
     assert verify_runner(chaotic, _Runner(chaotic), steps=8).state_tests == 0
+
+
+def test_a_state_test_without_power_is_recorded_not_applied():
+    from export.verify import Verification, _state_tests
+
+    rng = np.random.default_rng(0)
+    exact, moved = np.zeros(64), np.where(rng.random(64) < 0.7, 1e-2, 0.0)  # float64 moved a level at 70%
+    result = Verification(runtime="test", steps=32, batch=2, tolerance=1.0)
+    failures = _state_tests(result, {"conv_0": ([moved], [moved[::-1].copy()]), "ssm_0": ([exact], [exact])}, 1e-4)
+    assert failures == [] and result.state_tests == 1 and result.state_tests_without_power == 1
+    assert result.state_test_sharpest["state"] == "ssm_0"
+    wrong = Verification(runtime="test", steps=32, batch=2, tolerance=1.0)
+    assert _state_tests(wrong, {"ssm_0": ([np.full(64, 0.02)], [exact])}, 1e-4)  # every sample-step off: refused
