@@ -607,10 +607,7 @@ def q_head_kernel(
         uh = vh * rstd * nwh
         if LOOP > 1:  # block i + 1 loaded while block i is computed
             nprog = tl.num_programs(0)
-            # the arg-max kept per row slot (largest logit, its first row) and reduced once at the end:
-            # no cross-warp reduction per block
-            bval = tl.full((BV,), float("-inf"), tl.float32)
-            bidx = tl.full((BV,), 0, tl.int32) + vocab
+            kbest = tl.full((), AMAX_RESET, tl.int64)
             for it in range(LOOP):
                 if HPF:
                     nrows = (pid * LOOP + it + 1) * BV + tl.arange(0, BV)
@@ -620,11 +617,8 @@ def q_head_kernel(
                 wb_n, gs_n = _h4_load(emb_ptr, emb_s_ptr, nrows, nmask, j, jm, kq, D, HALF, NGH, EVH)
                 acc = _h4_dot(wb, gs, ul, uh)
                 tl.store(logits_ptr + rows, acc, mask=rmask)
-                better = tl.where(rmask, acc, float("-inf")) > bval  # a slot's rows grow with it: ties keep the first
-                bval = tl.where(better, acc, bval)
-                bidx = tl.where(better, rows, bidx)
+                kbest = tl.maximum(kbest, _argmax_key(acc, rows, rmask, vocab))
                 wb, gs, rows, rmask = wb_n, gs_n, nrows, nmask
-            kbest = _argmax_key(bval, bidx, bidx < vocab, vocab)
         else:
             acc = _h4_dot(wb, gs, ul, uh)
     elif NGH > 1:
