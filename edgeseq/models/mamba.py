@@ -110,12 +110,24 @@ def _prefix_scan(decay: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
 def _is_tracing() -> bool:
     """Whether the step is being captured for an exported graph (ONNX through the TorchScript tracer,
     TVM through ``torch.export``): the graph forms that ONNX Runtime runs fast. ``torch.compile``
-    gets the plain eager form (some torch versions answer ``jit.is_tracing()`` inside Dynamo)."""
-    if getattr(torch.compiler, "is_exporting", lambda: False)():
+    gets the plain eager form. Inside Dynamo neither ``is_exporting()`` nor ``jit.is_tracing()`` can
+    be trusted (torch 2.11's Dynamo answers ``is_exporting()`` with True under ``torch.compile`` too,
+    and some versions answer ``jit.is_tracing()`` with True), so the flag that ``torch.export`` sets
+    is read directly; ``is_exporting()`` only where a torch has no such flag."""
+    compiler = _compiler()
+    flag = getattr(compiler, "_is_exporting_flag", None)
+    if flag is None:
+        flag = getattr(compiler, "is_exporting", lambda: False)()
+    if flag:
         return True
-    if getattr(torch.compiler, "is_compiling", lambda: False)():
+    if getattr(compiler, "is_compiling", lambda: False)():
         return False
     return torch.jit.is_tracing()
+
+
+def _compiler():
+    """``torch.compiler`` (one place, so that a test can stand in for another torch version's answers)."""
+    return torch.compiler
 
 
 def softplus(v: Tensor) -> Tensor:

@@ -48,6 +48,13 @@ def _prefetch_l2(pf_ptr, pf_bytes, NT: tl.constexpr, SHARED: tl.constexpr = True
     else:
         pid = 0
         nprog = 1
+    _prefetch_l2_share(pf_ptr, pf_bytes, pid, nprog, NT)
+
+
+@triton.jit
+def _prefetch_l2_share(pf_ptr, pf_bytes, pid, nprog, NT: tl.constexpr):
+    """Share `pid` of `nprog` of the bulk L2 prefetch of bytes [0, pf_bytes) after pf_ptr (both
+    multiples of 16), cut over the program's NT threads."""
     share = ((pf_bytes + nprog - 1) // nprog + 15) // 16 * 16
     piece = ((share + NT - 1) // NT + 15) // 16 * 16
     t = tl.arange(0, NT)

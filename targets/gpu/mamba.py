@@ -93,6 +93,10 @@ class Blocks:
     # one flat pipelined loop (head_stages deep; head_loop blocks of head_rows rows a program)
     head_chunks: int = 0
     head_stages: int = 3
+    # recipe-quantized runtime: the SSM kernels of the last head_l2_layers layers ask L2 (sm_90 bulk
+    # prefetch, before their PDL wait) for the head's table and scales, 1/head_l2_layers each, while
+    # the layer chain leaves HBM mostly idle; the head then reads L2 (0: off)
+    head_l2_layers: int = 0
     in_stages: int = 3
     in_prefetch: bool = True
 
@@ -104,7 +108,7 @@ NO_PDL = Blocks(ssm_channels=32, warps_head=8, pdl=False)
 QUANT_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4)
 # 4-bit recipes (W4A16): the same, with the 4-bit head taking 12 row blocks a program and no L2 eviction
 # hints (each ~1 us off the step in the H200 sweeps of benchmarks/decode_gpu_w4_sweeps.json)
-QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False)
+QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False, head_l2_layers=4)
 # 4-bit recipes at d_model > 1024: 64-channel SSM/out_proj blocks (at 48 x 2048 on the H200 the 32-channel
 # grid, 2,048 programs a layer, cost 767 us of SSM kernels a step against 577 with 64; at 768 wide, 64
 # channels were slower: benchmarks/decode_gpu_w4_loop*.json)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from targets.gpu.kernels import AMAX_RESET, _copy_share, _next_token, _nib_f32, _prefetch_l2, gdc_launch_dependents, gdc_wait
+from targets.gpu.kernels import (AMAX_RESET, _copy_share, _next_token, _nib_f32, _prefetch_l2, _prefetch_l2_share,
+                                 gdc_launch_dependents, gdc_wait)
 
 try:  # round-half-even on the GPU (PTX cvt.rni); the interpreter has no libdevice
     from triton.language.extra.cuda.libdevice import rint as _rint_dev
@@ -382,17 +383,22 @@ def _out_apply(h_ptr, bo, sol, soh, y, po, D: tl.constexpr, BO: tl.constexpr, WB
 def q_ssm_kernel(
     h_ptr, amax_ptr, xc_ptr, zg_ptr, xsum_ptr, xzero_ptr, w_dt_ptr, s_dt_ptr, dt_b_ptr, a_ptr, dskip_ptr, ssm_ptr,
     ssm_out_ptr, prev_out_ptr, prev_ssm_ptr, act_s_ptr, w_oT_ptr, s_o_ptr, ppart_ptr,
+    hpf_w_ptr, hpf_w_bytes, hpf_s_ptr, hpf_s_bytes,
     D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
     XD: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BO: tl.constexpr, NGD: tl.constexpr, GD: tl.constexpr,
     NGO: tl.constexpr, GO: tl.constexpr, WB: tl.constexpr, DT_AQ: tl.constexpr, OUT_AQ: tl.constexpr,
     ROT: tl.constexpr, P2: tl.constexpr, RESET_AMAX: tl.constexpr, ZERO_PREV: tl.constexpr, COPY_BLK: tl.constexpr,
     LDW: tl.constexpr, INTERP: tl.constexpr, EVW: tl.constexpr, PDL: tl.constexpr = False,
+    HPF_L2: tl.constexpr = False, NT: tl.constexpr = 64,
 ):
     """dt_proj (integer weights) + softplus, the state update, y = C·h + D·x, gate. Without rotation
     (ROT False, 2-D grid as ``mamba_ssm_out2_kernel``): (rounded) y times this block's out_proj share
     into the residual; the new state goes to a side buffer, copied into place by the next kernel
     of this kind (or the head). With rotation (1-D grid, state updated in place): this block's share
-    of the Sylvester transform of y, ppart[pe, b] = sum_{c in block} (-1)^popcount(b & (c mod P2)) y[c]."""
+    of the Sylvester transform of y, ppart[pe, b] = sum_{c in block} (-1)^popcount(b & (c mod P2)) y[c].
+    HPF_L2: before the wait, the grid asks L2 (sm_90 bulk prefetch, fire and forget) for bytes
+    [0, hpf_w_bytes) of hpf_w_ptr and [0, hpf_s_bytes) of hpf_s_ptr: this layer's share of the head's
+    table and scales, so that the head kernel after the last layer reads L2 instead of HBM."""
     pe = tl.program_id(0)
     po = tl.program_id(1)
     if ZERO_PREV:
@@ -414,6 +420,12 @@ def q_ssm_kernel(
     if not ROT:
         bo, sol, soh = _out_load(w_oT_ptr, s_o_ptr, chans, pe * BE, po, D, BO, NGO, GO, WB, LDW, EVW, not OUT_AQ)
     hs = tl.load(ssm_ptr + chans[:, None] * N + n[None, :], mask=nm, other=0.0)
+    if HPF_L2:
+        if not INTERP:
+            q = pe * tl.num_programs(1) + po
+            nq = tl.num_programs(0) * tl.num_programs(1)
+            _prefetch_l2_share(hpf_w_ptr, hpf_w_bytes, q, nq, NT)
+            _prefetch_l2_share(hpf_s_ptr, hpf_s_bytes, q, nq, NT)
     if PDL:  # the in_proj kernel's outputs from here on; the next kernel may start loading its weights
         gdc_wait()
         gdc_launch_dependents()

@@ -362,14 +362,16 @@ class QuantFusedMambaStep(FusedMambaStep):
                 )
             if "ssm" not in parts:
                 continue
-            common = dict(D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=XD, BX=_pow2(XD), NGD=R // g_dt, GD=g_dt,
+            common = dict(HPF_L2=self._head_prefetch_args(i)[1] > 0, NT=32 * b.warps_ssm,
+                          D=D, E=E, N=N, BN=_pow2(N), R=R, BR=_pow2(R), XD=XD, BX=_pow2(XD), NGD=R // g_dt, GD=g_dt,
                           NGO=E // g_o, GO=g_o, WB=self.wbits, DT_AQ=aq["dt"], OUT_AQ=aq["out"], LDW=ldo, INTERP=interpreted(), EVW=evw,
                           PDL=pdl, launch_pdl=pdl)
+            hpf = self._head_prefetch_args(i)
             if self.rotate:
                 q_ssm_kernel[(E // self.BEB, 1)](
                     self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[i], L["w_dt"], L["s_dt"], L["dt_b"],
                     L["A"], L["Dskip"], self.ssm[i], self.ssm[i], self.ssm[i], self.ssm[i], L["acts"], L["w_oT"],
-                    L["s_o"], self.ppart, BE=self.BEB, BO=self.BO, ROT=True, P2=self.hm_p, RESET_AMAX=(i == 0),
+                    L["s_o"], self.ppart, *hpf, BE=self.BEB, BO=self.BO, ROT=True, P2=self.hm_p, RESET_AMAX=(i == 0),
                     ZERO_PREV=False, COPY_BLK=1, **common, num_warps=b.warps_ssm,
                 )
                 q_rot_out_kernel[(E // self.BE, triton_cdiv(D, self.BO))](
@@ -384,7 +386,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                 q_ssm_kernel[grid](
                     self.h, self.amax, self.xc, self.zg, self.xsum[i], self.xsum[max(i - 1, 0)], L["w_dt"], L["s_dt"],
                     L["dt_b"], L["A"], L["Dskip"], self.ssm[i], self.ssm_side[i % 2], self.ssm_side[(i - 1) % 2],
-                    self.ssm[max(i - 1, 0)], L["acts"], L["w_oT"], L["s_o"], self.xsum[i],
+                    self.ssm[max(i - 1, 0)], L["acts"], L["w_oT"], L["s_o"], self.xsum[i], *hpf,
                     BE=self.BE, BO=self.BO, ROT=False, P2=1, RESET_AMAX=(i == 0), ZERO_PREV=(i > 0),
                     COPY_BLK=_pow2(triton_cdiv(E * N, grid[0] * grid[1])), **common, num_warps=b.warps_ssm,
                 )
@@ -415,6 +417,25 @@ class QuantFusedMambaStep(FusedMambaStep):
                 HPF=bool(b.head_prefetch) and loop > 1 and D % 32 == 0 and b.head_rows % 4 == 0, NT=32 * b.warps_head,
                 PDL=pdl, num_warps=b.warps_head, launch_pdl=pdl,
             )
+
+    def _head_prefetch_args(self, i: int) -> tuple:
+        """(table, table bytes, scales, scale bytes) that layer i's SSM kernel asks L2 for: with
+        ``Blocks.head_l2_layers`` = n > 0, each of the last n layers takes 1/n of the head's table and
+        of its scales (256-byte aligned shares); other layers, and the interpreter, prefetch nothing."""
+        n = min(self.blocks.head_l2_layers, len(self.layers))
+        w = self.head_w.reshape(-1).view(self.torch.uint8)
+        sc = self.head_s.reshape(-1).view(self.torch.uint8)
+        k = i - (len(self.layers) - n)
+        if n <= 0 or k < 0 or interpreted():
+            return w, 0, sc, 0
+
+        def share(t):
+            size = -(-t.numel() // (n * 256)) * 256
+            start = min(k * size, t.numel())
+            nbytes = max(0, min(size, t.numel() - start)) // 16 * 16
+            return (t[start:] if nbytes else t), nbytes
+
+        return (*share(w), *share(sc))
 
     def _in4_cpi(self) -> int:
         """Chunks of CH columns per iteration of the looping 4-bit in_proj kernel (a divisor of NCH)."""

@@ -131,3 +131,49 @@ def test_torch_compile_gets_the_plain_step_and_export_the_graph_forms(monkeypatc
     torch.compile(probe, backend="eager", fullgraph=True)(torch.zeros(1))
     assert seen == [False]
     assert mm._is_tracing()  # outside Dynamo, a tracer answering True means an ONNX export
+
+
+def test_torch_compile_traces_the_plain_step_even_when_dynamo_says_exporting(monkeypatch):
+    """torch 2.11's Dynamo answers ``torch.compiler.is_exporting()`` with True inside
+    ``torch.compile`` (later versions read the real flag): the compiled step must still be the plain
+    form — one matrix product a layer (the SSM readout), no identity (the exported form has four
+    and one) — and the flag that ``torch.export`` sets must still select the exported-graph forms."""
+    from collections import Counter
+
+    import edgeseq.models.mamba as mm
+
+    model = build_model("mamba", vocab_size=37, d_model=8, n_layer=2, d_state=4).eval()
+    names = model.state_names()
+    state = model.init_state(1)
+
+    def traced_ops():
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        torch._dynamo.reset()
+        step = torch.compile(lambda tok, *st: model.step(tok, dict(zip(names, st))), backend=backend,
+                             fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            step(torch.tensor([1]), *[state[n] for n in names])
+        return Counter(getattr(n.target, "__name__", str(n.target)) for g in graphs for n in g.graph.nodes
+                       if n.op in ("call_function", "call_method"))
+
+    import types
+
+    real = torch.compiler
+    answers = dict(is_exporting=lambda: True, is_compiling=real.is_compiling)  # torch 2.11's Dynamo, inside compile
+    if hasattr(real, "_is_exporting_flag"):
+        answers["_is_exporting_flag"] = False
+    stand_in = types.SimpleNamespace(**answers)
+    monkeypatch.setattr(mm, "_compiler", lambda: stand_in)
+    ops = traced_ops()
+    assert ops["matmul"] == 2 and ops["eye"] == 0, ops
+    assert not mm._is_tracing()
+    if "_is_exporting_flag" in answers:  # the flag torch.export sets selects the exported forms
+        stand_in._is_exporting_flag = True
+        assert mm._is_tracing()
+        ops = traced_ops()
+        assert ops["matmul"] == 2 * 4 and ops["eye"] == 2, ops

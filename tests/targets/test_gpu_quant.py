@@ -155,19 +155,22 @@ LOOPING = dict(in_chunks=2, head_chunks=2, head_rows=64, head_loop=4, head_prefe
 
 
 @gpu
-@pytest.mark.parametrize("pdl", [False, True, None, "loop"])
+@pytest.mark.parametrize("pdl", [False, True, None, "loop", "head_l2"])
 @pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
 def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation), with and
     without programmatic dependent launch (a kernel reading its predecessor's output before its
     ``gdc_wait`` would read stale values and miss 1e-4 by far); None: the 4-bit defaults
     (``QUANT4_BLOCKS``: PDL, the looping head); "loop": the looping in_proj and head kernels with
-    their L2 prefetch before the wait."""
+    their L2 prefetch before the wait; "head_l2": the head's table asked into L2 by the last 8
+    layers' SSM kernels (a hint: the numbers must not move)."""
     from targets.gpu.mamba import QUANT4_BLOCKS, Blocks
 
     model = _model(0, vocab_size=50280, d_model=768, n_layer=24).cuda()
     if pdl == "loop":
         blocks = Blocks(**{**QUANT4_BLOCKS.__dict__, **LOOPING})
+    elif pdl == "head_l2":
+        blocks = Blocks(**{**QUANT4_BLOCKS.__dict__, "head_l2_layers": 8})
     else:
         blocks = None if pdl is None else Blocks(pdl=pdl)
     worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=blocks)
@@ -207,6 +210,40 @@ def test_w8a8_130m_width_matches_fake_quant_step_by_step(over, pdl):
     print("w8a8", over, pdl, errors)
     assert sum(e < 1e-5 for e in errors) >= 0.75 * len(errors), errors
     assert max(errors) < 5e-2, errors
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 30])
+def test_head_l2_prefetch_shares_cover_the_head_once(n, monkeypatch):
+    """``Blocks.head_l2_layers`` = n: the last n layers' SSM kernels each ask L2 for one share of the
+    head's table and scales. The shares must be 16-byte multiples at 256-byte aligned offsets (the
+    bulk prefetch's rules), disjoint, in order, and cover each tensor but its last < 16 bytes; the
+    other layers (and the interpreter) prefetch nothing."""
+    import types
+
+    import targets.gpu.qmamba as qm
+    from targets.gpu.mamba import Blocks
+
+    monkeypatch.setattr(qm, "interpreted", lambda: False)
+    nl = 6
+    fake = types.SimpleNamespace(torch=torch, blocks=Blocks(head_l2_layers=n), layers=[None] * nl,
+                                 head_w=torch.zeros(1003, 33, dtype=torch.uint8), head_s=torch.zeros(1003, 3))
+    for t, idx in ((fake.head_w, 0), (fake.head_s, 2)):
+        base = t.reshape(-1).view(torch.uint8)
+        covered = 0
+        for i in range(nl):
+            args = qm.QuantFusedMambaStep._head_prefetch_args(fake, i)
+            ptr, nbytes = args[idx], args[idx + 1]
+            if i < nl - min(n, nl):
+                assert nbytes == 0
+                continue
+            assert nbytes % 16 == 0
+            if nbytes:
+                offset = ptr.data_ptr() - base.data_ptr()
+                assert offset % 256 == 0 and offset == covered, (i, offset, covered)
+                covered += nbytes
+        assert base.numel() - 16 < covered <= base.numel()
+    monkeypatch.setattr(qm, "interpreted", lambda: True)
+    assert all(qm.QuantFusedMambaStep._head_prefetch_args(fake, i)[1] == 0 for i in range(nl))
 
 
 @gpu
@@ -277,7 +314,8 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, shape, monkeypatc
     g = dict(group_size=16, group_fallback="channel")
     # d_model 64 for the looping kernels: rows of 32 bytes, so their L2 prefetches are compiled too
     qmodel = quantized(_model(0, vocab_size=300, d_model=64 if shape else 48, n_layer=2), recipe, **{**g, **over})
-    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False, blocks=gm.Blocks(**{"pdl": True, "head_loop": 3, **shape}))
+    rt = qm.QuantFusedMambaStep(qmodel, device="cpu", cuda_graph=False,
+                                blocks=gm.Blocks(**{"pdl": True, "head_loop": 3, "head_l2_layers": 1, **shape}))
     assert rt.head4 == (recipe == "w4a16")  # w4a16's own 4-bit head is packed two values a byte
     rt._launch(False)
     assert all(kw.get("launch_pdl") for _, _, kw in launches)
