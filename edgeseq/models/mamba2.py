@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeseq.models.mamba import RMSNorm, SelectiveSSMLM, softplus
+from edgeseq.models.mamba import RMSNorm, SelectiveSSMLM
 from edgeseq.streaming import ActPoint, ModelConfig, QuantPoint, StateSpec
 
 
@@ -242,7 +242,7 @@ class Mamba2Mixer(nn.Module):
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def _dt(self, dt: Tensor) -> Tensor:
-        dt = softplus(dt + self.dt_bias)
+        dt = F.softplus(dt + self.dt_bias)
         lo, hi = self.cfg.dt_limit_min, self.cfg.dt_limit_max
         if lo > 0 or hi > 0:
             dt = dt.clamp(min=lo, max=hi if hi > 0 else None)

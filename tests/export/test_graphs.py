@@ -90,16 +90,16 @@ def test_traced_mamba_step_makes_its_constants_on_the_state_device(monkeypatch):
     with torch.no_grad():
         y_traced, s_traced = model.step(torch.tensor([3]), dict(state))
     assert devices and all(d is not None and torch.device(d) == torch.device("cpu") for d in devices)
-    # the products and the shift are exact; the traced softplus is within 6e-8 + 1.2e-7·|dt| of it
+    # the products and the shift are exact; the traced softplus is within 3e-7 of it, relative
     torch.testing.assert_close(y_traced, y_eager, rtol=1e-5, atol=1e-6)
     for k in s_eager:
         torch.testing.assert_close(s_traced[k], s_eager[k], rtol=1e-5, atol=1e-6)
 
 
 def test_traced_softplus_is_torch_softplus(monkeypatch):
-    """The exported graphs' softplus (vectorized element-wise kernels, not ONNX Runtime's scalar
-    Softplus) against float64 ``F.softplus``: absolute error under 6e-8 (where the step size is
-    tiny) plus float32 rounding of the result, the identity above the threshold, finite at ±1e30."""
+    """The step graph's softplus (vectorized element-wise kernels, not ONNX Runtime's scalar
+    Softplus) against float64 ``F.softplus``: within 3e-7 relative (float32 ``F.softplus``: 1.1e-7; 0 below 6e-8),
+    the identity above the threshold, finite at ±1e30."""
     import torch.nn.functional as F
 
     import edgeseq.models.mamba as mm
@@ -109,7 +109,8 @@ def test_traced_softplus_is_torch_softplus(monkeypatch):
     ref = F.softplus(v.double())
     monkeypatch.setattr(mm, "_is_tracing", lambda: True)
     got = mm.softplus(v).double()
-    assert bool(((got - ref).abs() <= 6e-8 + 1.2e-7 * ref.abs()).all())
+    # below e^v = 6e-8, 1 + e^v rounds to 1 and the step size to 0: off by under 6e-8, absolute
+    assert bool(((got - ref).abs() <= 3e-7 * ref.abs() + 6e-8 * (ref < 6e-8)).all())
     assert bool((got[v > 20] == v[v > 20].double()).all())
     monkeypatch.setattr(mm, "_is_tracing", lambda: False)
     assert torch.equal(mm.softplus(v), F.softplus(v))
