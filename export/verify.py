@@ -68,7 +68,7 @@ import torch
 from edgeseq.errors import EdgeseqError
 from edgeseq.streaming import StreamingModel
 from export.graphs import sample_inputs
-from targets.selfcheck import per_sample_errors, step_errors
+from targets.selfcheck import per_sample_errors, state_errors
 
 EXACT_FLOOR = {"float32": 1e-4, "float16": 2e-2, "quantized": 1e-4}
 EXACT_STEP = EXACT_FLOOR["float32"]  # the least relative error of a sample-step that counts as inexact
@@ -152,9 +152,12 @@ def exact_tolerance(reference_errors: np.ndarray, floor: float) -> float:
     return max(floor, NOISE_MARGIN * float(np.quantile(reference_errors, 0.25)))
 
 
-def _step_errors(ref_y, ref_state, y, state) -> np.ndarray:
+def _step_errors(ref_y, ref_state, y, state) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``[B]`` errors of one teacher-forced step (output and every new state), and each state's own."""
     names = list(ref_state)
-    return step_errors(ref_y.detach(), [ref_state[n].detach() for n in names], y.detach(), [state[n].detach() for n in names])
+    out = per_sample_errors(ref_y.detach(), y.detach())
+    rows = state_errors([ref_state[n].detach() for n in names], [state[n].detach() for n in names], out.shape[0])
+    return np.maximum.reduce([out, *rows]), rows
 
 
 def _position_errors(ref: torch.Tensor, got: torch.Tensor) -> np.ndarray:
@@ -199,7 +202,7 @@ def verify_runner(
     out_err = state_err = 0.0
     agree = 0
     art_errors, ref_errors = [], []
-    state_errors: dict[str, tuple[list, list]] = {}  # name -> (artifact, float64) per-sample errors
+    per_state: dict[str, tuple[list, list]] = {}  # name -> (artifact, float64) per-sample errors
     length = getattr(runner, "prefill_length", 0)
     restarts = _restart_positions(steps, length)
     restart_states: dict[int, dict] = {}
@@ -215,14 +218,16 @@ def verify_runner(
                       *(_rel(new_ref_state[n].double().numpy(), free64[n].double().numpy()) for n in new_ref_state))
         art_y, art_state = runner.step(x_t, art_state)
         _check_finite(art_y.float().numpy(), f"step {t} output")
-        art_errors.append(_step_errors(ref_y, new_ref_state, forced_y, forced_state))
-        ref_errors.append(_step_errors(ref_y, new_ref_state, y64, state64))
+        art_step, art_rows = _step_errors(ref_y, new_ref_state, forced_y, forced_state)
+        ref_step, ref_rows = _step_errors(ref_y, new_ref_state, y64, state64)
+        art_errors.append(art_step)
+        ref_errors.append(ref_step)
         if quantized:
-            for name, ref_s in new_ref_state.items():
+            for (name, ref_s), a, r in zip(new_ref_state.items(), art_rows, ref_rows):
                 if ref_s.ndim and ref_s.shape[0] == batch:
-                    arts, refs = state_errors.setdefault(name, ([], []))
-                    arts.append(per_sample_errors(ref_s.detach(), forced_state[name].detach()))
-                    refs.append(per_sample_errors(ref_s.detach(), state64[name].detach()))
+                    arts, refs = per_state.setdefault(name, ([], []))
+                    arts.append(a)
+                    refs.append(r)
         ref_state = new_ref_state
         ref_np, art_np = ref_y.float().numpy(), art_y.float().numpy()
         out_err = max(out_err, float(np.abs(ref_np - art_np).max()))
@@ -270,8 +275,8 @@ def verify_runner(
         failures.append(f"{result.inexact_fraction:.1%} of {art_e.size} teacher-forced sample-steps differ beyond "
                         f"{result.exact_tolerance:.2g} (a second correct implementation, PyTorch in float64: "
                         f"{result.reference_inexact_fraction:.1%}; allowed {result.allowed_inexact_fraction:.1%})")
-    if state_errors:
-        failures += _state_tests(result, state_errors, floor)
+    if per_state:
+        failures += _state_tests(result, per_state, floor)
 
     def prefill_three(chunk, state, where, art_state=None):
         """One prefill chunk from ``state`` through the float32 reference, float64 and the artifact
@@ -363,7 +368,7 @@ def verify_runner(
     return result
 
 
-def _state_tests(result: Verification, state_errors: dict[str, tuple[list, list]], floor: float) -> list[str]:
+def _state_tests(result: Verification, per_state: dict[str, tuple[list, list]], floor: float) -> list[str]:
     """The teacher-forced rule per new state tensor (quantized graphs).
 
     In a deep quantized model one step is chaotic: a last-bit difference moves an int8 level in an
@@ -378,7 +383,7 @@ def _state_tests(result: Verification, state_errors: dict[str, tuple[list, list]
     quantized per block of a 768-wide vector, one level already moves in the first layer at most
     steps (130m w4a8-block: float64 inexact at 67% of conv_0's sample-steps)."""
     failures, rows = [], []
-    for name, (arts, refs) in state_errors.items():
+    for name, (arts, refs) in per_state.items():
         a, r = np.concatenate(arts), np.concatenate(refs)
         tol = exact_tolerance(r, floor)
         fa, fr = float((a > tol).mean()), float((r > tol).mean())
@@ -392,15 +397,15 @@ def _state_tests(result: Verification, state_errors: dict[str, tuple[list, list]
             failures.append(f"state {name!r}: {fa:.1%} of {a.size} teacher-forced sample-steps differ beyond {tol:.2g} "
                             f"(float64 PyTorch: {fr:.1%}; allowed {allowed:.1%})")
     result.state_tests = len(rows)
-    result.state_tests_without_power = len(state_errors) - len(rows)
+    result.state_tests_without_power = len(per_state) - len(rows)
     if not rows:
-        result.checks.append(f"each of {len(state_errors)} new state tensors on its own: float64 PyTorch is itself inexact "
+        result.checks.append(f"each of {len(per_state)} new state tensors on its own: float64 PyTorch is itself inexact "
                              f"at most sample-steps of every one (int8 levels moved in the first layer already), not applied")
         return []
     result.state_test_sharpest = min(rows, key=lambda row: (row["exact_tolerance"], row["allowed_inexact_fraction"]))
     result.state_test_worst = max(rows, key=lambda row: row["inexact_fraction"] - row["allowed_inexact_fraction"])
     sharp = result.state_test_sharpest
-    result.checks.append(f"{len(rows)} of {len(state_errors)} new state tensors on their own, teacher-forced (the sharpest, "
+    result.checks.append(f"{len(rows)} of {len(per_state)} new state tensors on their own, teacher-forced (the sharpest, "
                          f"{sharp['state']!r}, exact within {sharp['exact_tolerance']:.2g}); the others have no power "
                          f"(float64 PyTorch itself inexact at most sample-steps)")
     return failures[:3]

@@ -63,17 +63,24 @@ def per_sample_errors(ref: Any, got: Any) -> np.ndarray:
     return diff.reshape(diff.shape[0], -1).max(axis=1) / peak if diff.size else np.zeros(ref.shape[:1])
 
 
+def state_errors(ref_state: Sequence[Any], state: Sequence[Any], batch: int) -> list[np.ndarray]:
+    """``[B]`` errors of each new state tensor, per sample (a state without the batch first gives
+    one figure for every sample)."""
+    rows = []
+    for ref, got in zip(ref_state, state):
+        ref, got = np.asarray(ref), np.asarray(got)
+        if ref.ndim and ref.shape[0] == batch:
+            rows.append(per_sample_errors(ref, got))
+        else:
+            rows.append(np.full(batch, float(per_sample_errors(ref.reshape(1, -1), got.reshape(1, -1))[0])))
+    return rows
+
+
 def step_errors(ref_y: Any, ref_state: Sequence[Any], y: Any, state: Sequence[Any]) -> np.ndarray:
     """``[B]`` errors of one teacher-forced step: the output and every new state tensor, per sample
     (a state without the batch first gives one figure for every sample)."""
     errors = per_sample_errors(ref_y, y)
-    for ref, got in zip(ref_state, state):
-        ref, got = np.asarray(ref), np.asarray(got)
-        if ref.ndim and ref.shape[0] == errors.shape[0]:
-            errors = np.maximum(errors, per_sample_errors(ref, got))
-        else:
-            errors = np.maximum(errors, float(per_sample_errors(ref.reshape(1, -1), got.reshape(1, -1))[0]))
-    return errors
+    return np.maximum.reduce([errors, *state_errors(ref_state, state, errors.shape[0])])
 
 
 def compare_reference(folder: Path, entry: dict[str, Any], step: StepFn) -> dict[str, Any]:
@@ -168,4 +175,4 @@ def check_on_device(folder: str | Path, manifest: dict[str, Any], runtime: str, 
     return result
 
 
-__all__ = ["REFERENCE_FILE", "REFERENCE_STEPS", "arm_without_dot_product", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "step_errors", "write_reference"]
+__all__ = ["REFERENCE_FILE", "REFERENCE_STEPS", "arm_without_dot_product", "check_on_device", "compare_reference", "cpu_features", "per_sample_errors", "state_errors", "step_errors", "write_reference"]
