@@ -48,8 +48,11 @@ in the same way. Then
   and ``DRIFT_SLACK`` × how far the float64 reference itself drifts from the float32 one over the
   same stream (``reference_drift``): a deep quantized recurrence can be chaotic — a last-bit
   difference moves an activation one int8 level and the two runs part — and then a second correct
-  implementation drifts as far as a correct artifact does. Teacher-forced steps keep the plain
-  bound, so a kernel computing another function still fails there.
+  implementation drifts as far as a correct artifact does. A quantized graph's teacher-forced steps
+  get that bound too (in such a model one step from the reference state already differs by about
+  the signal, float64 PyTorch's as well: 24 random 130m-shape layers with int8 activation blocks of
+  64); float graphs keep the plain bound. A kernel computing another function is held by the
+  exactness tests above, not by this bound.
 
 A graph computing another function — a saturating kernel, a wrong scale, layout or state update —
 is inexact at most sample-steps and fails by far. ``note`` says what differs and what to do.
@@ -97,6 +100,8 @@ class Verification:
     prefill_max_rel_error: float | None = None
     argmax_agreement: float | None = None  # LMs, free-running: fraction of steps with the same top token
     teacher_forced_max_rel_error: float = 0.0
+    teacher_forced_reference_max_rel_error: float | None = None  # float64 vs float32 PyTorch, same forced steps
+    teacher_forced_bound: float | None = None  # bound on a teacher-forced step's error
     teacher_forced_exact_fraction: float = 1.0  # sample-steps within exact_tolerance (from the reference state)
     drift_tolerance: float | None = None  # bound on free-running and prefill errors
     reference_drift: float | None = None  # float64 vs float32 PyTorch, each free-running: max relative error
@@ -253,6 +258,7 @@ def verify_runner(
         result.allowed_inexact_fraction = min(result.allowed_inexact_fraction, 1.0 - min_exact_steps)
     result.teacher_forced_exact_fraction = 1.0 - result.inexact_fraction
     result.teacher_forced_max_rel_error = float(art_e.max()) if art_e.size else 0.0
+    result.teacher_forced_reference_max_rel_error = float(ref_e.max()) if ref_e.size else 0.0
     result.max_abs_error = out_err
     result.max_rel_error = out_err / max(ref_peak, 1e-12)
     result.max_abs_state_error = state_err
@@ -268,6 +274,12 @@ def verify_runner(
     result.tolerance = bound
     result.reference_drift = drift64
     free_bound = max(bound, DRIFT_SLACK * drift64) if drift_tolerance is None else bound
+    # a quantized step from the reference's state can itself be chaotic (a deep random model: one moved
+    # level in an early layer changes the output by about the whole signal, float64 PyTorch's own forced
+    # steps too), and then the size of its worst error says nothing: it gets the free-running bound; the
+    # exactness tests (whole step, each state) are what hold such a graph
+    forced_bound = free_bound if quantized else bound
+    result.teacher_forced_bound = forced_bound
     result.drift_tolerance = free_bound
     prefill_bound = bound
     failures: list[str] = []
@@ -352,9 +364,10 @@ def verify_runner(
             failures.append(f"prefill: {result.prefill_inexact_fraction:.1%} of {pa.size} (sample, position) outputs differ "
                             f"beyond {tol:.2g} (float64 PyTorch: {result.prefill_reference_inexact_fraction:.1%}; allowed "
                             f"{result.prefill_allowed_inexact_fraction:.1%})")
-    if result.teacher_forced_max_rel_error > bound:
+    if result.teacher_forced_max_rel_error > forced_bound:
         failures.append(f"a teacher-forced step's error of {result.teacher_forced_max_rel_error:.3g} of the signal "
-                        f"exceeds the bound {bound:.3g}")
+                        f"exceeds the bound {forced_bound:.3g} (float64 PyTorch: "
+                        f"{result.teacher_forced_reference_max_rel_error:.3g})")
     free_worst = max(result.max_rel_error, result.max_rel_state_error)
     if free_worst > free_bound:
         failures.append(f"a free-running error of {free_worst:.3g} of the signal exceeds the bound {free_bound:.3g} "
