@@ -39,8 +39,9 @@ def build(work: Path, recipes, layers: int = 24, prefill_length: int = 64, steps
     folder = write_hf_folder(work / "llama.cpp" / f"mamba-130m-shape-L{layers}", layers)
     out: dict[str, Path] = {}
     model = None
-    for recipe in recipes:
-        path = work / f"edgeseq-{recipe}-L{layers}"
+    for recipe in recipes:  # a recipe name, or a recipe file (named by its stem)
+        name = Path(recipe).stem if recipe.endswith((".toml", ".json")) else recipe
+        path = work / f"edgeseq-{name}-L{layers}"
         out[recipe] = path
         if (path / "manifest.json").is_file():
             continue
@@ -65,14 +66,14 @@ def build(work: Path, recipes, layers: int = 24, prefill_length: int = 64, steps
             out[recipe] = refused
             continue
         try:
-            export_artifact(exported, path, recipe=recipe, steps=steps, prefill_length=prefill_length, threads=2,
+            export_artifact(exported, path, recipe=name, steps=steps, prefill_length=prefill_length, threads=2,
                             source=str(folder), log=log, keep_failed=refused)
-            log(f"{recipe}: exported and verified in {time.perf_counter() - start:.0f} s")
+            log(f"{name}: exported and verified in {time.perf_counter() - start:.0f} s")
         except EdgeseqError as exc:
             if not (refused / "manifest.json").is_file():
                 raise
             out[recipe] = refused  # timed, and reported as not verified
-            log(f"{recipe}: verification refused it ({str(exc)[:200]}); kept in {refused} for timing only")
+            log(f"{name}: verification refused it ({str(exc)[:200]}); kept in {refused} for timing only")
     return out
 
 

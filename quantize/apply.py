@@ -245,15 +245,16 @@ def _replace(model: nn.Module, point: QuantPoint, plan: dict, recipe: QuantRecip
     return info
 
 
-HEAD_BLOCK = 32  # the int8-activation head's block: MatMulNBits' fastest CompInt8 form
+HEAD_BLOCK = 32  # a static-int8 recipe's head block (block recipes: their own group_size)
 
 
 def head_recipe_of(recipe: QuantRecipe) -> QuantRecipe:
     """How a tied head's own copy is quantized under ``recipe`` (``head_bits`` > 0).
 
-    * int8-activation recipes (static or block): ``head_bits`` weights in blocks of 32 with int8
+    * int8-activation recipes (static or block): ``head_bits`` weights in blocks with int8
       activations quantized dynamically per block (``act_granularity = "block"``, ONNX Runtime's
-      ``MatMulNBits`` at accuracy level 4). A static per-tensor scale would need the head's input
+      ``MatMulNBits`` at accuracy level 4): the recipe's own ``group_size`` for block recipes, 32
+      (``HEAD_BLOCK``) for static ones. A static per-tensor scale would need the head's input
       calibrated, and the dynamic block scale is both the more accurate and the faster kernel;
       full-range weights, since that kernel does not saturate on AVX2 (docs/quantization.md).
     * float-activation recipes: ``head_bits`` weights in the recipe's own groups (``MatMulNBits``
@@ -263,7 +264,8 @@ def head_recipe_of(recipe: QuantRecipe) -> QuantRecipe:
     """
     fields: dict[str, Any] = dict(weight_bits=recipe.head_bits, rotate=False, gptq=False)
     if recipe.act_bits == 8:
-        fields.update(weight_granularity="group", group_size=HEAD_BLOCK, act_granularity="block", weight_levels=0)
+        block = recipe.group_size if recipe.act_granularity == "block" else HEAD_BLOCK
+        fields.update(weight_granularity="group", group_size=block, act_granularity="block", weight_levels=0)
     return dataclasses.replace(recipe, **fields)
 
 
