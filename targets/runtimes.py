@@ -211,7 +211,7 @@ class ArtifactRuntime(Runtime):
 
 # mlas.disable_kleidiai: on aarch64 CPUs with sdot or i8mm, ONNX Runtime (1.2x-1.3x) hands 4-bit
 # MatMulNBits at accuracy level 4 to KleidiAI, whose kernels quantize the activations per row
-# (asymmetric), not per block of 32 as MLAS's own kernels and the block recipes do: another
+# (asymmetric), not per block as MLAS's own kernels and the block recipes do: another
 # function (0.8% relative error on one layer, measured under qemu; docs/export.md). With it off,
 # aarch64 computes what verification checked on x86-64. No effect on x86-64.
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "mlas.disable_kleidiai": "1"}

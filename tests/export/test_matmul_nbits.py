@@ -84,8 +84,8 @@ def small_mamba():
 @pytest.mark.parametrize("recipe", ["w8a8-block", "w4a8-block"])
 def test_block_recipe_step_matches_forward_and_the_head_has_its_own_copy(small_mamba, recipe):
     qmodel, report = quantize_model(small_mamba, recipe, None, progress=False)  # no calibration needed
-    assert isinstance(qmodel.lm_head, QuantLinear) and qmodel.lm_head.act_block == 32
-    assert qmodel.layers[0].mixer.in_proj.act_block == 32
+    assert isinstance(qmodel.lm_head, QuantLinear) and qmodel.lm_head.act_block == 64  # the recipe's block
+    assert qmodel.layers[0].mixer.in_proj.act_block == 64
     assert isinstance(qmodel.layers[0].mixer.dt_proj, torch.nn.Linear)  # rank 4: no block >= 16 divides it: float
     x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_quantized_folder_round_trip_keeps_the_head(small_mamba, tmp_path):
     x = torch.randint(0, 256, (1, 6))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), qmodel(x))
-    assert loaded.lm_head.act_block == 32
+    assert loaded.lm_head.act_block == 64
 
 
 @pytest.mark.parametrize("recipe", ["w8a8-block", "w4a8-block"])
