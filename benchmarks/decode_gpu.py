@@ -480,7 +480,7 @@ def main(argv=None) -> int:
 
     sweep_out = None
     try:
-        from targets.gpu.mamba import NO_PDL, QUANT4_BLOCKS, QUANT4_WIDE_BLOCKS, QUANT_BLOCKS, Blocks, FusedMambaStep, available
+        from targets.gpu.mamba import NO_PDL, QUANT4_BLOCKS, QUANT4_ROT_BLOCKS, QUANT4_WIDE_BLOCKS, QUANT_BLOCKS, Blocks, FusedMambaStep, available
 
         if not available():
             raise RuntimeError("Triton is not importable")
@@ -506,6 +506,7 @@ def main(argv=None) -> int:
                 nbytes_of[name] = rt.bytes_per_step
         extra["fused_blocks"] = {"no PDL": dict(NO_PDL.__dict__), "PDL": dict(chosen.__dict__),
                                  "recipe, PDL": dict(QUANT_BLOCKS.__dict__), "4-bit recipe, PDL": dict(QUANT4_BLOCKS.__dict__),
+                                 "4-bit rotated recipe, PDL": dict(QUANT4_ROT_BLOCKS.__dict__),
                                  "4-bit recipe, PDL, d_model > 1024": dict(QUANT4_WIDE_BLOCKS.__dict__)}
         for recipe in [r for r in args.recipes.split(",") if r]:
             t0 = time.time()

@@ -99,6 +99,12 @@ class Blocks:
     head_l2_layers: int = 0
     in_stages: int = 3
     in_prefetch: bool = True
+    # recipe-quantized runtime, 4-bit weights with float activations (whole-row design): in_proj through
+    # q_in4r_kernel, a 2-D tile of (channel, chunk) rows reduced along each row's bytes, instead of
+    # q_in_kernel's [channels, chunks, columns] tile; in_nibh: its high nibble converted in place
+    # (16·(q − 8) against the norm weight / 16, no shift)
+    in_rows: bool = False
+    in_nibh: bool = False
 
 
 # the launch shapes of the PDL-less design measured before (benchmarks/decode_gpu.json keeps its rows)
@@ -108,17 +114,28 @@ NO_PDL = Blocks(ssm_channels=32, warps_head=8, pdl=False)
 QUANT_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4)
 # 4-bit recipes (W4A16): the same, with the 4-bit head taking 12 row blocks a program and no L2 eviction
 # hints (each ~1 us off the step in the H200 sweeps of benchmarks/decode_gpu_w4_sweeps.json)
-QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False, head_l2_layers=4)
+# and (benchmarks/decode_gpu_w4rows*.json) the rows in_proj kernel with the nibble read in place, and 1-warp SSM
+# programs, which fit on a multiprocessor beside that kernel's 220-register programs (so they load their
+# weights before in_proj ends)
+QUANT4_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=32, warps_head=4, head_loop=12, q_l2=False, head_l2_layers=4,
+                       in_rows=True, in_nibh=True, warps_ssm=1)
 # 4-bit recipes at d_model > 1024: 64-channel SSM/out_proj blocks (at 48 x 2048 on the H200 the 32-channel
 # grid, 2,048 programs a layer, cost 767 us of SSM kernels a step against 577 with 64; at 768 wide, 64
 # channels were slower: benchmarks/decode_gpu_w4_loop*.json)
 QUANT4_WIDE_BLOCKS = Blocks(in_channels=8, warps_in=4, ssm_channels=64, warps_head=4, head_loop=12, q_l2=False)
 
 
-def quant_blocks(wbits: int, d_model: int) -> Blocks:
+# rotated 4-bit recipes (3 kernels a layer): the rows in_proj kernel, the SSM programs as before (2 warps;
+# 1 warp not measured with the rotation)
+QUANT4_ROT_BLOCKS = Blocks(**{**QUANT4_BLOCKS.__dict__, "warps_ssm": 2})
+
+
+def quant_blocks(wbits: int, d_model: int, rotate: bool = False) -> Blocks:
     """The recipe runtime's default launch shapes for a weight width and model width."""
     if wbits == 4:
-        return QUANT4_WIDE_BLOCKS if d_model > 1024 else QUANT4_BLOCKS
+        if d_model > 1024:
+            return QUANT4_WIDE_BLOCKS
+        return QUANT4_ROT_BLOCKS if rotate else QUANT4_BLOCKS
     return QUANT_BLOCKS
 
 
@@ -472,5 +489,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT4_WIDE_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quant_blocks", "quantize_groups_int4",
+__all__ = ["NO_PDL", "QUANT4_BLOCKS", "QUANT4_ROT_BLOCKS", "QUANT4_WIDE_BLOCKS", "QUANT_BLOCKS", "Blocks", "FusedMambaStep", "available", "dequantize_int4", "interpreted", "quant_blocks", "quantize_groups_int4",
            "quantize_rows_int8"]

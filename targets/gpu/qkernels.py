@@ -318,6 +318,85 @@ def q_in4_kernel(
 
 
 @triton.jit
+def q_in4r_kernel(
+    tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, norm_w_ptr, norm_wh_ptr, w_in_ptr, s_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
+    w_xT_ptr, s_x_ptr, act_s_ptr, xc_ptr, zg_ptr, xsum_ptr, eps, vocab,
+    D: tl.constexpr, E: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, XD: tl.constexpr, BX: tl.constexpr,
+    BC: tl.constexpr, CH: tl.constexpr, NCH: tl.constexpr, BNCH: tl.constexpr, NGI: tl.constexpr, GI: tl.constexpr,
+    NGX: tl.constexpr, GX: tl.constexpr, SSM_AQ: tl.constexpr, FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr,
+    LDW: tl.constexpr, INTERP: tl.constexpr, BD: tl.constexpr, NIBH: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """``q_in_kernel`` for 4-bit weights with float activations (W4A16) as a 2-D tile of rows: row r
+    of the program's x (and z) tile is chunk r % BNCH of channel r // BNCH (CH/2 contiguous bytes),
+    so the GEMV's reduction runs along the bytes of a row (in registers, then across a few lanes),
+    each row's partial sum is scaled once by its group scale, and the BNCH row sums of a channel are
+    added at the end. The activation is gathered per row (column j·CH + k, from L2), 1/rms applied
+    after the sums; the high nibble read in place with NIBH: or'ed into the mantissa of 2^23 without
+    the shift it is 2^23 + 16·q, minus 2^23 + 128: 16·(q − 8), exact, against norm_wh = the norm
+    weight / 16 (exact); without NIBH norm_wh is the norm weight and the nibble is shifted down."""
+    pid = tl.program_id(0)
+    chans = pid * BC + tl.arange(0, BC)
+    kk = tl.arange(0, KP)
+    xo = tl.arange(0, BX)
+    HALF: tl.constexpr = CH // 2
+    R: tl.constexpr = BC * BNCH
+    r = tl.arange(0, R)
+    c = pid * BC + r // BNCH
+    j = r % BNCH
+    rm = j < NCH
+    kq = tl.arange(0, HALF)
+    woff = tl.multiple_of(c * LDW + j * HALF, 16)[:, None] + tl.max_contiguous(kq, HALF)[None, :]
+    bx = tl.load(w_in_ptr + woff, mask=rm[:, None], other=0)
+    bz = tl.load(w_in_ptr + E * LDW + woff, mask=rm[:, None], other=0)
+    sx = tl.load(s_in_ptr + c * NGI + (j * CH) // GI, mask=rm, other=0.0)
+    sz = tl.load(s_in_ptr + (c + E) * NGI + (j * CH) // GI, mask=rm, other=0.0)
+    cl = (j * CH)[:, None] + kq[None, :]  # the column of each low nibble
+    nwl = tl.load(norm_w_ptr + cl, mask=rm[:, None], other=0.0)
+    nwh = tl.load(norm_wh_ptr + cl + HALF, mask=rm[:, None], other=0.0)
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
+    sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
+    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    cb = tl.load(conv_b_ptr + chans)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=kk[None, :] < (K - 1), other=0.0)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    offs = tl.arange(0, BD)
+    dm = offs < D
+    if FIRST:
+        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
+        es = tl.load(emb_s_ptr + tok)
+        v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0).to(tl.float32) * es
+        if pid == 0:
+            tl.store(h_ptr + offs, v, mask=dm)
+        vl = tl.load(emb_ptr + tok * D + cl, mask=rm[:, None], other=0).to(tl.float32) * es
+        vh = tl.load(emb_ptr + tok * D + cl + HALF, mask=rm[:, None], other=0).to(tl.float32) * es
+    else:
+        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+        vl = tl.load(h_ptr + cl, mask=rm[:, None], other=0.0)
+        vh = tl.load(h_ptr + cl + HALF, mask=rm[:, None], other=0.0)
+    ul = vl * nwl
+    uh = vh * nwh
+    bxi = bx.to(tl.int32)
+    bzi = bz.to(tl.int32)
+    xl = (bxi & 15 | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+    zl = (bzi & 15 | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+    if NIBH:
+        xh = (bxi & 240 | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
+        zh = (bzi & 240 | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
+    else:
+        xh = ((bxi >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+        zh = ((bzi >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+    px = tl.sum(xl * ul + xh * uh, axis=1) * sx
+    pz = tl.sum(zl * ul + zh * uh, axis=1) * sz
+    acc_x = tl.sum(tl.reshape(px, (BC, BNCH)), axis=1)
+    acc_z = tl.sum(tl.reshape(pz, (BC, BNCH)), axis=1)
+    rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    _in_tail(acc_x * rstd, acc_z * rstd, window, cw, cb, wxT, sxp, chans, kk, xo, act_s_ptr, conv_ptr, xc_ptr, zg_ptr,
+             xsum_ptr, K, XD, SSM_AQ, INTERP)
+
+
+@triton.jit
 def _out_load(w_oT_ptr, s_o_ptr, chans, c0, po, D: tl.constexpr, BO: tl.constexpr, NGO: tl.constexpr,
               GO: tl.constexpr, WB: tl.constexpr, LDW: tl.constexpr, EVW: tl.constexpr, PRE: tl.constexpr):
     """The out_proj tile of rows `chans` (stored transposed [E, D]) and columns [po*BO, (po+1)*BO) with

@@ -210,6 +210,7 @@ class QuantFusedMambaStep(FusedMambaStep):
                     acts[3] = float(mx.out_proj.input_scale)
                 layer = {
                     "norm_w": block.norm.weight.detach().float(),
+                    "norm_w16": block.norm.weight.detach().float() * 0.0625,  # exact: for q_in4r_kernel's NIBH
                     "conv_w": mx.conv1d.weight.detach().float()[:, 0, :],
                     "conv_b": (mx.conv1d.bias.detach().float() if mx.conv1d.bias is not None else torch.zeros(E)),
                     "w_in": w_in, "s_in": s_in,
@@ -251,7 +252,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         self.ssm_side = torch.zeros(2, E, N, dtype=f32, device=dev)
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.weights = f"w{self.wbits}a{8 if self.aq['in'] else 16}"
-        self.set_blocks(blocks or quant_blocks(self.wbits, D))
+        self.set_blocks(blocks or quant_blocks(self.wbits, D, self.rotate))
 
     def _set_head(self, qmodel: Any, D: int) -> None:
         """The head's integers: the tied int8 table, or the head's own copy (recipes with ``head_bits``:
@@ -324,7 +325,7 @@ class QuantFusedMambaStep(FusedMambaStep):
         return copy.deepcopy(self.qmodel).float().cpu()
 
     def _launch(self, from_argmax: bool, parts: tuple = ("in", "ssm", "head")) -> None:
-        from targets.gpu.qkernels import q_head4_kernel, q_head_kernel, q_in4_kernel, q_in_kernel, q_rot_out_kernel, q_ssm_kernel
+        from targets.gpu.qkernels import q_head4_kernel, q_head_kernel, q_in4_kernel, q_in4r_kernel, q_in_kernel, q_rot_out_kernel, q_ssm_kernel
 
         b, D, E, N, R, K, XD = self.blocks, self.D, self.E, self.N, self.R, self.K, self.XD
         g_in, g_x, g_dt, g_o = self.groups
@@ -348,6 +349,17 @@ class QuantFusedMambaStep(FusedMambaStep):
                     FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(), BD=_pow2(D), CPI=cpi,
                     STAGES=max(1, b.in_stages), PF=bool(b.in_prefetch) and (self.BC * ldw) % 16 == 0 and ldw % 16 == 0,
                     NT=32 * b.warps_in, PDL=pdl, num_warps=b.warps_in, launch_pdl=pdl,
+                )
+            elif "in" in parts and self._in4_rows():
+                q_in4r_kernel[(E // self.BC,)](
+                    self.tok, self.amax, self.emb, self.emb_s, self.h, L["norm_w"],
+                    L["norm_w16"] if b.in_nibh else L["norm_w"], L["w_in"], L["s_in"], L["conv_w"],
+                    L["conv_b"], self.conv[i], L["w_xT"], L["s_x"], L["acts"], self.xc, self.zg, self.xsum[i],
+                    self.eps, self.V,
+                    D=D, E=E, K=K, KP=_pow2(K), XD=XD, BX=_pow2(XD), BC=self.BC, CH=self.CH, NCH=self.NCH,
+                    BNCH=_pow2(self.NCH), NGI=D // g_in, GI=g_in, NGX=E // g_x, GX=g_x, SSM_AQ=aq["ssm"], FIRST=(i == 0),
+                    FROM_ARGMAX=from_argmax, LDW=ldw, INTERP=interpreted(), BD=_pow2(D), NIBH=bool(b.in_nibh),
+                    PDL=pdl, num_warps=b.warps_in, launch_pdl=pdl,
                 )
             elif "in" in parts:
                 q_in_kernel[(E // self.BC,)](
@@ -440,6 +452,11 @@ class QuantFusedMambaStep(FusedMambaStep):
     def _in4_cpi(self) -> int:
         """Chunks of CH columns per iteration of the looping 4-bit in_proj kernel (a divisor of NCH)."""
         return _pow2_divisor(self.NCH, max(1, self.blocks.in_chunks))
+
+    def _in4_rows(self) -> bool:
+        """in_proj through ``q_in4r_kernel`` (``Blocks.in_rows``): 4-bit weights, float activations, the
+        whole-row design (not the looping ``in_chunks`` kernel)."""
+        return bool(self.blocks.in_rows) and self.blocks.in_chunks <= 0 and self.wbits == 4 and not self.aq["in"]
 
     def _in4_loop(self) -> bool:
         """The looping 4-bit in_proj kernel (``Blocks.in_chunks`` > 0): 4-bit weights, float activations."""

@@ -109,7 +109,10 @@ def test_interpreted_quant_kernels_match_fake_quant():
     4-bit head also as a loop (5 programs of 4 blocks of 16 rows over a 300-row vocabulary: the last
     program's tail blocks lie past it), whose running arg-max must agree with the one-block programs';
     and at d_model 64 the looping in_proj and head kernels (``in_chunks``, ``head_chunks``: chunked
-    rows, a flat loop over row blocks and groups) against the same fake-quant model."""
+    rows, a flat loop over row blocks and groups) and the rows in_proj kernel (``in_rows``, with and
+    without the in-place high nibble) against the same fake-quant model. The 4-bit defaults at d_model
+    48 (``QUANT4_BLOCKS``) run the rows kernel over a padded chunk grid (3 chunks in 4 row slots);
+    ``Blocks()`` runs the [channels, chunks, columns] kernel."""
     pytest.importorskip("triton")
     code = (
         "import sys; sys.path.insert(0, 'tests/targets'); sys.path.insert(0, '.');\n"
@@ -124,13 +127,14 @@ def test_interpreted_quant_kernels_match_fake_quant():
         "                          blocks=Blocks(head_rows=16, head_loop=4)))\n"
         "m = _model(0, vocab_size=300, d_model=64, n_layer=2)\n"
         "for b in [Blocks(in_chunks=2, head_chunks=2, head_rows=16, head_loop=4, head_prefetch=True),\n"
-        "          Blocks(in_chunks=1, in_channels=16, head_chunks=1, head_rows=32)]:\n"
+        "          Blocks(in_chunks=1, in_channels=16, head_chunks=1, head_rows=32),\n"
+        "          Blocks(in_rows=True, in_channels=16), Blocks(in_rows=True, in_nibh=True, in_channels=2, warps_ssm=1)]:\n"
         "    print(check_quant_runtime(quantized(m, 'w4a16', **g, rotate=False), 'cpu', [5, 299, 0], 1e-4, blocks=b))\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("kernels_per_layer") == 8
+    assert out.stdout.count("kernels_per_layer") == 10
 
 
 def teacher_forced_errors(qmodel, device: str, tokens, **kw) -> list[float]:
@@ -155,13 +159,15 @@ LOOPING = dict(in_chunks=2, head_chunks=2, head_rows=64, head_loop=4, head_prefe
 
 
 @gpu
-@pytest.mark.parametrize("pdl", [False, True, None, "loop", "head_l2"])
+@pytest.mark.parametrize("pdl", [False, True, None, "loop", "head_l2", "rows"])
 @pytest.mark.parametrize("recipe,over", [("w4a16", {}), ("w4a16", {"rotate": False})])
 def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
     """The named recipe at the mamba-130m shape (groups of 128, the 12 x 128 rotation), with and
     without programmatic dependent launch (a kernel reading its predecessor's output before its
-    ``gdc_wait`` would read stale values and miss 1e-4 by far); None: the 4-bit defaults
-    (``QUANT4_BLOCKS``: PDL, the looping head); "loop": the looping in_proj and head kernels with
+    ``gdc_wait`` would read stale values and miss 1e-4 by far; these run ``Blocks()``'s in_proj kernel,
+    the [channels, chunks, columns] one); None: the 4-bit defaults (``QUANT4_BLOCKS`` / rotated
+    ``QUANT4_ROT_BLOCKS``: PDL, the rows in_proj kernel with the in-place nibble, the looping head,
+    1-warp SSM programs without rotation); "rows": the rows kernel with the nibble shifted; "loop": the looping in_proj and head kernels with
     their L2 prefetch before the wait; "head_l2": the head's table asked into L2 by the last 8
     layers' SSM kernels (a hint: the numbers must not move)."""
     from targets.gpu.mamba import QUANT4_BLOCKS, Blocks
@@ -171,6 +177,8 @@ def test_w4a16_130m_shape_matches_fake_quant(recipe, over, pdl):
         blocks = Blocks(**{**QUANT4_BLOCKS.__dict__, **LOOPING})
     elif pdl == "head_l2":
         blocks = Blocks(**{**QUANT4_BLOCKS.__dict__, "head_l2_layers": 8})
+    elif pdl == "rows":  # the rows in_proj kernel with the nibble shifted down (the default reads it in place)
+        blocks = Blocks(**{**QUANT4_BLOCKS.__dict__, "in_nibh": False, "warps_ssm": 2})
     else:
         blocks = None if pdl is None else Blocks(pdl=pdl)
     worst = check_quant_runtime(quantized(model, recipe, **over), "cuda", [3, 50279, 7], 1e-4, blocks=blocks)
@@ -181,6 +189,8 @@ def test_quant_blocks_pick_the_wide_ssm_grid_for_wide_4bit_models():
     from targets.gpu.mamba import QUANT4_BLOCKS, QUANT4_WIDE_BLOCKS, QUANT_BLOCKS, quant_blocks
 
     assert quant_blocks(4, 768) is QUANT4_BLOCKS and quant_blocks(4, 2048) is QUANT4_WIDE_BLOCKS
+    assert quant_blocks(4, 768, rotate=True).warps_ssm == 2 and quant_blocks(4, 768, rotate=True).in_rows
+    assert quant_blocks(4, 2048, rotate=True) is QUANT4_WIDE_BLOCKS
     assert quant_blocks(8, 2048) is QUANT_BLOCKS
     assert QUANT4_WIDE_BLOCKS.ssm_channels == 2 * QUANT4_BLOCKS.ssm_channels
 
@@ -290,7 +300,9 @@ def test_profile_opens_the_verified_quantized_runtime(tmp_path, recipe):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe,over,shape", [("w4a16", {}, {}), ("w4a16", {"rotate": False}, {}),
                                                ("w8a8", {"rotate": False}, {}),
-                                               ("w4a16", {"rotate": False}, {**LOOPING, "head_rows": 16})])
+                                               ("w4a16", {"rotate": False}, {**LOOPING, "head_rows": 16}),
+                                               ("w4a16", {"rotate": False}, {"in_rows": True, "in_nibh": True,
+                                                                             "warps_ssm": 1})])
 def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, shape, monkeypatch):
     """Every launch of a quantized step with programmatic dependent launch, compiled ahead of time for
     sm_90 (no GPU needed; the interpreter cannot run the grid-dependency instructions)."""
@@ -305,7 +317,7 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, shape, monkeypatc
     import targets.gpu.qmamba as qm
     from test_gpu_fused import compile_launches_sm90, record_launches
 
-    launches = record_launches(monkeypatch, qk, ("q_in_kernel", "q_in4_kernel", "q_ssm_kernel", "q_rot_out_kernel",
+    launches = record_launches(monkeypatch, qk, ("q_in_kernel", "q_in4_kernel", "q_in4r_kernel", "q_ssm_kernel", "q_rot_out_kernel",
                                                  "q_head_kernel", "q_head4_kernel"))
     for mod in (gm, qm):
         monkeypatch.setattr(mod, "available", lambda: True)
@@ -320,5 +332,7 @@ def test_quant_kernels_compile_for_sm90_with_pdl(recipe, over, shape, monkeypatc
     rt._launch(False)
     assert all(kw.get("launch_pdl") for _, _, kw in launches)
     assert len(compile_launches_sm90(triton, launches)) >= 3
-    if shape:
+    if shape.get("in_chunks"):
         assert {jit.fn.__name__ for jit, _, _ in launches} >= {"q_in4_kernel", "q_head4_kernel"}
+    if shape.get("in_rows"):
+        assert "q_in4r_kernel" in {jit.fn.__name__ for jit, _, _ in launches}
