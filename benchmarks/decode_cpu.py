@@ -1,6 +1,7 @@
 """Decode and prefill of a mamba-130m-shaped model on this CPU: edgeseq's verified artifacts beside llama.cpp.
 
     python benchmarks/decode_cpu.py --out benchmarks/decode_cpu.json     # builds what it needs, times all
+    python benchmarks/decode_cpu.py --summarize benchmarks/decode_cpu.json   # the tables of a saved run
 
 Model: Mamba-1, 24 layers × d_model 768, d_state 16, expand 2, vocab 50280, random weights (seed
 0), batch 1 — one ``transformers`` ``save_pretrained`` folder that both sides load: edgeseq
@@ -23,7 +24,11 @@ Per row and round: decode ms/token over ``--tokens`` single-token steps after ``
 llama.cpp: ``llama-bench -n 1`` repetitions), prefill tokens/s of a 128-token prompt, peak RSS.
 The JSON holds ``rows`` (``row``, ``threads``, ``p50_ms``, ``p90_ms``, ``prefill_tok_s``,
 ``peak_rss_bytes``, ``artifact_bytes``, ``ratio_to_llama_q8_0`` ...) from the round with the lowest
-load, and ``rounds`` with every round's figures and load.
+load, and ``rounds`` with every round's figures and load. After the run (or from a saved JSON with
+``--summarize``) it prints that round's table and the **medians over all rounds**: each row's p50,
+and the median of its per-round ratios to llama.cpp Q8_0, Q4_0 and edgeseq fp32 of the same round
+(with their range) — on a machine whose speed drifts, the ratios of one round are the comparable
+figures, and their median over rounds the one to quote.
 
 The edgeseq worker opens the artifact through edgeseq's runtime layer (``targets.runtimes``: the
 engine ``edgeseq profile`` times and export verification ran), importing neither torch nor
@@ -60,6 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=CONFIG["n_layer"])
     p.add_argument("--work-dir", default="/tmp/edgeseq-decode-cpu")
     p.add_argument("--out", default=str(HERE / "decode_cpu.json"))
+    p.add_argument("--summarize", default=None, metavar="JSON", help="print the tables of a saved run and exit")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # an artifact folder: time it, print JSON
     return p.parse_args(argv)
 
@@ -151,6 +157,11 @@ def summarize(name: str, kind: str, threads: int, m: dict, size: int, load: tupl
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        report = json.loads(Path(args.summarize).read_text())
+        print_table(report)
+        print_medians(report)
+        return 0
     if args.worker:
         result = edgeseq_worker(Path(args.worker), int(args.threads), args.tokens, args.warmup, args.prefill)
         print(json.dumps(result))
@@ -205,8 +216,10 @@ def main(argv=None) -> int:
         "llama_cpp": {"source": f"llama-cpp-python {llama_cpp_peer.LLAMA_CPP_PYTHON} sdist (vendor/llama.cpp)"},
         "rows": best["rows"], "rounds": rounds,
     }
+    report["medians"] = round_medians(report)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+    print_medians(report)
     return 0
 
 
@@ -233,6 +246,46 @@ def print_table(report: dict) -> None:
               f"{'-' if cratio is None else f'{cratio:.2f}'} | "
               f"{x['prefill_tok_s'] or 0:.0f} | {x['peak_rss_bytes'] / 2**20:.0f} | {x['rss_over_artifact']:.2f} | "
               f"{x['load_before'][0]:.2f} |")
+
+
+
+def round_medians(report: dict) -> list[dict]:
+    """Per (row, threads): the median p50 and prefill over the rounds, and the median (and range) of
+    each round's ratio to llama.cpp Q8_0 / Q4_0 and to edgeseq fp32 at the same thread count."""
+    peers = {"q8_0": "llama.cpp Q8_0", "q4_0": "llama.cpp Q4_0", "fp32": "edgeseq onnxruntime fp32"}
+    out: dict[tuple[str, int], dict] = {}
+    for rnd in report["rounds"]:
+        by = {(x["row"], x["threads"]): x for x in rnd["rows"]}
+        for (row, threads), x in by.items():
+            entry = out.setdefault((row, threads), {"row": row, "threads": threads, "p50": [], "prefill": [],
+                                                    **{k: [] for k in peers}})
+            entry["p50"].append(x["p50_ms"])
+            entry["prefill"].append(x.get("prefill_tok_s") or 0.0)
+            for key, peer in peers.items():
+                if (peer, threads) in by:
+                    entry[key].append(x["p50_ms"] / by[(peer, threads)]["p50_ms"])
+    rows = []
+    for entry in out.values():
+        row = {"row": entry["row"], "threads": entry["threads"], "rounds": len(entry["p50"]),
+               "p50_ms": statistics.median(entry["p50"]), "prefill_tok_s": statistics.median(entry["prefill"])}
+        for key in peers:
+            if entry[key]:
+                row[f"ratio_to_{key}"] = (statistics.median(entry[key]), min(entry[key]), max(entry[key]))
+        rows.append(row)
+    return sorted(rows, key=lambda x: (x["threads"] != 2, x["row"]))
+
+
+def print_medians(report: dict) -> None:
+    def ratio(x, key):
+        value = x.get(f"ratio_to_{key}")
+        return "" if value is None else f"{value[0]:.2f} [{value[1]:.2f}–{value[2]:.2f}]"
+
+    print(f"\nmedians over {report['rounds_run']} rounds (ratios: the median of each round's ratio, its range)")
+    print("| row | threads | decode p50 ms | × llama.cpp Q8_0 | × llama.cpp Q4_0 | × edgeseq fp32 | prefill tok/s |")
+    print("|---|---|---|---|---|---|---|")
+    for x in round_medians(report):
+        print(f"| {x['row']} | {x['threads']} | {x['p50_ms']:.2f} | {ratio(x, 'q8_0')} | {ratio(x, 'q4_0')} | "
+              f"{ratio(x, 'fp32')} | {x['prefill_tok_s']:.0f} |")
 
 
 if __name__ == "__main__":
