@@ -177,6 +177,46 @@ def test_prefill_runs_from_the_reference_state_catch_a_graph_that_drops_its_stat
     assert result.prefill_forced_inexact_fraction > result.prefill_forced_allowed_inexact_fraction
 
 
+class _PrefillFlipFirstCall(_PrefillOff):
+    """A correct prefill graph that moved one level early in its first call: the rest of that chunk
+    is off by 1% for one sample (as a moved int8 level spreads through a chunk), every other call exact."""
+
+    def __init__(self, model):
+        super().__init__(model, wrong=False)
+        self.calls = 0
+
+    def prefill(self, x, state):
+        y, state = self.model.prefill(x, state)
+        self.calls += 1
+        if self.calls == 1:
+            y = y.clone()
+            y[0, 1:] *= 1.01
+        return y, state
+
+
+class _PrefillLateWrong(_PrefillOff):
+    """Wrong at the last quarter of every chunk (a bug at a scan-chunk boundary)."""
+
+    def prefill(self, x, state):
+        y, state = self.model.prefill(x, state)
+        y = y.clone()
+        y[:, -2:] *= 1.05
+        return y, state
+
+
+def test_a_short_stream_still_holds_the_prefill_graph_at_several_chunk_starts(model):
+    """With fewer steps than a chunk (``--steps 4``) the prefill runs start from states of the float32
+    reference's own longer stream, and the chunk test pools every call: one early moved level in one
+    chunk is one correlated event, not half the evidence (it refused the zoo model's correct w8a8 4-step
+    export: 22.7% of one chunk against float64's 4.7%), while a graph wrong late in every chunk fails."""
+    one_event = verify_runner(model, _PrefillFlipFirstCall(model), steps=4, quantized=True)
+    assert one_event.prefill_calls == 8 and one_event.prefill_forced_positions > 2 * 8
+    assert one_event.prefill_inexact_fraction > one_event.prefill_allowed_inexact_fraction  # the first chunk alone: refused
+    assert one_event.passed, one_event.note
+    late = verify_runner(model, _PrefillLateWrong(model), steps=4, quantized=True)
+    assert not late.passed and late.prefill_pooled_inexact_fraction > 0.2 and "over 8 calls" in late.note
+
+
 def test_prefill_runs_count_positions_up_to_the_first_inexact_one():
     from export.verify import _first_inexact
 
