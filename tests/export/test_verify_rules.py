@@ -204,17 +204,19 @@ class _PrefillLateWrong(_PrefillOff):
         return y, state
 
 
-def test_a_short_stream_still_holds_the_prefill_graph_at_several_chunk_starts(model):
-    """With fewer steps than a chunk (``--steps 4``) the prefill runs start from states of the float32
-    reference's own longer stream, and the chunk test pools every call: one early moved level in one
-    chunk is one correlated event, not half the evidence (it refused the zoo model's correct w8a8 4-step
-    export: 22.7% of one chunk against float64's 4.7%), while a graph wrong late in every chunk fails."""
-    one_event = verify_runner(model, _PrefillFlipFirstCall(model), steps=4, quantized=True)
-    assert one_event.prefill_calls == 8 and one_event.prefill_forced_positions > 2 * 8
+def test_the_chunk_test_pools_every_prefill_call(model):
+    """The chunk test pools the chunk from the initial state and the runs from the reference's states:
+    one early moved level in one chunk is one correlated event, not half the evidence (alone, one chunk
+    refused a correct graph: 22.7% of its positions against float64's 4.7%), while a graph wrong late
+    in every chunk fails."""
+    one_event = verify_runner(model, _PrefillFlipFirstCall(model), steps=32, quantized=True)
+    assert one_event.prefill_calls == 8
     assert one_event.prefill_inexact_fraction > one_event.prefill_allowed_inexact_fraction  # the first chunk alone: refused
     assert one_event.passed, one_event.note
-    late = verify_runner(model, _PrefillLateWrong(model), steps=4, quantized=True)
+    late = verify_runner(model, _PrefillLateWrong(model), steps=32, quantized=True)
     assert not late.passed and late.prefill_pooled_inexact_fraction > 0.2 and "over 8 calls" in late.note
+    # a stream shorter than a chunk has no runs from the reference's states: the first chunk alone
+    assert verify_runner(model, _PrefillOff(model, wrong=False), steps=4, quantized=True).prefill_calls == 1
 
 
 def test_prefill_runs_count_positions_up_to_the_first_inexact_one():
