@@ -12,7 +12,7 @@ ONNX Runtime at 1 and 2 threads; the two are called alternately 600 times (paire
 machine's drift cancels) and the median of the per-pair ratios printed.
 
 Measured on the 2-core AMD EPYC VM (AVX-512 VNNI), 2026-12-02 ~05:47 UTC, load ~0.6: 0.90x at one
-thread, 0.95x at two, of ~2.3 ms — 1-2% of a 130m step, not worth changing the artifact's state
+thread, 0.95x at two, of ~2.3 ms (a second run: 0.91x / 0.89x of ~2.3 / 1.9 ms) — 1-2.5% of a 130m step, not worth changing the artifact's state
 contract; the small-op cost is ONNX Runtime's per-kernel cost, not the layout.
 """
 import time, os, numpy as np, onnxruntime as ort
