@@ -238,6 +238,19 @@ def _in_tail(acc_x, acc_z, window, cw, cb, wxT, sxp, chans, kk, xo, act_s_ptr, c
 
 
 @triton.jit
+def _in4_side_tiles(w_xT_ptr, s_x_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, pid, chans, kk, xo,
+                    K: tl.constexpr, XD: tl.constexpr, NGX: tl.constexpr, GX: tl.constexpr, BC: tl.constexpr):
+    """The 4-bit in_proj kernels' small tiles, loaded before the wait: the program's x_proj rows
+    (stored transposed) and their column scales, the conv weights, bias and window."""
+    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
+    sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
+    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
+    cb = tl.load(conv_b_ptr + chans)
+    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=kk[None, :] < (K - 1), other=0.0)
+    return wxT, sxp, cw, cb, window
+
+
+@triton.jit
 def q_in4_kernel(
     tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, norm_w_ptr, w_in_ptr, s_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
     w_xT_ptr, s_x_ptr, act_s_ptr, xc_ptr, zg_ptr, xsum_ptr, eps, vocab,
@@ -265,11 +278,8 @@ def q_in4_kernel(
         if not INTERP:
             _prefetch_l2(w_in_ptr + pid * BC * LDW, BC * LDW, NT, False)
             _prefetch_l2(w_in_ptr + (E + pid * BC) * LDW, BC * LDW, NT, False)
-    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
-    sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
-    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
-    cb = tl.load(conv_b_ptr + chans)
-    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=kk[None, :] < (K - 1), other=0.0)
+    wxT, sxp, cw, cb, window = _in4_side_tiles(w_xT_ptr, s_x_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, pid, chans, kk, xo,
+                                               K, XD, NGX, GX, BC)
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -353,11 +363,8 @@ def q_in4r_kernel(
     cl = (j * CH)[:, None] + kq[None, :]  # the column of each low nibble
     nwl = tl.load(norm_w_ptr + cl, mask=rm[:, None], other=0.0)
     nwh = tl.load(norm_wh_ptr + cl + HALF, mask=rm[:, None], other=0.0)
-    wxT = tl.load(w_xT_ptr + chans[:, None] * XD + xo[None, :], mask=xo[None, :] < XD, other=0)
-    sxp = tl.load(s_x_ptr + xo * NGX + (pid * BC) // GX, mask=xo < XD, other=0.0)
-    cw = tl.load(conv_w_ptr + chans[:, None] * K + kk[None, :], mask=kk[None, :] < K, other=0.0)
-    cb = tl.load(conv_b_ptr + chans)
-    window = tl.load(conv_ptr + chans[:, None] * (K - 1) + kk[None, :], mask=kk[None, :] < (K - 1), other=0.0)
+    wxT, sxp, cw, cb, window = _in4_side_tiles(w_xT_ptr, s_x_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, pid, chans, kk, xo,
+                                               K, XD, NGX, GX, BC)
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
