@@ -251,6 +251,24 @@ def _in4_side_tiles(w_xT_ptr, s_x_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, pid, ch
 
 
 @triton.jit
+def _in4_residual(tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, offs, dm, pid, vocab, D: tl.constexpr,
+                  FIRST: tl.constexpr, FROM_ARGMAX: tl.constexpr):
+    """The layer's input row (after the wait): the first layer reads the token's embedding row (its
+    token, scale, and program 0 starts the residual stream with it), later layers the residual."""
+    if FIRST:
+        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
+        es = tl.load(emb_s_ptr + tok)
+        v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0).to(tl.float32) * es
+        if pid == 0:
+            tl.store(h_ptr + offs, v, mask=dm)
+    else:
+        tok = 0
+        es = 1.0
+        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+    return tok, es, v
+
+
+@triton.jit
 def q_in4_kernel(
     tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, norm_w_ptr, w_in_ptr, s_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr,
     w_xT_ptr, s_x_ptr, act_s_ptr, xc_ptr, zg_ptr, xsum_ptr, eps, vocab,
@@ -285,16 +303,7 @@ def q_in4_kernel(
         gdc_launch_dependents()
     offs = tl.arange(0, BD)
     dm = offs < D
-    if FIRST:
-        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
-        es = tl.load(emb_s_ptr + tok)
-        v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0).to(tl.float32) * es
-        if pid == 0:
-            tl.store(h_ptr + offs, v, mask=dm)
-    else:
-        tok = 0
-        es = 1.0
-        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
+    tok, es, v = _in4_residual(tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, offs, dm, pid, vocab, D, FIRST, FROM_ARGMAX)
     rstd = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     acc_x = tl.zeros([BC], dtype=tl.float32)
     acc_z = tl.zeros([BC], dtype=tl.float32)
@@ -370,16 +379,11 @@ def q_in4r_kernel(
         gdc_launch_dependents()
     offs = tl.arange(0, BD)
     dm = offs < D
+    tok, es, v = _in4_residual(tok_ptr, amax_ptr, emb_ptr, emb_s_ptr, h_ptr, offs, dm, pid, vocab, D, FIRST, FROM_ARGMAX)
     if FIRST:
-        tok = _next_token(tok_ptr, amax_ptr, vocab, FROM_ARGMAX)
-        es = tl.load(emb_s_ptr + tok)
-        v = tl.load(emb_ptr + tok * D + offs, mask=dm, other=0).to(tl.float32) * es
-        if pid == 0:
-            tl.store(h_ptr + offs, v, mask=dm)
         vl = tl.load(emb_ptr + tok * D + cl, mask=rm[:, None], other=0).to(tl.float32) * es
         vh = tl.load(emb_ptr + tok * D + cl + HALF, mask=rm[:, None], other=0).to(tl.float32) * es
     else:
-        v = tl.load(h_ptr + offs, mask=dm, other=0.0)
         vl = tl.load(h_ptr + cl, mask=rm[:, None], other=0.0)
         vh = tl.load(h_ptr + cl + HALF, mask=rm[:, None], other=0.0)
     ul = vl * nwl
