@@ -87,11 +87,15 @@ def export_program(model: StreamingModel, kind: str, prefill_length: int, dtype:
 
 def build_library(
     model: StreamingModel, path: str | Path, target: TargetSpec, kind: str = "step", prefill_length: int = 64,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, params_as_input: bool = False,
 ) -> dict[str, Any]:
     """Compile one graph for ``target`` and write the shared library at ``path``.
 
     Returns build facts for the manifest (TVM target, ELF architecture, CUDA arch when any).
+    ``params_as_input``: the weights stay out of the library and ``main`` takes them after the
+    graph's own inputs, ``main(x, *state, *params)``, in the order of the facts' ``params``
+    (name, shape, dtype): a library of code only, for a host that holds the weights itself (a
+    model too large to ship as one file, weights shared by several graphs).
     """
     tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
     from tvm.relax.frontend.torch import from_exported_program
@@ -103,14 +107,22 @@ def build_library(
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
-            mod = from_exported_program(program, keep_params_as_input=False, custom_convert_map=convert_map())
+            mod = from_exported_program(program, keep_params_as_input=params_as_input, custom_convert_map=convert_map())
             mod = _without_batch_upper_bound(mod)
+            if params_as_input:
+                mod, _ = tvm.relax.frontend.detach_params(mod)
             executable = tvm.compile(mod, target=tvm_tgt)
     except Exception as exc:
         raise EdgeseqError(f"TVM could not compile the {kind} graph for {target.name}: {_first_line(exc)}") from exc
     facts: dict[str, Any] = {}
+    if params_as_input:  # the importer's order: the exported program's parameter inputs
+        weights = dict(program.named_parameters())
+        facts["params"] = [{"name": spec.target, "shape": list(weights[spec.target].shape),
+                            "dtype": str(weights[spec.target].dtype).replace("torch.", "")}
+                           for spec in program.graph_signature.input_specs
+                           if spec.kind is torch.export.graph_signature.InputKind.PARAMETER]
     if target.cuda_arch:
-        facts = write_cubin(executable, Path(path).with_suffix(".cubin"), target.cuda_arch)
+        facts.update(write_cubin(executable, Path(path).with_suffix(".cubin"), target.cuda_arch))
     try:
         if target.cross_compiler:
             from tvm.support import cc
