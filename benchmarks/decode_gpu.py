@@ -1,7 +1,7 @@
 """One decode step of a mamba-130m-shaped model on a CUDA GPU: the PyTorch runtimes, a compiler, the
 cuBLAS floor and edgeseq's fused Triton runtime side by side.
 
-    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep] [--tvm ARTIFACT,LIBDIR] [--quick]
+    python benchmarks/decode_gpu.py [--out decode_gpu.json] [--sweep] [--tvm ARTIFACT,LIBDIR] [--tvm-whole FOLDER,LIBDIR] [--quick]
         [--d-model 768 --layers 24] [--designs both|pdl] [--fused bf16,int8,int4] [--recipes ...]
 
 Model: Mamba-1, 24 x 768, d_state 16, vocab 50280, random weights (seed 0), batch 1 (``--d-model 2048
@@ -24,6 +24,11 @@ Every fused runtime appears twice: without programmatic dependent launch (the la
 design measured before it, ``targets.gpu.mamba.NO_PDL``) and as it runs by default, with PDL (each
 kernel launched while the one before it runs, loading its weights before it waits for that
 kernel's outputs) at its own default shapes.
+
+With ``--tvm-whole FOLDER,LIBDIR``: the whole model through TVM CUDA (sm_90, fp32, TVM's Relax VM, no
+CUDA graph), its library built with the weights as inputs (``decode_gpu_tvm.py --build-whole``) so
+that it fits in what a device call carries; the weights are rebuilt here from the seed, checked
+against the build's sha256, and the row is checked against ``Mamba.step`` fp32 before timing.
 
 Apart from the interleaved rows, in the same run: prompt prefill (tokens/s for 512 and 4096 tokens:
 ``Mamba.prefill`` fp32/bf16 against ``targets.gpu.prefill``), and with ``--tvm`` a TVM CUDA sm_90
@@ -393,6 +398,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="time fused launch shapes first, use the fastest")
     p.add_argument("--skip-eager", action="store_true", help="leave out the slow eager rows")
     p.add_argument("--tvm", default="", help="ARTIFACT,LIBDIR: also time a TVM CUDA artifact (benchmarks/decode_gpu_tvm.py)")
+    p.add_argument("--tvm-whole", default="",
+                   help="FOLDER,LIBDIR: a row for the whole model as a TVM CUDA library with its weights as inputs "
+                        "(decode_gpu_tvm.py --build-whole), timed in the interleaved rounds")
     p.add_argument("--prefill", default="512,4096", help="prompt lengths for the prefill rows ('' for none)")
     p.add_argument("--quick", action="store_true", help="only the fused rows and the cuBLAS floor (no eager, no compile)")
     p.add_argument("--recipes", default="w4a16,w4a16-norotate,w8a8,w8a8-norotate",
@@ -473,6 +481,22 @@ def main(argv=None) -> int:
             log(f"torch.compile row ready in {time.time() - t0:.0f} s")
         except Exception as exc:
             log(f"torch.compile row skipped: {type(exc).__name__}: {exc}")
+    if args.tvm_whole:
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from decode_gpu_tvm import TvmWholeStep
+
+            folder, libdir = args.tvm_whole.split(",")
+            tvm_whole = TvmWholeStep(torch, folder, libdir, copy.deepcopy(base))
+            checks["tvm cuda whole model vs Mamba.step fp32 (same weights)"] = tvm_whole.check()
+            name = "tvm cuda sm_90 fp32 (TVM VM, weights as inputs)"
+            rows[name] = (tvm_whole, "fp32", True)
+            nbytes_of[name] = tvm_whole.nbytes + 2 * 4 * state_numel
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            log(f"TVM whole-model row skipped: {type(exc).__name__}: {exc}")
     floor = GemvFloor(torch, base)
     floor_name = f"cuBLAS GEMV-only floor bf16 ({len(floor.weights)} F.linear)"
     rows[floor_name] = (floor, "bf16", True)

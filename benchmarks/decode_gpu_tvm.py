@@ -61,27 +61,35 @@ def _timed(torch, fn, warmup: int = 50, steps: int = 250) -> dict:
             "steps": steps}
 
 
-def tvm_cuda_rows(torch, artifact: str, libdir: str) -> dict:
-    import numpy as np
+def load_vm_main(libdir: str, library: str, cubin_path: str, source_sha256: str):
+    """The Relax VM's ``main`` of a TVM CUDA library, loaded with only the TVM runtime libraries
+    (from ``libdir``) and ``tvm_ffi``: TVM's load-time CUDA-compile callback is answered with the
+    cubin compiled at build time, matched by the kernel source's sha256."""
     import tvm_ffi
 
     for name in ("libtvm_runtime.so", "libtvm_runtime_cuda.so"):
         ctypes.CDLL(os.path.join(libdir, name), mode=ctypes.RTLD_GLOBAL)
-    manifest = json.load(open(os.path.join(artifact, "manifest.json")))
-    step = manifest["graphs"]["step"]
-    cubin = open(os.path.join(artifact, step["cubin"]), "rb").read()
-    expected = step["cuda_source_sha256"]
+    cubin = open(cubin_path, "rb").read()
 
     @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
     def _serve_cubin(code):  # noqa: ANN001 - called by the TVM runtime when the module loads
-        if hashlib.sha256(code.encode()).hexdigest() != expected:
+        if hashlib.sha256(code.encode()).hexdigest() != source_sha256:
             raise RuntimeError("kernel source does not match the shipped cubin")
         return tvm_ffi.convert(bytearray(cubin)) if hasattr(tvm_ffi, "convert") else bytes(cubin)
 
-    library = tvm_ffi.load_module(os.path.join(artifact, step["file"]))
-    vm = library["vm_load_executable"]()
+    vm = tvm_ffi.load_module(library)["vm_load_executable"]()
     vm["vm_initialization"](2, 0, 2, 1, 0, 2)  # CUDA device 0 / CPU host, pooled allocators
-    main_fn = vm["main"]
+    return vm["main"]
+
+
+def tvm_cuda_rows(torch, artifact: str, libdir: str) -> dict:
+    import numpy as np
+    import tvm_ffi
+
+    manifest = json.load(open(os.path.join(artifact, "manifest.json")))
+    step = manifest["graphs"]["step"]
+    main_fn = load_vm_main(libdir, os.path.join(artifact, step["file"]), os.path.join(artifact, step["cubin"]),
+                           step["cuda_source_sha256"])
     names = [t["name"] for t in step["inputs"]][1:]
     # the export's reference stream (PyTorch, fp32)
     ref = np.load(os.path.join(artifact, manifest["reference"]["file"]))
@@ -128,6 +136,102 @@ def tvm_cuda_rows(torch, artifact: str, libdir: str) -> dict:
     return out
 
 
+def weights_in_order(model, names: list) -> list:
+    """The model's parameters in the order a ``params_as_input`` library takes them (names as
+    the step-graph wrapper sees them: ``model.<parameter>``)."""
+    own = dict(model.named_parameters())
+    return [own[n.split(".", 1)[1] if n.startswith("model.") else n] for n in names]
+
+
+def weights_sha256(tensors: list) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_whole(out: str, target: str = "h200") -> dict:
+    """The whole 130m-shape model (``decode_gpu.CONFIG``, seed 0, as ``decode_gpu.py`` builds it)
+    as a TVM CUDA library of code only (``build_library(..., params_as_input=True)``): the
+    ~520 MB of fp32 weights stay out, the GPU machine rebuilds them from the seed and passes them
+    to ``main``. Writes ``step.so``, ``step.cubin`` and ``build.json`` (the weights' order,
+    shapes and sha256, so the run can tell whether it rebuilt the same weights)."""
+    import torch
+
+    from decode_gpu import CONFIG
+    from edgeseq.models.mamba import Mamba, MambaConfig
+    from export.tvm_build import build_library, get_target
+
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(**CONFIG)).eval()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    facts = build_library(model, folder / "step.so", get_target(target), params_as_input=True)
+    facts.update(config=CONFIG, seed=0, build_seconds=time.time() - t0,
+                 weights_sha256=weights_sha256(weights_in_order(model, [p["name"] for p in facts["params"]])),
+                 library_bytes=(folder / "step.so").stat().st_size)
+    (folder / "build.json").write_text(json.dumps(facts, indent=1) + "\n")
+    print(f"{folder}: step.so {facts['library_bytes'] / 1e6:.1f} MB, {len(facts['params'])} weight inputs, "
+          f"built in {facts['build_seconds']:.0f} s")
+    return facts
+
+
+class TvmWholeStep:
+    """One decode step of the whole model through the ``build_whole`` library on the GPU: the
+    TVM VM's ``main(token, *state, *weights)``, the weights uploaded once (fp32, from ``model``),
+    the state fed back on the device."""
+
+    def __init__(self, torch, folder: str, libdir: str, model):
+        import tvm_ffi
+
+        self.torch, self.tvm_ffi = torch, tvm_ffi
+        facts = json.loads((Path(folder) / "build.json").read_text())
+        weights = weights_in_order(model, [p["name"] for p in facts["params"]])
+        self.same_weights_as_build = weights_sha256(weights) == facts["weights_sha256"]
+        self.main = load_vm_main(libdir, os.path.join(folder, "step.so"), os.path.join(folder, facts["cubin"]),
+                                 facts["cuda_source_sha256"])
+        self._keep = [w.detach().float().cuda().contiguous() for w in weights]  # the tensors TVM reads
+        self.weights = [tvm_ffi.from_dlpack(w) for w in self._keep]
+        self.nbytes = sum(w.numel() * 4 for w in self._keep)
+        self.model = model
+        self.token = tvm_ffi.from_dlpack(torch.tensor([1], device="cuda"))
+        self.reset()
+
+    def reset(self, state: dict | None = None) -> None:
+        state = state or self.model.init_state(1, device="cuda")
+        self.state = [self.tvm_ffi.from_dlpack(state[n].float().contiguous()) for n in self.model.state_names()]
+
+    def step(self, token: int):
+        outs = list(self.main(self.tvm_ffi.from_dlpack(self.torch.tensor([token], device="cuda")), *self.state, *self.weights))
+        self.state = outs[1:]
+        return self.torch.from_dlpack(outs[0])
+
+    def __call__(self):
+        outs = list(self.main(self.token, *self.state, *self.weights))
+        self.state = outs[1:]
+        return outs[0]
+
+    def check(self) -> dict:
+        """Relative error against ``Mamba.step`` fp32 on the GPU (same weights), over 8 tokens from a
+        random state: the worst logits error and the worst state error."""
+        torch = self.torch
+        ref = self.model.cuda().float()
+        gen = torch.Generator().manual_seed(1)
+        state = {k: torch.randn(v.shape, generator=gen).cuda() for k, v in ref.init_state(1).items()}
+        self.reset(state)
+        worst = 0.0
+        for tok in (3, 50279, 7, 11, 1000, 2, 40000, 5):
+            logits = self.step(tok).clone()
+            with torch.inference_mode():
+                y, state = ref.step(torch.tensor([tok], device="cuda"), state)
+            worst = max(worst, float((logits - y).norm() / y.norm()))
+        got = dict(zip(self.model.state_names(), (torch.from_dlpack(s) for s in self.state)))
+        worst_state = max(float((got[k] - state[k]).norm() / state[k].norm()) for k in state)
+        self.reset()
+        return {"logits_rel": worst, "state_rel": worst_state, "steps": 8, "same_weights_as_build": self.same_weights_as_build}
+
+
 def build(out: str, target: str = "h200") -> dict:
     """The one-layer artifact (seed 0), TVM CUDA sm_90, kernels compiled ahead of time with nvcc."""
     import torch
@@ -146,10 +250,13 @@ def main(argv=None) -> int:
     p.add_argument("artifact")
     p.add_argument("libdir", nargs="?")
     p.add_argument("--build", action="store_true", help="build the artifact into ARTIFACT (no GPU needed)")
+    p.add_argument("--build-whole", action="store_true",
+                   help="build the whole 130m-shape step, weights as inputs, into ARTIFACT (no GPU needed; "
+                        "decode_gpu.py --tvm-whole ARTIFACT,LIBDIR times it)")
     p.add_argument("--out", default="decode_gpu_tvm.json")
     args = p.parse_args(argv)
-    if args.build:
-        build(args.artifact)
+    if args.build or args.build_whole:
+        (build_whole if args.build_whole else build)(args.artifact)
         return 0
     import torch
 
