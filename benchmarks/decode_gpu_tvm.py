@@ -150,7 +150,7 @@ def weights_sha256(tensors: list) -> str:
     return digest.hexdigest()
 
 
-def build_whole(out: str, target: str = "h200") -> dict:
+def build_whole(out: str, target: str = "h200", config: dict | None = None) -> dict:
     """The whole 130m-shape model (``decode_gpu.CONFIG``, seed 0, as ``decode_gpu.py`` builds it)
     as a TVM CUDA library of code only (``build_library(..., params_as_input=True)``): the
     ~520 MB of fp32 weights stay out, the GPU machine rebuilds them from the seed and passes them
@@ -162,13 +162,14 @@ def build_whole(out: str, target: str = "h200") -> dict:
     from edgeseq.models.mamba import Mamba, MambaConfig
     from export.tvm_build import build_library, get_target
 
+    config = {**CONFIG, **(config or {})}
     torch.manual_seed(0)
-    model = Mamba(MambaConfig(**CONFIG)).eval()
+    model = Mamba(MambaConfig(**config)).eval()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     facts = build_library(model, folder / "step.so", get_target(target), params_as_input=True)
-    facts.update(config=CONFIG, seed=0, build_seconds=time.time() - t0,
+    facts.update(config=config, seed=0, build_seconds=time.time() - t0,
                  weights_sha256=weights_sha256(weights_in_order(model, [p["name"] for p in facts["params"]])),
                  library_bytes=(folder / "step.so").stat().st_size)
     (folder / "build.json").write_text(json.dumps(facts, indent=1) + "\n")
@@ -222,6 +223,7 @@ class TvmWholeStep:
         self.reset(state)
         worst = 0.0
         for tok in (3, 50279, 7, 11, 1000, 2, 40000, 5):
+            tok %= self.model.config.vocab_size
             logits = self.step(tok).clone()
             with torch.inference_mode():
                 y, state = ref.step(torch.tensor([tok], device="cuda"), state)

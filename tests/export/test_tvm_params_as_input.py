@@ -15,21 +15,30 @@ import torch
 pytest.importorskip("tvm")
 
 
+def test_default_embeds_every_parameter_of_a_tiny_model(tiny_mamba, tmp_path):
+    from export.tvm_build import build_library, host_target
+
+    # every parameter of the 16-wide model is under the default 65536 elements: nothing to feed
+    assert build_library(tiny_mamba, tmp_path / "step.so", host_target(), params_as_input=True)["params"] == []
+
+
 def test_params_as_input_step_matches_pytorch(tiny_mamba, tmp_path):
     import tvm
     from tvm import relax
 
     from export.tvm_build import build_library, host_target
 
-    facts = build_library(tiny_mamba, tmp_path / "step.so", host_target(), params_as_input=True)
+    # parameters of 100 elements or more come in at run time, the smaller ones stay embedded
+    facts = build_library(tiny_mamba, tmp_path / "step.so", host_target(), params_as_input=True, embed_below=100)
     names = [p["name"] for p in facts["params"]]
     weights = dict(tiny_mamba.named_parameters())
-    # the wrapper's names: each is a parameter of the model, every parameter is fed once
+    # the wrapper's names: each is a parameter of the model, every large parameter is fed once
     stripped = [n.split(".", 1)[1] if n.startswith("model.") else n for n in names]
-    assert sorted(stripped) == sorted(weights) and len(set(stripped)) == len(stripped)
+    assert sorted(stripped) == sorted(n for n, w in weights.items() if w.numel() >= 100)
+    assert len(set(stripped)) == len(stripped) and any(w.numel() < 100 for w in weights.values())
     assert all(list(weights[n].shape) == p["shape"] and p["dtype"] == "float32" for n, p in zip(stripped, facts["params"]))
     build_library(tiny_mamba, tmp_path / "embedded.so", host_target())
-    weight_bytes = 4 * sum(w.numel() for w in weights.values())
+    weight_bytes = 4 * sum(weights[n].numel() for n in stripped)
     # the weights stayed out: the embedded library is larger by most of their bytes (not all: the
     # embedded build folds some of them with the code around them, e.g. -exp(A_log))
     assert (tmp_path / "embedded.so").stat().st_size - (tmp_path / "step.so").stat().st_size >= 0.75 * weight_bytes
