@@ -107,6 +107,16 @@ def _prefix_scan(decay: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
     return decay, inputs
 
 
+def _is_exporting() -> bool:
+    """Whether ``torch.export`` (the TVM path) is capturing: the flag it sets, read directly (see
+    :func:`_is_tracing`)."""
+    compiler = _compiler()
+    flag = getattr(compiler, "_is_exporting_flag", None)
+    if flag is None:
+        flag = getattr(compiler, "is_exporting", lambda: False)()
+    return bool(flag)
+
+
 def _is_tracing() -> bool:
     """Whether the step is being captured for an exported graph (ONNX through the TorchScript tracer,
     TVM through ``torch.export``): the graph forms that ONNX Runtime runs fast. ``torch.compile``
@@ -115,10 +125,7 @@ def _is_tracing() -> bool:
     and some versions answer ``jit.is_tracing()`` with True), so the flag that ``torch.export`` sets
     is read directly; ``is_exporting()`` only where a torch has no such flag."""
     compiler = _compiler()
-    flag = getattr(compiler, "_is_exporting_flag", None)
-    if flag is None:
-        flag = getattr(compiler, "is_exporting", lambda: False)()
-    if flag:
+    if _is_exporting():
         return True
     if getattr(compiler, "is_compiling", lambda: False)():
         return False
@@ -424,13 +431,18 @@ class MambaMixer(nn.Module):
         x = self.ssm_in(F.silu(conv))
         dt, B, C = self._ssm_params(x, step=True)
         A = -torch.exp(self.A_log.to(x.dtype))
-        traced = _is_tracing()
+        # ONNX graphs (the TorchScript tracer, not torch.export) get forms that ONNX Runtime runs fast
+        traced = _is_tracing() and not _is_exporting()
         if traced:
-            # exported graphs: the two per-channel broadcasts as matrix products of inner size 1,
-            # exact (each element one product, the same numbers as below): dt [B, Di, 1] @ ones
-            # [1, N] and the outer product (dt·x) [B, Di, 1] @ B [B, 1, N]. ONNX Runtime broadcasts
-            # [B, Di, 1] against [Di, N] as 1536 spans of 16 floats, several times slower per
-            # element (the 130m w8a8-block step, 2 threads: 11.4 -> 9.9 ms median; docs/targets.md)
+            # the two per-channel broadcasts as matrix products of inner size 1, exact (each element
+            # one product, the same numbers as below): dt [B, Di, 1] @ ones [1, N] and the outer
+            # product (dt·x) [B, Di, 1] @ B [B, 1, N]. ONNX Runtime broadcasts [B, Di, 1] against
+            # [Di, N] as 1536 spans of 16 floats, several times slower per element (the 130m
+            # w8a8-block step, 2 threads: 11.4 -> 9.9 ms median; docs/targets.md). Not for TVM:
+            # TVM 0.27 fuses the first product with the state update into one CUDA kernel that
+            # drops the old state's decayed term (measured on an H200: the new state 100% off from
+            # a non-zero state, the first step from zero exact; right on CPU); TVM fuses the
+            # broadcasts itself.
             dt_rows = torch.matmul(dt.unsqueeze(-1), x.new_ones(1, A.shape[1]))
             drive = torch.matmul((dt * x).unsqueeze(-1), B.unsqueeze(1))
         else:

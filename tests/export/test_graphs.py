@@ -1,6 +1,8 @@
 """``export.graphs``: the step/prefill I/O comes from the model's ``io_spec()`` and ``state_spec()``,
 and ``check_state_spec`` refuses a model whose declarations its own step contradicts."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -171,10 +173,40 @@ def test_torch_compile_traces_the_plain_step_even_when_dynamo_says_exporting(mon
     stand_in = types.SimpleNamespace(**answers)
     monkeypatch.setattr(mm, "_compiler", lambda: stand_in)
     ops = traced_ops()
-    assert ops["matmul"] == 2 and ops["eye"] == 0, ops
+    assert ops["matmul"] == 2 and ops["eye"] == 0 and ops["log"] == 0, ops
     assert not mm._is_tracing()
-    if "_is_exporting_flag" in answers:  # the flag torch.export sets selects the exported forms
-        stand_in._is_exporting_flag = True
+    if "_is_exporting_flag" in answers:  # the flag torch.export sets selects the exported softplus,
+        stand_in._is_exporting_flag = True  # and the plain broadcasts (the products are ONNX's alone)
         assert mm._is_tracing()
         ops = traced_ops()
-        assert ops["matmul"] == 2 * 4 and ops["eye"] == 2, ops
+        assert ops["matmul"] == 2 and ops["eye"] == 0 and ops["log"] == 2, ops
+
+
+def test_torch_export_gets_the_plain_broadcasts_and_onnx_the_products(monkeypatch):
+    """The step's products of inner size 1 and its identity shift are ONNX Runtime's forms (the
+    TorchScript tracer): ``torch.export`` — the TVM path — captures the plain broadcasts, since
+    TVM 0.27's CUDA build of the first product fused with the state update drops the decayed
+    old state (found on an H200). Counted in the real exported program and ONNX graph."""
+    import onnx
+
+    from export.onnx_export import export_graph
+    from export.tvm_build import export_program
+
+    model = build_model("mamba", vocab_size=37, d_model=8, n_layer=2, d_state=4).eval()
+    program = export_program(model, "step", 8)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert sum("matmul" in t or "bmm" in t for t in targets) == 2, targets  # the readout, one per layer
+    assert not any("eye" in t for t in targets)
+    import tempfile
+
+    import edgeseq.models.mamba as mm
+
+    def matmuls() -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "step.onnx"
+            export_graph(model, path, kind="step")
+            return sum(n.op_type == "MatMul" for n in onnx.load(str(path)).graph.node)
+
+    onnx_form = matmuls()
+    monkeypatch.setattr(mm, "_is_exporting", lambda: True)  # the ONNX trace as torch.export would see it
+    assert onnx_form - matmuls() == 2 * 3  # per layer: the two products and the shift
