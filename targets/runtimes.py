@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -273,8 +275,104 @@ def ort_session(path: str | Path, threads: int | None = None, providers: list[st
                                     disabled_optimizers=disabled + ["QDQPropagationTransformer"])
 
 
+def _refcounts(arrays: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(a) for a in arrays]
+
+
+class _BoundStep:
+    """The CPU step graph run through two fixed IoBindings that ping-pong between two output sets.
+
+    ``sets[k]`` holds one array per step output (``y``, then every state tensor) for one input
+    shape; ``bindings[k]`` reads the input buffer ``x`` and ``sets[k]``'s state and writes
+    ``sets[1 - k]``. Every array is allocated here, so it owns its memory and any view a caller
+    takes of it references it; the bindings hold raw addresses, so the only references the
+    runtime keeps are the lists (``baseline``: their reference counts when last bound). A set is
+    written only while its reference counts are at that baseline: an array a caller still holds
+    (a kept state, collected logits, a view or tensor over one) is left to the caller and a new
+    one takes its place in the set and in both bindings.
+    """
+
+    def __init__(self, session: Any, x: np.ndarray, outputs: Sequence[np.ndarray]):
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.x = np.empty(x.shape, x.dtype)
+        self.sets = [[np.empty(o.shape, o.dtype) for o in outputs] for _ in range(2)]
+        self.bindings = [session.io_binding() for _ in range(2)]
+        for k in range(2):
+            self.bindings[k].bind_input(self.inputs[0], "cpu", 0, self.x.dtype, self.x.shape, self.x.ctypes.data)
+            self._bind(k, range(len(outputs)))
+        self.baseline = [_refcounts(s) for s in self.sets]
+        self.last: int | None = None  # the set step() or adopt() returned last
+
+    @staticmethod
+    def fits(x: np.ndarray, state: list[np.ndarray], outputs: Sequence[Any]) -> bool:
+        """Whether the step's outputs are ``y`` and then the state, tensor for tensor (shape and dtype)."""
+        return (len(outputs) == len(state) + 1 and all(isinstance(o, np.ndarray) for o in outputs)
+                and all(o.shape == s.shape and o.dtype == s.dtype for o, s in zip(outputs[1:], state)))
+
+    def _bind(self, j: int, indices: Any) -> None:
+        """Bind ``sets[j]``'s arrays at ``indices``: written by ``bindings[1 - j]``, the state read by ``bindings[j]``."""
+        for i in indices:
+            a = self.sets[j][i]
+            self.bindings[1 - j].bind_output(self.outputs[i], "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+            if i:
+                self.bindings[j].bind_input(self.inputs[i], "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+
+    def _claim(self, j: int) -> None:
+        """Make ``sets[j]`` safe to overwrite: arrays referenced outside the runtime are replaced."""
+        held = [i for i, (now, base) in enumerate(zip(_refcounts(self.sets[j]), self.baseline[j])) if now != base]
+        if held:
+            for i in held:
+                self.sets[j][i] = np.empty_like(self.sets[j][i])
+            self._bind(j, held)
+            self.baseline[j] = _refcounts(self.sets[j])
+
+    def step(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The step through the bindings, or None unless ``state`` is the set returned last."""
+        k = self.last
+        if k is None or len(state) != len(self.sets[k]) - 1 or any(a is not b for a, b in zip(state, self.sets[k][1:])):
+            return None
+        self._claim(1 - k)
+        np.copyto(self.x, x)
+        self.session.run_with_iobinding(self.bindings[k])
+        self.last = 1 - k
+        return list(self.sets[1 - k])
+
+    def adopt(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """A plain step's outputs copied into a set, so that the next step can run bound."""
+        j = 0 if self.last == 1 else 1
+        self._claim(j)
+        for target, value in zip(self.sets[j], outputs):
+            np.copyto(target, value)
+        self.last = j
+        return list(self.sets[j])
+
+
 class OnnxRuntime(ArtifactRuntime):
-    """ONNX Runtime sessions for the step (and prefill) graph; CUDA when asked and available."""
+    """ONNX Runtime sessions for the step (and prefill) graph; CUDA when asked and available.
+
+    On the CPU provider a decode stream runs through preallocated I/O (:class:`_BoundStep`): the
+    runtime owns two sets of output arrays (``y`` and every state tensor) per input shape (the
+    last two shapes used) and two IoBindings built once, the state read from one set and the next
+    written into the other, with no per-step allocation or copy of the state. The contract stays
+    ``step(x_t, state) -> (y, new_state)`` and is safe for any caller:
+
+    * the bound path runs only when ``state`` is exactly the list of arrays this runtime returned
+      last (the same objects); any other state (``init_state``, a prefill's, one kept from
+      earlier, another batch size, other dtypes) takes the plain ``session.run``, whose outputs
+      are copied into a set so that the following steps run bound;
+    * a set is overwritten only when nothing outside the runtime references any of its arrays
+      (CPython reference counts against those the runtime itself holds): arrays a caller keeps
+      (an old state, logits collected in a list, views or ``torch.from_numpy`` tensors over them)
+      stay valid and unchanged forever; the runtime allocates new ones in their place;
+    * the arrays are handed out, not lent: the caller may modify them, which the next step reads
+      (``new_state``) as it would any state. Steps from several threads take the plain path
+      while one is bound.
+
+    Outputs are bitwise those of ``session.run`` (the same session and kernels; tests/targets/
+    test_onnx_bound_step.py). The CUDA provider always takes the plain path.
+    """
 
     name = "onnxruntime"
 
@@ -301,6 +399,9 @@ class OnnxRuntime(ArtifactRuntime):
     def _make_sessions(self) -> None:
         self.step_session = ort_session(self.artifact.step_file, self.threads, self.providers)
         self.step_inputs = [i.name for i in self.step_session.get_inputs()]
+        cpu = self.step_session.get_providers() == ["CPUExecutionProvider"]
+        self._bound: dict[tuple[int, ...], _BoundStep | None] | None = {} if cpu else None  # by input shape
+        self._bound_lock = threading.Lock()
         self._prefill_session = None  # opened on the first prompt: a decode-only stream never holds its weights
 
     @property
@@ -317,7 +418,22 @@ class OnnxRuntime(ArtifactRuntime):
             self._make_sessions()
 
     def _step(self, x_t: Any, state: list[Any]) -> Sequence[Any]:
-        return self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+        if self._bound is None or not self._bound_lock.acquire(blocking=False):
+            return self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+        try:
+            bound = self._bound.get(x_t.shape)
+            outputs = bound.step(x_t, state) if bound else None
+            if outputs is not None:
+                return outputs
+            outputs = self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+            if x_t.shape not in self._bound:
+                if len(self._bound) >= 2:  # the two latest input shapes keep their sets
+                    del self._bound[next(iter(self._bound))]
+                fits = _BoundStep.fits(x_t, state, outputs)
+                bound = self._bound[x_t.shape] = _BoundStep(self.step_session, x_t, outputs) if fits else None
+            return bound.adopt(outputs) if bound else outputs
+        finally:
+            self._bound_lock.release()
 
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:
         session = self.prefill_session  # opens it (and names its inputs) on the first prompt
