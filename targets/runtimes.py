@@ -303,7 +303,7 @@ class _BoundStep:
             self.bindings[k].bind_input(self.inputs[0], "cpu", 0, self.x.dtype, self.x.shape, self.x.ctypes.data)
             self._bind(k, range(len(outputs)))
         self.baseline = [_refcounts(s) for s in self.sets]
-        self.last: int | None = None  # the set step() or adopt() returned last
+        self.last: int | None = None  # the set handed out last
 
     @staticmethod
     def fits(x: np.ndarray, state: list[np.ndarray], outputs: Sequence[Any]) -> bool:
@@ -360,8 +360,10 @@ class OnnxRuntime(ArtifactRuntime):
 
     * the bound path runs only when ``state`` is exactly the list of arrays this runtime returned
       last (the same objects); any other state (``init_state``, a prefill's, one kept from
-      earlier, another batch size, other dtypes) takes the plain ``session.run``, whose outputs
-      are copied into a set so that the following steps run bound;
+      earlier, another batch size, other dtypes) takes the plain ``session.run``. When a plain
+      step's state is what the previous plain step returned (the caller feeds states back), its
+      outputs are copied into a set and the following steps run bound: a stream from a fresh or a
+      prefill's state runs two plain steps, then bound; teacher-forced states are never copied;
     * a set is overwritten only when nothing outside the runtime references any of its arrays
       (CPython reference counts against those the runtime itself holds): arrays a caller keeps
       (an old state, logits collected in a list, views or ``torch.from_numpy`` tensors over them)
@@ -402,6 +404,7 @@ class OnnxRuntime(ArtifactRuntime):
         cpu = self.step_session.get_providers() == ["CPUExecutionProvider"]
         self._bound: dict[tuple[int, ...], _BoundStep | None] | None = {} if cpu else None  # by input shape
         self._bound_lock = threading.Lock()
+        self._plain_ids: dict[tuple[int, ...], list[int]] = {}  # id() of the state the last plain step returned, by input shape
         self._prefill_session = None  # opened on the first prompt: a decode-only stream never holds its weights
 
     @property
@@ -426,11 +429,16 @@ class OnnxRuntime(ArtifactRuntime):
             if outputs is not None:
                 return outputs
             outputs = self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+            fed = [id(a) for a in state] == self._plain_ids.pop(x_t.shape, None)  # what the last plain step returned
+            if not fed:  # a fresh or teacher-forced state: not worth a copy
+                self._plain_ids[x_t.shape] = [id(a) for a in outputs[1:]]
+                return outputs
             if x_t.shape not in self._bound:
                 if len(self._bound) >= 2:  # the two latest input shapes keep their sets
                     del self._bound[next(iter(self._bound))]
                 fits = _BoundStep.fits(x_t, state, outputs)
-                bound = self._bound[x_t.shape] = _BoundStep(self.step_session, x_t, outputs) if fits else None
+                self._bound[x_t.shape] = _BoundStep(self.step_session, x_t, outputs) if fits else None
+            bound = self._bound[x_t.shape]
             return bound.adopt(outputs) if bound else outputs
         finally:
             self._bound_lock.release()
@@ -580,6 +588,7 @@ class ArtifactModel:
         self.family = model["family"]
         self.config = config_class(self.family).from_dict(model.get("config") or {})
         self.prefill_length = engine.io.prefill_length if engine.has_prefill else 0
+        self._handed: tuple[list[Any], list[np.ndarray]] = ([], [])
 
     def eval(self) -> "ArtifactModel":
         return self
@@ -601,11 +610,17 @@ class ArtifactModel:
         missing = [n for n in self.state_names() if n not in state]
         if missing:
             raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
-        return [_numpy(state[n]) for n in self.state_names()]
+        values = [state[n] for n in self.state_names()]
+        tensors, arrays = self._handed
+        if len(values) == len(tensors) and all(v is t for v, t in zip(values, tensors)):
+            return list(arrays)  # the engine's own arrays under them: its bound step (OnnxRuntime) applies
+        return [_numpy(v) for v in values]
 
     def step(self, x_t: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.step(_numpy(x_t), self._state_list(state))
-        return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+        tensors = [self.torch.from_numpy(a) for a in new]
+        self._handed = (tensors, new)  # the state step returned last, as tensors and as the arrays under them
+        return self.torch.from_numpy(y), dict(zip(self.state_names(), tensors))
 
     def prefill(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=True)

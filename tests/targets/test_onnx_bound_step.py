@@ -61,7 +61,7 @@ def test_bound_steps_are_bitwise_the_plain_run_and_reuse_two_sets(artifact):
         ref_y, ref_state = plain.step(tok.copy(), _copy(ref_state))
         assert np.array_equal(y, ref_y) and _same(state, ref_state)
         returned.append([id(a) for a in state])
-    assert len(calls) == 1  # the first step (a foreign state) ran plainly, the other 11 bound
+    assert len(calls) == 2  # a fresh state, then the state fed back (copied into a set) ran plainly; 10 bound
     assert all(returned[t] == returned[t - 2] for t in range(3, 12))  # ping-pong between two fixed sets
     assert returned[-1] != returned[-2]
 
@@ -130,7 +130,7 @@ def test_prefill_then_steps_and_a_foreign_state(artifact):
         y, state = bound.step(tok, state)
         ref_y, ref_state = plain.step(tok, ref_state)
         assert np.array_equal(y, ref_y) and _same(state, ref_state)
-    assert len(calls) == 1  # the prompt's remainder: one plain step (the prefill's state), then bound
+    assert len(calls) == 2  # the prompt's remainder (two plain steps), then bound
     fresh = bound.init_state(1)
     y, state = bound.step(np.array([7]), fresh)
     ref_y, ref_state = plain.step(np.array([7]), plain.init_state(1))
@@ -139,4 +139,36 @@ def test_prefill_then_steps_and_a_foreign_state(artifact):
         y, state = bound.step(tok, state)
         ref_y, ref_state = plain.step(tok, ref_state)
         assert np.array_equal(y, ref_y) and _same(state, ref_state)
-    assert len(calls) == 2  # the fresh state ran plainly, the stream resumed bound
+    assert len(calls) == 4  # the fresh state and the one after ran plainly, then bound again
+
+
+def test_teacher_forced_states_are_not_copied(artifact):
+    """A new state every step (as verification's forced steps): plain steps, no sets allocated."""
+    bound, plain = _runtimes(artifact)
+    rng = np.random.default_rng(8)
+    for tok in _tokens(6, seed=8):
+        state = [rng.standard_normal(s.shape).astype(s.dtype) for s in bound.init_state(1)]
+        y, new = bound.step(tok, state)
+        ref_y, ref_new = plain.step(tok, _copy(state))
+        assert np.array_equal(y, ref_y) and _same(new, ref_new)
+    assert bound._bound == {}
+
+
+def test_the_torch_adapter_feeds_the_bound_step(artifact):
+    """ArtifactModel (edgeseq run, eval) hands the engine its own arrays back: the stream runs bound."""
+    import torch
+
+    from targets.runtimes import ArtifactModel
+
+    bound, plain = _runtimes(artifact)
+    calls = _count_plain_runs(bound)
+    model = ArtifactModel(bound)
+    state, ref_state = model.init_state(1), plain.init_state(1)
+    for t, tok in enumerate(_tokens(10, seed=9)):
+        y, state = model.step(torch.from_numpy(tok), state)
+        ref_y, ref_state = plain.step(tok, ref_state)
+        assert torch.equal(y, torch.from_numpy(ref_y)) and _same([s.numpy() for s in state.values()], ref_state)
+        if t == 4:
+            kept, kept_copy = state, {n: s.clone() for n, s in state.items()}
+    assert len(calls) == 2
+    assert all(torch.equal(kept[n], kept_copy[n]) for n in kept)
