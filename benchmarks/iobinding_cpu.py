@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result["load_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    text = json.dumps(result, indent=1)  # lists of numbers (the per-step times) on one line each
+    text = re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    Path(args.out).write_text(text + "\n")
     print(f"wrote {args.out}")
     return 0
 
