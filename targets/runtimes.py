@@ -368,9 +368,10 @@ class OnnxRuntime(ArtifactRuntime):
       (CPython reference counts against those the runtime itself holds): arrays a caller keeps
       (an old state, logits collected in a list, views or ``torch.from_numpy`` tensors over them)
       stay valid and unchanged forever; the runtime allocates new ones in their place;
-    * the arrays are handed out, not lent: the caller may modify them, which the next step reads
-      (``new_state``) as it would any state. Steps from several threads take the plain path
-      while one is bound.
+    * the arrays are handed out, not lent: the caller may modify their values, which the next
+      step reads (``new_state``) as it would any state (not their shape or dtype in place:
+      ``a.shape = ...`` on a returned array is not supported). A step called while another
+      thread's bound step runs takes the plain path.
 
     Outputs are bitwise those of ``session.run`` (the same session and kernels; tests/targets/
     test_onnx_bound_step.py). The CUDA provider always takes the plain path.
@@ -612,7 +613,7 @@ class ArtifactModel:
             raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
         values = [state[n] for n in self.state_names()]
         tensors, arrays = self._handed
-        if len(values) == len(tensors) and all(v is t for v, t in zip(values, tensors)):
+        if len(values) == len(tensors) and all(v is t and t.data_ptr() == a.ctypes.data for v, t, a in zip(values, tensors, arrays)):
             return list(arrays)  # the engine's own arrays under them: its bound step (OnnxRuntime) applies
         return [_numpy(v) for v in values]
 

@@ -1,7 +1,7 @@
 """ONNX Runtime's bound CPU decode step (two preallocated output sets, fixed IoBindings).
 
 Oracle: the same artifact run by a second :class:`OnnxRuntime` whose step is today's plain
-``session.run`` (bound path switched off), fed copies of every input: the bound path must
+``session.run`` (bound path switched off), fed the same inputs: the bound path must
 give bitwise the same logits and states (same kernels, same thread count), and arrays a
 caller keeps must never change afterwards.
 """
