@@ -617,21 +617,25 @@ class ArtifactModel:
             return list(arrays)  # the engine's own arrays under them: its bound step (OnnxRuntime) applies
         return [_numpy(v) for v in values]
 
+    def _hand(self, new: list[np.ndarray]) -> dict[str, Any]:
+        """The engine's state as tensors; remembered (with the arrays under them) for _state_list."""
+        tensors = [self.torch.from_numpy(a) for a in new]
+        self._handed = (tensors, new)
+        return dict(zip(self.state_names(), tensors))
+
     def step(self, x_t: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.step(_numpy(x_t), self._state_list(state))
-        tensors = [self.torch.from_numpy(a) for a in new]
-        self._handed = (tensors, new)  # the state step returned last, as tensors and as the arrays under them
-        return self.torch.from_numpy(y), dict(zip(self.state_names(), tensors))
+        return self.torch.from_numpy(y), self._hand(new)
 
     def prefill(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=True)
-        return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+        return self.torch.from_numpy(y), self._hand(new)
 
     def prefill_last(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """``prefill`` returning only the last position's output ``[B, ...]`` — what a generator
         needs; the ONNX prefill graph then skips the LM head for the other positions."""
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=False)
-        return self.torch.from_numpy(np.asarray(y)), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+        return self.torch.from_numpy(np.asarray(y)), self._hand(new)
 
     def forward(self, x: Any) -> Any:
         return self.prefill(x)[0]

@@ -163,12 +163,15 @@ def test_the_torch_adapter_feeds_the_bound_step(artifact):
     bound, plain = _runtimes(artifact)
     calls = _count_plain_runs(bound)
     model = ArtifactModel(bound)
-    state, ref_state = model.init_state(1), plain.init_state(1)
-    for t, tok in enumerate(_tokens(10, seed=9)):
+    prompt = _tokens(6, 1, seed=9).T  # one prefill chunk of 4, two steps
+    y, state = model.prefill_last(torch.from_numpy(prompt), model.init_state(1))
+    ref_y, ref_state = plain.prefill(prompt)
+    assert torch.equal(y, torch.from_numpy(ref_y)) and _same([s.numpy() for s in state.values()], ref_state)
+    for t, tok in enumerate(_tokens(10, seed=10)):
         y, state = model.step(torch.from_numpy(tok), state)
         ref_y, ref_state = plain.step(tok, ref_state)
         assert torch.equal(y, torch.from_numpy(ref_y)) and _same([s.numpy() for s in state.values()], ref_state)
         if t == 4:
             kept, kept_copy = state, {n: s.clone() for n, s in state.items()}
-    assert len(calls) == 2
+    assert len(calls) == 2  # the prompt's two remainder steps; the ten steps after ran bound
     assert all(torch.equal(kept[n], kept_copy[n]) for n in kept)
