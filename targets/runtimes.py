@@ -353,8 +353,8 @@ class OnnxRuntime(ArtifactRuntime):
     """ONNX Runtime sessions for the step (and prefill) graph; CUDA when asked and available.
 
     On the CPU provider a decode stream runs through preallocated I/O (:class:`_BoundStep`): the
-    runtime owns two sets of output arrays (``y`` and every state tensor) per input shape (the
-    last two shapes used) and two IoBindings built once, the state read from one set and the next
+    runtime owns two sets of output arrays (``y`` and every state tensor) per input shape (two
+    shapes at a time) and two IoBindings built once, the state read from one set and the next
     written into the other, with no per-step allocation or copy of the state. The contract stays
     ``step(x_t, state) -> (y, new_state)`` and is safe for any caller:
 
@@ -435,7 +435,7 @@ class OnnxRuntime(ArtifactRuntime):
                 self._plain_ids[x_t.shape] = [id(a) for a in outputs[1:]]
                 return outputs
             if x_t.shape not in self._bound:
-                if len(self._bound) >= 2:  # the two latest input shapes keep their sets
+                if len(self._bound) >= 2:  # two input shapes keep their sets at a time
                     del self._bound[next(iter(self._bound))]
                 fits = _BoundStep.fits(x_t, state, outputs)
                 self._bound[x_t.shape] = _BoundStep(self.step_session, x_t, outputs) if fits else None
