@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -273,8 +275,107 @@ def ort_session(path: str | Path, threads: int | None = None, providers: list[st
                                     disabled_optimizers=disabled + ["QDQPropagationTransformer"])
 
 
+def _refcounts(arrays: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(a) for a in arrays]
+
+
+class _BoundStep:
+    """The CPU step graph run through two fixed IoBindings that ping-pong between two output sets.
+
+    ``sets[k]`` holds one array per step output (``y``, then every state tensor) for one input
+    shape; ``bindings[k]`` reads the input buffer ``x`` and ``sets[k]``'s state and writes
+    ``sets[1 - k]``. Every array is allocated here, so it owns its memory and any view a caller
+    takes of it references it; the bindings hold raw addresses, so the only references the
+    runtime keeps are the lists (``baseline``: their reference counts when last bound). A set is
+    written only while its reference counts are at that baseline: an array a caller still holds
+    (a kept state, collected logits, a view or tensor over one) is left to the caller and a new
+    one takes its place in the set and in both bindings.
+    """
+
+    def __init__(self, session: Any, x: np.ndarray, outputs: Sequence[np.ndarray]):
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.x = np.empty(x.shape, x.dtype)
+        self.sets = [[np.empty(o.shape, o.dtype) for o in outputs] for _ in range(2)]
+        self.bindings = [session.io_binding() for _ in range(2)]
+        for k in range(2):
+            self.bindings[k].bind_input(self.inputs[0], "cpu", 0, self.x.dtype, self.x.shape, self.x.ctypes.data)
+            self._bind(k, range(len(outputs)))
+        self.baseline = [_refcounts(s) for s in self.sets]
+        self.last: int | None = None  # the set handed out last
+
+    @staticmethod
+    def fits(x: np.ndarray, state: list[np.ndarray], outputs: Sequence[Any]) -> bool:
+        """Whether the step's outputs are ``y`` and then the state, tensor for tensor (shape and dtype)."""
+        return (len(outputs) == len(state) + 1 and all(isinstance(o, np.ndarray) for o in outputs)
+                and all(o.shape == s.shape and o.dtype == s.dtype for o, s in zip(outputs[1:], state)))
+
+    def _bind(self, j: int, indices: Any) -> None:
+        """Bind ``sets[j]``'s arrays at ``indices``: written by ``bindings[1 - j]``, the state read by ``bindings[j]``."""
+        for i in indices:
+            a = self.sets[j][i]
+            self.bindings[1 - j].bind_output(self.outputs[i], "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+            if i:
+                self.bindings[j].bind_input(self.inputs[i], "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+
+    def _claim(self, j: int) -> None:
+        """Make ``sets[j]`` safe to overwrite: arrays referenced outside the runtime are replaced."""
+        held = [i for i, (now, base) in enumerate(zip(_refcounts(self.sets[j]), self.baseline[j])) if now != base]
+        if held:
+            for i in held:
+                self.sets[j][i] = np.empty_like(self.sets[j][i])
+            self._bind(j, held)
+            self.baseline[j] = _refcounts(self.sets[j])
+
+    def step(self, x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The step through the bindings, or None unless ``state`` is the set returned last."""
+        k = self.last
+        if k is None or len(state) != len(self.sets[k]) - 1 or any(a is not b for a, b in zip(state, self.sets[k][1:])):
+            return None
+        self._claim(1 - k)
+        np.copyto(self.x, x)
+        self.session.run_with_iobinding(self.bindings[k])
+        self.last = 1 - k
+        return list(self.sets[1 - k])
+
+    def adopt(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """A plain step's outputs copied into a set, so that the next step can run bound."""
+        j = 0 if self.last == 1 else 1
+        self._claim(j)
+        for target, value in zip(self.sets[j], outputs):
+            np.copyto(target, value)
+        self.last = j
+        return list(self.sets[j])
+
+
 class OnnxRuntime(ArtifactRuntime):
-    """ONNX Runtime sessions for the step (and prefill) graph; CUDA when asked and available."""
+    """ONNX Runtime sessions for the step (and prefill) graph; CUDA when asked and available.
+
+    On the CPU provider a decode stream runs through preallocated I/O (:class:`_BoundStep`): the
+    runtime owns two sets of output arrays (``y`` and every state tensor) per input shape (two
+    shapes at a time) and two IoBindings built once, the state read from one set and the next
+    written into the other, with no per-step allocation or copy of the state. The contract stays
+    ``step(x_t, state) -> (y, new_state)`` and is safe for any caller:
+
+    * the bound path runs only when ``state`` is exactly the list of arrays this runtime returned
+      last (the same objects); any other state (``init_state``, a prefill's, one kept from
+      earlier, another batch size, other dtypes) takes the plain ``session.run``. When a plain
+      step's state is what the previous plain step returned (the caller feeds states back), its
+      outputs are copied into a set and the following steps run bound: a stream from a fresh or a
+      prefill's state runs two plain steps, then bound; teacher-forced states are never copied;
+    * a set is overwritten only when nothing outside the runtime references any of its arrays
+      (CPython reference counts against those the runtime itself holds): arrays a caller keeps
+      (an old state, logits collected in a list, views or ``torch.from_numpy`` tensors over them)
+      stay valid and unchanged forever; the runtime allocates new ones in their place;
+    * the arrays are handed out, not lent: the caller may modify their values, which the next
+      step reads (``new_state``) as it would any state (not their shape or dtype in place:
+      ``a.shape = ...`` on a returned array is not supported). A step called while another
+      thread's bound step runs takes the plain path.
+
+    Outputs are bitwise those of ``session.run`` (the same session and kernels; tests/targets/
+    test_onnx_bound_step.py). The CUDA provider always takes the plain path.
+    """
 
     name = "onnxruntime"
 
@@ -301,6 +402,10 @@ class OnnxRuntime(ArtifactRuntime):
     def _make_sessions(self) -> None:
         self.step_session = ort_session(self.artifact.step_file, self.threads, self.providers)
         self.step_inputs = [i.name for i in self.step_session.get_inputs()]
+        cpu = self.step_session.get_providers() == ["CPUExecutionProvider"]
+        self._bound: dict[tuple[int, ...], _BoundStep | None] | None = {} if cpu else None  # by input shape
+        self._bound_lock = threading.Lock()
+        self._plain_ids: dict[tuple[int, ...], list[int]] = {}  # id() of the state the last plain step returned, by input shape
         self._prefill_session = None  # opened on the first prompt: a decode-only stream never holds its weights
 
     @property
@@ -317,7 +422,27 @@ class OnnxRuntime(ArtifactRuntime):
             self._make_sessions()
 
     def _step(self, x_t: Any, state: list[Any]) -> Sequence[Any]:
-        return self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+        if self._bound is None or not self._bound_lock.acquire(blocking=False):
+            return self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+        try:
+            bound = self._bound.get(x_t.shape)
+            outputs = bound.step(x_t, state) if bound else None
+            if outputs is not None:
+                return outputs
+            outputs = self.step_session.run(None, dict(zip(self.step_inputs, [x_t, *state])))
+            fed = [id(a) for a in state] == self._plain_ids.pop(x_t.shape, None)  # what the last plain step returned
+            if not fed:  # a fresh or teacher-forced state: not worth a copy
+                self._plain_ids[x_t.shape] = [id(a) for a in outputs[1:]]
+                return outputs
+            if x_t.shape not in self._bound:
+                if len(self._bound) >= 2:  # two input shapes keep their sets at a time
+                    del self._bound[next(iter(self._bound))]
+                fits = _BoundStep.fits(x_t, state, outputs)
+                self._bound[x_t.shape] = _BoundStep(self.step_session, x_t, outputs) if fits else None
+            bound = self._bound[x_t.shape]
+            return bound.adopt(outputs) if bound else outputs
+        finally:
+            self._bound_lock.release()
 
     def _prefill(self, x: Any, state: list[Any]) -> Sequence[Any]:
         session = self.prefill_session  # opens it (and names its inputs) on the first prompt
@@ -464,6 +589,7 @@ class ArtifactModel:
         self.family = model["family"]
         self.config = config_class(self.family).from_dict(model.get("config") or {})
         self.prefill_length = engine.io.prefill_length if engine.has_prefill else 0
+        self._handed: tuple[list[Any], list[np.ndarray]] = ([], [])
 
     def eval(self) -> "ArtifactModel":
         return self
@@ -485,21 +611,31 @@ class ArtifactModel:
         missing = [n for n in self.state_names() if n not in state]
         if missing:
             raise InputError(f"state lacks {missing[0]!r}; use init_state() of this artifact")
-        return [_numpy(state[n]) for n in self.state_names()]
+        values = [state[n] for n in self.state_names()]
+        tensors, arrays = self._handed
+        if len(values) == len(tensors) and all(v is t and t.data_ptr() == a.ctypes.data for v, t, a in zip(values, tensors, arrays)):
+            return list(arrays)  # the engine's own arrays under them: its bound step (OnnxRuntime) applies
+        return [_numpy(v) for v in values]
+
+    def _hand(self, new: list[np.ndarray]) -> dict[str, Any]:
+        """The engine's state as tensors; remembered (with the arrays under them) for _state_list."""
+        tensors = [self.torch.from_numpy(a) for a in new]
+        self._handed = (tensors, new)
+        return dict(zip(self.state_names(), tensors))
 
     def step(self, x_t: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.step(_numpy(x_t), self._state_list(state))
-        return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+        return self.torch.from_numpy(y), self._hand(new)
 
     def prefill(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=True)
-        return self.torch.from_numpy(y), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+        return self.torch.from_numpy(y), self._hand(new)
 
     def prefill_last(self, x: Any, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """``prefill`` returning only the last position's output ``[B, ...]`` — what a generator
         needs; the ONNX prefill graph then skips the LM head for the other positions."""
         y, new = self.engine.prefill(_numpy(x), None if state is None else self._state_list(state), all_outputs=False)
-        return self.torch.from_numpy(np.asarray(y)), dict(zip(self.state_names(), map(self.torch.from_numpy, new)))
+        return self.torch.from_numpy(np.asarray(y)), self._hand(new)
 
     def forward(self, x: Any) -> Any:
         return self.prefill(x)[0]
