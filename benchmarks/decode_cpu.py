@@ -251,41 +251,47 @@ def print_table(report: dict) -> None:
 
 def round_medians(report: dict) -> list[dict]:
     """Per (row, threads): the median p50 and prefill over the rounds, and the median (and range) of
-    each round's ratio to llama.cpp Q8_0 / Q4_0 and to edgeseq fp32 at the same thread count."""
+    each round's ratio to llama.cpp Q8_0 / Q4_0 and to edgeseq fp32 at the same thread count (decode
+    time; ``prefill_ratio_to_*``: prefill tokens/s to llama.cpp's, higher is faster)."""
     peers = {"q8_0": "llama.cpp Q8_0", "q4_0": "llama.cpp Q4_0", "fp32": "edgeseq onnxruntime fp32"}
     out: dict[tuple[str, int], dict] = {}
     for rnd in report["rounds"]:
         by = {(x["row"], x["threads"]): x for x in rnd["rows"]}
         for (row, threads), x in by.items():
             entry = out.setdefault((row, threads), {"row": row, "threads": threads, "p50": [], "prefill": [],
-                                                    **{k: [] for k in peers}})
+                                                    **{k: [] for k in peers}, **{f"prefill_{k}": [] for k in peers}})
             entry["p50"].append(x["p50_ms"])
             entry["prefill"].append(x.get("prefill_tok_s") or 0.0)
             for key, peer in peers.items():
                 if (peer, threads) in by:
                     entry[key].append(x["p50_ms"] / by[(peer, threads)]["p50_ms"])
+                    if x.get("prefill_tok_s") and by[(peer, threads)].get("prefill_tok_s"):
+                        entry[f"prefill_{key}"].append(x["prefill_tok_s"] / by[(peer, threads)]["prefill_tok_s"])
     rows = []
     for entry in out.values():
         row = {"row": entry["row"], "threads": entry["threads"], "rounds": len(entry["p50"]),
                "p50_ms": statistics.median(entry["p50"]), "prefill_tok_s": statistics.median(entry["prefill"])}
         for key in peers:
-            if entry[key]:
-                row[f"ratio_to_{key}"] = (statistics.median(entry[key]), min(entry[key]), max(entry[key]))
+            for name, values in ((f"ratio_to_{key}", entry[key]), (f"prefill_ratio_to_{key}", entry[f"prefill_{key}"])):
+                if values:
+                    row[name] = (statistics.median(values), min(values), max(values))
         rows.append(row)
     return sorted(rows, key=lambda x: (x["threads"] != 2, x["row"]))
 
 
 def print_medians(report: dict) -> None:
     def ratio(x, key):
-        value = x.get(f"ratio_to_{key}")
+        value = x.get(key if key.startswith("prefill") else f"ratio_to_{key}")
         return "" if value is None else f"{value[0]:.2f} [{value[1]:.2f}–{value[2]:.2f}]"
 
     print(f"\nmedians over {report['rounds_run']} rounds (ratios: the median of each round's ratio, its range)")
-    print("| row | threads | decode p50 ms | × llama.cpp Q8_0 | × llama.cpp Q4_0 | × edgeseq fp32 | prefill tok/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | threads | decode p50 ms | × llama.cpp Q8_0 | × llama.cpp Q4_0 | × edgeseq fp32 | prefill tok/s "
+          "| prefill × Q8_0 | prefill × Q4_0 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for x in round_medians(report):
         print(f"| {x['row']} | {x['threads']} | {x['p50_ms']:.2f} | {ratio(x, 'q8_0')} | {ratio(x, 'q4_0')} | "
-              f"{ratio(x, 'fp32')} | {x['prefill_tok_s']:.0f} |")
+              f"{ratio(x, 'fp32')} | {x['prefill_tok_s']:.0f} | {ratio(x, 'prefill_ratio_to_q8_0')} | "
+              f"{ratio(x, 'prefill_ratio_to_q4_0')} |")
 
 
 if __name__ == "__main__":
