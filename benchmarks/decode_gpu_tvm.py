@@ -3,6 +3,9 @@ that has no TVM Python package.
 
     python benchmarks/decode_gpu_tvm.py --build ARTIFACT            # here: TVM 0.27 + nvcc
     python benchmarks/decode_gpu_tvm.py ARTIFACT LIBDIR [--out tvm.json]   # there
+    python benchmarks/decode_gpu_tvm.py FOLDER --build-whole [--build-whole-prefill]   # the whole model, weights as inputs
+    python benchmarks/decode_gpu_tvm.py FOLDER LIBDIR --prefill-whole                  # its prefill, there
+    (decode_gpu.py --tvm-whole FOLDER,LIBDIR times the whole model's step in the interleaved rounds)
 
 ARTIFACT: ``export.artifact.export_artifact(Mamba(MambaConfig(**TVM_CONFIG)) (seed 0), out,
 format="tvm", target="cuda-sm90")`` (``--target h200`` on the CLI; its kernels compiled ahead of time
@@ -150,6 +153,75 @@ def weights_sha256(tensors: list) -> str:
     return digest.hexdigest()
 
 
+def build_whole_prefill(out: str, target: str = "h200", length: int = 64) -> dict:
+    """The prefill graph (chunks of ``length`` positions, every position's logits) of the same
+    model, weights as inputs, into ``out/prefill``: ``prefill.so``, ``prefill.cubin``, ``build.json``."""
+    import torch
+
+    from decode_gpu import CONFIG
+    from edgeseq.models.mamba import Mamba, MambaConfig
+    from export.tvm_build import build_library, get_target
+
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(**CONFIG)).eval()
+    folder = Path(out) / "prefill"
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    facts = build_library(model, folder / "prefill.so", get_target(target), kind="prefill", prefill_length=length,
+                          params_as_input=True)
+    facts.update(config=CONFIG, seed=0, length=length, build_seconds=time.time() - t0,
+                 weights_sha256=weights_sha256(weights_in_order(model, [p["name"] for p in facts["params"]])))
+    (folder / "build.json").write_text(json.dumps(facts, indent=1) + "\n")
+    print(f"{folder}: prefill.so {(folder / 'prefill.so').stat().st_size / 1e6:.1f} MB, built in {facts['build_seconds']:.0f} s")
+    return facts
+
+
+def tvm_prefill_rows(torch, folder: str, libdir: str, model, lengths=(512, 4096), repeats: int = 5) -> dict:
+    """Prompt prefill through the ``build_whole_prefill`` library on the GPU: whole chunks in a row,
+    the state fed back on the device; tokens/s (median of ``repeats`` after 2 warm-ups, host clock
+    around a synchronize) and the last position's logits against ``Mamba.prefill`` fp32 (same weights)."""
+    import tvm_ffi
+
+    folder = Path(folder) / "prefill"
+    facts = json.loads((folder / "build.json").read_text())
+    weights = weights_in_order(model, [p["name"] for p in facts["params"]])
+    main = load_vm_main(libdir, str(folder / "prefill.so"), str(folder / facts["cubin"]), facts["cuda_source_sha256"])
+    keep = [w.detach().float().cuda().contiguous() for w in weights]
+    params = [tvm_ffi.from_dlpack(w) for w in keep]
+    chunk = facts["length"]
+    ref = model.cuda().float()
+
+    def run(tokens):
+        state = [tvm_ffi.from_dlpack(s) for s in ref.init_state(1, device="cuda").values()]
+        out = None
+        for start in range(0, tokens.shape[1], chunk):
+            outs = list(main(tvm_ffi.from_dlpack(tokens[:, start:start + chunk].contiguous()), *state, *params))
+            out, state = outs[0], outs[1:]
+        return torch.from_dlpack(out)[:, -1]
+
+    gen = torch.Generator().manual_seed(3)
+    result = {"same_weights_as_build": weights_sha256(weights) == facts["weights_sha256"], "chunk": chunk, "rows": []}
+    for length in lengths:
+        tokens = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).cuda()
+        got = run(tokens).clone()
+        with torch.inference_mode():
+            want = ref.prefill(tokens)[0][:, -1].float()
+        err = float((got - want).norm() / want.norm())
+        for _ in range(2):
+            run(tokens)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(tokens)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        ms = statistics.median(times) * 1e3
+        result["rows"].append({"row": "tvm cuda sm_90 fp32 prefill (TVM VM, weights as inputs)", "prompt": length,
+                               "ms": ms, "tokens_per_s": length / ms * 1e3, "rel_error_vs_fp32_prefill": err})
+    return result
+
+
 def build_whole(out: str, target: str = "h200", config: dict | None = None) -> dict:
     """The whole 130m-shape model (``decode_gpu.CONFIG``, seed 0, as ``decode_gpu.py`` builds it)
     as a TVM CUDA library of code only (``build_library(..., params_as_input=True)``): the
@@ -255,12 +327,29 @@ def main(argv=None) -> int:
     p.add_argument("--build-whole", action="store_true",
                    help="build the whole 130m-shape step, weights as inputs, into ARTIFACT (no GPU needed; "
                         "decode_gpu.py --tvm-whole ARTIFACT,LIBDIR times it)")
+    p.add_argument("--build-whole-prefill", action="store_true",
+                   help="build the whole model's prefill graph (chunks of 64), weights as inputs, into ARTIFACT/prefill")
+    p.add_argument("--prefill-whole", action="store_true",
+                   help="time ARTIFACT/prefill here (a GPU machine): tokens/s at 512 and 4096 tokens, checked")
     p.add_argument("--out", default="decode_gpu_tvm.json")
     args = p.parse_args(argv)
-    if args.build or args.build_whole:
-        (build_whole if args.build_whole else build)(args.artifact)
+    if args.build or args.build_whole or args.build_whole_prefill:
+        (build_whole_prefill if args.build_whole_prefill else build_whole if args.build_whole else build)(args.artifact)
         return 0
     import torch
+
+    if args.prefill_whole:
+        from decode_gpu import CONFIG
+        from edgeseq.models.mamba import Mamba, MambaConfig
+
+        torch.manual_seed(0)
+        model = Mamba(MambaConfig(**CONFIG)).eval()
+        result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": CONFIG,
+                  "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **tvm_prefill_rows(torch, args.artifact, args.libdir, model)}
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
 
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": TVM_CONFIG,
               **tvm_cuda_rows(torch, args.artifact, args.libdir)}
