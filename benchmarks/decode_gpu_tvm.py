@@ -334,7 +334,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="decode_gpu_tvm.json")
     args = p.parse_args(argv)
     if args.build or args.build_whole or args.build_whole_prefill:
-        (build_whole_prefill if args.build_whole_prefill else build_whole if args.build_whole else build)(args.artifact)
+        for wanted, builder in ((args.build, build), (args.build_whole, build_whole), (args.build_whole_prefill, build_whole_prefill)):
+            if wanted:
+                builder(args.artifact)
         return 0
     import torch
 
