@@ -97,10 +97,8 @@ def build_library(
     (name, shape, dtype): a library of code only, for a host that holds the weights itself (a
     model too large to ship as one file, weights shared by several graphs). Parameters of fewer
     than ``embed_below`` elements stay in the library (norm scales, biases, ``A_log``, ``D``, conv
-    taps: 3.5 MB of the 130m model's 517 MB): TVM 0.27's CUDA schedule of the fused
-    state-update kernel computes a wrong decay when ``A_log`` arrives at run time (measured on
-    an H200: the state 100% off after one step from a non-zero state; right on CPU), and with
-    them bound the kernels are those of the embedded build. ``embed_below=0`` passes them all.
+    taps: 3.5 MB of the 130m model's 517 MB), so that a call passes the weight matrices alone (97
+    inputs instead of 242 for the 130m step). ``embed_below=0`` passes them all.
     """
     tvm = require("tvm", "pip install 'edgeseq[tvm]' (apache-tvm)")
     from tvm.relax.frontend.torch import from_exported_program
@@ -115,8 +113,8 @@ def build_library(
             mod = from_exported_program(program, keep_params_as_input=params_as_input, custom_convert_map=convert_map())
             mod = _without_batch_upper_bound(mod)
             if params_as_input:
-                mod, detached = tvm.relax.frontend.detach_params(mod)
-                mod, kept = _embed_small_params(mod, program, detached["main"], embed_below)
+                mod, _ = tvm.relax.frontend.detach_params(mod)
+                mod, kept = _embed_small_params(mod, program, embed_below)
             executable = tvm.compile(mod, target=tvm_tgt)
     except Exception as exc:
         raise EdgeseqError(f"TVM could not compile the {kind} graph for {target.name}: {_first_line(exc)}") from exc
@@ -140,10 +138,11 @@ def build_library(
     return {"tvm_target": str(tvm_tgt), "elf_machine": arch, **facts}
 
 
-def _embed_small_params(mod, program, values: list, embed_below: int):
+def _embed_small_params(mod, program, embed_below: int):
     """Bind the parameters of fewer than ``embed_below`` elements into ``main`` as constants; the
     rest stay inputs. Returns the module and the inputs' descriptions (name, shape, dtype) in the
     order ``main`` takes them after the graph's own inputs."""
+    import tvm
     from tvm import relax
 
     weights = dict(program.named_parameters())
@@ -151,12 +150,12 @@ def _embed_small_params(mod, program, values: list, embed_below: int):
              if spec.kind is torch.export.graph_signature.InputKind.PARAMETER]  # the importer's order
     func = mod["main"]
     variables = list(func.params)[int(func.attrs["num_input"]):]
-    if not len(names) == len(variables) == len(values):
+    if len(names) != len(variables):
         raise EdgeseqError(f"TVM's importer kept {len(variables)} weight inputs for {len(names)} parameters")
     bind, kept = {}, []
-    for name, var, value in zip(names, variables, values):
+    for name, var in zip(names, variables):
         if weights[name].numel() < embed_below:
-            bind[var] = value
+            bind[var] = tvm.runtime.tensor(weights[name].detach().cpu().contiguous().numpy())
         else:
             kept.append({"name": name, "shape": list(weights[name].shape), "dtype": str(weights[name].dtype).replace("torch.", "")})
     if bind:
