@@ -400,7 +400,8 @@ class OnnxRuntime(ArtifactRuntime):
         return ["CPUExecutionProvider"]
 
     def _make_sessions(self) -> None:
-        self.step_session = ort_session(self.artifact.step_file, self.threads, self.providers)
+        self.weights = self._shared_weights()
+        self.step_session = self._session(self.artifact.step_file)
         self.step_inputs = [i.name for i in self.step_session.get_inputs()]
         cpu = self.step_session.get_providers() == ["CPUExecutionProvider"]
         self._bound: dict[tuple[int, ...], _BoundStep | None] | None = {} if cpu else None  # by input shape
@@ -411,10 +412,41 @@ class OnnxRuntime(ArtifactRuntime):
     @property
     def prefill_session(self) -> Any:
         if self._prefill_session is None and self.artifact.prefill_file is not None:
-            self._prefill_session = ort_session(self.artifact.prefill_file, self.threads, self.providers, mem_pattern=False)
+            self._prefill_session = self._session(self.artifact.prefill_file, mem_pattern=False)
             self.prefill_inputs = [i.name for i in self._prefill_session.get_inputs()]
             self._logits_from = any(i.name == "logits_from" for i in self._prefill_session.get_overridable_initializers())
         return self._prefill_session
+
+    def _shared_weights(self) -> Any:
+        """One copy of the weights for the step and prefill sessions (``targets.ort_capi``): on the
+        CPU provider where ONNX Runtime's C API is usable, else None (each session its own)."""
+        if self.providers != ["CPUExecutionProvider"]:
+            return None
+        from targets import ort_capi
+
+        if not ort_capi.available():
+            return None
+        return ort_capi.SharedWeights(Path(self.artifact.step_file).parent)
+
+    def _session(self, path: Any, mem_pattern: bool = True) -> Any:
+        if self.weights is None:
+            return ort_session(path, self.threads, self.providers, mem_pattern=mem_pattern)
+        from targets.ort_capi import CapiSession
+
+        disabled = disabled_optimizers(path)
+        try:
+            return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern, disabled)
+        except EdgeseqError as exc:
+            if "output_dtype" not in str(exc):
+                raise
+            # as in ort_session: onnxruntime 1.2x-1.3x QDQ propagation on opset-21 graphs
+            return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern,
+                               disabled + ["QDQPropagationTransformer"])
+
+    @property
+    def binding(self) -> str:
+        """Which ONNX Runtime binding opened the sessions: ``c-api`` (shared weights) or ``python``."""
+        return "python" if self.weights is None else "c-api"
 
     def set_threads(self, threads: int | None) -> None:
         if threads != self.threads:
