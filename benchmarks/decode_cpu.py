@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--recipes", default=DEFAULT_RECIPES, help="edgeseq recipes (verified artifacts)")
     p.add_argument("--llama", default=",".join(LLAMA_QUANTS), help="llama.cpp GGUF types ('' for none)")
     p.add_argument("--layers", type=int, default=CONFIG["n_layer"])
+    p.add_argument("--prefill-length", type=int, default=32,
+                   help="positions per prefill-graph call of the artifacts built (prompts run as chunks of it)")
     p.add_argument("--work-dir", default="/tmp/edgeseq-decode-cpu")
     p.add_argument("--out", default=str(HERE / "decode_cpu.json"))
     p.add_argument("--summarize", default=None, metavar="JSON", help="print the tables of a saved run and exit")
@@ -114,7 +116,8 @@ def edgeseq_worker(folder: Path, threads: int, tokens: int, warmup: int, prompt:
         token = np.argmax(y, axis=-1).astype(np.int64)
         if i >= warmup:
             samples.append(dt)
-    return {"decode_ms": samples, "cpu_ms_per_token": cpu * 1e3 / tokens, "prefill_tok_s": prefill_tok_s}
+    return {"decode_ms": samples, "cpu_ms_per_token": cpu * 1e3 / tokens, "prefill_tok_s": prefill_tok_s,
+            "binding": getattr(rt, "binding", None), "prefill_length": rt.io.prefill_length}
 
 
 def time_edgeseq(folder: Path, threads: int, args) -> dict:
@@ -152,7 +155,8 @@ def summarize(name: str, kind: str, threads: int, m: dict, size: int, load: tupl
             "samples": len(samples), "cpu_ms_per_token": m.get("cpu_ms_per_token"),
             "prefill_tok_s": m.get("prefill_tok_s"), "peak_rss_bytes": m["peak_rss_bytes"],
             "artifact_bytes": size, "rss_over_artifact": m["peak_rss_bytes"] / size if size else None,
-            "load_before": list(load)}
+            "load_before": list(load), **({"ort_binding": m["binding"], "prefill_length": m.get("prefill_length")}
+                                          if m.get("binding") else {})}
 
 
 def main(argv=None) -> int:
@@ -176,7 +180,7 @@ def main(argv=None) -> int:
     recipes = [r for r in args.recipes.split(",") if r]
     quants = [q for q in args.llama.split(",") if q]
     tools, ggufs = llama_cpp_peer.prepare(work / "llama.cpp", args.layers) if quants else ({}, {})
-    artifacts = cpu_artifacts.build(work, recipes, args.layers, prefill_length=64)  # prompts run as 64-token chunks
+    artifacts = cpu_artifacts.build(work, recipes, args.layers, prefill_length=args.prefill_length)
 
     rows: list[tuple[str, str, object]] = [
         (f"edgeseq onnxruntime {r}" + ("" if cpu_artifacts.verified(artifacts[r]) else " (not verified)"), "edgeseq",

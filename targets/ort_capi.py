@@ -80,7 +80,10 @@ _INDEX: dict[str, int] = {
     "ReleaseTensorTypeAndShapeInfo": 99,
     "ReleaseSessionOptions": 100,
     "AddSessionConfigEntry": 130,
+    "CreateAndRegisterAllocator": 144,
     "AddInitializer": 150,
+    "CreateArenaCfg": 156,
+    "ReleaseArenaCfg": 157,
     "CreatePrepackedWeightsContainer": 166,
     "ReleasePrepackedWeightsContainer": 167,
     "CreateSessionWithPrepackedWeightsContainer": 168,
@@ -207,6 +210,9 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "SetOptimizedModelFilePath": (_P, (_P, ctypes.c_char_p)),
     "AddSessionConfigEntry": (_P, (_P, ctypes.c_char_p, ctypes.c_char_p)),
     "AddInitializer": (_P, (_P, ctypes.c_char_p, _P)),
+    "CreateArenaCfg": (_P, (ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, _PP)),
+    "ReleaseArenaCfg": (None, (_P,)),
+    "CreateAndRegisterAllocator": (_P, (_P, _P, _P)),
     "CreatePrepackedWeightsContainer": (_P, (_PP,)),
     "ReleasePrepackedWeightsContainer": (None, (_P,)),
     "CreateSessionWithPrepackedWeightsContainer": (_P, (_P, ctypes.c_char_p, _P, _P, _PP)),
@@ -259,6 +265,25 @@ class _Api:
         allocator = ctypes.c_void_p()
         self.check(self._GetAllocatorWithDefaultOptions(ctypes.byref(allocator)))
         self.allocator = allocator
+        self.shared_arena = self._register_arena()
+
+    def _register_arena(self) -> bool:
+        """One CPU memory arena for every session of this process (``session.use_env_allocators``),
+        grown by what is asked (not to the next power of two): a stream's step and prefill sessions
+        then hold one arena the size of the larger of their peaks, not one each."""
+        config, info = ctypes.c_void_p(), ctypes.c_void_p()
+        try:
+            self.check(self._CreateArenaCfg(0, 1, -1, -1, ctypes.byref(config)))  # 1: kSameAsRequested
+            self.check(self._CreateCpuMemoryInfo(1, 0, ctypes.byref(info)))  # OrtArenaAllocator
+            self.check(self._CreateAndRegisterAllocator(self.env, info, config))
+            return True
+        except EdgeseqError:
+            return False
+        finally:
+            if config:
+                self._ReleaseArenaCfg(config)
+            if info:
+                self._ReleaseMemoryInfo(info)
 
     def check(self, status: Any) -> None:
         if status:
@@ -525,7 +550,7 @@ class CapiSession:
                 api_.DisableMemPattern(options)
             if not arena:
                 api_.DisableCpuMemArena(options)
-            for key, value in config.items():
+            for key, value in {**config, **({"session.use_env_allocators": "1"} if api_.shared_arena else {})}.items():
                 api_.AddSessionConfigEntry(options, key.encode(), value.encode())
             if disabled_optimizers:
                 api_.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",

@@ -380,7 +380,12 @@ class OnnxRuntime(ArtifactRuntime):
     name = "onnxruntime"
 
     def __init__(self, artifact: Artifact, device: str = "cpu", threads: int | None = None, providers: list[str] | None = None):
-        self.ort = require("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu for CUDA)")
+        from targets import ort_capi
+
+        if not (device == "cpu" and providers in (None, ["CPUExecutionProvider"]) and ort_capi.available()):
+            # the Python binding (its import alone is 15 MiB of a runtime process; the C API's
+            # library is loaded instead where it serves)
+            require("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu for CUDA)")
         super().__init__(artifact)
         self.device = device
         self.providers = providers or self._providers()
@@ -394,7 +399,7 @@ class OnnxRuntime(ArtifactRuntime):
 
     def _providers(self) -> list[str]:
         if self.device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in self.ort.get_available_providers():
+            if "CUDAExecutionProvider" not in require("onnxruntime").get_available_providers():
                 raise EdgeseqError("ONNX Runtime has no CUDA provider here (install onnxruntime-gpu) — profile on --target host instead")
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
@@ -426,7 +431,11 @@ class OnnxRuntime(ArtifactRuntime):
 
         if not ort_capi.available():
             return None
-        return ort_capi.SharedWeights(Path(self.artifact.step_file).parent)
+        try:
+            return ort_capi.SharedWeights(Path(self.artifact.step_file).parent)
+        except (OSError, EdgeseqError):  # the C API unusable here after all: the Python binding
+            require("onnxruntime", "pip install onnxruntime")
+            return None
 
     def _session(self, path: Any, mem_pattern: bool = True) -> Any:
         if self.weights is None:
