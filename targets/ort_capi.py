@@ -303,6 +303,8 @@ class _Api:
     def tensor(self, array: np.ndarray) -> ctypes.c_void_p:
         """An OrtValue over ``array``'s memory, never a copy; the caller keeps the array alive while
         the value is in use and releases the value."""
+        if array.dtype not in _ONNX_TYPES:
+            raise EdgeseqError(f"ONNX Runtime's C API here takes no {array.dtype} tensors")
         return self.tensor_at(array.ctypes.data, array.shape, _ONNX_TYPES[array.dtype])
 
     def tensor_at(self, address: int, shape: Sequence[int], data_type: int) -> ctypes.c_void_p:
@@ -447,7 +449,7 @@ class SharedWeights:
             except (AttributeError, OSError, ValueError):
                 pass
 
-    def dropping_pages(self, interval: float = 0.004) -> "_PageDropper":
+    def dropping_pages(self, interval: float = 0.001) -> "_PageDropper":
         """A context in which a thread keeps dropping the mapped pages (while sessions load and
         pre-pack: the raw weights are read once and then only through the packed copies)."""
         return _PageDropper(self, interval)
