@@ -21,8 +21,11 @@ Two steps:
    opset 21). The file then holds one byte (or half a byte) per weight.
 
 ONNX Runtime fuses ``DequantizeLinear`` pairs around ``MatMul`` into integer kernels
-(``MatMulIntegerToFloat`` for int8 activations and weights, ``MatMulNBits`` for blocked int4
-weights); :func:`runtime_kernels` lists what it actually runs.
+(``MatMulIntegerToFloat`` for int8 activations and weights); :func:`runtime_kernels` lists what it
+actually runs. Blocked 4-bit weights read by ``MatMul`` are written as ``MatMulNBits`` nodes
+directly (:func:`_matmul_nbits`), not left for ONNX Runtime's load-time fusion: a fused weight is a
+new tensor each session builds for itself, which no two sessions can share
+(``targets.ort_capi``).
 
 Activation quantizers of other than 8 bits keep the eager fake-quant arithmetic
 (``Div``/``Round``/``Clip``/``Mul``): ONNX ``QuantizeLinear`` saturates to the container's range.
@@ -321,8 +324,8 @@ def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
     """Weights of layers with dynamic block activations: their ``MatMul`` becomes one
     ``MatMulNBits`` node (``accuracy_level`` 4) holding the packed integers, which ONNX Runtime
     runs as int8×int{4,8} block dot products (see :func:`quantize.modules.block_fake_quant`);
-    blocked 4-bit weights under static int8 activations become ``MatMulNBits`` at accuracy level 1
-    (:func:`_static_int4`). Removes the handled names from ``weights``."""
+    blocked 4-bit weights under float or static int8 activations become ``MatMulNBits`` at
+    accuracy level 1 (:func:`_float_int4`). Removes the handled names from ``weights``."""
     from edgeseq.errors import EdgeseqError
 
     consumers: dict[str, list] = {}
@@ -334,7 +337,7 @@ def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
             producers[name] = node
     for name, w in list(weights.items()):
         if not w.act_block:
-            if _static_int4(name, w, consumers, producers):
+            if _float_int4(graph, name, w, consumers):
                 _replace_with_matmul_nbits(graph, name, w, consumers[name], accuracy_level=1)
                 del weights[name]
             continue
@@ -348,20 +351,25 @@ def _matmul_nbits(graph, weights: dict[str, IntegerWeight]) -> None:
         del weights[name]
 
 
-def _static_int4(name: str, w: IntegerWeight, consumers: dict, producers: dict) -> bool:
-    """A blocked 4-bit weight read by ``MatMul``\ s whose activation is a static int8 ``QuantizeLinear
-    → DequantizeLinear`` pair (w4a8, w4a8-gptq). ONNX Runtime fuses such a pair into no kernel (its
-    int8 matmuls need 8-bit weights, its 4-bit one float activations), so the int4 weight would be
-    dequantized to float on every call (6-layer 130m-width step: 2× the fp32 artifact's time).
-    ``MatMulNBits`` at accuracy level 1 on the dequantized activation computes the recipe's
-    function — ``DQ(Q(x)) @ DQ(W)`` in float — from the packed weight."""
+def _float_int4(graph, name: str, w: IntegerWeight, consumers: dict) -> bool:
+    """A blocked 4-bit float32 weight read only as ``MatMul``'s second input: ``MatMulNBits`` at
+    accuracy level 1 computes ``x @ DQ(W)`` in float from the packed weight, the recipe's function.
+
+    * Float activations (w4a16, w4a16-gptq): the same node ONNX Runtime's ``DequantizeLinear →
+      MatMul`` fusion would build at load (same packing, zero point and scales: bitwise the same
+      outputs), but stored once in the file, so that every session reads it in place.
+    * A static int8 ``QuantizeLinear → DequantizeLinear`` activation (w4a8, w4a8-gptq): ONNX Runtime
+      fuses such a pair into no kernel (its int8 matmuls need 8-bit weights, its 4-bit one float
+      activations), so the int4 weight would be dequantized to float on every call (6-layer
+      130m-width step: 2× the fp32 artifact's time); here the dequantized activation feeds it.
+    """
     block = w.block_size
     if w.bits != 4 or not block or block < 16 or block & (block - 1) or w.values.ndim != 2:
         return False
+    if next((init.data_type for init in graph.initializer if init.name == name), None) != 1:  # float32 only
+        return False
     uses = consumers.get(name, [])
-    return bool(uses) and all(
-        node.op_type == "MatMul" and list(node.input).index(name) == 1
-        and getattr(producers.get(node.input[0]), "op_type", None) == "DequantizeLinear" for node in uses)
+    return bool(uses) and all(node.op_type == "MatMul" and list(node.input).index(name) == 1 for node in uses)
 
 
 def _replace_with_matmul_nbits(graph, name: str, w: IntegerWeight, uses: list, accuracy_level: int) -> None:
