@@ -5,7 +5,7 @@ Two steps:
 1. **Export twins** (:func:`quantized_for_export`): during tracing, each ``quantize.modules``
    layer is swapped for a twin that computes the same function in an exporter-friendly way:
 
-   * the online Hadamard transform (``rotate``) becomes two small ``MatMul``\ s with the
+   * the online Hadamard transform (``rotate``) becomes two small ``MatMul`` nodes with the
      normalised factors ``H_p`` and ``H_m`` of ``H_n = H_m ⊗ H_p``
      (:func:`quantize.hadamard.hadamard_transform_matmul`);
    * the input quantizer becomes ``torch.fake_quantize_per_tensor_affine``, which the exporter
