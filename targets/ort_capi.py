@@ -13,14 +13,15 @@ one in another session already did gets that session's packed buffer).
 This module is that much of the C API, called through ``ctypes`` on the ``libonnxruntime`` shared
 library that the ``onnxruntime`` wheel ships beside its Python binding — the same ONNX Runtime
 build, version and kernels. :class:`SharedWeights` maps each external-data file once (read-only,
-so pages are read on demand: an embedding table costs only the rows a stream looks up), and
+pages read on demand), and
 :class:`CapiSession` has the subset of ``onnxruntime.InferenceSession`` that
 ``targets.runtimes.OnnxRuntime`` uses (``run``, ``io_binding``/``run_with_iobinding``, input and
 output names), so the runtime's code is the same over either binding.
 
 Weights that a kernel pre-packs are read once at load and then only through the packed copy; the
-mapping's pages of those weights are dropped after load (``madvise(MADV_DONTNEED)`` on a
-read-only file mapping: the kernel cache keeps nothing resident that the file can give back).
+mapping's pages are dropped while and after a session loads (``madvise(MADV_DONTNEED)`` from a
+thread: on a read-only file mapping a dropped page is read again from the page cache if touched),
+so the raw and the packed copy are not both resident.
 
 The C API's function table (``OrtApi``) only ever grows, so a function's index never changes; the
 indices below were counted from ``onnxruntime_c_api.h`` (API version 13, ONNX Runtime 1.13) and
@@ -407,8 +408,10 @@ class SharedWeights:
                 raise EdgeseqError(f"{location}: external data outside the artifact folder")
             with open(path, "rb") as handle:
                 mapped = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
-            # rows of an embedding table are looked up at random: map only the pages read (no
-            # read-ahead, no huge pages: a 2 MiB page per looked-up row would map the whole table)
+            # rows of an embedding table are looked up at random: no read-ahead around them, no
+            # huge pages. (Pages the page cache already holds in large folios still map a folio
+            # per fault: on an ext4 file cached that way a 128-token prompt maps most of a 130m
+            # table; docs/targets.md.)
             for advice in ("MADV_RANDOM", "MADV_NOHUGEPAGE"):
                 try:
                     mapped.madvise(getattr(mmap, advice))
