@@ -505,10 +505,15 @@ def _rewrite_transposed_copies(graph, weights: dict[str, IntegerWeight]) -> list
 
 
 def dedupe_transposed(proto):
-    """Replace float initializers that are the transpose of another by a ``Transpose`` node.
+    """Store a float weight once when the graph holds it and its transpose (a tied LM head: the
+    embedding for ``Gather`` and, from the exporter's constant folding, its transpose for ``MatMul``).
 
-    The exporter's constant folding stores a tied LM head twice (the embedding for ``Gather`` and
-    its transpose for ``MatMul``); ONNX Runtime folds the ``Transpose`` back at load time.
+    The copy a ``MatMul`` reads as its second input is dropped and that ``MatMul`` becomes a
+    ``Gemm`` with ``transB`` on the kept tensor (through a ``Reshape`` to two dimensions and back):
+    both graphs of an artifact then read the one tensor in the file, shared between ONNX Runtime
+    sessions (``targets.ort_capi``). A ``Transpose`` node in its place would be folded at load
+    into a new tensor per session (130m fp32: 2 × 154 MB). A copy read any other way keeps the
+    ``Transpose`` node.
     """
     from onnx import helper, numpy_helper
 
@@ -517,7 +522,8 @@ def dedupe_transposed(proto):
     for init in graph.initializer:
         if len(init.dims) == 2 and init.data_type == 1 and init.dims[0] != init.dims[1]:
             by_shape.setdefault(tuple(init.dims), []).append(init)
-    replace: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []  # (name, name of its transpose)
+    paired: set[str] = set()
     for shape, inits in by_shape.items():
         partners = by_shape.get(tuple(reversed(shape)), [])
         if not partners or shape > tuple(reversed(shape)):
@@ -525,20 +531,87 @@ def dedupe_transposed(proto):
         for init in inits:
             array = numpy_helper.to_array(init)
             for other in partners:
-                if other.name not in replace and np.array_equal(numpy_helper.to_array(other), array.T):
-                    replace[other.name] = init.name
+                if other.name not in paired and np.array_equal(numpy_helper.to_array(other), array.T):
+                    pairs.append((init.name, other.name))
+                    paired.update((init.name, other.name))
                     break
-    if not replace:
+    if not pairs:
         return proto
-    kept = [init for init in graph.initializer if init.name not in replace]
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def read_as_matmul_b(name: str) -> bool:
+        uses = consumers.get(name, [])
+        return bool(uses) and all(n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] == name
+                                  and n.input[0] != name for n in uses)
+
+    replace: dict[str, str] = {}  # dropped name -> kept name
+    for a, b in pairs:
+        dropped, kept = (b, a) if read_as_matmul_b(b) or not read_as_matmul_b(a) else (a, b)
+        replace[dropped] = kept
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    ranks = _ranks(proto)
+    kept_inits = [init for init in graph.initializer if init.name not in replace]
     del graph.initializer[:]
-    graph.initializer.extend(kept)
-    nodes = [helper.make_node("Transpose", [source], [name], name=f"{name}_transpose", perm=[1, 0])
-             for name, source in replace.items()]
-    existing = list(graph.node)
+    graph.initializer.extend(kept_inits)
+    head: list = []
+    rewritten: dict[tuple[str, ...], list] = {}  # a MatMul node's outputs -> its Gemm form
+    for dropped, kept in replace.items():
+        if not read_as_matmul_b(dropped):
+            head.append(helper.make_node("Transpose", [kept], [dropped], name=f"{dropped}_transpose", perm=[1, 0]))
+            continue
+        n_out, k_in = dims[kept]  # kept is [N, K]; the MatMul read its transpose [K, N]
+        for index, node in enumerate(consumers[dropped]):
+            p = f"{dropped}_gemm{index}"
+            if ranks.get(node.input[0]) == 2:  # [rows, K] (a step's head): Gemm alone, no shape arithmetic
+                rewritten[tuple(node.output)] = [helper.make_node("Gemm", [node.input[0], kept], list(node.output),
+                                                                  name=p, transB=1)]
+                continue
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array([-1, k_in], dtype=np.int64), f"{p}_rows"),
+                numpy_helper.from_array(np.array([0], dtype=np.int64), f"{p}_zero"),
+                numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{p}_last"),
+                numpy_helper.from_array(np.array([n_out], dtype=np.int64), f"{p}_n"),
+            ])
+            x, out = node.input[0], node.output[0]
+            rewritten[tuple(node.output)] = [
+                helper.make_node("Shape", [x], [f"{p}_shape"], name=f"{p}_shape"),
+                helper.make_node("Slice", [f"{p}_shape", f"{p}_zero", f"{p}_last"], [f"{p}_lead"], name=f"{p}_lead"),
+                helper.make_node("Concat", [f"{p}_lead", f"{p}_n"], [f"{p}_out_shape"], name=f"{p}_out_shape", axis=0),
+                helper.make_node("Reshape", [x, f"{p}_rows"], [f"{p}_x2"], name=f"{p}_x2"),
+                helper.make_node("Gemm", [f"{p}_x2", kept], [f"{p}_y2"], name=p, transB=1),
+                helper.make_node("Reshape", [f"{p}_y2", f"{p}_out_shape"], [out], name=f"{p}_y"),
+            ]
+    nodes = list(head)
+    for node in graph.node:
+        nodes.extend(rewritten.get(tuple(node.output), [node]))
     del graph.node[:]
-    graph.node.extend(nodes + existing)
+    graph.node.extend(nodes)
     return proto
+
+
+def _ranks(proto) -> dict[str, int]:
+    """The rank of each tensor of ``proto``'s main graph that ONNX shape inference can tell, run on
+    a light copy (large initializers as typed inputs: no weight bytes are copied)."""
+    from onnx import helper, shape_inference
+
+    graph = proto.graph
+    small, large = [], []
+    for init in graph.initializer:
+        if not init.external_data and len(init.raw_data) + len(init.int64_data) * 8 <= 4096:
+            small.append(init)
+        else:
+            large.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light = helper.make_model(helper.make_graph(list(graph.node), "ranks", [*graph.input, *large], list(graph.output),
+                                                small), opset_imports=list(proto.opset_import))
+    try:
+        inferred = shape_inference.infer_shapes(light).graph
+    except Exception:  # no shapes: callers fall back to rank-free forms
+        return {}
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input, *inferred.output]
+            if v.type.tensor_type.HasField("shape")}
 
 
 def runtime_kernels(onnx_path: str, scratch_dir: str) -> dict[str, int]:
