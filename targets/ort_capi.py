@@ -557,9 +557,9 @@ class CapiSession:
                 api_.DisableCpuMemArena(options)
             for key, value in {**config, **({"session.use_env_allocators": "1"} if api_.shared_arena else {})}.items():
                 api_.AddSessionConfigEntry(options, key.encode(), value.encode())
-            if disabled_optimizers:
+            if disabled_optimizers:  # ';'-separated (a ',' list reads as one unknown name)
                 api_.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
-                                           ",".join(disabled_optimizers).encode())
+                                           ";".join(disabled_optimizers).encode())
             weights.add(path, options)
             session = ctypes.c_void_p()
             try:

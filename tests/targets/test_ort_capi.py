@@ -145,3 +145,24 @@ def test_a_broken_graph_is_a_one_line_error(artifact, capi, tmp_path):
 
 def test_switched_off_by_the_environment(artifact, monkeypatch):
     assert _runtime(artifact, monkeypatch, False).binding == "python"
+
+
+def test_two_disabled_optimizers_reach_the_session(capi, tmp_path):
+    """A static-int8 Mamba-2 graph loads only with ONNX Runtime's QDQ propagation switched off as
+    well as MatMulAddFusion (``targets.runtimes.OnnxRuntime._session``'s retry): the C API takes
+    the list ';'-separated (with ',' ONNX Runtime read one unknown name and the graph failed to load,
+    as the main job's Mamba-2 w8a8 did). Export verification opens the graph through this runtime."""
+    import torch
+
+    from edgeseq.models.mamba2 import Mamba2, Mamba2Config
+    from export.artifact import export_artifact
+    from quantize.apply import quantize_model
+    from targets.manifest import read_artifact
+    from targets.runtimes import OnnxRuntime
+
+    torch.manual_seed(0)
+    model = Mamba2(Mamba2Config(vocab_size=64, d_model=48, n_layer=1, d_state=8, headdim=12, ngroups=2)).eval()
+    batches = list(torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0)).split(2))
+    qmodel, _ = quantize_model(model, "w8a8", batches, progress=False)
+    export_artifact(qmodel, tmp_path / "art", format="onnx", target="host", steps=8, prefill_length=4, recipe="w8a8")
+    assert OnnxRuntime(read_artifact(tmp_path / "art"), threads=1).binding == "c-api"
