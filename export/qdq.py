@@ -372,22 +372,55 @@ def _float_int4(graph, name: str, w: IntegerWeight, consumers: dict) -> bool:
     return bool(uses) and all(node.op_type == "MatMul" and list(node.input).index(name) == 1 for node in uses)
 
 
+# A packed weight larger than this is split along N into MatMulNBits nodes of at most about this
+# size (their outputs concatenated): ONNX Runtime packs each shared weight again in every session
+# before it finds the first session's copy (its key is a hash of the packed bytes), so a session
+# opened second briefly holds one packed weight twice — 130m's 8-bit LM head alone is 41 MB.
+# Splits fall on multiples of 256 columns, where the kernel's column tiles fall anyway: the outputs
+# are bitwise those of the whole weight.
+MATMUL_NBITS_PART_BYTES = 12 << 20
+
+
+def matmul_nbits_parts(n: int, nbytes: int, part_bytes: int | None = None) -> list[tuple[int, int]]:
+    """Column ranges ``[a, b)`` of an ``N``-column packed weight of ``nbytes``: one range when it
+    is small, else ranges of about ``part_bytes`` (:data:`MATMUL_NBITS_PART_BYTES`) starting at
+    multiples of 256 columns."""
+    parts = -(-nbytes // (part_bytes or MATMUL_NBITS_PART_BYTES))
+    if parts <= 1 or n < 512:
+        return [(0, n)]
+    width = -(-n // parts)
+    width = -(-width // 256) * 256
+    return [(a, min(n, a + width)) for a in range(0, n, width)]
+
+
 def _replace_with_matmul_nbits(graph, name: str, w: IntegerWeight, uses: list, accuracy_level: int) -> None:
-    """Each ``MatMul`` reading the weight initializer ``name`` becomes one ``MatMulNBits`` node."""
+    """Each ``MatMul`` reading the weight initializer ``name`` becomes one ``MatMulNBits`` node, or
+    for a large weight one per column range (:func:`matmul_nbits_parts`) and a ``Concat``."""
     from onnx import helper, numpy_helper
 
     k, n = w.values.shape
     packed, scales = matmul_nbits_weight(w)
+    ranges = matmul_nbits_parts(n, packed.nbytes + scales.nbytes)
+    tag = [""] if len(ranges) == 1 else [f"_part{i}" for i in range(len(ranges))]
     _remove_initializer(graph, name)
-    graph.initializer.append(numpy_helper.from_array(packed, f"{name}_nbits"))
-    graph.initializer.append(numpy_helper.from_array(scales, f"{name}_scale"))
+    by_row = scales.reshape(n, -1)
+    for t, (a, b) in zip(tag, ranges):
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(packed[a:b]), f"{name}_nbits{t}"))
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(by_row[a:b]).reshape(-1), f"{name}_scale{t}"))
     for k_use, node in enumerate(uses):
         index = next(i for i, n in enumerate(graph.node) if n.name == node.name and list(n.output) == list(node.output))
         del graph.node[index]
-        graph.node.insert(index, helper.make_node(
-            "MatMulNBits", [node.input[0], f"{name}_nbits", f"{name}_scale"], list(node.output),
-            name=f"{name}_matmul_nbits{k_use}", domain="com.microsoft", K=k, N=n, bits=w.bits,
-            block_size=w.block_size, accuracy_level=accuracy_level))
+        outputs = list(node.output) if len(ranges) == 1 else [f"{node.output[0]}{t}" for t in tag]
+        new = [helper.make_node(
+            "MatMulNBits", [node.input[0], f"{name}_nbits{t}", f"{name}_scale{t}"], [out],
+            name=f"{name}_matmul_nbits{k_use}{t}", domain="com.microsoft",
+            K=k, N=b - a, bits=w.bits, block_size=w.block_size, accuracy_level=accuracy_level)
+            for t, out, (a, b) in zip(tag, outputs, ranges)]
+        if len(ranges) > 1:
+            new.append(helper.make_node("Concat", outputs, list(node.output), name=f"{name}_matmul_nbits{k_use}_concat",
+                                        axis=-1))
+        for offset, made in enumerate(new):
+            graph.node.insert(index + offset, made)
 
 
 def _row_lookup(graph, name: str, w: IntegerWeight, uses: list) -> list:

@@ -184,3 +184,44 @@ def test_static_recipes_give_the_tied_head_a_fused_copy(small_mamba, tmp_path, r
     if level == 4:
         heads = [node for node in proto.graph.node if node.op_type == "MatMulNBits"]
         assert len(heads) == 1 and {a.name: a.i for a in heads[0].attribute}["accuracy_level"] == 4
+
+
+def test_matmul_nbits_parts_fall_on_256_columns():
+    from export.qdq import matmul_nbits_parts
+
+    assert matmul_nbits_parts(50280, 10 << 20, part_bytes=12 << 20) == [(0, 50280)]
+    parts = matmul_nbits_parts(50280, 41 << 20, part_bytes=12 << 20)
+    assert len(parts) == 4 and parts[0] == (0, 12800) and parts[-1][1] == 50280
+    assert all(b == c for (_, b), (c, _) in zip(parts, parts[1:])) and all(a % 256 == 0 for a, _ in parts)
+    assert matmul_nbits_parts(300, 1 << 30, part_bytes=1) == [(0, 300)]  # too narrow to split
+
+
+def test_a_split_head_is_bitwise_the_whole_one(tmp_path, monkeypatch):
+    """A large MatMulNBits weight (a 130m head: 41 MB) is written as column ranges and a Concat, so a
+    second ONNX Runtime session re-packs (and drops) a part at a time; the artifact's outputs are
+    bitwise those of the unsplit graph (splits on 256-column boundaries) and it verifies."""
+    from edgeseq.models.mamba import Mamba, MambaConfig
+    from export import qdq
+    from targets.manifest import read_artifact
+    from targets.runtimes import OnnxRuntime
+
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(vocab_size=1100, d_model=64, n_layer=1, d_state=8)).eval()
+    qmodel, _ = quantize_model(model, "w8a8-block", None, progress=False)
+    export_artifact(qmodel, tmp_path / "whole", steps=16, prefill_length=8, recipe="w8a8-block")
+    monkeypatch.setattr(qdq, "MATMUL_NBITS_PART_BYTES", 24 << 10)  # the head (1100 × 64 + scales): 3 parts
+    manifest = export_artifact(qmodel, tmp_path / "split", steps=16, prefill_length=8, recipe="w8a8-block")
+    assert manifest["verification"]["passed"]
+    proto = onnx.load(str(tmp_path / "split" / "step.onnx"))
+    head = [n for n in proto.graph.node if n.op_type == "MatMulNBits" and "lm_head" in n.input[1]]
+    assert [{a.name: a.i for a in n.attribute}["N"] for n in head] == [512, 512, 76]
+    assert any(n.op_type == "Concat" and list(n.input) == [h.output[0] for h in head] for n in proto.graph.node)
+    whole, split = (OnnxRuntime(read_artifact(tmp_path / k), threads=1) for k in ("whole", "split"))
+    prompt = np.random.default_rng(0).integers(0, 1100, size=(1, 8))
+    (y1, s1), (y2, s2) = whole.prefill(prompt), split.prefill(prompt)
+    assert np.array_equal(y1, y2)
+    token = prompt[:, -1]
+    for _ in range(6):
+        (y1, s1), (y2, s2) = whole.step(token, s1), split.step(token, s2)
+        assert np.array_equal(y1, y2) and all(np.array_equal(a, b) for a, b in zip(s1, s2, strict=True))
+        token = np.argmax(y1, axis=-1)
