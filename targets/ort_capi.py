@@ -735,7 +735,7 @@ class CapiSession:
                 api_.DisableMemPattern(options)
             if not arena:
                 api_.DisableCpuMemArena(options)
-            for key, value in {**config, **({"session.use_env_allocators": "1"} if api_.shared_arena else {})}.items():
+            for key, value in {**config, **({"session.use_env_allocators": "1"} if api_.shared_arena and arena else {})}.items():
                 api_.AddSessionConfigEntry(options, key.encode(), value.encode())
             if disabled_optimizers:  # ';'-separated (a ',' list reads as one unknown name)
                 api_.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
