@@ -162,7 +162,11 @@ def summarize(name: str, kind: str, threads: int, m: dict, size: int, load: tupl
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.summarize:
-        report = json.loads(Path(args.summarize).read_text())
+        try:
+            report = json.loads(Path(args.summarize).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"decode_cpu: cannot read {args.summarize}: {exc}", file=sys.stderr)
+            return 2
         print_table(report)
         print_medians(report)
         return 0
