@@ -488,7 +488,12 @@ class RowTable:
     def _read(self, start: int, stop: int) -> None:
         a, b = start * self.row_bytes, stop * self.row_bytes
         while a < b:
-            n = os.preadv(self.fd, [self.view[a:b]], self.tensor.offset + a)
+            if hasattr(os, "preadv"):
+                n = os.preadv(self.fd, [self.view[a:b]], self.tensor.offset + a)
+            else:  # (no preadv: read, then copy)
+                data = os.pread(self.fd, b - a, self.tensor.offset + a)
+                n = len(data)
+                self.view[a:a + n] = data
             if n <= 0:
                 raise EdgeseqError(f"{self.path.name}: {self.tensor.name} lies past the end of the file")
             a += n

@@ -182,7 +182,7 @@ def _kernel_files(tmp_path):
             graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [rows, k])],
                                       [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [rows, n])],
                                       [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")])
-            proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+            proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
             proto.ir_version = 10
             if level == 4:
                 (tmp_path / f"probe-{bits}.onnx").write_bytes(proto.SerializeToString())

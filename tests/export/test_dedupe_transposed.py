@@ -30,7 +30,7 @@ def _graph(x_shape, transposed_reader="MatMul"):
         [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [3, D]),
          helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
         [numpy_helper.from_array(table, "E"), numpy_helper.from_array(np.ascontiguousarray(table.T), "ET")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), table
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), table
 
 
 def _run(model, feeds):

@@ -38,7 +38,7 @@ def _qdq_matmul(weight_kn: np.ndarray, scale_a=0.05, scale_w=0.01):
     k, n = weight_kn.shape
     graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])], inits)
-    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
 
 
 def test_pair_rule_is_exactly_the_saturation_condition():

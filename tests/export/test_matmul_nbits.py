@@ -33,7 +33,7 @@ def _kernel_model(w: IntegerWeight, level: int, rows: int):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [rows, k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [rows, n])],
                               [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
 
 
 @pytest.mark.parametrize("bits, block", [(8, 32), (4, 32), (4, 16)])

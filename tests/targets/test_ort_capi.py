@@ -247,7 +247,7 @@ def test_a_table_another_graph_reads_whole_is_read_whole(capi, tmp_path):
         tensor.data_location = TensorProto.EXTERNAL
         graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [tensor])
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / name)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=10), tmp_path / name)
     weights = capi.SharedWeights(tmp_path)
     a = capi.CapiSession(tmp_path / "a.onnx", weights, 1, ORT_SESSION_CONFIG)
     assert set(weights.tables) == {"E"} and not weights.tables["E"].filled.any()
