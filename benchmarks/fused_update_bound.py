@@ -1,0 +1,183 @@
+"""How much of a Mamba decode step a fused state-update op could save on this CPU: an upper bound.
+
+    python benchmarks/fused_update_bound.py /tmp/edgeseq-decode-cpu/edgeseq-w8a8-block-L24 --out F.json
+
+An exported Mamba step graph runs each layer's selective-state update — softplus of ``dt``, the
+decay ``exp(dt ⊗ A)``, the drive ``(dt·x) ⊗ B``, ``h ← a ⊙ h + b``, ``y = C·h + D·x`` — as about 36
+small ONNX kernels (130m: ~860 of the step's ~1750 nodes). One fused kernel per layer would do
+the same arithmetic in one pass over the ``[d_inner, d_state]`` state. Before building one (an
+ONNX Runtime custom-op library shipped with the artifact), this measures what it could win at
+most: a copy of the graph in which each layer's update is replaced by what a fused op can not
+avoid — one ``Add`` that reads ``dt_proj``'s output and ``x`` (so that ``x_proj``, ``dt_proj`` and
+the conv stay in the graph) and an ``Identity`` that writes the state — timed beside the real step,
+interleaved round by round, through ONNX Runtime's Python binding with edgeseq's session settings.
+The bound graph computes a different function; it is for timing only and is written to a
+temporary folder, never into the artifact.
+
+Prints per thread count the real step's and the bound's p50 (median over rounds) and the
+difference; ``--out`` writes them as JSON with the machine and load. CI does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("artifact", help="a Mamba artifact folder (edgeseq export, ONNX)")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--tokens", type=int, default=40, help="steps per graph per round (the first 5 are warm-up)")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def bound_graph(step_path: Path, out_path: Path) -> tuple[int, int]:
+    """Write the step graph with each layer's state update replaced (see the module docstring);
+    returns the node counts before and after."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(step_path), load_external_data=False)
+    graph = model.graph
+    nodes = list(graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    states = sorted(o.name for o in graph.output if o.name.startswith("new_ssm_"))
+    if not states:
+        raise SystemExit(f"fused_update_bound: {step_path} has no new_ssm_* outputs (not a Mamba step graph)")
+    added, rename = [], {}
+    for name in states:
+        layer = name.rsplit("_", 1)[1]
+        # y = C·h: MatMul(new_ssm, C) -> Squeeze -> Add(., D·x)
+        matmul = next(n for n in consumers[name] if n.op_type == "MatMul")
+        squeeze = consumers[matmul.output[0]][0]
+        y_add = next(n for n in consumers[squeeze.output[0]] if n.op_type == "Add")
+        d_x = producer[next(t for t in y_add.input if t != squeeze.output[0])]
+        x = next(t for t in d_x.input if not t.endswith(".D"))
+        # dt after softplus: the Max that feeds a Mul with x (dt·x); its second input is dt_proj's output
+        dt = next(n for n in consumers[x] if n.op_type == "Mul" and n is not d_x)
+        softplus = producer[next(t for t in dt.input if t != x)]
+        dt_proj = next(t for t in softplus.input if producer.get(t) is not None and producer[t].op_type == "Add")
+        added.append(helper.make_node("Add", [dt_proj, x], [f"bound_y_{layer}"], name=f"bound_y_{layer}"))
+        added.append(helper.make_node("Identity", [f"ssm_{layer}"], [name], name=f"bound_state_{layer}"))
+        rename[y_add.output[0]] = f"bound_y_{layer}"
+        producer[name].output[0] = f"bound_dead_{layer}"
+    for n in nodes:
+        for k, t in enumerate(n.input):
+            if t in rename:
+                n.input[k] = rename[t]
+    every = nodes + added
+    producer = {o: n for n in every for o in n.output}
+    live, stack = set(), [o.name for o in graph.output]
+    while stack:  # what the outputs still need
+        n = producer.get(stack.pop())
+        if n is not None and id(n) not in live:
+            live.add(id(n))
+            stack.extend(t for t in n.input if t)
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, pending = [], [n for n in every if id(n) in live]
+    while pending:  # topological order
+        waiting = []
+        for n in pending:
+            if all(t in ready for t in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                waiting.append(n)
+        if len(waiting) == len(pending):
+            raise SystemExit("fused_update_bound: the rewritten graph has a cycle")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.save(model, str(out_path))
+    return len(nodes), len(ordered)
+
+
+def time_pair(paths: dict[str, Path], threads: int, rounds: int, tokens: int) -> dict[str, list[float]]:
+    import numpy as np
+    import onnxruntime as ort
+
+    from targets.runtimes import ORT_SESSION_CONFIG
+
+    sessions = {}
+    for name, path in paths.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3
+        for key, value in ORT_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
+        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    p50 = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            inputs = session.get_inputs()
+            feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                                      np.int64 if "int64" in i.type else np.float32) for i in inputs}
+            times = []
+            for _ in range(tokens):
+                t0 = time.perf_counter()
+                out = session.run(None, feeds)
+                times.append(time.perf_counter() - t0)
+                token = np.full(feeds[inputs[0].name].shape, int(np.argmax(out[0])), np.int64)
+                feeds = dict(zip([i.name for i in inputs], [token, *out[1:]]))
+            p50[name].append(statistics.median(times[5:]) * 1e3)
+    return p50
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    folder = Path(args.artifact)
+    step = folder / "step.onnx"
+    if not step.is_file():
+        raise SystemExit(f"fused_update_bound: {folder} has no step.onnx (export an ONNX artifact first)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for data in folder.iterdir():  # external weights beside the graphs (ONNX Runtime refuses symlinks out)
+            if data.suffix in (".bin", ".data"):
+                try:
+                    os.link(data, Path(tmp) / data.name)
+                except OSError:  # another file system
+                    shutil.copyfile(data, Path(tmp) / data.name)
+        shutil.copyfile(step, Path(tmp) / "step.onnx")
+        step_copy, bound = Path(tmp) / "step.onnx", Path(tmp) / "step_bound.onnx"
+        before, after = bound_graph(step, bound)
+        print(f"{folder.name}: step graph {before} nodes, with the state update replaced {after}")
+        report = {"artifact": str(folder), "nodes": {"step": before, "bound": after}, "threads": {},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_before": os.getloadavg()}
+        for threads in [int(t) for t in args.threads.split(",") if t]:
+            p50 = time_pair({"step": step_copy, "bound": bound}, threads, args.rounds, args.tokens)
+            real, lower = statistics.median(p50["step"]), statistics.median(p50["bound"])
+            report["threads"][str(threads)] = {"step_p50_ms": p50["step"], "bound_p50_ms": p50["bound"],
+                                               "step_median_ms": real, "bound_median_ms": lower}
+            print(f"{threads} thread(s): step {real:.2f} ms, bound {lower:.2f} ms: a fused update saves at most "
+                  f"{real - lower:.2f} ms ({(real - lower) / real:.0%}) [{args.rounds} rounds × {args.tokens} steps]")
+        report["load_after"] = os.getloadavg()
+    try:
+        from decode_cpu import machine_record
+
+        report["machine"] = machine_record()
+    except Exception:  # noqa: BLE001 — informative only
+        pass
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
