@@ -21,11 +21,7 @@ artifact, and not part of edgeseq's export. CI does not run it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,20 +32,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fused_update_bound import rewrite  # noqa: E402
+from fused_update_bound import arguments, compare, open_sessions, rewrite, stage_step, write_report, zero_feeds  # noqa: E402
 
 SOURCE = HERE / "fused_update_op.c"
 DOMAIN = "edgeseq.proto"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("artifact", help="a Mamba artifact folder (edgeseq export, ONNX)")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--tokens", type=int, default=40, help="steps per graph per round (the first 5 are warm-up)")
-    p.add_argument("--cc", default=os.environ.get("CC", "cc"))
-    p.add_argument("--out", default=None)
+    p = arguments(__doc__.splitlines()[0])
+    p.add_argument("--cc", default=os.environ.get("CC", "cc"), help="the C compiler that builds the op")
     return p.parse_args(argv)
 
 
@@ -80,30 +71,6 @@ def fused_graph(step: Path, out: Path) -> tuple[int, int]:
     return before, after
 
 
-def sessions(paths: dict[str, Path], threads: int, library: Path) -> dict:
-    import onnxruntime as ort
-
-    from targets.runtimes import ORT_SESSION_CONFIG
-
-    out = {}
-    for name, path in paths.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.log_severity_level = 3
-        for key, value in ORT_SESSION_CONFIG.items():
-            options.add_session_config_entry(key, value)
-        options.register_custom_ops_library(str(library))
-        out[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return out
-
-
-def zero_feeds(session):
-    import numpy as np
-
-    return {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.int64 if "int64" in i.type else np.float32)
-            for i in session.get_inputs()}
-
-
 def agreement(pair: dict, tokens: int) -> dict:
     """Teacher-forced, as export verification is: each step both graphs get the real graph's state
     and token (chosen by the real graph), so the differences are one step's, not a stream's drift
@@ -127,66 +94,24 @@ def agreement(pair: dict, tokens: int) -> dict:
             "max_state_diff_over_max_state": worst_state, "same_argmax_fraction": same_argmax / tokens}
 
 
-def timing(pair: dict, rounds: int, tokens: int) -> dict[str, list[float]]:
-    import numpy as np
-
-    p50 = {name: [] for name in pair}
-    for _ in range(rounds):
-        for name, session in pair.items():
-            names = [i.name for i in session.get_inputs()]
-            feeds, times = zero_feeds(session), []
-            for _ in range(tokens):
-                t0 = time.perf_counter()
-                out = session.run(None, feeds)
-                times.append(time.perf_counter() - t0)
-                feeds = dict(zip(names, [np.full(feeds[names[0]].shape, int(np.argmax(out[0])), np.int64), *out[1:]]))
-            p50[name].append(statistics.median(times[5:]) * 1e3)
-    return p50
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     folder = Path(args.artifact)
-    step = folder / "step.onnx"
-    if not step.is_file():
-        raise SystemExit(f"fused_update_op: {folder} has no step.onnx (export an ONNX artifact first)")
     report: dict = {"artifact": str(folder), "threads": {}, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for data in folder.iterdir():  # external weights beside the graphs (ONNX Runtime refuses symlinks out)
-            if data.suffix in (".bin", ".data"):
-                try:
-                    os.link(data, work / data.name)
-                except OSError:
-                    shutil.copyfile(data, work / data.name)
-        shutil.copyfile(step, work / "step.onnx")
+        step = stage_step(folder, work)
         library = build(work, args.cc)
-        before, after = fused_graph(work / "step.onnx", work / "step_fused.onnx")
+        before, after = fused_graph(step, work / "step_fused.onnx")
         report["nodes"] = {"step": before, "fused": after}
         print(f"{folder.name}: step graph {before} nodes, with the fused update {after}")
-        paths = {"step": work / "step.onnx", "fused": work / "step_fused.onnx"}
-        report["agreement"] = agreement(sessions(paths, 1, library), 64)
-        a = report["agreement"]
+        paths = {"step": step, "fused": work / "step_fused.onnx"}
+        report["agreement"] = a = agreement(open_sessions(paths, 1, library), 64)
         print(f"agreement over {a['steps']} steps: logits within {a['max_logit_diff_over_max_logit']:.1e} of the largest, "
               f"state within {a['max_state_diff_over_max_state']:.1e}; same next token {a['same_argmax_fraction']:.0%}")
-        for threads in [int(t) for t in args.threads.split(",") if t]:
-            p50 = timing(sessions(paths, threads, library), args.rounds, args.tokens)
-            real, fused = statistics.median(p50["step"]), statistics.median(p50["fused"])
-            saved = statistics.median(1 - f / r for r, f in zip(p50["step"], p50["fused"]))  # per round, its median
-            report["threads"][str(threads)] = {"step_p50_ms": p50["step"], "fused_p50_ms": p50["fused"],
-                                               "saved_fraction_median_of_rounds": saved, "step_median_ms": real, "fused_median_ms": fused}
-            print(f"{threads} thread(s): step {real:.2f} ms, fused {fused:.2f} ms: {real - fused:.2f} ms saved "
-                  f"({(real - fused) / real:.0%}; median of the rounds' own savings {saved:.0%}) [{args.rounds} rounds × {args.tokens} steps]")
-    report["load_after"] = os.getloadavg()
-    try:
-        from decode_cpu import machine_record
-
-        report["machine"] = machine_record()
-    except Exception:  # noqa: BLE001 — informative only
-        pass
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        compare(report, paths, args, saves="the fused op saves", library=library)
+    write_report(report, args.out)
     return 0
 
 
