@@ -49,19 +49,19 @@ typedef struct CustomOp {  /* struct OrtCustomOp as of API version 13 */
   int (*GetInputMemoryType)(const struct CustomOp *, size_t);
 } CustomOp;
 
-/* exp over 8 lanes (GCC/Clang vector extensions: AVX2 on x86-64, two NEON registers on aarch64):
- * 2^k * p(r), r = x - k ln2 in [-ln2/2, ln2/2], k rounded by the 1.5 * 2^23 shift, p of degree 6 (Taylor
- * coefficients; relative error ~2e-7 before rounding). Inputs are clamped to [-87, 88]: the decay
- * exp(dt * A) is in (0, 1], so the low clamp (2^-125) only ever stands in for an underflow. */
+/* exp over 8 lanes (GCC/Clang vector extensions: AVX2 on x86-64, two NEON registers on aarch64),
+ * for x <= 88 (both uses here: dt * A <= 0 and softplus's min(v, 20)): 2^k * p(r), r = x - k ln2 in
+ * [-ln2/2, ln2/2], k rounded by the 1.5 * 2^23 shift, p of degree 6 (Taylor coefficients; relative
+ * error ~2e-7 before rounding). Inputs below -87 give e^-87: the decay exp(dt * A) is in (0, 1], so
+ * that only ever stands in for an underflow. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
 static inline v8f splat(float v) { return (v8f){v, v, v, v, v, v, v, v}; }
 
 static inline v8f exp8(v8f x) {
-  v8i low = x < splat(-87.0f), high = x > splat(88.0f);
+  v8i low = x < splat(-87.0f);
   x = (v8f)(((v8i)splat(-87.0f) & low) | ((v8i)x & ~low));
-  x = (v8f)(((v8i)splat(88.0f) & high) | ((v8i)x & ~high));
   const v8f shift = splat(12582912.0f);  /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
   v8f k = (x * splat(1.44269504088896341f) + shift) - shift;
   v8f r = x - k * splat(0.693145751953125f) - k * splat(1.428606765330187045e-6f);
@@ -137,16 +137,19 @@ static void compute(void *kernel, void *context) {
   CALL(TENSOR_DATA, fn_data, out_h, (void **)&h_new);
   const float *dt_in = p[0], *x = p[1], *A = p[2], *Bm = p[3], *C = p[4], *D = p[5], *h = p[6];
   for (int64_t b = 0; b < batch; b++) {
-    float dt_lane[8];
+    /* softplus of every channel first: independent vectors, so their long exp/log/divide chains
+     * overlap (computed 8 at a time inside the channel loop they serialized: one 1536 x 16 layer took
+     * 37 us instead of 21 here, this VM, one thread) */
+    float dt_all[d_inner + 8];
+    for (int64_t d = 0; d < d_inner; d += 8) {
+      v8f v = splat(0.0f);
+      memcpy(&v, dt_in + b * d_inner + d, (size_t)(d_inner - d < 8 ? d_inner - d : 8) * 4);
+      v = softplus8(v);
+      memcpy(dt_all + d, &v, 32);
+    }
     for (int64_t d = 0; d < d_inner; d++) {
-      if (d % 8 == 0) {  /* softplus of the next 8 channels (zero-padded past the end) */
-        v8f v = splat(0.0f);
-        memcpy(&v, dt_in + b * d_inner + d, (size_t)(d_inner - d < 8 ? d_inner - d : 8) * 4);
-        v = softplus8(v);
-        memcpy(dt_lane, &v, 32);
-      }
       const float xv = x[b * d_inner + d];
-      const float dt = dt_lane[d % 8];
+      const float dt = dt_all[d];
       const float dx = dt * xv;
       const float *a_row = A + d * n_state, *bv = Bm + b * n_state, *cv = C + b * n_state;
       const float *h_row = h + (b * d_inner + d) * n_state;
