@@ -92,11 +92,13 @@ def update_sites(graph) -> list[dict[str, str]]:
     return sites
 
 
-def rewrite(step_path: Path, out_path: Path, replacement) -> tuple[int, int]:
+def rewrite(step_path: Path, out_path: Path, replacement, domains: tuple[str, ...] = ()) -> tuple[int, int]:
     """Write the step graph with each layer's state update replaced by ``replacement(site)``'s nodes
-    (which must produce ``y_<layer>`` and the site's ``new_state``); nodes no output needs any more
-    are dropped. Returns the node counts before and after."""
+    (which must produce ``y_<layer>`` and the site's ``new_state``; ops of ``domains`` get an opset
+    import, version 1); nodes no output needs any more are dropped. Returns the node counts before
+    and after."""
     import onnx
+    from onnx import helper
 
     model = onnx.load(str(step_path), load_external_data=False)
     graph = model.graph
@@ -137,6 +139,8 @@ def rewrite(step_path: Path, out_path: Path, replacement) -> tuple[int, int]:
         pending = waiting
     del graph.node[:]
     graph.node.extend(ordered)
+    known = {o.domain for o in model.opset_import}
+    model.opset_import.extend(helper.make_opsetid(d, 1) for d in domains if d not in known)
     onnx.save(model, str(out_path))
     return len(nodes), len(ordered)
 

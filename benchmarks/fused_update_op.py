@@ -61,14 +61,7 @@ def fused_graph(step: Path, out: Path) -> tuple[int, int]:
                                  [f"y_{site['layer']}", site["new_state"]], name=f"fused_update_{site['layer']}",
                                  domain=DOMAIN)]
 
-    before, after = rewrite(step, out, replacement)
-    import onnx
-
-    model = onnx.load(str(out), load_external_data=False)
-    if not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    onnx.save(model, str(out))
-    return before, after
+    return rewrite(step, out, replacement, domains=(DOMAIN,))
 
 
 def agreement(pair: dict, tokens: int) -> dict:

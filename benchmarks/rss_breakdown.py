@@ -168,11 +168,6 @@ def graph_nodes(folder: Path) -> dict[str, int]:
     return {p.stem: len(onnx.load(str(p), load_external_data=False).graph.node) for p in sorted(folder.glob("*.onnx"))}
 
 
-def artifact_bytes(folder: Path) -> int:
-    """As ``decode_cpu.artifact_bytes``: the graphs and their weights."""
-    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".so", ".bin"))
-
-
 def print_report(name: str, record: dict) -> None:
     size = record["artifact_bytes"]
     print(f"\n{name}: artifact {size / MIB:.0f} MiB (1.5× = {1.5 * size / MIB:.0f} MiB), nodes {record['graph_nodes']}, "
@@ -199,14 +194,10 @@ def main(argv=None) -> int:
     for folder in folders:
         if not (folder / "manifest.json").is_file():
             raise SystemExit(f"rss_breakdown: {folder} is not an edgeseq artifact folder (no manifest.json)")
-    report: dict = {"machine": None, "threads": args.threads, "prompt": args.prompt, "steps": args.steps,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load": os.getloadavg(), "artifacts": {}}
-    try:
-        from decode_cpu import machine_record
+    from decode_cpu import artifact_bytes, machine_record  # the size decode_cpu.py divides the peak by
 
-        report["machine"] = machine_record()
-    except Exception:  # noqa: BLE001 — the machine record is informative only
-        pass
+    report: dict = {"machine": machine_record(), "threads": args.threads, "prompt": args.prompt, "steps": args.steps,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load": os.getloadavg(), "artifacts": {}}
     for folder in folders:
         record = _run_worker(["--worker", str(folder), "--threads", str(args.threads), "--prompt", str(args.prompt),
                               "--steps", str(args.steps)])
