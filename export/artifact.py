@@ -29,6 +29,7 @@ import torch
 from edgeseq.checkpoints import CheckpointFormat, LoadedModel, register_format
 from edgeseq.errors import InputError
 from edgeseq.streaming import StreamingModel, quantization_of
+from export import fused_ops
 from export import manifest as mf
 from export.graphs import check_state_spec, has_parallel_prefill
 from export.int8_safety import check_pairwise_safe
@@ -56,6 +57,7 @@ class ExportOptions:
     steps: int = 256  # streaming steps verified against PyTorch
     batch: int = 2  # batch of the verification stream
     threads: int | None = None  # ONNX Runtime threads during verification
+    fused_ops: bool = False  # Mamba's state update and scan as edgeseq's fused CPU kernels (ONNX; built here)
     force: bool = False  # replace an earlier artifact at the output
     keep_failed: str | Path | None = None  # keep a refused artifact there for inspection
 
@@ -126,6 +128,7 @@ def export_artifact(
         check_opset(opset, int4)
     if steps < 1 or batch < 1 or prefill_length < 1:
         raise InputError("steps, batch and prefill length must be positive")
+    cc = fused_ops.check(model, format, dtype, export_target.runs_here, export_target.name) if options.fused_ops else None
     check_replaceable(out, force)
     model = model.eval()
     check_state_spec(model)
@@ -149,11 +152,16 @@ def export_artifact(
         build: dict[str, Any] = {}
         int8_rule: dict[str, Any] | None = None
         kinds = ["step", "prefill"] if with_prefill else ["step"]
+        kernels = None
+        if cc is not None:
+            say("building the fused kernels (edgeseq.ops) with the C compiler")
+            kernels = fused_ops.build(staging, cc)
         for kind in kinds:
             if format == "onnx":
                 say(f"exporting the {kind} graph to ONNX (opset {opset}, {dtype}{', int weights' if quantized else ''})")
                 file = f"{kind}.onnx"
-                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype, int_embeddings)
+                io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype, int_embeddings,
+                                       fused=kernels is not None)
             else:
                 say(f"compiling the {kind} graph with TVM for {export_target.name}")
                 file = f"{kind}.so"
@@ -188,6 +196,7 @@ def export_artifact(
             "opset": opset if format == "onnx" else None,
             "graphs": graphs,
             **({"weights": weights} if weights else {}),
+            **({"fused_ops": kernels} if kernels else {}),
             "tokenizer": _write_tokenizer(tokenizer, staging),
             "init_state": _write_init_state(model, staging, scratch if format == "tvm" and not export_target.runs_here else None),
             "versions": mf.tool_versions(),

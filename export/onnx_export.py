@@ -52,13 +52,15 @@ def export_graph(
     prefill_length: int = 64,
     dtype: torch.dtype = torch.float32,
     int_embeddings: dict[str, Any] | None = None,
+    fused: bool = False,
 ) -> GraphIO:
     """Trace ``model``'s step (``kind="step"``) or prefill graph to an ONNX file at ``path``.
 
     Quantized models are traced through their export twins and rewritten to integer weights
     (:func:`export.qdq.quantized_for_export`, :func:`export.qdq.rewrite_integer_weights`).
     ``int_embeddings`` (table path → integer values and row scales, :func:`quantize.qdq.quantize_embeddings`)
-    stores those embedding tables as integers too. Returns the graph's I/O description. The file is checked with ``onnx.checker`` and strict
+    stores those embedding tables as integers too. ``fused``: Mamba's updates as ``edgeseq.ops`` nodes
+    (:mod:`export.fused_ops`). Returns the graph's I/O description. The file is checked with ``onnx.checker`` and strict
     shape inference.
     """
     onnx = require("onnx", "pip install 'edgeseq[onnx]'")
@@ -73,7 +75,10 @@ def export_graph(
     input_names = graph_io.input_names + ([OUTPUTS_FROM] if outputs_from else [])
     if outputs_from:  # logits_from < L selects fewer positions
         dynamic_axes[graph_io.output_names[0]] = {0: "batch", 1: "positions"}
-    with quantized_for_export(model, int_embeddings=int_embeddings) as (traced_model, weights):
+    from edgeseq.models import fused_ops
+
+    emitting = fused_ops.emitting() if fused else contextlib.nullcontext()
+    with quantized_for_export(model, int_embeddings=int_embeddings) as (traced_model, weights), emitting:
         wrapper = (StepGraph(traced_model) if kind == "step" else PrefillGraph(traced_model, outputs_from)).eval()
         wrapper = wrapper.to(dtype) if dtype != torch.float32 else wrapper
         args = example_args(traced_model, 2, length, dtype)

@@ -322,7 +322,8 @@ class _Api:
     def __init__(self, library: str):
         self.library = ctypes.CDLL(library)
         self.library.OrtGetApiBase.restype = ctypes.POINTER(_ApiBase)
-        base = self.library.OrtGetApiBase().contents
+        self.base = self.library.OrtGetApiBase()
+        base = self.base.contents
         self.version = base.GetVersionString().decode()
         table = base.GetApi(API_VERSION)
         if not table:
@@ -359,6 +360,13 @@ class _Api:
                 self._ReleaseArenaCfg(config)
             if info:
                 self._ReleaseMemoryInfo(info)
+
+    def register_custom_ops(self, options: ctypes.c_void_p, library: str | Path) -> None:
+        """Add the custom ops of ``library`` to a session's options: its ``RegisterCustomOps`` called
+        with them, as ONNX Runtime's ``RegisterCustomOpsLibrary`` does (the library stays loaded for
+        the life of the process, as sessions need)."""
+        register = custom_ops_entry(library)
+        self.check(register(options, ctypes.cast(self.base, ctypes.c_void_p)))
 
     def check(self, status: Any) -> None:
         if status:
@@ -416,6 +424,22 @@ class _Api:
 
 _API: list[_Api | None] = []
 _API_LOCK = threading.Lock()
+_CUSTOM_OPS: dict[str, Any] = {}
+
+
+def custom_ops_entry(library: str | Path) -> Any:
+    """``RegisterCustomOps(options, api_base)`` of a custom-op library, loaded once per process."""
+    key = str(Path(library).resolve())
+    with _API_LOCK:
+        if key not in _CUSTOM_OPS:
+            try:
+                loaded = ctypes.CDLL(key)
+                register = loaded.RegisterCustomOps
+            except (OSError, AttributeError) as exc:
+                raise EdgeseqError(f"cannot load the custom-op library {library}: {str(exc).strip()[:200]}") from None
+            register.restype, register.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p]
+            _CUSTOM_OPS[key] = (loaded, register)
+        return _CUSTOM_OPS[key][1]
 
 
 def _library_path() -> str | None:
@@ -726,7 +750,8 @@ class CapiSession:
     subset of ``onnxruntime.InferenceSession`` that ``targets.runtimes`` uses."""
 
     def __init__(self, path: str | Path, weights: SharedWeights, threads: int | None, config: dict[str, str],
-                 mem_pattern: bool = True, disabled_optimizers: Sequence[str] = (), arena: bool = True):
+                 mem_pattern: bool = True, disabled_optimizers: Sequence[str] = (), arena: bool = True,
+                 custom_ops: str | Path | None = None):
         self.api = api_ = weights.api
         self.weights = weights  # kept alive: the session reads its buffers
         options = ctypes.c_void_p()
@@ -745,6 +770,8 @@ class CapiSession:
             if disabled_optimizers:  # ';'-separated (a ',' list reads as one unknown name)
                 api_.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
                                            ";".join(disabled_optimizers).encode())
+            if custom_ops is not None:
+                api_.register_custom_ops(options, custom_ops)
             self.row_tables = weights.add(path, options)
             session = ctypes.c_void_p()
             try:

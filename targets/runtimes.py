@@ -219,6 +219,29 @@ class ArtifactRuntime(Runtime):
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "mlas.disable_kleidiai": "1"}
 
 
+# edgeseq's fused CPU kernels (``edgeseq.ops``: export/kernels/edgeseq_ops.c), built into an artifact
+# that uses them beside its graphs (``edgeseq export --fused-ops``)
+FUSED_OPS_DOMAIN = b"edgeseq.ops"
+FUSED_OPS_LIBRARY = "edgeseq_ops.so"
+
+
+def custom_ops_library(path: str | Path) -> Path | None:
+    """The custom-op library a graph needs registered before a session opens it: the artifact's
+    ``edgeseq_ops.so`` beside a graph that uses ``edgeseq.ops`` nodes, else None."""
+    path = Path(path)
+    try:
+        uses = FUSED_OPS_DOMAIN in path.read_bytes()
+    except OSError:  # unreadable: ONNX Runtime says why
+        return None
+    if not uses:
+        return None
+    library = path.parent / FUSED_OPS_LIBRARY
+    if not library.is_file():
+        raise EdgeseqError(f"{path}: the graph runs edgeseq's fused kernels (edgeseq.ops) but {FUSED_OPS_LIBRARY} "
+                           f"is missing beside it; copy the whole artifact folder, or export again")
+    return library
+
+
 def disabled_optimizers(path: str | Path) -> list[str]:
     """ONNX Runtime graph optimizers an edgeseq graph is opened without.
 
@@ -261,6 +284,12 @@ def ort_session(path: str | Path, threads: int | None = None, providers: list[st
         options.inter_op_num_threads = 1
     if optimized_model is not None:
         options.optimized_model_filepath = str(optimized_model)
+    library = custom_ops_library(path)
+    if library is not None:
+        try:
+            options.register_custom_ops_library(str(library))
+        except Exception as exc:
+            raise EdgeseqError(f"cannot load the custom-op library {library}: {str(exc).strip().splitlines()[0][:200]}") from None
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     disabled = disabled_optimizers(path)
@@ -443,14 +472,16 @@ class OnnxRuntime(ArtifactRuntime):
         from targets.ort_capi import CapiSession
 
         disabled = disabled_optimizers(path)
+        library = custom_ops_library(path)
         try:
-            return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern, disabled)
+            return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern, disabled,
+                               custom_ops=library)
         except EdgeseqError as exc:
             if "output_dtype" not in str(exc):
                 raise
             # as in ort_session: onnxruntime 1.2x-1.3x QDQ propagation on opset-21 graphs
             return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern,
-                               disabled + ["QDQPropagationTransformer"])
+                               disabled + ["QDQPropagationTransformer"], custom_ops=library)
 
     @property
     def binding(self) -> str:

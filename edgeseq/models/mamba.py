@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgeseq.models import fused_ops
 from edgeseq.streaming import ActPoint, IOSpec, ModelConfig, QuantPoint, State, StateSpec, StreamingModel
 
 
@@ -189,6 +190,8 @@ def selective_scan(
     batch, length, d_inner = x.shape
     if ssm_state is None:
         ssm_state = x.new_zeros(batch, d_inner, A.shape[1])
+    if fused_ops.active():  # ONNX export with edgeseq's fused kernels: one node
+        return fused_ops.SelectiveScan.apply(dt, x, A, B, C, D, ssm_state)
     if _is_tracing():
         return _selective_scan_unrolled(x, dt, A, B, C, D, ssm_state)
     chunk = _safe_chunk(dt.detach(), (-A.detach()).amax(dim=1), max(1, min(chunk, length)))
@@ -389,9 +392,12 @@ class MambaMixer(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
-    def _ssm_params(self, x: Tensor, step: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def _ssm_params(self, x: Tensor, step: bool = False, raw: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(Δ, B, C) of the SSM input ``x``; ``raw``: ``dt_proj``'s output before softplus."""
         n, r = self.cfg.d_state, self.cfg.rank
         dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)
+        if raw:
+            return self.dt_proj(dt), B, C
         # the step graph's softplus is vectorized (``softplus``); the prefill graph keeps ONNX
         # Runtime's own kernel: over a 64-position chunk of a static-int8 model, the last-bit
         # differences of any other spelling move levels early enough in the chunk that the
@@ -429,8 +435,12 @@ class MambaMixer(nn.Module):
         if self.conv1d.bias is not None:
             conv = conv + self.conv1d.bias
         x = self.ssm_in(F.silu(conv))
-        dt, B, C = self._ssm_params(x, step=True)
         A = -torch.exp(self.A_log.to(x.dtype))
+        if fused_ops.active():  # ONNX export with edgeseq's fused kernels: softplus and the update, one node
+            dt_raw, B, C = self._ssm_params(x, raw=True)
+            y, ssm_state = fused_ops.SelectiveStateUpdate.apply(dt_raw, x, A, B, C, self.D, ssm_state)
+            return self.out_proj(y * F.silu(z)), self._shifted(window, True), ssm_state
+        dt, B, C = self._ssm_params(x, step=True)
         # ONNX graphs (the TorchScript tracer, not torch.export) get forms that ONNX Runtime runs fast
         traced = _is_tracing() and not _is_exporting()
         if traced:
@@ -450,11 +460,14 @@ class MambaMixer(nn.Module):
         ssm_state = torch.exp(dt_rows * A) * ssm_state + drive
         # a batched matrix-vector product (ONNX MatMul; Einsum is a slow generic kernel in ONNX Runtime)
         y = torch.matmul(ssm_state, C.unsqueeze(-1)).squeeze(-1) + self.D * x
-        if traced:  # the shifted window as window @ [rows 1.. of I]: exact, and not one 3-float span per channel
-            shifted = torch.matmul(window, torch.eye(self.cfg.d_conv, dtype=window.dtype, device=window.device)[:, 1:])
-        else:
-            shifted = window[:, :, 1:]
-        return self.out_proj(y * F.silu(z)), shifted, ssm_state
+        return self.out_proj(y * F.silu(z)), self._shifted(window, traced), ssm_state
+
+    def _shifted(self, window: Tensor, traced: bool) -> Tensor:
+        """The conv window without its oldest column; in ONNX graphs as window @ [rows 1.. of I]:
+        exact, and not one 3-float span per channel."""
+        if not traced:
+            return window[:, :, 1:]
+        return torch.matmul(window, torch.eye(self.cfg.d_conv, dtype=window.dtype, device=window.device)[:, 1:])
 
 
 class MambaBlock(nn.Module):

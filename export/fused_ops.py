@@ -1,0 +1,84 @@
+"""Build edgeseq's fused CPU kernels (``edgeseq.ops``) into an ONNX artifact: ``edgeseq export --fused-ops``.
+
+A Mamba step graph spends ~36 small ONNX Runtime kernels per layer on the selective-state update
+(softplus, decay, drive, ``h ← a ⊙ h + b``, ``C·h + D·x``) and the prefill graph ~80 per layer on its
+unrolled scan. With ``fused_ops`` each becomes one node of edgeseq's own
+(:mod:`edgeseq.models.fused_ops`), run by the C library ``export/kernels/edgeseq_ops.c`` that this
+module compiles with the system C compiler into the artifact folder (``edgeseq_ops.so``, beside the
+graphs; the runtime registers it before a session opens, :func:`targets.runtimes.custom_ops_library`).
+The artifact is then verified against PyTorch like any other: what is written is what ran.
+
+The library is built for the target's CPU architecture: ``x86_64`` with one AVX2 and one baseline
+version of each loop chosen when it loads (the same bits on every x86-64 CPU), ``aarch64`` with NEON.
+Verification runs the graphs here, so only targets whose code runs on this machine can take them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edgeseq.errors import InputError, MissingDependencyError
+from edgeseq.models import fused_ops
+from edgeseq.streaming import StreamingModel
+from targets.runtimes import FUSED_OPS_LIBRARY
+
+SOURCE = Path(__file__).resolve().parent / "kernels" / "edgeseq_ops.c"
+# no -march: the library must run on any CPU of its architecture (x86-64 picks its AVX2 loops at load);
+# no fused multiply-add contraction, so every ISA path rounds the same
+FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi"]
+
+
+def supports(model: StreamingModel) -> bool:
+    """Whether ``model`` has updates the fused kernels replace (Mamba's selective SSM)."""
+    from edgeseq.models.mamba import MambaMixer
+
+    return any(isinstance(m, MambaMixer) for m in model.modules())
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH."""
+    for name in [os.environ.get("CC"), "cc", "gcc", "clang"]:
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def check(model: StreamingModel, format: str, dtype: str, runs_here: bool, target: str) -> str:
+    """The compiler that will build the kernels, or a one-line error saying why they cannot be used."""
+    if format != "onnx":
+        raise InputError("--fused-ops builds ONNX Runtime kernels: it needs --format onnx (TVM fuses the update itself)")
+    if not supports(model):
+        raise InputError(f"--fused-ops fuses Mamba's selective-state update; {type(model).__name__} has none")
+    if dtype != "float32":
+        raise InputError("--fused-ops kernels are float32 (leave out --dtype float16)")
+    if not runs_here:
+        raise InputError(f"--fused-ops builds the kernels for this machine's CPU and verifies them here; "
+                         f"{target} code cannot run here (export without --fused-ops)")
+    cc = compiler()
+    if cc is None:
+        raise MissingDependencyError("a C compiler (cc, gcc or clang) to build the fused kernels",
+                                     "sudo apt-get install gcc   (or export without --fused-ops)")
+    return cc
+
+
+def build(folder: Path, cc: str) -> dict[str, Any]:
+    """Compile the kernels into ``folder/edgeseq_ops.so``; returns the manifest's record of them."""
+    library = folder / FUSED_OPS_LIBRARY
+    command = [cc, *FLAGS, "-o", str(library), str(SOURCE), "-lm"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise InputError(f"the C compiler could not build the fused kernels ({Path(cc).name}: {last[:200]}); "
+                         f"export without --fused-ops")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    return {"library": FUSED_OPS_LIBRARY, "domain": fused_ops.DOMAIN, "ops": list(fused_ops.OPS),
+            "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+            "compiler": version[0] if version else Path(cc).name, "flags": FLAGS}
+
+
+__all__ = ["FLAGS", "SOURCE", "build", "check", "compiler", "supports"]

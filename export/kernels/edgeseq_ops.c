@@ -1,0 +1,291 @@
+/* edgeseq's fused Mamba kernels for ONNX Runtime's CPU provider, as custom ops (domain "edgeseq.ops").
+ *
+ * SelectiveStateUpdate (the step graph), float32:
+ *   inputs   dt [B, Di] (dt_proj's output with its bias, before softplus), x [B, Di], A [Di, N] (negative),
+ *            Bm [B, N], C [B, N], D [Di], h [B, Di, N]
+ *   outputs  y [B, Di] = C . h' + D * x,   h' [B, Di, N] = exp(delta * A) * h + delta * x * Bm,
+ *            delta = softplus(dt) (threshold 20, as torch)
+ * SelectiveScan (the prefill graph), float32: the same recurrence over L positions, delta given
+ *   inputs   delta [B, L, Di] (after softplus), x [B, L, Di], A [Di, N], Bm [B, L, N], C [B, L, N], D [Di], h0 [B, Di, N]
+ *   outputs  y [B, L, Di], h_L [B, Di, N]
+ * Each replaces ~36 graph kernels per layer (the update) or the unrolled scan (~80 per layer for 32
+ * positions): one pass over the state, a channel's state row kept in registers across positions.
+ *
+ * Arithmetic: IEEE float32 multiplies and adds in a fixed order (built with -ffp-contract=off, so no
+ * fused multiply-add), exp and log of their own (below). The x86-64 build carries an AVX2 and a
+ * baseline (SSE2) version of each loop, picked once when the library loads (target_clones); both do
+ * the same operations on the same lanes, so every x86-64 CPU computes the same bits.
+ *
+ * Built against ONNX Runtime's C API without its headers: the API's function table only grows, so
+ * the indices below (version 13 of the table, the one targets/ort_capi.py counts from) hold for every
+ * later library, and a custom op that says version 13 is read only up to the fields that version had.
+ * export/fused_ops.py builds it into each artifact that uses it (`edgeseq export --fused-ops`).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && !defined(EDGESEQ_NO_CLONES)
+#define ISA_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ISA_CLONES
+#endif
+
+typedef void OrtStatus;
+typedef struct { const void **(*GetApi)(uint32_t version); const char *(*GetVersionString)(void); } ApiBase;
+
+enum { CREATE_DOMAIN = 26, DOMAIN_ADD = 27, ADD_DOMAIN = 28, TENSOR_DATA = 51, DIMS_COUNT = 61, DIMS = 62,
+       TYPE_AND_SHAPE = 65, CONTEXT_INPUT = 90, CONTEXT_OUTPUT = 91, RELEASE_SHAPE = 99 };
+static const void **api;
+#define CALL(index, type, ...) (((type)api[index])(__VA_ARGS__))
+typedef OrtStatus *(*fn_create_domain)(const char *, void **);
+typedef OrtStatus *(*fn_domain_add)(void *, const void *);
+typedef OrtStatus *(*fn_add_domain)(void *, void *);
+typedef OrtStatus *(*fn_data)(void *, void **);
+typedef OrtStatus *(*fn_dims_count)(const void *, size_t *);
+typedef OrtStatus *(*fn_dims)(const void *, int64_t *, size_t);
+typedef OrtStatus *(*fn_type_shape)(const void *, void **);
+typedef OrtStatus *(*fn_input)(const void *, size_t, const void **);
+typedef OrtStatus *(*fn_output)(void *, size_t, const int64_t *, size_t, void **);
+typedef void (*fn_release)(void *);
+
+typedef struct CustomOp {  /* struct OrtCustomOp as of API version 13 */
+  uint32_t version;
+  void *(*CreateKernel)(const struct CustomOp *, const void *api, const void *info);
+  const char *(*GetName)(const struct CustomOp *);
+  const char *(*GetExecutionProviderType)(const struct CustomOp *);
+  int (*GetInputType)(const struct CustomOp *, size_t);
+  size_t (*GetInputTypeCount)(const struct CustomOp *);
+  int (*GetOutputType)(const struct CustomOp *, size_t);
+  size_t (*GetOutputTypeCount)(const struct CustomOp *);
+  void (*KernelCompute)(void *kernel, void *context);
+  void (*KernelDestroy)(void *kernel);
+  int (*GetInputCharacteristic)(const struct CustomOp *, size_t);
+  int (*GetOutputCharacteristic)(const struct CustomOp *, size_t);
+  int (*GetInputMemoryType)(const struct CustomOp *, size_t);
+} CustomOp;
+
+/* 8 float lanes (GCC/Clang vector extensions: one AVX2 register, two SSE2 or NEON registers) */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) v8f splat(float v) { return (v8f){v, v, v, v, v, v, v, v}; }
+static inline __attribute__((always_inline)) v8f pick(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
+
+static inline __attribute__((always_inline)) v8f load8(const float *p) { v8f v; memcpy(&v, p, 32); return v; }
+static inline __attribute__((always_inline)) void store8(float *p, v8f v) { memcpy(p, &v, 32); }
+
+/* exp for x <= 88 (both uses: delta * A <= 0 and softplus's min(v, 20)): 2^k * p(r), r = x - k ln2 in
+ * [-ln2/2, ln2/2], k rounded by the 1.5 * 2^23 shift, p of degree 6 (Taylor coefficients; relative
+ * error ~2e-7). Inputs below -87 give e^-87: a decay exp(delta * A) in (0, 1] only ever stands in for
+ * an underflow there. */
+static inline __attribute__((always_inline)) v8f exp8(v8f x) {
+  x = pick(x < splat(-87.0f), splat(-87.0f), x);
+  const v8f shift = splat(12582912.0f);  /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+  v8f k = (x * splat(1.44269504088896341f) + shift) - shift;
+  v8f r = x - k * splat(0.693145751953125f) - k * splat(1.428606765330187045e-6f);
+  v8f p = splat(0.0013888889f);
+  p = p * r + splat(0.008333334f);
+  p = p * r + splat(0.041666668f);
+  p = p * r + splat(0.16666667f);
+  p = p * r + splat(0.5f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  return (v8f)((v8i)p + (__builtin_convertvector(k, v8i) << 23));
+}
+
+/* log for finite w >= 1: w = m * 2^e, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1),
+ * |s| < 0.172, series to s^9 (error below float rounding) */
+static inline __attribute__((always_inline)) v8f log8(v8f w) {
+  v8i bits = (v8i)w;
+  v8i e = ((bits >> 23) & 0xff) - 127;
+  v8f m = (v8f)((bits & 0x007fffff) | 0x3f800000);  /* [1, 2) */
+  v8i big = m > splat(1.41421356f);
+  m = pick(big, m * splat(0.5f), m);
+  e = e - big;  /* big is -1 where set */
+  v8f s = (m - splat(1.0f)) / (m + splat(1.0f)), s2 = s * s;
+  v8f series = s2 * (splat(1.0f / 3) + s2 * (splat(1.0f / 5) + s2 * (splat(1.0f / 7) + s2 * splat(1.0f / 9))));
+  return __builtin_convertvector(e, v8f) * splat(0.693147180559945f) + splat(2.0f) * (s + s * series);
+}
+
+/* softplus, threshold 20 as torch: v above it, else log1p(e^v) with log1p(u) as log(w) * u / (w - 1),
+ * w = 1 + u (where w rounds to 1, u itself): within 2.4e-7 relative of float64 for v > -87 */
+static inline __attribute__((always_inline)) v8f softplus8(v8f v) {
+  v8i over = v > splat(20.0f);
+  v8f u = exp8(pick(over, splat(20.0f), v));
+  v8f w = u + splat(1.0f), wm1 = w - splat(1.0f);
+  v8i tiny = wm1 == splat(0.0f);
+  v8f r = log8(w) * (u / pick(tiny, splat(1.0f), wm1));
+  return pick(over, v, pick(tiny, u, r));
+}
+
+/* one channel's state row over its N states: h' <- exp(delta * a) * h + dx * b, returns sum(h' * c).
+ * N a multiple of 8, or rows padded by the caller's copies (pad lanes: a = h = b = c = 0). */
+static inline __attribute__((always_inline)) float row_update(const float *h, float *h_new, const float *a, const float *b,
+                                                              const float *c, float delta, float dx, int64_t padded) {
+  v8f acc = splat(0.0f);
+  for (int64_t n = 0; n < padded; n += 8) {
+    const v8f hn = exp8(splat(delta) * load8(a + n)) * load8(h + n) + splat(dx) * load8(b + n);
+    store8(h_new + n, hn);
+    acc += hn * load8(c + n);
+  }
+  float sum = 0.0f;
+  for (int k = 0; k < 8; k++) sum += acc[k];
+  return sum;
+}
+
+static int shape_of(const void *value, int64_t *dims, size_t capacity) {
+  void *info;
+  size_t count = 0;
+  CALL(TYPE_AND_SHAPE, fn_type_shape, value, &info);
+  CALL(DIMS_COUNT, fn_dims_count, info, &count);
+  if (count <= capacity) CALL(DIMS, fn_dims, info, dims, count);
+  CALL(RELEASE_SHAPE, fn_release, info);
+  return count <= capacity ? (int)count : -1;
+}
+
+/* inputs and their shapes; 0 when the rank of each is what the op expects */
+static int read_inputs(void *context, const int *ranks, const float **p, int64_t (*dims)[4]) {
+  for (size_t i = 0; i < 7; i++) {
+    const void *value;
+    CALL(CONTEXT_INPUT, fn_input, context, i, &value);
+    CALL(TENSOR_DATA, fn_data, (void *)value, (void **)&p[i]);
+    if (shape_of(value, dims[i], 4) != ranks[i]) return -1;
+  }
+  return 0;
+}
+
+static float *output(void *context, size_t index, const int64_t *dims, size_t rank) {
+  void *value;
+  float *data;
+  CALL(CONTEXT_OUTPUT, fn_output, context, index, dims, rank, &value);
+  CALL(TENSOR_DATA, fn_data, value, (void **)&data);
+  return data;
+}
+
+static void fill_nan(float *p, int64_t count) { for (int64_t i = 0; i < count; i++) p[i] = NAN; }
+
+ISA_CLONES static void update(int64_t batch, int64_t d_inner, int64_t n_state, const float *dt_in, const float *x,
+                              const float *A, const float *Bm, const float *C, const float *D, const float *h,
+                              float *y, float *h_new) {
+  const int64_t padded = (n_state + 7) / 8 * 8;
+  float dt_all[d_inner + 8], a_row[padded], b_row[padded], c_row[padded], h_row[padded];
+  memset(a_row, 0, sizeof a_row); memset(b_row, 0, sizeof b_row); memset(c_row, 0, sizeof c_row);
+  memset(h_row, 0, sizeof h_row);
+  for (int64_t b = 0; b < batch; b++) {
+    /* softplus of every channel first: independent vectors, so their long exp/log/divide chains
+     * overlap (inside the channel loop they serialize: one 1536 x 16 layer 37 us instead of 21) */
+    for (int64_t d = 0; d < d_inner; d += 8) {
+      v8f v = splat(0.0f);
+      memcpy(&v, dt_in + b * d_inner + d, (size_t)(d_inner - d < 8 ? d_inner - d : 8) * 4);
+      store8(dt_all + d, softplus8(v));
+    }
+    memcpy(b_row, Bm + b * n_state, n_state * 4);
+    memcpy(c_row, C + b * n_state, n_state * 4);
+    for (int64_t d = 0; d < d_inner; d++) {
+      const float xv = x[b * d_inner + d], delta = dt_all[d];
+      const int64_t row = (b * d_inner + d) * n_state;
+      float acc;
+      if (padded == n_state) {  /* d_state a multiple of 8 (16 in every released Mamba): in place */
+        acc = row_update(h + row, h_new + row, A + d * n_state, b_row, c_row, delta, delta * xv, padded);
+      } else {
+        memcpy(a_row, A + d * n_state, n_state * 4);
+        memcpy(h_row, h + row, n_state * 4);
+        acc = row_update(h_row, h_row, a_row, b_row, c_row, delta, delta * xv, padded);
+        memcpy(h_new + row, h_row, n_state * 4);
+      }
+      y[b * d_inner + d] = acc + D[d] * xv;
+    }
+  }
+}
+
+ISA_CLONES static void scan(int64_t batch, int64_t length, int64_t d_inner, int64_t n_state, const float *delta,
+                            const float *x, const float *A, const float *Bm, const float *C, const float *D,
+                            const float *h0, float *y, float *h_out) {
+  const int64_t padded = (n_state + 7) / 8 * 8;
+  float a_row[padded], h_row[padded], b_rows[length * padded + 8], c_rows[length * padded + 8];
+  memset(a_row, 0, sizeof a_row); memset(h_row, 0, sizeof h_row);
+  memset(b_rows, 0, sizeof b_rows); memset(c_rows, 0, sizeof c_rows);
+  for (int64_t b = 0; b < batch; b++) {
+    for (int64_t t = 0; t < length; t++) {  /* B and C of every position, each row padded */
+      memcpy(b_rows + t * padded, Bm + (b * length + t) * n_state, n_state * 4);
+      memcpy(c_rows + t * padded, C + (b * length + t) * n_state, n_state * 4);
+    }
+    for (int64_t d = 0; d < d_inner; d++) {  /* a channel's whole sequence with its state row in cache */
+      const int64_t row = (b * d_inner + d) * n_state;
+      memcpy(a_row, A + d * n_state, n_state * 4);
+      memcpy(h_row, h0 + row, n_state * 4);
+      for (int64_t t = 0; t < length; t++) {
+        const int64_t at = (b * length + t) * d_inner + d;
+        const float dv = delta[at], xv = x[at];
+        const float acc = row_update(h_row, h_row, a_row, b_rows + t * padded, c_rows + t * padded, dv, dv * xv, padded);
+        y[at] = acc + D[d] * xv;
+      }
+      memcpy(h_out + row, h_row, n_state * 4);
+    }
+  }
+}
+
+static void update_compute(void *kernel, void *context) {
+  (void)kernel;
+  static const int ranks[7] = {2, 2, 2, 2, 2, 1, 3};
+  const float *p[7];
+  int64_t dims[7][4];
+  const int bad = read_inputs(context, ranks, p, dims);
+  const int64_t batch = dims[6][0], d_inner = dims[6][1], n_state = dims[6][2];
+  float *y = output(context, 0, dims[1], 2), *h_new = output(context, 1, dims[6], 3);
+  if (bad || dims[0][0] != batch || dims[0][1] != d_inner || dims[1][0] != batch || dims[1][1] != d_inner ||
+      dims[2][0] != d_inner || dims[2][1] != n_state || dims[3][0] != batch || dims[3][1] != n_state ||
+      dims[4][0] != batch || dims[4][1] != n_state || dims[5][0] != d_inner) {
+    /* shapes that contradict each other: a graph edgeseq did not write. NaN, so that any check fails */
+    if (!bad) { fill_nan(y, dims[1][0] * dims[1][1]); fill_nan(h_new, batch * d_inner * n_state); }
+    return;
+  }
+  update(batch, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], y, h_new);
+}
+
+static void scan_compute(void *kernel, void *context) {
+  (void)kernel;
+  static const int ranks[7] = {3, 3, 2, 3, 3, 1, 3};
+  const float *p[7];
+  int64_t dims[7][4];
+  const int bad = read_inputs(context, ranks, p, dims);
+  const int64_t batch = dims[6][0], d_inner = dims[6][1], n_state = dims[6][2], length = dims[1][1];
+  float *y = output(context, 0, dims[1], 3), *h_out = output(context, 1, dims[6], 3);
+  if (bad || dims[0][0] != batch || dims[0][1] != length || dims[0][2] != d_inner || dims[1][0] != batch ||
+      dims[1][2] != d_inner || dims[2][0] != d_inner || dims[2][1] != n_state || dims[3][0] != batch ||
+      dims[3][1] != length || dims[3][2] != n_state || dims[4][0] != batch || dims[4][1] != length ||
+      dims[4][2] != n_state || dims[5][0] != d_inner) {
+    if (!bad) { fill_nan(y, dims[1][0] * dims[1][1] * dims[1][2]); fill_nan(h_out, batch * d_inner * n_state); }
+    return;
+  }
+  scan(batch, length, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], y, h_out);
+}
+
+static void *create_kernel(const CustomOp *op, const void *api_, const void *info) { (void)op; (void)api_; (void)info; return (void *)1; }
+static const char *update_name(const CustomOp *op) { (void)op; return "SelectiveStateUpdate"; }
+static const char *scan_name(const CustomOp *op) { (void)op; return "SelectiveScan"; }
+static const char *provider(const CustomOp *op) { (void)op; return "CPUExecutionProvider"; }
+static int float_type(const CustomOp *op, size_t i) { (void)op; (void)i; return 1; /* FLOAT */ }
+static size_t inputs(const CustomOp *op) { (void)op; return 7; }
+static size_t outputs(const CustomOp *op) { (void)op; return 2; }
+static void destroy(void *kernel) { (void)kernel; }
+static int required(const CustomOp *op, size_t i) { (void)op; (void)i; return 0; }
+static int default_memory(const CustomOp *op, size_t i) { (void)op; (void)i; return 0; }
+
+static CustomOp update_op = {13, create_kernel, update_name, provider, float_type, inputs, float_type, outputs,
+                             update_compute, destroy, required, required, default_memory};
+static CustomOp scan_op = {13, create_kernel, scan_name, provider, float_type, inputs, float_type, outputs,
+                           scan_compute, destroy, required, required, default_memory};
+
+/* what ONNX Runtime's RegisterCustomOpsLibrary (and edgeseq's C API binding) call */
+OrtStatus *RegisterCustomOps(void *options, const ApiBase *base) {
+  api = base->GetApi(13);
+  void *domain;
+  OrtStatus *status = CALL(CREATE_DOMAIN, fn_create_domain, "edgeseq.ops", &domain);
+  if (status) return status;
+  if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &update_op))) return status;
+  if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &scan_op))) return status;
+  return CALL(ADD_DOMAIN, fn_add_domain, options, domain);
+}
