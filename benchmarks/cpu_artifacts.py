@@ -8,7 +8,8 @@ quantized with ``quantize_model`` (recipes with static activation scales calibra
 random token ids: the weights are random, so there is no text distribution to match) and
 exported with ``export_artifact`` — each artifact verifies itself against its PyTorch model or is
 not written; a refused one is kept beside it (``-refused``) and timed, its rows marked "not
-verified". Cached: an artifact folder that exists is reused.
+verified". Cached: an artifact folder that exists is reused. A recipe with ``+fused``
+(``w8a8-block+fused``) is exported with ``fused_ops`` (edgeseq's fused CPU kernels, built here).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def build(work: Path, recipes, layers: int = 24, prefill_length: int = 64, steps
     folder = write_hf_folder(work / "llama.cpp" / f"mamba-130m-shape-L{layers}", layers)
     out: dict[str, Path] = {}
     model = None
-    for recipe in recipes:  # a recipe name, or a recipe file (named by its stem)
-        name = Path(recipe).stem if recipe.endswith((".toml", ".json")) else recipe
+    for recipe in recipes:  # a recipe name, or a recipe file (named by its stem); "+fused": --fused-ops
+        base, fused = recipe.removesuffix("+fused"), recipe.endswith("+fused")
+        name = Path(base).stem if base.endswith((".toml", ".json")) else base
+        name += "-fused" if fused else ""
         path = work / f"edgeseq-{name}-L{layers}"
         out[recipe] = path
         if (path / "manifest.json").is_file():
@@ -50,14 +53,14 @@ def build(work: Path, recipes, layers: int = 24, prefill_length: int = 64, steps
 
             model = load_model(folder).model.eval()
         start = time.perf_counter()
-        if recipe == "fp32":
+        if base == "fp32":
             exported = model
         else:
             from quantize.apply import quantize_model
 
             gen = torch.Generator().manual_seed(0)
             calib = list(torch.randint(0, model.config.vocab_size, (4, 128), generator=gen).split(2))
-            exported, _ = quantize_model(model, recipe, calib, progress=False)
+            exported, _ = quantize_model(model, base, calib, progress=False)
         from edgeseq.errors import EdgeseqError
         from export.artifact import export_artifact
 
@@ -66,7 +69,7 @@ def build(work: Path, recipes, layers: int = 24, prefill_length: int = 64, steps
             out[recipe] = refused
             continue
         try:
-            export_artifact(exported, path, recipe=name, steps=steps, prefill_length=prefill_length, threads=2,
+            export_artifact(exported, path, recipe=name, steps=steps, fused_ops=fused, prefill_length=prefill_length, threads=2,
                             source=str(folder), log=log, keep_failed=refused)
             log(f"{name}: exported and verified in {time.perf_counter() - start:.0f} s")
         except EdgeseqError as exc:

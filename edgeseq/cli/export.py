@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=256, help="streaming steps checked against PyTorch (default 256)")
     p.add_argument("--prefill-length", type=int, default=64, help="positions per prefill-graph call (default 64)")
     p.add_argument("--no-prefill", action="store_true", help="export the step graph only")
+    p.add_argument("--fused-ops", action="store_true",
+                   help="Mamba, ONNX: run each layer's state update and prefill scan as one kernel of edgeseq's own, "
+                        "built here with the C compiler into the artifact (fewer, faster kernels per token)")
     p.add_argument("--keep-failed", metavar="DIR", default=None,
                    help="when verification refuses the artifact, keep it in DIR for inspection (its manifest says it failed)")
 
@@ -41,7 +44,7 @@ def run(args):
     manifest = export_loaded(
         loaded, output, format=args.format, target=args.target, opset=args.opset, dtype=args.dtype,
         steps=args.steps, prefill=not args.no_prefill, prefill_length=args.prefill_length, force=args.force,
-        log=log, keep_failed=args.keep_failed,
+        log=log, keep_failed=args.keep_failed, fused_ops=args.fused_ops,
     )
     manifest["path"] = str(output)
     if args.json:

@@ -1,0 +1,159 @@
+"""edgeseq's fused CPU kernels (``export --fused-ops``): the C ops against a float64 oracle, both x86-64
+ISA paths against each other, and artifacts built with them verified like any other.
+
+Tolerances: the kernels compute in float32 with their own ``exp`` (relative error ~2e-7) and softplus
+(2.4e-7); a state element is a sum of a decayed term and a drive, ``y`` a 16-term dot product, so
+1e-5 relative to the largest magnitude is ~50 float32 ulps: room for accumulation, far below any
+real error (a wrong decay or a dropped term moves the result by whole percents).
+"""
+
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgeseq.errors import EdgeseqError, InputError
+from export import fused_ops
+from export.artifact import export_artifact
+from targets.runtimes import FUSED_OPS_LIBRARY, open_artifact
+
+from .conftest import quantized
+
+pytestmark = pytest.mark.skipif(fused_ops.compiler() is None, reason="needs a C compiler (cc, gcc or clang)")
+
+
+def _build(folder, *defines):
+    library = folder / FUSED_OPS_LIBRARY
+    subprocess.run([fused_ops.compiler(), *fused_ops.FLAGS, *defines, "-o", str(library), str(fused_ops.SOURCE), "-lm"],
+                   check=True, capture_output=True)
+    return library
+
+
+def _op_graph(path, op, batch, length, d_inner, n_state):
+    """A graph of one ``edgeseq.ops`` node with all seven inputs fed."""
+    seq = [batch, length] if op == "SelectiveScan" else [batch]
+    shapes = {"dt": seq + [d_inner], "x": seq + [d_inner], "A": [d_inner, n_state], "B": seq + [n_state],
+              "C": seq + [n_state], "D": [d_inner], "h": [batch, d_inner, n_state]}
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+               helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None)]
+    node = helper.make_node(op, list(shapes), ["y", "h_out"], domain="edgeseq.ops")
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("edgeseq.ops", 1)])
+    onnx.save(model, str(path))
+    return shapes
+
+
+def _run(graph, library, feeds):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library))
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _feeds(shapes, seed):
+    rng = np.random.default_rng(seed)
+    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    feeds["A"] = -np.exp(rng.uniform(-1, 3, shapes["A"])).astype(np.float32)  # decays from mild to ~e^-20 a step
+    feeds["dt"] = (feeds["dt"] * 6 - 2).astype(np.float32)  # softplus tails: below -8 and above 20 occur
+    feeds["dt"].flat[:3] = [25.0, -30.0, 20.0]
+    return feeds
+
+
+def _oracle(op, f):
+    """float64, written from the recurrence (not the kernels' or the model's code)."""
+    d = {k: v.astype(np.float64) for k, v in f.items()}
+    if op == "SelectiveStateUpdate":
+        delta = np.where(d["dt"] > 20, d["dt"], np.log1p(np.exp(np.minimum(d["dt"], 20))))
+        h = np.exp(delta[..., None] * d["A"]) * d["h"] + (delta * d["x"])[..., None] * d["B"][:, None, :]
+        return (h * d["C"][:, None, :]).sum(-1) + d["D"] * d["x"], h
+    delta = d["dt"]  # SelectiveScan takes Δ after softplus
+    h, ys = d["h"], []
+    for t in range(d["x"].shape[1]):
+        h = np.exp(delta[:, t, :, None] * d["A"]) * h + (delta[:, t] * d["x"][:, t])[..., None] * d["B"][:, t, None, :]
+        ys.append((h * d["C"][:, t, None, :]).sum(-1))
+    return np.stack(ys, 1) + d["D"] * d["x"], h
+
+
+@pytest.mark.parametrize("op", ["SelectiveStateUpdate", "SelectiveScan"])
+@pytest.mark.parametrize("n_state", [16, 5])  # 16: the in-place path; 5: rows padded to 8 lanes
+def test_kernels_match_float64_oracle(tmp_path, op, n_state):
+    library = _build(tmp_path)
+    shapes = _op_graph(tmp_path / "g.onnx", op, batch=2, length=7, d_inner=37, n_state=n_state)
+    feeds = _feeds(shapes, seed=n_state)
+    if op == "SelectiveScan":
+        feeds["dt"] = (np.abs(feeds["dt"]) * 0.3).astype(np.float32)
+    y, h = _run(tmp_path / "g.onnx", library, feeds)
+    y_ref, h_ref = _oracle(op, feeds)
+    assert y.shape == y_ref.shape and h.shape == h_ref.shape
+    assert np.abs(y - y_ref).max() <= 1e-5 * np.abs(y_ref).max()
+    assert np.abs(h - h_ref).max() <= 1e-5 * np.abs(h_ref).max()
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the ISA clones are x86-64's")
+def test_avx2_and_baseline_paths_compute_the_same_bits(tmp_path):
+    """The library's AVX2 loops (this CPU picks them when it has AVX2) and its baseline SSE2 loops (what
+    a CPU without AVX2 gets), built alone, give identical outputs: the artifact computes the same on
+    every x86-64 CPU, not only on the ISA that verified it."""
+    (tmp_path / "clones").mkdir()
+    (tmp_path / "base").mkdir()
+    clones, base = _build(tmp_path / "clones"), _build(tmp_path / "base", "-DEDGESEQ_NO_CLONES")
+    for op in ("SelectiveStateUpdate", "SelectiveScan"):
+        shapes = _op_graph(tmp_path / f"{op}.onnx", op, batch=2, length=9, d_inner=64, n_state=16)
+        feeds = _feeds(shapes, seed=3)
+        feeds["dt"] = np.abs(feeds["dt"]) if op == "SelectiveScan" else feeds["dt"]
+        for a, b in zip(_run(tmp_path / f"{op}.onnx", clones, feeds), _run(tmp_path / f"{op}.onnx", base, feeds)):
+            assert np.array_equal(a, b)
+
+
+def _nodes(path):
+    return [n for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+@pytest.mark.parametrize("recipe", [None, "w8a8"])
+def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe):
+    model = quantized(tiny_mamba, recipe) if recipe else tiny_mamba
+    plain = export_artifact(model, tmp_path / "plain", steps=48, prefill_length=16, recipe=recipe)
+    fused = export_artifact(model, tmp_path / "fused", steps=48, prefill_length=16, recipe=recipe, fused_ops=True)
+    assert fused["verification"]["passed"]
+    record = fused["fused_ops"]
+    assert record["library"] == FUSED_OPS_LIBRARY and set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan"}
+    assert FUSED_OPS_LIBRARY in {f["path"] for f in fused["files"]}  # hashed like the graphs
+    assert "fused_ops" not in plain
+    layers = len(tiny_mamba.layers)
+    for kind, op in (("step", "SelectiveStateUpdate"), ("prefill", "SelectiveScan")):
+        nodes = _nodes(tmp_path / "fused" / f"{kind}.onnx")
+        assert sum(n.op_type == op and n.domain == "edgeseq.ops" for n in nodes) == layers
+        assert len(nodes) < len(_nodes(tmp_path / "plain" / f"{kind}.onnx")) - 20 * layers
+    # the two artifacts agree on a stream (prefill, then steps) through the runtime `edgeseq run` uses
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
+    runs = [open_artifact(tmp_path / name) for name in ("plain", "fused")]
+    outs = [r.prefill(ids[:, :16])[0] for r in runs]
+    assert torch.allclose(outs[0], outs[1], rtol=1e-3, atol=1e-3 * outs[0].abs().max().item())
+
+
+def test_missing_library_is_one_line_error(tiny_mamba, tmp_path):
+    export_artifact(tiny_mamba, tmp_path / "a", steps=8, prefill=False, fused_ops=True)
+    (tmp_path / "a" / FUSED_OPS_LIBRARY).unlink()
+    with pytest.raises(EdgeseqError, match=FUSED_OPS_LIBRARY) as info:
+        open_artifact(tmp_path / "a")
+    assert "\n" not in str(info.value)
+
+
+def test_fused_ops_refused_where_they_cannot_apply(tiny_mamba, tmp_path, monkeypatch):
+    from edgeseq.models.lmuformer import LMUFormer, LMUFormerConfig
+
+    with pytest.raises(InputError, match="Mamba"):
+        export_artifact(LMUFormer(LMUFormerConfig()).eval(), tmp_path / "l", steps=4, fused_ops=True)
+    with pytest.raises(InputError, match="--format onnx"):
+        export_artifact(tiny_mamba, tmp_path / "t", format="tvm", steps=4, fused_ops=True)
+    with pytest.raises(InputError, match="float32"):
+        export_artifact(tiny_mamba, tmp_path / "h", dtype="float16", steps=4, fused_ops=True)
+    monkeypatch.setattr(fused_ops, "compiler", lambda: None)
+    with pytest.raises(EdgeseqError, match="C compiler"):
+        export_artifact(tiny_mamba, tmp_path / "c", steps=4, fused_ops=True)
+    assert not any(tmp_path.iterdir())  # nothing half-written
