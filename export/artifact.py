@@ -57,7 +57,7 @@ class ExportOptions:
     steps: int = 256  # streaming steps verified against PyTorch
     batch: int = 2  # batch of the verification stream
     threads: int | None = None  # ONNX Runtime threads during verification
-    fused_ops: bool = False  # Mamba's state update and scan as edgeseq's fused CPU kernels (ONNX; built here)
+    fused_ops: bool | None = None  # Mamba's update and scan as edgeseq's fused CPU kernels: None where they apply
     force: bool = False  # replace an earlier artifact at the output
     keep_failed: str | Path | None = None  # keep a refused artifact there for inspection
 
@@ -128,7 +128,7 @@ def export_artifact(
         check_opset(opset, int4)
     if steps < 1 or batch < 1 or prefill_length < 1:
         raise InputError("steps, batch and prefill length must be positive")
-    cc = fused_ops.check(model, format, dtype, export_target.runs_here, export_target.name) if options.fused_ops else None
+    cc, no_kernels = fused_ops.choose(model, options.fused_ops, format, dtype, export_target.runs_here, export_target.name)
     check_replaceable(out, force)
     model = model.eval()
     check_state_spec(model)
@@ -156,6 +156,8 @@ def export_artifact(
         if cc is not None:
             say("building the fused kernels (edgeseq.ops) with the C compiler")
             kernels = fused_ops.build(staging, cc)
+        elif format == "onnx" and fused_ops.supports(model):
+            say(f"fused kernels left out: {no_kernels}")
         for kind in kinds:
             if format == "onnx":
                 say(f"exporting the {kind} graph to ONNX (opset {opset}, {dtype}{', int weights' if quantized else ''})")
@@ -196,7 +198,8 @@ def export_artifact(
             "opset": opset if format == "onnx" else None,
             "graphs": graphs,
             **({"weights": weights} if weights else {}),
-            **({"fused_ops": kernels} if kernels else {}),
+            **({"fused_ops": kernels} if kernels else {"fused_ops": {"used": False, "why": no_kernels}}
+               if format == "onnx" and fused_ops.supports(model) else {}),
             "tokenizer": _write_tokenizer(tokenizer, staging),
             "init_state": _write_init_state(model, staging, scratch if format == "tvm" and not export_target.runs_here else None),
             "versions": mf.tool_versions(),

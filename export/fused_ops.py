@@ -1,8 +1,9 @@
-"""Build edgeseq's fused CPU kernels (``edgeseq.ops``) into an ONNX artifact: ``edgeseq export --fused-ops``.
+"""Build edgeseq's fused CPU kernels (``edgeseq.ops``) into ONNX artifacts of Mamba models (the default).
 
 A Mamba step graph spends ~36 small ONNX Runtime kernels per layer on the selective-state update
 (softplus, decay, drive, ``h ← a ⊙ h + b``, ``C·h + D·x``) and the prefill graph ~80 per layer on its
-unrolled scan. With ``fused_ops`` each becomes one node of edgeseq's own
+unrolled scan. With the fused kernels (``ExportOptions.fused_ops``: None, the default, wherever they
+apply; True insists; False never, ``--no-fused-ops``) each becomes one node of edgeseq's own
 (:mod:`edgeseq.models.fused_ops`), run by the C library ``export/kernels/edgeseq_ops.c`` that this
 module compiles with the system C compiler into the artifact folder (``edgeseq_ops.so``, beside the
 graphs; the runtime registers it before a session opens, :func:`targets.runtimes.custom_ops_library`).
@@ -48,22 +49,31 @@ def compiler() -> str | None:
     return None
 
 
-def check(model: StreamingModel, format: str, dtype: str, runs_here: bool, target: str) -> str:
-    """The compiler that will build the kernels, or a one-line error saying why they cannot be used."""
+def choose(model: StreamingModel, wanted: bool | None, format: str, dtype: str, runs_here: bool,
+           target: str) -> tuple[str | None, str]:
+    """``(compiler, why)``: the C compiler that will build the kernels, or None and the reason they are
+    left out. ``wanted`` True insists (a reason to leave them out is a one-line error), None takes them
+    wherever they apply (the default), False never."""
+    if wanted is False:
+        return None, "not asked for (--no-fused-ops)"
     if format != "onnx":
-        raise InputError("--fused-ops builds ONNX Runtime kernels: it needs --format onnx (TVM fuses the update itself)")
-    if not supports(model):
-        raise InputError(f"--fused-ops fuses Mamba's selective-state update; {type(model).__name__} has none")
-    if dtype != "float32":
-        raise InputError("--fused-ops kernels are float32 (leave out --dtype float16)")
-    if not runs_here:
-        raise InputError(f"--fused-ops builds the kernels for this machine's CPU and verifies them here; "
-                         f"{target} code cannot run here (export without --fused-ops)")
-    cc = compiler()
-    if cc is None:
-        raise MissingDependencyError("a C compiler (cc, gcc or clang) to build the fused kernels",
-                                     "sudo apt-get install gcc   (or export without --fused-ops)")
-    return cc
+        why = "they are ONNX Runtime kernels (--format onnx); TVM fuses the update itself"
+    elif not supports(model):
+        why = f"{type(model).__name__} has no selective-state update to fuse (Mamba only)"
+    elif dtype != "float32":
+        why = "the kernels are float32 (not --dtype float16)"
+    elif not runs_here:
+        why = f"they are built for this CPU and verified here; {target} code cannot run here"
+    elif compiler() is None:
+        if wanted:
+            raise MissingDependencyError("a C compiler (cc, gcc or clang) to build the fused kernels",
+                                         "sudo apt-get install gcc   (or export with --no-fused-ops)")
+        why = "no C compiler (cc, gcc or clang) here"
+    else:
+        return compiler(), ""
+    if wanted:
+        raise InputError(f"--fused-ops cannot apply: {why}")
+    return None, why
 
 
 def build(folder: Path, cc: str) -> dict[str, Any]:
@@ -74,11 +84,11 @@ def build(folder: Path, cc: str) -> dict[str, Any]:
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise InputError(f"the C compiler could not build the fused kernels ({Path(cc).name}: {last[:200]}); "
-                         f"export without --fused-ops")
+                         f"export with --no-fused-ops")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
-    return {"library": FUSED_OPS_LIBRARY, "domain": fused_ops.DOMAIN, "ops": list(fused_ops.OPS),
+    return {"used": True, "library": FUSED_OPS_LIBRARY, "domain": fused_ops.DOMAIN, "ops": list(fused_ops.OPS),
             "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
             "compiler": version[0] if version else Path(cc).name, "flags": FLAGS}
 
 
-__all__ = ["FLAGS", "SOURCE", "build", "check", "compiler", "supports"]
+__all__ = ["FLAGS", "SOURCE", "build", "choose", "compiler", "supports"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 HELP = "export a model or quantized model to a verified ONNX/TVM artifact"
@@ -25,9 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=256, help="streaming steps checked against PyTorch (default 256)")
     p.add_argument("--prefill-length", type=int, default=64, help="positions per prefill-graph call (default 64)")
     p.add_argument("--no-prefill", action="store_true", help="export the step graph only")
-    p.add_argument("--fused-ops", action="store_true",
-                   help="Mamba, ONNX: run each layer's state update and prefill scan as one kernel of edgeseq's own, "
-                        "built here with the C compiler into the artifact (fewer, faster kernels per token)")
+    p.add_argument("--fused-ops", action=argparse.BooleanOptionalAction, default=None,
+                   help="Mamba, ONNX: each layer's state update and prefill scan as one kernel of edgeseq's own, built "
+                        "here with the C compiler into the artifact (default: wherever they apply; --fused-ops insists)")
     p.add_argument("--keep-failed", metavar="DIR", default=None,
                    help="when verification refuses the artifact, keep it in DIR for inspection (its manifest says it failed)")
 

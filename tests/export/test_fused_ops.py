@@ -117,13 +117,13 @@ def _nodes(path):
 @pytest.mark.parametrize("recipe", [None, "w8a8"])
 def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe):
     model = quantized(tiny_mamba, recipe) if recipe else tiny_mamba
-    plain = export_artifact(model, tmp_path / "plain", steps=48, prefill_length=16, recipe=recipe)
-    fused = export_artifact(model, tmp_path / "fused", steps=48, prefill_length=16, recipe=recipe, fused_ops=True)
+    plain = export_artifact(model, tmp_path / "plain", steps=48, prefill_length=16, recipe=recipe, fused_ops=False)
+    fused = export_artifact(model, tmp_path / "fused", steps=48, prefill_length=16, recipe=recipe)  # the default
     assert fused["verification"]["passed"]
     record = fused["fused_ops"]
     assert record["library"] == FUSED_OPS_LIBRARY and set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan"}
     assert FUSED_OPS_LIBRARY in {f["path"] for f in fused["files"]}  # hashed like the graphs
-    assert "fused_ops" not in plain
+    assert plain["fused_ops"] == {"used": False, "why": "not asked for (--no-fused-ops)"}
     layers = len(tiny_mamba.layers)
     for kind, op in (("step", "SelectiveStateUpdate"), ("prefill", "SelectiveScan")):
         nodes = _nodes(tmp_path / "fused" / f"{kind}.onnx")
@@ -157,3 +157,8 @@ def test_fused_ops_refused_where_they_cannot_apply(tiny_mamba, tmp_path, monkeyp
     with pytest.raises(EdgeseqError, match="C compiler"):
         export_artifact(tiny_mamba, tmp_path / "c", steps=4, fused_ops=True)
     assert not any(tmp_path.iterdir())  # nothing half-written
+    # by default they are left out where they cannot apply, and the manifest says why
+    manifest = export_artifact(tiny_mamba, tmp_path / "d", steps=4, prefill=False)
+    assert manifest["fused_ops"] == {"used": False, "why": "no C compiler (cc, gcc or clang) here"}
+    assert not (tmp_path / "d" / FUSED_OPS_LIBRARY).exists()
+    assert "SelectiveStateUpdate" not in {n.op_type for n in _nodes(tmp_path / "d" / "step.onnx")}
