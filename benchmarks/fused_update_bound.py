@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
-    """The options this script and ``fused_update_op.py`` share."""
+    """The options of this script."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("artifact", help="a Mamba artifact folder (edgeseq export, ONNX)")
     p.add_argument("--threads", default="1,2")

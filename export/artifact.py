@@ -162,8 +162,11 @@ def export_artifact(
             if format == "onnx":
                 say(f"exporting the {kind} graph to ONNX (opset {opset}, {dtype}{', int weights' if quantized else ''})")
                 file = f"{kind}.onnx"
+                fused = kernels is not None and (kind == "step" or "prefill" in kernels["graphs"])
                 io_spec = export_graph(model, staging / file, kind, opset, prefill_length, torch_dtype, int_embeddings,
-                                       fused=kernels is not None)
+                                       fused=fused)
+                if kernels is not None and kind == "step":
+                    fused_ops.choose_graphs(kernels, (staging / file).read_bytes(), with_prefill)
             else:
                 say(f"compiling the {kind} graph with TVM for {export_target.name}")
                 file = f"{kind}.so"

@@ -5,13 +5,17 @@ A Mamba step graph spends ~36 small ONNX Runtime kernels per layer on the select
 unrolled scan. With the fused kernels (``ExportOptions.fused_ops``: None, the default, wherever they
 apply; True insists; False never, ``--no-fused-ops``) each becomes one node of edgeseq's own
 (:mod:`edgeseq.models.fused_ops`), run by the C library ``export/kernels/edgeseq_ops.c`` that this
-module compiles with the system C compiler into the artifact folder (``edgeseq_ops.so``, beside the
-graphs; the runtime registers it before a session opens, :func:`targets.runtimes.custom_ops_library`).
+module compiles with the system C compiler into the artifact folder (``edgeseq_ops-<arch>.so``,
+beside the graphs; the runtime registers the one for its CPU before a session opens,
+:func:`targets.runtimes.custom_ops_library`).
 The artifact is then verified against PyTorch like any other: what is written is what ran.
 
-The library is built for the target's CPU architecture: ``x86_64`` with one AVX2 and one baseline
-version of each loop chosen when it loads (the same bits on every x86-64 CPU), ``aarch64`` with NEON.
-Verification runs the graphs here, so only targets whose code runs on this machine can take them.
+The library is built for this machine's architecture — ``x86_64`` with one AVX2 and one baseline
+version of each loop chosen when it loads (the same bits on every x86-64 CPU), ``aarch64`` with NEON —
+and verified with the artifact; where the cross compiler for the other one is installed
+(``aarch64-linux-gnu-gcc`` on an x86-64 host), for that one too, so that the ONNX artifact still
+runs on both (that build is checked on the device against the shipped reference stream, as every
+artifact is on its first load there). Targets whose code cannot run here do not take them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Any
 from edgeseq.errors import InputError, MissingDependencyError
 from edgeseq.models import fused_ops
 from edgeseq.streaming import StreamingModel
-from targets.runtimes import FUSED_OPS_LIBRARY
+from targets.hostinfo import host_arch
+from targets.runtimes import fused_ops_library
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "edgeseq_ops.c"
 # no -march: the library must run on any CPU of its architecture (x86-64 picks its AVX2 loops at load);
@@ -76,9 +81,11 @@ def choose(model: StreamingModel, wanted: bool | None, format: str, dtype: str, 
     return None, why
 
 
-def build(folder: Path, cc: str) -> dict[str, Any]:
-    """Compile the kernels into ``folder/edgeseq_ops.so``; returns the manifest's record of them."""
-    library = folder / FUSED_OPS_LIBRARY
+# cross compilers for the other architecture's build (Debian's gcc-<triple> packages)
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "x86_64": "x86_64-linux-gnu-gcc"}
+
+
+def _compile(cc: str, library: Path) -> dict[str, Any]:
     command = [cc, *FLAGS, "-o", str(library), str(SOURCE), "-lm"]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode:
@@ -86,9 +93,37 @@ def build(folder: Path, cc: str) -> dict[str, Any]:
         raise InputError(f"the C compiler could not build the fused kernels ({Path(cc).name}: {last[:200]}); "
                          f"export with --no-fused-ops")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
-    return {"used": True, "library": FUSED_OPS_LIBRARY, "domain": fused_ops.DOMAIN, "ops": list(fused_ops.OPS),
-            "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
-            "compiler": version[0] if version else Path(cc).name, "flags": FLAGS}
+    return {"file": library.name, "compiler": version[0] if version else Path(cc).name}
 
 
-__all__ = ["FLAGS", "SOURCE", "build", "choose", "compiler", "supports"]
+def build(folder: Path, cc: str) -> dict[str, Any]:
+    """Compile the kernels into ``folder``: for this CPU's architecture (the build verification runs)
+    and, where its cross compiler is installed, for the other one (checked on the device: the
+    artifact's reference stream on first load, :mod:`targets.selfcheck`). Returns the manifest's
+    record of them."""
+    arch = host_arch()
+    libraries = {arch: {**_compile(cc, folder / fused_ops_library(arch)), "verified_at_export": True}}
+    for other, cross in CROSS_COMPILERS.items():
+        if other != arch and shutil.which(cross):
+            libraries[other] = {**_compile(shutil.which(cross), folder / fused_ops_library(other)),
+                                "verified_at_export": False}
+    return {"used": True, "domain": fused_ops.DOMAIN, "ops": list(fused_ops.OPS), "graphs": ["step", "prefill"],
+            "libraries": libraries,
+            "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(), "flags": FLAGS}
+
+
+def choose_graphs(record: dict[str, Any], step_graph: bytes, with_prefill: bool) -> None:
+    """Which graphs take the kernels, from the step graph just written: the prefill graph keeps its
+    plain scan when the model quantizes activations statically (``QuantizeLinear`` nodes). Over a
+    whole prefill chunk such a model is chaotic: the last-bit differences of the kernels' own ``exp``
+    move int8 levels early enough in the chunk that verification's whole-chunk test refuses a correct
+    graph (the zoo model's w8a8: 37.5% of positions inexact against an allowance of 37.5%, one run,
+    and refused in another). The step, verified one step at a time, takes them."""
+    if not with_prefill:
+        record["graphs"] = ["step"]
+    elif b"QuantizeLinear" in step_graph:
+        record["graphs"] = ["step"]
+        record["prefill_plain"] = "static int8 activations: the prefill chunk keeps ONNX Runtime's own scan kernels"
+
+
+__all__ = ["choose_graphs", "FLAGS", "SOURCE", "build", "choose", "compiler", "supports"]

@@ -92,7 +92,14 @@ def open_session(path: str, threads: int | None, extra_config: dict | None = Non
         options.inter_op_num_threads = 1
     # as targets.runtimes.disabled_optimizers: graphs with static int8 activations without MatMulAddFusion
     with open(path, "rb") as f:
-        disabled = ["MatMulAddFusion"] if b"QuantizeLinear" in f.read() else []
+        graph = f.read()
+    disabled = ["MatMulAddFusion"] if b"QuantizeLinear" in graph else []
+    if b"edgeseq.ops" in graph:  # as targets.runtimes.custom_ops_library: the fused kernels built for this CPU
+        arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+        library = os.path.join(os.path.dirname(path), f"edgeseq_ops-{arch}.so")
+        if not os.path.isfile(library):
+            sys.exit(f"{path}: the graph runs edgeseq's fused kernels and the artifact has no {os.path.basename(library)}")
+        options.register_custom_ops_library(library)
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as exc:

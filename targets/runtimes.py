@@ -220,14 +220,18 @@ ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "mlas.disab
 
 
 # edgeseq's fused CPU kernels (``edgeseq.ops``: export/kernels/edgeseq_ops.c), built into an artifact
-# that uses them beside its graphs (``edgeseq export --fused-ops``)
+# that uses them beside its graphs, one library per CPU architecture (export.fused_ops)
 FUSED_OPS_DOMAIN = b"edgeseq.ops"
-FUSED_OPS_LIBRARY = "edgeseq_ops.so"
+
+
+def fused_ops_library(arch: str) -> str:
+    """File name of the fused kernels built for ``arch`` (``x86_64``, ``aarch64``)."""
+    return f"edgeseq_ops-{arch}.so"
 
 
 def custom_ops_library(path: str | Path) -> Path | None:
-    """The custom-op library a graph needs registered before a session opens it: the artifact's
-    ``edgeseq_ops.so`` beside a graph that uses ``edgeseq.ops`` nodes, else None."""
+    """The custom-op library a graph needs registered before a session opens it: for a graph that
+    uses ``edgeseq.ops`` nodes, the artifact's build of the fused kernels for this CPU; else None."""
     path = Path(path)
     try:
         uses = FUSED_OPS_DOMAIN in path.read_bytes()
@@ -235,10 +239,12 @@ def custom_ops_library(path: str | Path) -> Path | None:
         return None
     if not uses:
         return None
-    library = path.parent / FUSED_OPS_LIBRARY
+    library = path.parent / fused_ops_library(host_arch())
     if not library.is_file():
-        raise EdgeseqError(f"{path}: the graph runs edgeseq's fused kernels (edgeseq.ops) but {FUSED_OPS_LIBRARY} "
-                           f"is missing beside it; copy the whole artifact folder, or export again")
+        built = sorted(p.name for p in path.parent.glob(fused_ops_library("*")))
+        raise EdgeseqError(f"{path}: the graph runs edgeseq's fused kernels, and the artifact has no {library.name} "
+                           f"for this {host_arch()} CPU (it has: {', '.join(built) or 'none'}); export it with the "
+                           f"compiler for {host_arch()} at hand, or with --no-fused-ops")
     return library
 
 

@@ -22,7 +22,8 @@ def test_onnx_step_and_prefill_match_pytorch(tiny_mamba, tmp_path):
     v = manifest["verification"]
     assert v["passed"] and v["steps"] == 64 and v["max_rel_error"] < 1e-4 and v["prefill_max_rel_error"] < 1e-4
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert {f["path"] for f in manifest["files"]} == {"step.onnx", "prefill.onnx", "weights.bin", "reference.npz"}
+    kernels = {lib["file"] for lib in manifest["fused_ops"].get("libraries", {}).values()}  # export.fused_ops
+    assert {f["path"] for f in manifest["files"]} == {"step.onnx", "prefill.onnx", "weights.bin", "reference.npz", *kernels}
     step = manifest["graphs"]["step"]
     assert step["inputs"][0] == {"name": "token", "shape": ["batch"], "dtype": "int64"}
     assert [t["name"] for t in step["inputs"][1:3]] == ["conv_0", "ssm_0"]

@@ -7,6 +7,7 @@ Tolerances: the kernels compute in float32 with their own ``exp`` (relative erro
 real error (a wrong decay or a dropped term moves the result by whole percents).
 """
 
+import shutil
 import subprocess
 
 import numpy as np
@@ -18,7 +19,10 @@ from onnx import TensorProto, helper
 from edgeseq.errors import EdgeseqError, InputError
 from export import fused_ops
 from export.artifact import export_artifact
-from targets.runtimes import FUSED_OPS_LIBRARY, open_artifact
+from targets.hostinfo import host_arch
+from targets.runtimes import fused_ops_library, open_artifact
+
+FUSED_OPS_LIBRARY = fused_ops_library(host_arch())
 
 from .conftest import quantized
 
@@ -121,14 +125,24 @@ def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe
     fused = export_artifact(model, tmp_path / "fused", steps=48, prefill_length=16, recipe=recipe)  # the default
     assert fused["verification"]["passed"]
     record = fused["fused_ops"]
-    assert record["library"] == FUSED_OPS_LIBRARY and set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan"}
-    assert FUSED_OPS_LIBRARY in {f["path"] for f in fused["files"]}  # hashed like the graphs
+    assert set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan"}
+    assert record["libraries"][host_arch()] == {"file": FUSED_OPS_LIBRARY, "compiler": record["libraries"][host_arch()]["compiler"],
+                                                "verified_at_export": True}
+    files = {f["path"] for f in fused["files"]}
+    assert {lib["file"] for lib in record["libraries"].values()} <= files  # hashed like the graphs
+    if shutil.which("aarch64-linux-gnu-gcc") and host_arch() == "x86_64":  # the other architecture's build
+        library = tmp_path / "fused" / fused_ops_library("aarch64")
+        assert library.read_bytes()[18:20] == (183).to_bytes(2, "little")  # ELF e_machine: EM_AARCH64
     assert plain["fused_ops"] == {"used": False, "why": "not asked for (--no-fused-ops)"}
+    # static int8 activations (w8a8): the prefill chunk keeps ONNX Runtime's scan (export.fused_ops.choose_graphs)
+    assert record["graphs"] == (["step"] if recipe == "w8a8" else ["step", "prefill"])
     layers = len(tiny_mamba.layers)
     for kind, op in (("step", "SelectiveStateUpdate"), ("prefill", "SelectiveScan")):
         nodes = _nodes(tmp_path / "fused" / f"{kind}.onnx")
-        assert sum(n.op_type == op and n.domain == "edgeseq.ops" for n in nodes) == layers
-        assert len(nodes) < len(_nodes(tmp_path / "plain" / f"{kind}.onnx")) - 20 * layers
+        fused_here = kind in record["graphs"]
+        assert sum(n.op_type == op and n.domain == "edgeseq.ops" for n in nodes) == (layers if fused_here else 0)
+        plain_nodes = len(_nodes(tmp_path / "plain" / f"{kind}.onnx"))
+        assert len(nodes) < plain_nodes - 20 * layers if fused_here else len(nodes) == plain_nodes
     # the two artifacts agree on a stream (prefill, then steps) through the runtime `edgeseq run` uses
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
     runs = [open_artifact(tmp_path / name) for name in ("plain", "fused")]
