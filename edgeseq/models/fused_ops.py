@@ -1,9 +1,10 @@
 """Mamba's selective-state update and scan as single ONNX ops of edgeseq's own (domain ``edgeseq.ops``).
 
-Traced into ONNX step and prefill graphs only inside :func:`emitting` (``edgeseq export --fused-ops``):
-each layer's update — softplus, the decay ``exp(Δ ⊗ A)``, the drive ``(Δ·x) ⊗ B``, ``h ← a ⊙ h + b``,
-``y = C·h + D·x`` — is then one node instead of ~36 (the step) and the prefill's unrolled scan one
-node instead of ~80 per layer. ONNX Runtime runs them from the C library the artifact carries
+Traced into ONNX step and prefill graphs only inside :func:`emitting` (``edgeseq export``, where the
+fused kernels apply): each layer's update — softplus, the decay ``exp(Δ ⊗ A)``, the drive
+``(Δ·x) ⊗ B``, ``h ← a ⊙ h + b``, ``y = C·h + D·x``, the gate ``y · silu(z)`` — is then one node
+instead of ~40 (the step), the step's conv window and its SiLU one instead of ~8, and the
+prefill's unrolled scan one node instead of ~80 per layer. ONNX Runtime runs them from the C library the artifact carries
 (``export/kernels/edgeseq_ops.c``, built by :mod:`export.fused_ops`, registered by
 :mod:`targets.runtimes` before a session opens).
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DOMAIN = "edgeseq.ops"
-OPS = ("SelectiveStateUpdate", "SelectiveScan")
+OPS = ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep")
 
 _emitting = False
 
@@ -49,37 +50,54 @@ def _typed(value, like):
 
 
 class SelectiveStateUpdate(torch.autograd.Function):
-    """One step: ``dt`` [B, Di] before softplus, x [B, Di], A [Di, N], B/C [B, N], D [Di], h [B, Di, N]
-    → (y [B, Di], h' [B, Di, N])."""
+    """One step: ``dt`` [B, Di] before softplus, x [B, Di], A [Di, N], B/C [B, N], D [Di], h [B, Di, N],
+    z [B, Di] (the gate) → (y · silu(z) [B, Di], h' [B, Di, N])."""
 
     @staticmethod
-    def forward(ctx, dt: Tensor, x: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, dt: Tensor, x: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h: Tensor,
+                z: Tensor) -> tuple[Tensor, Tensor]:
         delta = F.softplus(dt)
         h = torch.exp(delta.unsqueeze(-1) * A) * h + (delta * x).unsqueeze(-1) * B.unsqueeze(1)
-        return torch.matmul(h, C.unsqueeze(-1)).squeeze(-1) + D * x, h
+        return (torch.matmul(h, C.unsqueeze(-1)).squeeze(-1) + D * x) * F.silu(z), h
 
     @staticmethod
-    def symbolic(g, dt, x, A, B, C, D, h):
-        y, state = g.op(f"{DOMAIN}::SelectiveStateUpdate", dt, x, A, B, C, D, h, outputs=2)
+    def symbolic(g, dt, x, A, B, C, D, h, z):
+        y, state = g.op(f"{DOMAIN}::SelectiveStateUpdate", dt, x, A, B, C, D, h, z, outputs=2)
         return _typed(y, x), _typed(state, h)
 
 
 class SelectiveScan(torch.autograd.Function):
     """L steps: ``delta`` [B, L, Di] after softplus, x [B, L, Di], A [Di, N], B/C [B, L, N], D [Di],
-    h0 [B, Di, N] → (y [B, L, Di], h_L [B, Di, N])."""
+    h0 [B, Di, N], z [B, L, Di] → (y · silu(z) [B, L, Di], h_L [B, Di, N])."""
 
     @staticmethod
-    def forward(ctx, delta: Tensor, x: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, delta: Tensor, x: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h: Tensor,
+                z: Tensor) -> tuple[Tensor, Tensor]:
         ys = []
         for t in range(x.shape[1]):
             h = torch.exp(delta[:, t].unsqueeze(-1) * A) * h + (delta[:, t] * x[:, t]).unsqueeze(-1) * B[:, t].unsqueeze(1)
             ys.append(torch.matmul(h, C[:, t].unsqueeze(-1)).squeeze(-1))
-        return torch.stack(ys, 1) + x * D, h
+        return (torch.stack(ys, 1) + x * D) * F.silu(z), h
 
     @staticmethod
-    def symbolic(g, delta, x, A, B, C, D, h):
-        y, state = g.op(f"{DOMAIN}::SelectiveScan", delta, x, A, B, C, D, h, outputs=2)
+    def symbolic(g, delta, x, A, B, C, D, h, z):
+        y, state = g.op(f"{DOMAIN}::SelectiveScan", delta, x, A, B, C, D, h, z, outputs=2)
         return _typed(y, x), _typed(state, h)
 
 
-__all__ = ["DOMAIN", "OPS", "SelectiveScan", "SelectiveStateUpdate", "active", "emitting"]
+class CausalConv1dStep(torch.autograd.Function):
+    """One position of the depthwise causal conv: state [B, Di, K-1] (the last K-1 inputs), x [B, Di],
+    w [Di, K], bias [Di] → (silu(w · [state, x] + bias) [B, Di], the shifted window [B, Di, K-1])."""
+
+    @staticmethod
+    def forward(ctx, state: Tensor, x: Tensor, w: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        window = torch.cat([state, x.unsqueeze(-1)], dim=-1)
+        return F.silu((window * w).sum(-1) + bias), window[:, :, 1:]
+
+    @staticmethod
+    def symbolic(g, state, x, w, bias):
+        out, window = g.op(f"{DOMAIN}::CausalConv1dStep", state, x, w, bias, outputs=2)
+        return _typed(out, x), _typed(window, state)
+
+
+__all__ = ["DOMAIN", "OPS", "CausalConv1dStep", "SelectiveScan", "SelectiveStateUpdate", "active", "emitting"]

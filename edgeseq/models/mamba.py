@@ -190,8 +190,6 @@ def selective_scan(
     batch, length, d_inner = x.shape
     if ssm_state is None:
         ssm_state = x.new_zeros(batch, d_inner, A.shape[1])
-    if fused_ops.active():  # ONNX export with edgeseq's fused kernels: one node
-        return fused_ops.SelectiveScan.apply(dt, x, A, B, C, D, ssm_state)
     if _is_tracing():
         return _selective_scan_unrolled(x, dt, A, B, C, D, ssm_state)
     chunk = _safe_chunk(dt.detach(), (-A.detach()).amax(dim=1), max(1, min(chunk, length)))
@@ -423,6 +421,11 @@ class MambaMixer(nn.Module):
         x = self.ssm_in(F.silu(conv[:, :, :length]).transpose(1, 2))  # [B, T, Di]
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.to(x.dtype))
+        if fused_ops.active():  # ONNX export with edgeseq's fused kernels: the scan and its gate, one node
+            if ssm_state is None:
+                ssm_state = x.new_zeros(x.shape[0], di, A.shape[1])
+            y, ssm_state = fused_ops.SelectiveScan.apply(dt, x, A, B, C, self.D, ssm_state, z)
+            return self.out_proj(y), conv_state, ssm_state
         y, ssm_state = selective_scan(x, dt, A, B, C, self.D, ssm_state, chunk=self.cfg.scan_chunk)
         return self.out_proj(y * F.silu(z)), conv_state, ssm_state
 
@@ -430,16 +433,19 @@ class MambaMixer(nn.Module):
         """[B, d_model] -> (out, conv_state, ssm_state); constant cost."""
         di = self.cfg.d_inner
         x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split
+        A = -torch.exp(self.A_log.to(x.dtype))
+        if fused_ops.active():  # ONNX export with edgeseq's fused kernels: the conv, and the update with its gate
+            bias = self.conv1d.bias if self.conv1d.bias is not None else x.new_zeros(di)
+            x, shifted = fused_ops.CausalConv1dStep.apply(conv_state, x, self.conv1d.weight[:, 0, :], bias)
+            x = self.ssm_in(x)
+            dt_raw, B, C = self._ssm_params(x, raw=True)
+            y, ssm_state = fused_ops.SelectiveStateUpdate.apply(dt_raw, x, A, B, C, self.D, ssm_state, z)
+            return self.out_proj(y), shifted, ssm_state
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, Di, k]
         conv = (window * self.conv1d.weight[:, 0, :]).sum(-1)
         if self.conv1d.bias is not None:
             conv = conv + self.conv1d.bias
         x = self.ssm_in(F.silu(conv))
-        A = -torch.exp(self.A_log.to(x.dtype))
-        if fused_ops.active():  # ONNX export with edgeseq's fused kernels: softplus and the update, one node
-            dt_raw, B, C = self._ssm_params(x, raw=True)
-            y, ssm_state = fused_ops.SelectiveStateUpdate.apply(dt_raw, x, A, B, C, self.D, ssm_state)
-            return self.out_proj(y * F.silu(z)), self._shifted(window, True), ssm_state
         dt, B, C = self._ssm_params(x, step=True)
         # ONNX graphs (the TorchScript tracer, not torch.export) get forms that ONNX Runtime runs fast
         traced = _is_tracing() and not _is_exporting()

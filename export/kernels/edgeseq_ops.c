@@ -2,12 +2,16 @@
  *
  * SelectiveStateUpdate (the step graph), float32:
  *   inputs   dt [B, Di] (dt_proj's output with its bias, before softplus), x [B, Di], A [Di, N] (negative),
- *            Bm [B, N], C [B, N], D [Di], h [B, Di, N]
- *   outputs  y [B, Di] = C . h' + D * x,   h' [B, Di, N] = exp(delta * A) * h + delta * x * Bm,
+ *            Bm [B, N], C [B, N], D [Di], h [B, Di, N], z [B, Di] (the gate)
+ *   outputs  y [B, Di] = (C . h' + D * x) * silu(z),   h' [B, Di, N] = exp(delta * A) * h + delta * x * Bm,
  *            delta = softplus(dt) (threshold 20, as torch)
  * SelectiveScan (the prefill graph), float32: the same recurrence over L positions, delta given
- *   inputs   delta [B, L, Di] (after softplus), x [B, L, Di], A [Di, N], Bm [B, L, N], C [B, L, N], D [Di], h0 [B, Di, N]
- *   outputs  y [B, L, Di], h_L [B, Di, N]
+ *   inputs   delta [B, L, Di] (after softplus), x [B, L, Di], A [Di, N], Bm [B, L, N], C [B, L, N], D [Di], h0 [B, Di, N],
+ *            z [B, L, Di]
+ *   outputs  y [B, L, Di] (gated), h_L [B, Di, N]
+ * CausalConv1dStep (the step graph), float32: the depthwise causal conv of one position, then silu
+ *   inputs   state [B, Di, K-1] (the last K-1 inputs), x [B, Di], w [Di, K], bias [Di]
+ *   outputs  silu(w . [state, x] + bias) [B, Di], the shifted window [B, Di, K-1]
  * Each replaces ~36 graph kernels per layer (the update) or the unrolled scan (~80 per layer for 32
  * positions): one pass over the state, a channel's state row kept in registers across positions.
  *
@@ -76,12 +80,13 @@ static inline __attribute__((always_inline)) v8f pick(v8i mask, v8f a, v8f b) { 
 static inline __attribute__((always_inline)) v8f load8(const float *p) { v8f v; memcpy(&v, p, 32); return v; }
 static inline __attribute__((always_inline)) void store8(float *p, v8f v) { memcpy(p, &v, 32); }
 
-/* exp for x <= 88 (both uses: delta * A <= 0 and softplus's min(v, 20)): 2^k * p(r), r = x - k ln2 in
+/* exp, inputs clamped to [-87, 88] (e^88 < FLT_MAX): 2^k * p(r), r = x - k ln2 in
  * [-ln2/2, ln2/2], k rounded by the 1.5 * 2^23 shift, p of degree 6 (Taylor coefficients; relative
  * error ~2e-7). Inputs below -87 give e^-87: a decay exp(delta * A) in (0, 1] only ever stands in for
  * an underflow there. */
 static inline __attribute__((always_inline)) v8f exp8(v8f x) {
   x = pick(x < splat(-87.0f), splat(-87.0f), x);
+  x = pick(x > splat(88.0f), splat(88.0f), x);  /* silu of a very negative v: e^88 stands in for overflow */
   const v8f shift = splat(12582912.0f);  /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
   v8f k = (x * splat(1.44269504088896341f) + shift) - shift;
   v8f r = x - k * splat(0.693145751953125f) - k * splat(1.428606765330187045e-6f);
@@ -120,6 +125,21 @@ static inline __attribute__((always_inline)) v8f softplus8(v8f v) {
   return pick(over, v, pick(tiny, u, r));
 }
 
+/* silu(v) = v / (1 + e^-v) */
+static inline __attribute__((always_inline)) v8f silu8(v8f v) { return v / (splat(1.0f) + exp8(-v)); }
+
+/* y[0:n] *= silu(z[0:n]) (the gate), 8 at a time with a padded tail */
+static inline __attribute__((always_inline)) void gate(float *y, const float *z, int64_t n) {
+  for (int64_t i = 0; i < n; i += 8) {
+    const size_t lanes = (size_t)(n - i < 8 ? n - i : 8) * 4;
+    v8f yv = splat(0.0f), zv = splat(0.0f);
+    memcpy(&yv, y + i, lanes);
+    memcpy(&zv, z + i, lanes);
+    yv = yv * silu8(zv);
+    memcpy(y + i, &yv, lanes);
+  }
+}
+
 /* one channel's state row over its N states: h' <- exp(delta * a) * h + dx * b, returns sum(h' * c).
  * N a multiple of 8, or rows padded by the caller's copies (pad lanes: a = h = b = c = 0). */
 static inline __attribute__((always_inline)) float row_update(const float *h, float *h_new, const float *a, const float *b,
@@ -146,8 +166,8 @@ static int shape_of(const void *value, int64_t *dims, size_t capacity) {
 }
 
 /* inputs and their shapes; 0 when the rank of each is what the op expects */
-static int read_inputs(void *context, const int *ranks, const float **p, int64_t (*dims)[4]) {
-  for (size_t i = 0; i < 7; i++) {
+static int read_inputs(void *context, size_t count, const int *ranks, const float **p, int64_t (*dims)[4]) {
+  for (size_t i = 0; i < count; i++) {
     const void *value;
     CALL(CONTEXT_INPUT, fn_input, context, i, &value);
     CALL(TENSOR_DATA, fn_data, (void *)value, (void **)&p[i]);
@@ -168,7 +188,7 @@ static void fill_nan(float *p, int64_t count) { for (int64_t i = 0; i < count; i
 
 ISA_CLONES static void update(int64_t batch, int64_t d_inner, int64_t n_state, const float *dt_in, const float *x,
                               const float *A, const float *Bm, const float *C, const float *D, const float *h,
-                              float *y, float *h_new) {
+                              const float *z, float *y, float *h_new) {
   const int64_t padded = (n_state + 7) / 8 * 8;
   float dt_all[d_inner + 8], a_row[padded], b_row[padded], c_row[padded], h_row[padded];
   memset(a_row, 0, sizeof a_row); memset(b_row, 0, sizeof b_row); memset(c_row, 0, sizeof c_row);
@@ -197,12 +217,13 @@ ISA_CLONES static void update(int64_t batch, int64_t d_inner, int64_t n_state, c
       }
       y[b * d_inner + d] = acc + D[d] * xv;
     }
+    gate(y + b * d_inner, z + b * d_inner, d_inner);
   }
 }
 
 ISA_CLONES static void scan(int64_t batch, int64_t length, int64_t d_inner, int64_t n_state, const float *delta,
                             const float *x, const float *A, const float *Bm, const float *C, const float *D,
-                            const float *h0, float *y, float *h_out) {
+                            const float *h0, const float *z, float *y, float *h_out) {
   const int64_t padded = (n_state + 7) / 8 * 8;
   float a_row[padded], h_row[padded], b_rows[length * padded + 8], c_rows[length * padded + 8];
   memset(a_row, 0, sizeof a_row); memset(h_row, 0, sizeof h_row);
@@ -224,51 +245,98 @@ ISA_CLONES static void scan(int64_t batch, int64_t length, int64_t d_inner, int6
       }
       memcpy(h_out + row, h_row, n_state * 4);
     }
+    gate(y + b * length * d_inner, z + b * length * d_inner, length * d_inner);
+  }
+}
+
+/* the step's depthwise causal conv: out = silu(w[:, :K-1] . state + w[:, K-1] * x + bias), the window
+ * shifted by one (state' = state[:, 1:] then x) */
+ISA_CLONES static void conv_step(int64_t batch, int64_t d_inner, int64_t width, const float *state, const float *x,
+                                 const float *w, const float *bias, float *out, float *state_new) {
+  const int64_t keep = width - 1;
+  for (int64_t b = 0; b < batch; b++) {
+    for (int64_t d = 0; d < d_inner; d++) {
+      const float *s = state + (b * d_inner + d) * keep, *wd = w + d * width;
+      const float xv = x[b * d_inner + d];
+      float acc = 0.0f;
+      for (int64_t j = 0; j < keep; j++) acc += wd[j] * s[j];
+      acc += wd[keep] * xv;
+      out[b * d_inner + d] = acc + bias[d];
+      float *sn = state_new + (b * d_inner + d) * keep;
+      for (int64_t j = 0; j + 1 < keep; j++) sn[j] = s[j + 1];
+      if (keep > 0) sn[keep - 1] = xv;
+    }
+    for (int64_t d = 0; d < d_inner; d += 8) {
+      const size_t lanes = (size_t)(d_inner - d < 8 ? d_inner - d : 8) * 4;
+      v8f v = splat(0.0f);
+      memcpy(&v, out + b * d_inner + d, lanes);
+      v = silu8(v);
+      memcpy(out + b * d_inner + d, &v, lanes);
+    }
   }
 }
 
 static void update_compute(void *kernel, void *context) {
   (void)kernel;
-  static const int ranks[7] = {2, 2, 2, 2, 2, 1, 3};
-  const float *p[7];
-  int64_t dims[7][4];
-  const int bad = read_inputs(context, ranks, p, dims);
+  static const int ranks[8] = {2, 2, 2, 2, 2, 1, 3, 2};
+  const float *p[8];
+  int64_t dims[8][4];
+  const int bad = read_inputs(context, 8, ranks, p, dims);
   const int64_t batch = dims[6][0], d_inner = dims[6][1], n_state = dims[6][2];
   float *y = output(context, 0, dims[1], 2), *h_new = output(context, 1, dims[6], 3);
   if (bad || dims[0][0] != batch || dims[0][1] != d_inner || dims[1][0] != batch || dims[1][1] != d_inner ||
       dims[2][0] != d_inner || dims[2][1] != n_state || dims[3][0] != batch || dims[3][1] != n_state ||
-      dims[4][0] != batch || dims[4][1] != n_state || dims[5][0] != d_inner) {
+      dims[4][0] != batch || dims[4][1] != n_state || dims[5][0] != d_inner || dims[7][0] != batch ||
+      dims[7][1] != d_inner) {
     /* shapes that contradict each other: a graph edgeseq did not write. NaN, so that any check fails */
     if (!bad) { fill_nan(y, dims[1][0] * dims[1][1]); fill_nan(h_new, batch * d_inner * n_state); }
     return;
   }
-  update(batch, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], y, h_new);
+  update(batch, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], y, h_new);
 }
 
 static void scan_compute(void *kernel, void *context) {
   (void)kernel;
-  static const int ranks[7] = {3, 3, 2, 3, 3, 1, 3};
-  const float *p[7];
-  int64_t dims[7][4];
-  const int bad = read_inputs(context, ranks, p, dims);
+  static const int ranks[8] = {3, 3, 2, 3, 3, 1, 3, 3};
+  const float *p[8];
+  int64_t dims[8][4];
+  const int bad = read_inputs(context, 8, ranks, p, dims);
   const int64_t batch = dims[6][0], d_inner = dims[6][1], n_state = dims[6][2], length = dims[1][1];
   float *y = output(context, 0, dims[1], 3), *h_out = output(context, 1, dims[6], 3);
   if (bad || dims[0][0] != batch || dims[0][1] != length || dims[0][2] != d_inner || dims[1][0] != batch ||
       dims[1][2] != d_inner || dims[2][0] != d_inner || dims[2][1] != n_state || dims[3][0] != batch ||
       dims[3][1] != length || dims[3][2] != n_state || dims[4][0] != batch || dims[4][1] != length ||
-      dims[4][2] != n_state || dims[5][0] != d_inner) {
+      dims[4][2] != n_state || dims[5][0] != d_inner || dims[7][0] != batch || dims[7][1] != length ||
+      dims[7][2] != d_inner) {
     if (!bad) { fill_nan(y, dims[1][0] * dims[1][1] * dims[1][2]); fill_nan(h_out, batch * d_inner * n_state); }
     return;
   }
-  scan(batch, length, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], y, h_out);
+  scan(batch, length, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], y, h_out);
+}
+
+static void conv_compute(void *kernel, void *context) {
+  (void)kernel;
+  static const int ranks[4] = {3, 2, 2, 1};
+  const float *p[4];
+  int64_t dims[4][4];
+  const int bad = read_inputs(context, 4, ranks, p, dims);
+  const int64_t batch = dims[1][0], d_inner = dims[1][1], keep = dims[0][2], width = dims[2][1];
+  float *out = output(context, 0, dims[1], 2), *state_new = output(context, 1, dims[0], 3);
+  if (bad || dims[0][0] != batch || dims[0][1] != d_inner || dims[2][0] != d_inner || width != keep + 1 ||
+      dims[3][0] != d_inner) {
+    if (!bad) { fill_nan(out, batch * d_inner); fill_nan(state_new, dims[0][0] * dims[0][1] * keep); }
+    return;
+  }
+  conv_step(batch, d_inner, width, p[0], p[1], p[2], p[3], out, state_new);
 }
 
 static void *create_kernel(const CustomOp *op, const void *api_, const void *info) { (void)op; (void)api_; (void)info; return (void *)1; }
 static const char *update_name(const CustomOp *op) { (void)op; return "SelectiveStateUpdate"; }
 static const char *scan_name(const CustomOp *op) { (void)op; return "SelectiveScan"; }
+static const char *conv_name(const CustomOp *op) { (void)op; return "CausalConv1dStep"; }
 static const char *provider(const CustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int float_type(const CustomOp *op, size_t i) { (void)op; (void)i; return 1; /* FLOAT */ }
-static size_t inputs(const CustomOp *op) { (void)op; return 7; }
+static size_t inputs(const CustomOp *op);
 static size_t outputs(const CustomOp *op) { (void)op; return 2; }
 static void destroy(void *kernel) { (void)kernel; }
 static int required(const CustomOp *op, size_t i) { (void)op; (void)i; return 0; }
@@ -278,6 +346,9 @@ static CustomOp update_op = {13, create_kernel, update_name, provider, float_typ
                              update_compute, destroy, required, required, default_memory};
 static CustomOp scan_op = {13, create_kernel, scan_name, provider, float_type, inputs, float_type, outputs,
                            scan_compute, destroy, required, required, default_memory};
+static CustomOp conv_op = {13, create_kernel, conv_name, provider, float_type, inputs, float_type, outputs,
+                           conv_compute, destroy, required, required, default_memory};
+static size_t inputs(const CustomOp *op) { return op == &conv_op ? 4 : 8; }
 
 /* what ONNX Runtime's RegisterCustomOpsLibrary (and edgeseq's C API binding) call */
 OrtStatus *RegisterCustomOps(void *options, const ApiBase *base) {
@@ -287,5 +358,6 @@ OrtStatus *RegisterCustomOps(void *options, const ApiBase *base) {
   if (status) return status;
   if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &update_op))) return status;
   if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &scan_op))) return status;
+  if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &conv_op))) return status;
   return CALL(ADD_DOMAIN, fn_add_domain, options, domain);
 }

@@ -39,8 +39,11 @@ def _build(folder, *defines):
 def _op_graph(path, op, batch, length, d_inner, n_state):
     """A graph of one ``edgeseq.ops`` node with all seven inputs fed."""
     seq = [batch, length] if op == "SelectiveScan" else [batch]
-    shapes = {"dt": seq + [d_inner], "x": seq + [d_inner], "A": [d_inner, n_state], "B": seq + [n_state],
-              "C": seq + [n_state], "D": [d_inner], "h": [batch, d_inner, n_state]}
+    if op == "CausalConv1dStep":  # n_state stands for the conv width K
+        shapes = {"h": [batch, d_inner, n_state - 1], "x": [batch, d_inner], "w": [d_inner, n_state], "bias": [d_inner]}
+    else:
+        shapes = {"dt": seq + [d_inner], "x": seq + [d_inner], "A": [d_inner, n_state], "B": seq + [n_state],
+                  "C": seq + [n_state], "D": [d_inner], "h": [batch, d_inner, n_state], "z": seq + [d_inner]}
     inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
                helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None)]
@@ -62,29 +65,42 @@ def _run(graph, library, feeds):
 def _feeds(shapes, seed):
     rng = np.random.default_rng(seed)
     feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-    feeds["A"] = -np.exp(rng.uniform(-1, 3, shapes["A"])).astype(np.float32)  # decays from mild to ~e^-20 a step
-    feeds["dt"] = (feeds["dt"] * 6 - 2).astype(np.float32)  # softplus tails: below -8 and above 20 occur
-    feeds["dt"].flat[:3] = [25.0, -30.0, 20.0]
+    if "A" in feeds:
+        feeds["A"] = -np.exp(rng.uniform(-1, 3, shapes["A"])).astype(np.float32)  # decays from mild to ~e^-20 a step
+        feeds["dt"] = (feeds["dt"] * 6 - 2).astype(np.float32)  # softplus tails: below -8 and above 20 occur
+        feeds["dt"].flat[:3] = [25.0, -30.0, 20.0]
+    feeds["x"] = (feeds["x"] * 4).astype(np.float32)
+    feeds["x"].flat[:2] = [-100.0, 95.0]  # silu's tails (the conv's x, the gate's z through the scan's x)
+    if "z" in feeds:
+        feeds["z"] = (feeds["z"] * 4).astype(np.float32)
+        feeds["z"].flat[:2] = [-100.0, 95.0]
     return feeds
 
 
 def _oracle(op, f):
     """float64, written from the recurrence (not the kernels' or the model's code)."""
     d = {k: v.astype(np.float64) for k, v in f.items()}
+
+    def silu(v):
+        return v / (1 + np.exp(-v))
+
+    if op == "CausalConv1dStep":
+        window = np.concatenate([d["h"], d["x"][..., None]], -1)
+        return silu((window * d["w"]).sum(-1) + d["bias"]), window[..., 1:]
     if op == "SelectiveStateUpdate":
         delta = np.where(d["dt"] > 20, d["dt"], np.log1p(np.exp(np.minimum(d["dt"], 20))))
         h = np.exp(delta[..., None] * d["A"]) * d["h"] + (delta * d["x"])[..., None] * d["B"][:, None, :]
-        return (h * d["C"][:, None, :]).sum(-1) + d["D"] * d["x"], h
+        return ((h * d["C"][:, None, :]).sum(-1) + d["D"] * d["x"]) * silu(d["z"]), h
     delta = d["dt"]  # SelectiveScan takes Δ after softplus
     h, ys = d["h"], []
     for t in range(d["x"].shape[1]):
         h = np.exp(delta[:, t, :, None] * d["A"]) * h + (delta[:, t] * d["x"][:, t])[..., None] * d["B"][:, t, None, :]
         ys.append((h * d["C"][:, t, None, :]).sum(-1))
-    return np.stack(ys, 1) + d["D"] * d["x"], h
+    return (np.stack(ys, 1) + d["D"] * d["x"]) * silu(d["z"]), h
 
 
-@pytest.mark.parametrize("op", ["SelectiveStateUpdate", "SelectiveScan"])
-@pytest.mark.parametrize("n_state", [16, 5])  # 16: the in-place path; 5: rows padded to 8 lanes
+@pytest.mark.parametrize("op", ["SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep"])
+@pytest.mark.parametrize("n_state", [16, 5])  # 16: the in-place path; 5: rows padded to 8 lanes (conv: width)
 def test_kernels_match_float64_oracle(tmp_path, op, n_state):
     library = _build(tmp_path)
     shapes = _op_graph(tmp_path / "g.onnx", op, batch=2, length=7, d_inner=37, n_state=n_state)
@@ -106,10 +122,11 @@ def test_avx2_and_baseline_paths_compute_the_same_bits(tmp_path):
     (tmp_path / "clones").mkdir()
     (tmp_path / "base").mkdir()
     clones, base = _build(tmp_path / "clones"), _build(tmp_path / "base", "-DEDGESEQ_NO_CLONES")
-    for op in ("SelectiveStateUpdate", "SelectiveScan"):
-        shapes = _op_graph(tmp_path / f"{op}.onnx", op, batch=2, length=9, d_inner=64, n_state=16)
+    for op in ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep"):
+        shapes = _op_graph(tmp_path / f"{op}.onnx", op, batch=2, length=9, d_inner=64, n_state=16 if op[0] == "S" else 4)
         feeds = _feeds(shapes, seed=3)
-        feeds["dt"] = np.abs(feeds["dt"]) if op == "SelectiveScan" else feeds["dt"]
+        if op == "SelectiveScan":
+            feeds["dt"] = np.abs(feeds["dt"])
         for a, b in zip(_run(tmp_path / f"{op}.onnx", clones, feeds), _run(tmp_path / f"{op}.onnx", base, feeds)):
             assert np.array_equal(a, b)
 
@@ -125,7 +142,7 @@ def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe
     fused = export_artifact(model, tmp_path / "fused", steps=48, prefill_length=16, recipe=recipe)  # the default
     assert fused["verification"]["passed"]
     record = fused["fused_ops"]
-    assert set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan"}
+    assert set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep"}
     assert record["libraries"][host_arch()] == {"file": FUSED_OPS_LIBRARY, "compiler": record["libraries"][host_arch()]["compiler"],
                                                 "verified_at_export": True}
     files = {f["path"] for f in fused["files"]}
@@ -137,7 +154,7 @@ def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe
     # static int8 activations (w8a8): the prefill chunk keeps ONNX Runtime's scan (export.fused_ops.choose_graphs)
     assert record["graphs"] == (["step"] if recipe == "w8a8" else ["step", "prefill"])
     layers = len(tiny_mamba.layers)
-    for kind, op in (("step", "SelectiveStateUpdate"), ("prefill", "SelectiveScan")):
+    for kind, op in (("step", "SelectiveStateUpdate"), ("step", "CausalConv1dStep"), ("prefill", "SelectiveScan")):
         nodes = _nodes(tmp_path / "fused" / f"{kind}.onnx")
         fused_here = kind in record["graphs"]
         assert sum(n.op_type == op and n.domain == "edgeseq.ops" for n in nodes) == (layers if fused_here else 0)
