@@ -7,7 +7,7 @@ apply; True insists; False never, ``--no-fused-ops``) each becomes one node of e
 (:mod:`edgeseq.models.fused_ops`), run by the C library ``export/kernels/edgeseq_ops.c`` that this
 module compiles with the system C compiler into the artifact folder (``edgeseq_ops-<arch>.so``,
 beside the graphs; the runtime registers the one for its CPU before a session opens,
-:func:`targets.runtimes.custom_ops_library`).
+:func:`targets.ort_capi.custom_ops_library`).
 The artifact is then verified against PyTorch like any other: what is written is what ran.
 
 The library is built for this machine's architecture — ``x86_64`` with one AVX2 and one baseline
@@ -31,7 +31,7 @@ from edgeseq.errors import InputError, MissingDependencyError
 from edgeseq.models import fused_ops
 from edgeseq.streaming import StreamingModel
 from targets.hostinfo import host_arch
-from targets.runtimes import fused_ops_library
+from targets.ort_capi import fused_ops_library
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "edgeseq_ops.c"
 # no -march: the library must run on any CPU of its architecture (x86-64 picks its AVX2 loops at load);

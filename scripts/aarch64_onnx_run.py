@@ -94,7 +94,7 @@ def open_session(path: str, threads: int | None, extra_config: dict | None = Non
     with open(path, "rb") as f:
         graph = f.read()
     disabled = ["MatMulAddFusion"] if b"QuantizeLinear" in graph else []
-    if b"edgeseq.ops" in graph:  # as targets.runtimes.custom_ops_library: the fused kernels built for this CPU
+    if b"edgeseq.ops" in graph:  # as targets.ort_capi.custom_ops_library: the fused kernels built for this CPU
         arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
         library = os.path.join(os.path.dirname(path), f"edgeseq_ops-{arch}.so")
         if not os.path.isfile(library):

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeseq.errors import EdgeseqError
+from targets.hostinfo import host_arch
 
 API_VERSION = 13  # the header the indices were counted from; any newer library serves it
 
@@ -422,6 +423,35 @@ class _Api:
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
 
+# edgeseq's fused CPU kernels (``edgeseq.ops``: export/kernels/edgeseq_ops.c), built into an artifact
+# that uses them beside its graphs, one library per CPU architecture (export.fused_ops)
+FUSED_OPS_DOMAIN = b"edgeseq.ops"
+
+
+def fused_ops_library(arch: str) -> str:
+    """File name of the fused kernels built for ``arch`` (``x86_64``, ``aarch64``)."""
+    return f"edgeseq_ops-{arch}.so"
+
+
+def custom_ops_library(path: str | Path) -> Path | None:
+    """The custom-op library a graph needs registered before a session opens it: for a graph that
+    uses ``edgeseq.ops`` nodes, the artifact's build of the fused kernels for this CPU; else None."""
+    path = Path(path)
+    try:
+        uses = FUSED_OPS_DOMAIN in path.read_bytes()
+    except OSError:  # unreadable: ONNX Runtime says why
+        return None
+    if not uses:
+        return None
+    library = path.parent / fused_ops_library(host_arch())
+    if not library.is_file():
+        built = sorted(p.name for p in path.parent.glob(fused_ops_library("*")))
+        raise EdgeseqError(f"{path}: the graph runs edgeseq's fused kernels, and the artifact has no {library.name} "
+                           f"for this {host_arch()} CPU (it has: {', '.join(built) or 'none'}); export it with the "
+                           f"compiler for {host_arch()} at hand, or with --no-fused-ops")
+    return library
+
+
 _API: list[_Api | None] = []
 _API_LOCK = threading.Lock()
 _CUSTOM_OPS: dict[str, Any] = {}
@@ -750,8 +780,7 @@ class CapiSession:
     subset of ``onnxruntime.InferenceSession`` that ``targets.runtimes`` uses."""
 
     def __init__(self, path: str | Path, weights: SharedWeights, threads: int | None, config: dict[str, str],
-                 mem_pattern: bool = True, disabled_optimizers: Sequence[str] = (), arena: bool = True,
-                 custom_ops: str | Path | None = None):
+                 mem_pattern: bool = True, disabled_optimizers: Sequence[str] = (), arena: bool = True):
         self.api = api_ = weights.api
         self.weights = weights  # kept alive: the session reads its buffers
         options = ctypes.c_void_p()
@@ -770,6 +799,7 @@ class CapiSession:
             if disabled_optimizers:  # ';'-separated (a ',' list reads as one unknown name)
                 api_.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
                                            ";".join(disabled_optimizers).encode())
+            custom_ops = custom_ops_library(path)  # the artifact's fused kernels, when the graph uses them
             if custom_ops is not None:
                 api_.register_custom_ops(options, custom_ops)
             self.row_tables = weights.add(path, options)

@@ -36,6 +36,7 @@ import numpy as np
 from edgeseq.errors import EdgeseqError, InputError, require
 from targets.hostinfo import host_arch
 from targets.manifest import Artifact, is_artifact, np_dtype, read_artifact
+from targets.ort_capi import custom_ops_library
 from targets.runtime_base import (
     Runtime,
     StepIO,
@@ -217,35 +218,6 @@ class ArtifactRuntime(Runtime):
 # function (0.8% relative error on one layer, measured under qemu; docs/export.md). With it off,
 # aarch64 computes what verification checked on x86-64. No effect on x86-64.
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1", "mlas.disable_kleidiai": "1"}
-
-
-# edgeseq's fused CPU kernels (``edgeseq.ops``: export/kernels/edgeseq_ops.c), built into an artifact
-# that uses them beside its graphs, one library per CPU architecture (export.fused_ops)
-FUSED_OPS_DOMAIN = b"edgeseq.ops"
-
-
-def fused_ops_library(arch: str) -> str:
-    """File name of the fused kernels built for ``arch`` (``x86_64``, ``aarch64``)."""
-    return f"edgeseq_ops-{arch}.so"
-
-
-def custom_ops_library(path: str | Path) -> Path | None:
-    """The custom-op library a graph needs registered before a session opens it: for a graph that
-    uses ``edgeseq.ops`` nodes, the artifact's build of the fused kernels for this CPU; else None."""
-    path = Path(path)
-    try:
-        uses = FUSED_OPS_DOMAIN in path.read_bytes()
-    except OSError:  # unreadable: ONNX Runtime says why
-        return None
-    if not uses:
-        return None
-    library = path.parent / fused_ops_library(host_arch())
-    if not library.is_file():
-        built = sorted(p.name for p in path.parent.glob(fused_ops_library("*")))
-        raise EdgeseqError(f"{path}: the graph runs edgeseq's fused kernels, and the artifact has no {library.name} "
-                           f"for this {host_arch()} CPU (it has: {', '.join(built) or 'none'}); export it with the "
-                           f"compiler for {host_arch()} at hand, or with --no-fused-ops")
-    return library
 
 
 def disabled_optimizers(path: str | Path) -> list[str]:
@@ -478,16 +450,14 @@ class OnnxRuntime(ArtifactRuntime):
         from targets.ort_capi import CapiSession
 
         disabled = disabled_optimizers(path)
-        library = custom_ops_library(path)
         try:
-            return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern, disabled,
-                               custom_ops=library)
+            return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern, disabled)
         except EdgeseqError as exc:
             if "output_dtype" not in str(exc):
                 raise
             # as in ort_session: onnxruntime 1.2x-1.3x QDQ propagation on opset-21 graphs
             return CapiSession(path, self.weights, self.threads, ORT_SESSION_CONFIG, mem_pattern,
-                               disabled + ["QDQPropagationTransformer"], custom_ops=library)
+                               disabled + ["QDQPropagationTransformer"])
 
     @property
     def binding(self) -> str:

@@ -28,6 +28,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && !defined(EDGESEQ_NO_CLONES)
@@ -225,9 +226,15 @@ ISA_CLONES static void scan(int64_t batch, int64_t length, int64_t d_inner, int6
                             const float *x, const float *A, const float *Bm, const float *C, const float *D,
                             const float *h0, const float *z, float *y, float *h_out) {
   const int64_t padded = (n_state + 7) / 8 * 8;
-  float a_row[padded], h_row[padded], b_rows[length * padded + 8], c_rows[length * padded + 8];
+  float a_row[padded], h_row[padded];
   memset(a_row, 0, sizeof a_row); memset(h_row, 0, sizeof h_row);
-  memset(b_rows, 0, sizeof b_rows); memset(c_rows, 0, sizeof c_rows);
+  /* B and C of every position on the heap: a long prefill chunk would not fit a thread's stack */
+  float *b_rows = calloc((size_t)(length * padded + 8), 4), *c_rows = calloc((size_t)(length * padded + 8), 4);
+  if (!b_rows || !c_rows) {
+    free(b_rows); free(c_rows);
+    fill_nan(y, batch * length * d_inner); fill_nan(h_out, batch * d_inner * n_state);
+    return;
+  }
   for (int64_t b = 0; b < batch; b++) {
     for (int64_t t = 0; t < length; t++) {  /* B and C of every position, each row padded */
       memcpy(b_rows + t * padded, Bm + (b * length + t) * n_state, n_state * 4);
@@ -247,6 +254,7 @@ ISA_CLONES static void scan(int64_t batch, int64_t length, int64_t d_inner, int6
     }
     gate(y + b * length * d_inner, z + b * length * d_inner, length * d_inner);
   }
+  free(b_rows); free(c_rows);
 }
 
 /* the step's depthwise causal conv: out = silu(w[:, :K-1] . state + w[:, K-1] * x + bias), the window

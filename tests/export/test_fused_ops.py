@@ -20,7 +20,8 @@ from edgeseq.errors import EdgeseqError, InputError
 from export import fused_ops
 from export.artifact import export_artifact
 from targets.hostinfo import host_arch
-from targets.runtimes import fused_ops_library, open_artifact
+from targets.ort_capi import fused_ops_library
+from targets.runtimes import open_artifact
 
 FUSED_OPS_LIBRARY = fused_ops_library(host_arch())
 
