@@ -187,74 +187,112 @@ static float *output(void *context, size_t index, const int64_t *dims, size_t ra
 
 static void fill_nan(float *p, int64_t count) { for (int64_t i = 0; i < count; i++) p[i] = NAN; }
 
-ISA_CLONES static void update(int64_t batch, int64_t d_inner, int64_t n_state, const float *dt_in, const float *x,
-                              const float *A, const float *Bm, const float *C, const float *D, const float *h,
-                              const float *z, float *y, float *h_new) {
-  const int64_t padded = (n_state + 7) / 8 * 8;
-  float dt_all[d_inner + 8], a_row[padded], b_row[padded], c_row[padded], h_row[padded];
+/* channels [d0, d1) of batch row b: softplus, the state update and the gate */
+ISA_CLONES static void update(int64_t b, int64_t d0, int64_t d1, int64_t d_inner, int64_t n_state, const float *dt_in,
+                              const float *x, const float *A, const float *Bm, const float *C, const float *D,
+                              const float *h, const float *z, float *y, float *h_new) {
+  const int64_t padded = (n_state + 7) / 8 * 8, span = d1 - d0;
+  float dt_all[span + 8], a_row[padded], b_row[padded], c_row[padded], h_row[padded];
   memset(a_row, 0, sizeof a_row); memset(b_row, 0, sizeof b_row); memset(c_row, 0, sizeof c_row);
   memset(h_row, 0, sizeof h_row);
-  for (int64_t b = 0; b < batch; b++) {
-    /* softplus of every channel first: independent vectors, so their long exp/log/divide chains
-     * overlap (inside the channel loop they serialize: one 1536 x 16 layer 37 us instead of 21) */
-    for (int64_t d = 0; d < d_inner; d += 8) {
-      v8f v = splat(0.0f);
-      memcpy(&v, dt_in + b * d_inner + d, (size_t)(d_inner - d < 8 ? d_inner - d : 8) * 4);
-      store8(dt_all + d, softplus8(v));
+  /* softplus of every channel first: independent vectors, so their long exp/log/divide chains
+   * overlap (inside the channel loop they serialize: one 1536 x 16 layer 37 us instead of 21) */
+  for (int64_t d = 0; d < span; d += 8) {
+    v8f v = splat(0.0f);
+    memcpy(&v, dt_in + b * d_inner + d0 + d, (size_t)(span - d < 8 ? span - d : 8) * 4);
+    store8(dt_all + d, softplus8(v));
+  }
+  memcpy(b_row, Bm + b * n_state, n_state * 4);
+  memcpy(c_row, C + b * n_state, n_state * 4);
+  for (int64_t d = d0; d < d1; d++) {
+    const float xv = x[b * d_inner + d], delta = dt_all[d - d0];
+    const int64_t row = (b * d_inner + d) * n_state;
+    float acc;
+    if (padded == n_state) {  /* d_state a multiple of 8 (16 in every released Mamba): in place */
+      acc = row_update(h + row, h_new + row, A + d * n_state, b_row, c_row, delta, delta * xv, padded);
+    } else {
+      memcpy(a_row, A + d * n_state, n_state * 4);
+      memcpy(h_row, h + row, n_state * 4);
+      acc = row_update(h_row, h_row, a_row, b_row, c_row, delta, delta * xv, padded);
+      memcpy(h_new + row, h_row, n_state * 4);
     }
-    memcpy(b_row, Bm + b * n_state, n_state * 4);
-    memcpy(c_row, C + b * n_state, n_state * 4);
-    for (int64_t d = 0; d < d_inner; d++) {
-      const float xv = x[b * d_inner + d], delta = dt_all[d];
-      const int64_t row = (b * d_inner + d) * n_state;
+    y[b * d_inner + d] = acc + D[d] * xv;
+  }
+  gate(y + b * d_inner + d0, z + b * d_inner + d0, span);
+}
+
+/* channels [d0, d1) of batch row b over all L positions; b_rows, c_rows: B and C of every position of
+ * that row, each padded to a multiple of 8. Position by position over the block's channels (their
+ * state, 128 x 16 floats, stays in L1): successive channels' exp chains are independent and overlap,
+ * where a channel's own positions would chain through its state (3x slower, measured). */
+ISA_CLONES static void scan(int64_t b, int64_t d0, int64_t d1, int64_t length, int64_t d_inner, int64_t n_state,
+                            const float *delta, const float *x, const float *A, const float *b_rows,
+                            const float *c_rows, const float *D, const float *h0, const float *z, float *y,
+                            float *h_out) {
+  const int64_t padded = (n_state + 7) / 8 * 8, span = d1 - d0;
+  float *state = h_out + (b * d_inner + d0) * n_state;  /* the block's rows, updated in place */
+  memcpy(state, h0 + (b * d_inner + d0) * n_state, (size_t)(span * n_state) * 4);
+  float a_row[padded], h_row[padded];
+  memset(a_row, 0, sizeof a_row); memset(h_row, 0, sizeof h_row);
+  for (int64_t t = 0; t < length; t++) {
+    const float *bt = b_rows + t * padded, *ct = c_rows + t * padded;
+    for (int64_t d = d0; d < d1; d++) {
+      const int64_t at = (b * length + t) * d_inner + d;
+      const float dv = delta[at], xv = x[at];
+      float *row = state + (d - d0) * n_state;
       float acc;
-      if (padded == n_state) {  /* d_state a multiple of 8 (16 in every released Mamba): in place */
-        acc = row_update(h + row, h_new + row, A + d * n_state, b_row, c_row, delta, delta * xv, padded);
+      if (padded == n_state) {
+        acc = row_update(row, row, A + d * n_state, bt, ct, dv, dv * xv, padded);
       } else {
         memcpy(a_row, A + d * n_state, n_state * 4);
-        memcpy(h_row, h + row, n_state * 4);
-        acc = row_update(h_row, h_row, a_row, b_row, c_row, delta, delta * xv, padded);
-        memcpy(h_new + row, h_row, n_state * 4);
+        memcpy(h_row, row, n_state * 4);
+        acc = row_update(h_row, h_row, a_row, bt, ct, dv, dv * xv, padded);
+        memcpy(row, h_row, n_state * 4);
       }
-      y[b * d_inner + d] = acc + D[d] * xv;
+      y[at] = acc + D[d] * xv;
     }
-    gate(y + b * d_inner, z + b * d_inner, d_inner);
+    const int64_t at = (b * length + t) * d_inner + d0;
+    gate(y + at, z + at, span);
   }
 }
 
-ISA_CLONES static void scan(int64_t batch, int64_t length, int64_t d_inner, int64_t n_state, const float *delta,
-                            const float *x, const float *A, const float *Bm, const float *C, const float *D,
-                            const float *h0, const float *z, float *y, float *h_out) {
-  const int64_t padded = (n_state + 7) / 8 * 8;
-  float a_row[padded], h_row[padded];
-  memset(a_row, 0, sizeof a_row); memset(h_row, 0, sizeof h_row);
-  /* B and C of every position on the heap: a long prefill chunk would not fit a thread's stack */
-  float *b_rows = calloc((size_t)(length * padded + 8), 4), *c_rows = calloc((size_t)(length * padded + 8), 4);
-  if (!b_rows || !c_rows) {
-    free(b_rows); free(c_rows);
-    fill_nan(y, batch * length * d_inner); fill_nan(h_out, batch * d_inner * n_state);
-    return;
+/* Work split over ONNX Runtime's intra-op threads (KernelContext_ParallelFor, API version 17; index 274
+ * of the table, counted from the header and checked against GetBuildInfoString's 254): one task per
+ * (batch row, block of channels). Below PARALLEL_MIN_WORK state elements a call runs on its own thread
+ * (a 130m decode step's 1536 x 16 state: the dispatch would cost about what it saves). */
+enum { PARALLEL_FOR = 274, CHANNEL_BLOCK = 128, PARALLEL_MIN_WORK = 65536 };
+typedef OrtStatus *(*fn_parallel_for)(const void *, void (*)(void *, size_t), size_t, size_t, void *);
+static fn_parallel_for parallel_for;
+
+typedef struct {
+  int scan;
+  int64_t blocks, length, d_inner, n_state;
+  const float *p[8], *b_rows, *c_rows;
+  float *y, *h_out;
+} Work;
+
+static void run_block(void *data, size_t task) {
+  const Work *w = data;
+  const int64_t b = (int64_t)task / w->blocks, d0 = (int64_t)task % w->blocks * CHANNEL_BLOCK;
+  const int64_t d1 = d0 + CHANNEL_BLOCK < w->d_inner ? d0 + CHANNEL_BLOCK : w->d_inner;
+  if (w->scan) {
+    const int64_t rows = w->length * ((w->n_state + 7) / 8 * 8);
+    scan(b, d0, d1, w->length, w->d_inner, w->n_state, w->p[0], w->p[1], w->p[2], w->b_rows + b * rows,
+         w->c_rows + b * rows, w->p[5], w->p[6], w->p[7], w->y, w->h_out);
+  } else {
+    update(b, d0, d1, w->d_inner, w->n_state, w->p[0], w->p[1], w->p[2], w->p[3], w->p[4], w->p[5], w->p[6],
+           w->p[7], w->y, w->h_out);
   }
-  for (int64_t b = 0; b < batch; b++) {
-    for (int64_t t = 0; t < length; t++) {  /* B and C of every position, each row padded */
-      memcpy(b_rows + t * padded, Bm + (b * length + t) * n_state, n_state * 4);
-      memcpy(c_rows + t * padded, C + (b * length + t) * n_state, n_state * 4);
-    }
-    for (int64_t d = 0; d < d_inner; d++) {  /* a channel's whole sequence with its state row in cache */
-      const int64_t row = (b * d_inner + d) * n_state;
-      memcpy(a_row, A + d * n_state, n_state * 4);
-      memcpy(h_row, h0 + row, n_state * 4);
-      for (int64_t t = 0; t < length; t++) {
-        const int64_t at = (b * length + t) * d_inner + d;
-        const float dv = delta[at], xv = x[at];
-        const float acc = row_update(h_row, h_row, a_row, b_rows + t * padded, c_rows + t * padded, dv, dv * xv, padded);
-        y[at] = acc + D[d] * xv;
-      }
-      memcpy(h_out + row, h_row, n_state * 4);
-    }
-    gate(y + b * length * d_inner, z + b * length * d_inner, length * d_inner);
+}
+
+static void run_all(void *context, Work *w, int64_t batch, int64_t work) {
+  w->blocks = (w->d_inner + CHANNEL_BLOCK - 1) / CHANNEL_BLOCK;
+  const size_t tasks = (size_t)(batch * w->blocks);
+  if (parallel_for && work >= PARALLEL_MIN_WORK && tasks > 1) {
+    OrtStatus *status = parallel_for(context, run_block, tasks, 0, w);
+    if (!status) return;  /* else (an error from the pool): run it here */
   }
-  free(b_rows); free(c_rows);
+  for (size_t task = 0; task < tasks; task++) run_block(w, task);
 }
 
 /* the step's depthwise causal conv: out = silu(w[:, :K-1] . state + w[:, K-1] * x + bias), the window
@@ -300,7 +338,8 @@ static void update_compute(void *kernel, void *context) {
     if (!bad) { fill_nan(y, dims[1][0] * dims[1][1]); fill_nan(h_new, batch * d_inner * n_state); }
     return;
   }
-  update(batch, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], y, h_new);
+  Work w = {0, 0, 1, d_inner, n_state, {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]}, NULL, NULL, y, h_new};
+  run_all(context, &w, batch, batch * d_inner * n_state);
 }
 
 static void scan_compute(void *kernel, void *context) {
@@ -319,7 +358,21 @@ static void scan_compute(void *kernel, void *context) {
     if (!bad) { fill_nan(y, dims[1][0] * dims[1][1] * dims[1][2]); fill_nan(h_out, batch * d_inner * n_state); }
     return;
   }
-  scan(batch, length, d_inner, n_state, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], y, h_out);
+  /* B and C of every position on the heap, each row padded: a long prefill chunk would not fit a stack */
+  const int64_t padded = (n_state + 7) / 8 * 8;
+  float *b_rows = calloc((size_t)(batch * length * padded + 8), 4), *c_rows = calloc((size_t)(batch * length * padded + 8), 4);
+  if (!b_rows || !c_rows) {
+    free(b_rows); free(c_rows);
+    fill_nan(y, batch * length * d_inner); fill_nan(h_out, batch * d_inner * n_state);
+    return;
+  }
+  for (int64_t r = 0; r < batch * length; r++) {
+    memcpy(b_rows + r * padded, p[3] + r * n_state, n_state * 4);
+    memcpy(c_rows + r * padded, p[4] + r * n_state, n_state * 4);
+  }
+  Work w = {1, 0, length, d_inner, n_state, {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]}, b_rows, c_rows, y, h_out};
+  run_all(context, &w, batch, batch * length * d_inner * n_state);
+  free(b_rows); free(c_rows);
 }
 
 static void conv_compute(void *kernel, void *context) {
@@ -361,6 +414,8 @@ static size_t inputs(const CustomOp *op) { return op == &conv_op ? 4 : 8; }
 /* what ONNX Runtime's RegisterCustomOpsLibrary (and edgeseq's C API binding) call */
 OrtStatus *RegisterCustomOps(void *options, const ApiBase *base) {
   api = base->GetApi(13);
+  const void **api17 = base->GetApi(17);  /* NULL from a library older than ONNX Runtime 1.17: serial */
+  parallel_for = api17 ? (fn_parallel_for)api17[PARALLEL_FOR] : NULL;
   void *domain;
   OrtStatus *status = CALL(CREATE_DOMAIN, fn_create_domain, "edgeseq.ops", &domain);
   if (status) return status;

@@ -55,10 +55,12 @@ def _op_graph(path, op, batch, length, d_inner, n_state):
     return shapes
 
 
-def _run(graph, library, feeds):
+def _run(graph, library, feeds, threads=None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     options.register_custom_ops_library(str(library))
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"]).run(None, feeds)
 
@@ -130,6 +132,22 @@ def test_avx2_and_baseline_paths_compute_the_same_bits(tmp_path):
             feeds["dt"] = np.abs(feeds["dt"])
         for a, b in zip(_run(tmp_path / f"{op}.onnx", clones, feeds), _run(tmp_path / f"{op}.onnx", base, feeds)):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ["SelectiveStateUpdate", "SelectiveScan"])
+def test_work_split_over_threads_changes_no_bit(tmp_path, op):
+    """Large calls run as blocks of channels on ONNX Runtime's intra-op threads: the same arithmetic per
+    channel, so 1 and 4 threads agree bit for bit, and both the float64 oracle."""
+    library = _build(tmp_path)
+    batch = 5 if op == "SelectiveStateUpdate" else 2  # over the kernels' threshold of 65,536 state elements
+    shapes = _op_graph(tmp_path / "g.onnx", op, batch=batch, length=16, d_inner=900, n_state=16)
+    feeds = _feeds(shapes, seed=7)
+    if op == "SelectiveScan":
+        feeds["dt"] = (np.abs(feeds["dt"]) * 0.3).astype(np.float32)
+    one, four = _run(tmp_path / "g.onnx", library, feeds, 1), _run(tmp_path / "g.onnx", library, feeds, 4)
+    for a, b, ref in zip(one, four, _oracle(op, feeds)):
+        assert np.array_equal(a, b)
+        assert np.abs(a - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def _nodes(path):
