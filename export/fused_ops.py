@@ -20,9 +20,11 @@ artifact is on its first load there). Targets whose code cannot run here do not 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -86,10 +88,26 @@ CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "x86_64": "x86_64-linux-g
 
 
 def _compile(cc: str, library: Path) -> dict[str, Any]:
+    """Run the compiler with its temporary files in a folder beside ``library`` (inside the export's
+    staging folder, which an interrupted export removes) and, if the export is interrupted while it
+    runs (Ctrl-C, SIGTERM), kill its whole process group before the clean-up: no ``cc*.s`` or ``cc*.o``
+    is left in the user's temporary folder."""
     command = [cc, *FLAGS, "-o", str(library), str(SOURCE), "-lm"]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    scratch = library.parent / f".cc-{library.stem}"
+    scratch.mkdir()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True)
+    try:
+        _, stderr = proc.communicate()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        last = (stderr.strip().splitlines() or ["no message"])[-1]
         raise InputError(f"the C compiler could not build the fused kernels ({Path(cc).name}: {last[:200]}); "
                          f"export with --no-fused-ops")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
