@@ -416,7 +416,15 @@ class MambaMixer(nn.Module):
         else:
             x_padded = torch.cat([state[0], x], dim=-1)
             ssm_state = state[1]
-        conv_state = x_padded[:, :, -(k - 1):] if k > 1 else x_padded[:, :, :0]
+        # the next conv state from the last k - 1 inputs alone (the old state's tail where T < k - 1):
+        # the same values as x_padded's tail, but an exported graph then frees x_padded after the
+        # conv instead of keeping it until the end of the run for the state output (130m prefill,
+        # 32 positions: 24 × 210 KiB alive at once, 4 MiB of the peak RSS)
+        if k > 1:
+            prev = state[0] if state is not None else x.new_zeros(x.shape[0], di, k - 1)
+            conv_state = torch.cat([prev, x[:, :, -(k - 1):]], dim=-1)[:, :, -(k - 1):]
+        else:
+            conv_state = x[:, :, :0]
         conv = F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.d_inner)
         x = self.ssm_in(F.silu(conv[:, :, :length]).transpose(1, 2))  # [B, T, Di]
         dt, B, C = self._ssm_params(x)
