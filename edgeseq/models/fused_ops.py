@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DOMAIN = "edgeseq.ops"
-OPS = ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep")
+OPS = ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep", "CausalConv1d")
 
 _emitting = False
 
@@ -100,4 +100,21 @@ class CausalConv1dStep(torch.autograd.Function):
         return _typed(out, x), _typed(window, state)
 
 
-__all__ = ["DOMAIN", "OPS", "CausalConv1dStep", "SelectiveScan", "SelectiveStateUpdate", "active", "emitting"]
+class CausalConv1d(torch.autograd.Function):
+    """The depthwise causal conv over a chunk, in the scan's layout: state [B, Di, K-1], x [B, L, Di],
+    w [Di, K], bias [Di] → (silu(conv) [B, L, Di], the last K-1 inputs of [state, x] [B, Di, K-1])."""
+
+    @staticmethod
+    def forward(ctx, state: Tensor, x: Tensor, w: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        k = w.shape[1]
+        padded = torch.cat([state, x.transpose(1, 2)], dim=-1)  # [B, Di, K-1+L]
+        conv = F.conv1d(padded, w.unsqueeze(1), bias, groups=w.shape[0])
+        return F.silu(conv).transpose(1, 2), padded[:, :, padded.shape[-1] - (k - 1):]
+
+    @staticmethod
+    def symbolic(g, state, x, w, bias):
+        out, new_state = g.op(f"{DOMAIN}::CausalConv1d", state, x, w, bias, outputs=2)
+        return _typed(out, x), _typed(new_state, state)
+
+
+__all__ = ["DOMAIN", "OPS", "CausalConv1d", "CausalConv1dStep", "SelectiveScan", "SelectiveStateUpdate", "active", "emitting"]

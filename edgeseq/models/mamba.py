@@ -409,6 +409,11 @@ class MambaMixer(nn.Module):
         length = hidden.shape[1]
         di = self.cfg.d_inner
         x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split (chunk traces 7 shape ops)
+        if fused_ops.active() and k > 1:  # ONNX export with edgeseq's fused kernels: conv, bias and SiLU, one node
+            prev = state[0] if state is not None else x.new_zeros(x.shape[0], di, k - 1)
+            bias = self.conv1d.bias if self.conv1d.bias is not None else x.new_zeros(di)
+            x, conv_state = fused_ops.CausalConv1d.apply(prev, x, self.conv1d.weight[:, 0, :], bias)
+            return self._scan_out(self.ssm_in(x), z, conv_state, None if state is None else state[1])
         x = x.transpose(1, 2)  # [B, Di, T]
         if state is None:
             x_padded = F.pad(x, (k - 1, 0))
@@ -427,6 +432,11 @@ class MambaMixer(nn.Module):
             conv_state = x[:, :, :0]
         conv = F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.d_inner)
         x = self.ssm_in(F.silu(conv[:, :, :length]).transpose(1, 2))  # [B, T, Di]
+        return self._scan_out(x, z, conv_state, ssm_state)
+
+    def _scan_out(self, x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The selective scan of the conv's output x [B, T, Di], gated by z, and out_proj."""
+        di = self.cfg.d_inner
         dt, B, C = self._ssm_params(x)
         A = -torch.exp(self.A_log.to(x.dtype))
         if fused_ops.active():  # ONNX export with edgeseq's fused kernels: the scan and its gate, one node

@@ -12,6 +12,11 @@
  * CausalConv1dStep (the step graph), float32: the depthwise causal conv of one position, then silu
  *   inputs   state [B, Di, K-1] (the last K-1 inputs), x [B, Di], w [Di, K], bias [Di]
  *   outputs  silu(w . [state, x] + bias) [B, Di], the shifted window [B, Di, K-1]
+ * CausalConv1d (the prefill graph), float32: the same conv over L positions, in the layout the scan reads
+ *   inputs   state [B, Di, K-1], x [B, L, Di], w [Di, K], bias [Di]
+ *   outputs  silu(conv) [B, L, Di], the last K-1 inputs of [state, x] [B, Di, K-1] (the next state)
+ *   Each output position sums its K products in the step op's order, so a prompt and the same tokens
+ *   stepped one at a time give the conv the same bits.
  * Each replaces ~36 graph kernels per layer (the update) or the unrolled scan (~80 per layer for 32
  * positions): one pass over the state, a channel's state row kept in registers across positions.
  *
@@ -295,6 +300,17 @@ static void run_all(void *context, Work *w, int64_t batch, int64_t work) {
   for (size_t task = 0; task < tasks; task++) run_block(w, task);
 }
 
+/* silu over a row, 8 lanes at a time (the tail through a zero-padded vector) */
+static inline __attribute__((always_inline)) void silu_row(float *row, int64_t count) {
+  for (int64_t d = 0; d < count; d += 8) {
+    const size_t lanes = (size_t)(count - d < 8 ? count - d : 8) * 4;
+    v8f v = splat(0.0f);
+    memcpy(&v, row + d, lanes);
+    v = silu8(v);
+    memcpy(row + d, &v, lanes);
+  }
+}
+
 /* the step's depthwise causal conv: out = silu(w[:, :K-1] . state + w[:, K-1] * x + bias), the window
  * shifted by one (state' = state[:, 1:] then x) */
 ISA_CLONES static void conv_step(int64_t batch, int64_t d_inner, int64_t width, const float *state, const float *x,
@@ -312,13 +328,26 @@ ISA_CLONES static void conv_step(int64_t batch, int64_t d_inner, int64_t width, 
       for (int64_t j = 0; j + 1 < keep; j++) sn[j] = s[j + 1];
       if (keep > 0) sn[keep - 1] = xv;
     }
-    for (int64_t d = 0; d < d_inner; d += 8) {
-      const size_t lanes = (size_t)(d_inner - d < 8 ? d_inner - d : 8) * 4;
-      v8f v = splat(0.0f);
-      memcpy(&v, out + b * d_inner + d, lanes);
-      v = silu8(v);
-      memcpy(out + b * d_inner + d, &v, lanes);
+    silu_row(out + b * d_inner, d_inner);
+  }
+}
+
+/* the prefill's conv for one batch row: prev [K-1, Di] (the state, position-major), x [L, Di], wt [K, Di]
+ * (the weights, tap-major); out [L, Di]. Position t sums tap j over input t + j of [prev, x], tap by
+ * tap from 0 as conv_step does (then the bias, then silu) */
+ISA_CLONES static void conv_rows(int64_t length, int64_t d_inner, int64_t width, const float *prev, const float *x,
+                                 const float *wt, const float *bias, float *restrict out) {
+  const int64_t keep = width - 1;
+  for (int64_t t = 0; t < length; t++) {
+    float *restrict o = out + t * d_inner;
+    for (int64_t d = 0; d < d_inner; d++) o[d] = 0.0f;
+    for (int64_t j = 0; j < width; j++) {
+      const float *restrict row = t + j < keep ? prev + (t + j) * d_inner : x + (t + j - keep) * d_inner;
+      const float *restrict wj = wt + j * d_inner;
+      for (int64_t d = 0; d < d_inner; d++) o[d] += wj[d] * row[d];
     }
+    for (int64_t d = 0; d < d_inner; d++) o[d] += bias[d];
+    silu_row(o, d_inner);
   }
 }
 
@@ -391,10 +420,49 @@ static void conv_compute(void *kernel, void *context) {
   conv_step(batch, d_inner, width, p[0], p[1], p[2], p[3], out, state_new);
 }
 
+static void conv_seq_compute(void *kernel, void *context) {
+  (void)kernel;
+  static const int ranks[4] = {3, 3, 2, 1};
+  const float *p[4];
+  int64_t dims[4][4];
+  const int bad = read_inputs(context, 4, ranks, p, dims);
+  const int64_t batch = dims[1][0], length = dims[1][1], d_inner = dims[1][2], keep = dims[0][2], width = dims[2][1];
+  float *out = output(context, 0, dims[1], 3), *state_new = output(context, 1, dims[0], 3);
+  const int64_t out_count = batch * length * d_inner, state_count = dims[0][0] * dims[0][1] * keep;
+  if (bad || dims[0][0] != batch || dims[0][1] != d_inner || dims[2][0] != d_inner || width != keep + 1 ||
+      dims[3][0] != d_inner) {
+    if (!bad) { fill_nan(out, out_count); fill_nan(state_new, state_count); }
+    return;
+  }
+  /* the weights tap-major and each row's state position-major: every inner loop runs along channels */
+  float *wt = malloc((size_t)(width * d_inner) * 4), *prev = malloc((size_t)((keep > 0 ? keep : 1) * d_inner) * 4);
+  if (!wt || !prev) {
+    free(wt); free(prev);
+    fill_nan(out, out_count); fill_nan(state_new, state_count);
+    return;
+  }
+  for (int64_t d = 0; d < d_inner; d++)
+    for (int64_t j = 0; j < width; j++) wt[j * d_inner + d] = p[2][d * width + j];
+  for (int64_t b = 0; b < batch; b++) {
+    const float *state = p[0] + b * d_inner * keep, *x = p[1] + b * length * d_inner;
+    for (int64_t d = 0; d < d_inner; d++)
+      for (int64_t j = 0; j < keep; j++) prev[j * d_inner + d] = state[d * keep + j];
+    conv_rows(length, d_inner, width, prev, x, wt, p[3], out + b * length * d_inner);
+    /* the next state: inputs L .. L+K-2 of [state, x] (some still from the old state when L < K-1) */
+    for (int64_t j = 0; j < keep; j++) {
+      const int64_t src = length + j;
+      const float *row = src < keep ? prev + src * d_inner : x + (src - keep) * d_inner;
+      for (int64_t d = 0; d < d_inner; d++) state_new[(b * d_inner + d) * keep + j] = row[d];
+    }
+  }
+  free(wt); free(prev);
+}
+
 static void *create_kernel(const CustomOp *op, const void *api_, const void *info) { (void)op; (void)api_; (void)info; return (void *)1; }
 static const char *update_name(const CustomOp *op) { (void)op; return "SelectiveStateUpdate"; }
 static const char *scan_name(const CustomOp *op) { (void)op; return "SelectiveScan"; }
 static const char *conv_name(const CustomOp *op) { (void)op; return "CausalConv1dStep"; }
+static const char *conv_seq_name(const CustomOp *op) { (void)op; return "CausalConv1d"; }
 static const char *provider(const CustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int float_type(const CustomOp *op, size_t i) { (void)op; (void)i; return 1; /* FLOAT */ }
 static size_t inputs(const CustomOp *op);
@@ -409,7 +477,9 @@ static CustomOp scan_op = {13, create_kernel, scan_name, provider, float_type, i
                            scan_compute, destroy, required, required, default_memory};
 static CustomOp conv_op = {13, create_kernel, conv_name, provider, float_type, inputs, float_type, outputs,
                            conv_compute, destroy, required, required, default_memory};
-static size_t inputs(const CustomOp *op) { return op == &conv_op ? 4 : 8; }
+static CustomOp conv_seq_op = {13, create_kernel, conv_seq_name, provider, float_type, inputs, float_type, outputs,
+                               conv_seq_compute, destroy, required, required, default_memory};
+static size_t inputs(const CustomOp *op) { return op == &conv_op || op == &conv_seq_op ? 4 : 8; }
 
 /* what ONNX Runtime's RegisterCustomOpsLibrary (and edgeseq's C API binding) call */
 OrtStatus *RegisterCustomOps(void *options, const ApiBase *base) {
@@ -422,5 +492,6 @@ OrtStatus *RegisterCustomOps(void *options, const ApiBase *base) {
   if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &update_op))) return status;
   if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &scan_op))) return status;
   if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &conv_op))) return status;
+  if ((status = CALL(DOMAIN_ADD, fn_domain_add, domain, &conv_seq_op))) return status;
   return CALL(ADD_DOMAIN, fn_add_domain, options, domain);
 }

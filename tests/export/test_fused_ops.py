@@ -39,9 +39,9 @@ def _build(folder, *defines):
 
 def _op_graph(path, op, batch, length, d_inner, n_state):
     """A graph of one ``edgeseq.ops`` node with all seven inputs fed."""
-    seq = [batch, length] if op == "SelectiveScan" else [batch]
-    if op == "CausalConv1dStep":  # n_state stands for the conv width K
-        shapes = {"h": [batch, d_inner, n_state - 1], "x": [batch, d_inner], "w": [d_inner, n_state], "bias": [d_inner]}
+    seq = [batch, length] if op in ("SelectiveScan", "CausalConv1d") else [batch]
+    if op.startswith("CausalConv1d"):  # n_state stands for the conv width K
+        shapes = {"h": [batch, d_inner, n_state - 1], "x": seq + [d_inner], "w": [d_inner, n_state], "bias": [d_inner]}
     else:
         shapes = {"dt": seq + [d_inner], "x": seq + [d_inner], "A": [d_inner, n_state], "B": seq + [n_state],
                   "C": seq + [n_state], "D": [d_inner], "h": [batch, d_inner, n_state], "z": seq + [d_inner]}
@@ -90,6 +90,12 @@ def _oracle(op, f):
     if op == "CausalConv1dStep":
         window = np.concatenate([d["h"], d["x"][..., None]], -1)
         return silu((window * d["w"]).sum(-1) + d["bias"]), window[..., 1:]
+    if op == "CausalConv1d":  # position t reads inputs t .. t+K-1 of [state, x]
+        k = d["w"].shape[1]
+        inputs = np.concatenate([d["h"], d["x"].transpose(0, 2, 1)], -1)  # [B, Di, K-1+L]
+        length = d["x"].shape[1]
+        conv = sum(d["w"][None, :, j, None] * inputs[:, :, j:j + length] for j in range(k)) + d["bias"][None, :, None]
+        return silu(conv).transpose(0, 2, 1), inputs[:, :, length:]
     if op == "SelectiveStateUpdate":
         delta = np.where(d["dt"] > 20, d["dt"], np.log1p(np.exp(np.minimum(d["dt"], 20))))
         h = np.exp(delta[..., None] * d["A"]) * d["h"] + (delta * d["x"])[..., None] * d["B"][:, None, :]
@@ -102,7 +108,7 @@ def _oracle(op, f):
     return (np.stack(ys, 1) + d["D"] * d["x"]) * silu(d["z"]), h
 
 
-@pytest.mark.parametrize("op", ["SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep"])
+@pytest.mark.parametrize("op", ["SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep", "CausalConv1d"])
 @pytest.mark.parametrize("n_state", [16, 5])  # 16: the in-place path; 5: rows padded to 8 lanes (conv: width)
 def test_kernels_match_float64_oracle(tmp_path, op, n_state):
     library = _build(tmp_path)
@@ -117,6 +123,22 @@ def test_kernels_match_float64_oracle(tmp_path, op, n_state):
     assert np.abs(h - h_ref).max() <= 1e-5 * np.abs(h_ref).max()
 
 
+def test_prefill_conv_and_step_conv_agree_bit_for_bit(tmp_path):
+    """A chunk through CausalConv1d and the same inputs stepped one position at a time through
+    CausalConv1dStep: the same outputs and the same final state, bit for bit (each position sums its
+    taps in the same order), so a prompt's conv does not depend on how the runtime chunked it."""
+    library = _build(tmp_path)
+    shapes = _op_graph(tmp_path / "seq.onnx", "CausalConv1d", batch=2, length=6, d_inner=37, n_state=4)
+    _op_graph(tmp_path / "step.onnx", "CausalConv1dStep", batch=2, length=1, d_inner=37, n_state=4)
+    feeds = _feeds(shapes, seed=11)
+    out, state = _run(tmp_path / "seq.onnx", library, feeds)
+    h = feeds["h"]
+    for t in range(feeds["x"].shape[1]):
+        y, h = _run(tmp_path / "step.onnx", library, {**feeds, "h": h, "x": np.ascontiguousarray(feeds["x"][:, t])})
+        assert np.array_equal(y, out[:, t])
+    assert np.array_equal(h, state)
+
+
 @pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the ISA clones are x86-64's")
 def test_avx2_and_baseline_paths_compute_the_same_bits(tmp_path):
     """The library's AVX2 loops (this CPU picks them when it has AVX2) and its baseline SSE2 loops (what
@@ -125,7 +147,7 @@ def test_avx2_and_baseline_paths_compute_the_same_bits(tmp_path):
     (tmp_path / "clones").mkdir()
     (tmp_path / "base").mkdir()
     clones, base = _build(tmp_path / "clones"), _build(tmp_path / "base", "-DEDGESEQ_NO_CLONES")
-    for op in ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep"):
+    for op in ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep", "CausalConv1d"):
         shapes = _op_graph(tmp_path / f"{op}.onnx", op, batch=2, length=9, d_inner=64, n_state=16 if op[0] == "S" else 4)
         feeds = _feeds(shapes, seed=3)
         if op == "SelectiveScan":
@@ -161,7 +183,7 @@ def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe
     fused = export_artifact(model, tmp_path / "fused", steps=48, prefill_length=16, recipe=recipe)  # the default
     assert fused["verification"]["passed"]
     record = fused["fused_ops"]
-    assert set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep"}
+    assert set(record["ops"]) == {"SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep", "CausalConv1d"}
     assert record["libraries"][host_arch()] == {"file": FUSED_OPS_LIBRARY, "compiler": record["libraries"][host_arch()]["compiler"],
                                                 "verified_at_export": True}
     files = {f["path"] for f in fused["files"]}
@@ -173,7 +195,8 @@ def test_fused_artifact_verifies_with_fewer_kernels(tiny_mamba, tmp_path, recipe
     # static int8 activations (w8a8): the prefill chunk keeps ONNX Runtime's scan (export.fused_ops.choose_graphs)
     assert record["graphs"] == (["step"] if recipe == "w8a8" else ["step", "prefill"])
     layers = len(tiny_mamba.layers)
-    for kind, op in (("step", "SelectiveStateUpdate"), ("step", "CausalConv1dStep"), ("prefill", "SelectiveScan")):
+    for kind, op in (("step", "SelectiveStateUpdate"), ("step", "CausalConv1dStep"), ("prefill", "SelectiveScan"),
+                     ("prefill", "CausalConv1d")):
         nodes = _nodes(tmp_path / "fused" / f"{kind}.onnx")
         fused_here = kind in record["graphs"]
         assert sum(n.op_type == op and n.domain == "edgeseq.ops" for n in nodes) == (layers if fused_here else 0)
