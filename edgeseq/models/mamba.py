@@ -409,8 +409,8 @@ class MambaMixer(nn.Module):
         length = hidden.shape[1]
         di = self.cfg.d_inner
         x, z = self.in_proj(hidden).split([di, di], dim=-1)  # static sizes: one ONNX Split (chunk traces 7 shape ops)
+        prev = state[0] if state is not None else x.new_zeros(x.shape[0], di, k - 1)  # the conv's last k - 1 inputs
         if fused_ops.active() and k > 1:  # ONNX export with edgeseq's fused kernels: conv, bias and SiLU, one node
-            prev = state[0] if state is not None else x.new_zeros(x.shape[0], di, k - 1)
             bias = self.conv1d.bias if self.conv1d.bias is not None else x.new_zeros(di)
             x, conv_state = fused_ops.CausalConv1d.apply(prev, x, self.conv1d.weight[:, 0, :], bias)
             return self._scan_out(self.ssm_in(x), z, conv_state, None if state is None else state[1])
@@ -426,7 +426,6 @@ class MambaMixer(nn.Module):
         # conv instead of keeping it until the end of the run for the state output (130m prefill,
         # 32 positions: 24 × 210 KiB alive at once, 4 MiB of the peak RSS)
         if k > 1:
-            prev = state[0] if state is not None else x.new_zeros(x.shape[0], di, k - 1)
             conv_state = torch.cat([prev, x[:, :, -(k - 1):]], dim=-1)[:, :, -(k - 1):]
         else:
             conv_state = x[:, :, :0]
