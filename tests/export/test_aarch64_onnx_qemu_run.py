@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -215,3 +216,59 @@ def test_matmul_nbits_level4_kernel_paths_on_aarch64(tmp_path):
     # no sdot: no int8 kernel; the level-4 node silently computes with float activations
     plain = probe("cortex-a57", "mlas.disable_kleidiai=1")
     assert plain[8][0] == 0.0 and plain[4][0] == 0.0 and plain[8][4] > 1e-3
+
+
+_OPS_PROBE = """
+import sys
+import numpy as np, onnxruntime as ort
+library, data = sys.argv[1], np.load(sys.argv[2])
+out = {}
+for op in str(data["ops"]).split(","):
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(library)
+    session = ort.InferenceSession(sys.argv[2].replace(".npz", f"-{op}.onnx"), options, providers=["CPUExecutionProvider"])
+    feeds = {k[len(op) + 1:]: data[k] for k in data.files if k.startswith(op + ":")}
+    for name, value in zip(("y", "h"), session.run(None, feeds)):
+        out[f"{op}:{name}"] = value
+np.savez(sys.argv[3], **out)
+"""
+
+
+@needs_sysroot
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("aarch64-linux-gnu-gcc"), reason="needs aarch64-linux-gnu-gcc")
+@pytest.mark.parametrize("cpu", ["cortex-a57", "max"])
+def test_fused_kernels_on_aarch64_compute_the_x86_bits(tmp_path, cpu):
+    """edgeseq's fused kernels built for aarch64 (as export cross-builds them: the same source and flags,
+    NEON through the same vector code) and run by the aarch64 ONNX Runtime under qemu give the same
+    outputs and states, bit for bit, as this host's x86-64 build: ``-ffp-contract=off`` and one order of
+    operations on every ISA, so an artifact verified here computes the same on an ARM board."""
+    from export import fused_ops
+    from .test_fused_ops import _feeds, _op_graph, _run
+
+    if platform.machine() != "x86_64":
+        pytest.skip("compares the x86-64 build with the aarch64 one")
+    host = tmp_path / "edgeseq_ops-x86_64.so"
+    arm = tmp_path / "edgeseq_ops-aarch64.so"
+    for cc, library in ((fused_ops.compiler(), host), ("aarch64-linux-gnu-gcc", arm)):
+        subprocess.run([cc, *fused_ops.FLAGS, "-o", str(library), str(fused_ops.SOURCE), "-lm"], check=True,
+                       capture_output=True)
+    ops = ("SelectiveStateUpdate", "SelectiveScan", "CausalConv1dStep", "CausalConv1d")
+    arrays, expected = {"ops": np.array(",".join(ops))}, {}
+    for op in ops:  # 37 channels and 5 states: the vector loops' tails as well as their bodies
+        n_state = (16 if op == "SelectiveScan" else 5) if op[0] == "S" else 4
+        shapes = _op_graph(tmp_path / f"ops-{op}.onnx", op, batch=2, length=9, d_inner=37, n_state=n_state)
+        feeds = _feeds(shapes, seed=5)
+        if op == "SelectiveScan":
+            feeds["dt"] = (np.abs(feeds["dt"]) * 0.3).astype(np.float32)
+        arrays.update({f"{op}:{k}": v for k, v in feeds.items()})
+        for name, value in zip(("y", "h"), _run(tmp_path / f"ops-{op}.onnx", host, feeds)):
+            expected[f"{op}:{name}"] = value
+    np.savez(tmp_path / "ops.npz", **arrays)
+    (tmp_path / "ops_probe.py").write_text(_OPS_PROBE)
+    done = _qemu(cpu, "--exec", tmp_path / "ops_probe.py", arm, tmp_path / "ops.npz", tmp_path / "arm.npz")
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.load(tmp_path / "arm.npz")
+    assert sorted(got.files) == sorted(expected)
+    for key, value in expected.items():
+        assert got[key].shape == value.shape and np.array_equal(got[key], value), key
