@@ -39,7 +39,12 @@ def profile_step(folder: Path, threads: int, steps: int, warmup: int, graph: str
     options.enable_profiling = True
     scratch = tempfile.mkdtemp(prefix="ort-profile-")
     options.profile_file_prefix = os.path.join(scratch, graph)
+    from targets.ort_capi import custom_ops_library
     from targets.runtimes import disabled_optimizers  # as every edgeseq runtime opens the graph
+
+    library = custom_ops_library(folder / spec["file"])  # the artifact's fused kernels, when its graph uses them
+    if library is not None:
+        options.register_custom_ops_library(str(library))
 
     session = ort.InferenceSession(str(folder / spec["file"]), options, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=disabled_optimizers(folder / spec["file"]))
