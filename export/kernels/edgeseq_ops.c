@@ -112,6 +112,8 @@ static __typeof__(scan_base) *scan_loop = scan_base;
 static __typeof__(conv_step_base) *conv_step_loop = conv_step_base;
 static __typeof__(conv_rows_base) *conv_rows_loop = conv_rows_base;
 
+static const char *loops_isa = "baseline";
+
 static void choose_loops(void) {
 #ifdef EDGESEQ_AVX2_PASS
   __builtin_cpu_init();
@@ -120,8 +122,15 @@ static void choose_loops(void) {
     scan_loop = scan_avx2;
     conv_step_loop = conv_step_avx2;
     conv_rows_loop = conv_rows_avx2;
+    loops_isa = "avx2";
   }
 #endif
+}
+
+/* which pass this CPU runs ("avx2" or "baseline"): for tests and diagnostics, not for ONNX Runtime */
+const char *EdgeseqOpsLoops(void) {
+  choose_loops();
+  return loops_isa;
 }
 
 static int shape_of(const void *value, int64_t *dims, size_t capacity) {

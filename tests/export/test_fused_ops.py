@@ -235,3 +235,20 @@ def test_fused_ops_refused_where_they_cannot_apply(tiny_mamba, tmp_path, monkeyp
     assert manifest["fused_ops"] == {"used": False, "why": "no C compiler (cc, gcc or clang) here"}
     assert not (tmp_path / "d" / FUSED_OPS_LIBRARY).exists()
     assert "SelectiveStateUpdate" not in {n.op_type for n in _nodes(tmp_path / "d" / "step.onnx")}
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the ISA passes are x86-64's")
+def test_avx2_cpu_runs_the_avx2_loops(tmp_path):
+    """On a CPU with AVX2 the library runs its AVX2 pass, not the baseline one (which computes the same
+    bits, so the bit-for-bit tests alone would not notice a broken dispatch); a baseline-only build
+    says so."""
+    import ctypes
+
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "base").mkdir()
+    for folder, defines, expected in (("full", (), "avx2" if "avx2" in flags else "baseline"),
+                                      ("base", ("-DEDGESEQ_NO_CLONES",), "baseline")):
+        library = ctypes.CDLL(str(_build(tmp_path / folder, *defines)))
+        library.EdgeseqOpsLoops.restype = ctypes.c_char_p
+        assert library.EdgeseqOpsLoops().decode() == expected
