@@ -472,6 +472,18 @@ def custom_ops_entry(library: str | Path) -> Any:
         return _CUSTOM_OPS[key][1]
 
 
+def fused_ops_loops(library: str | Path) -> str | None:
+    """Which of its ISA passes the fused-kernel library runs on this CPU (``avx2``, ``baseline``);
+    None for a library built before it could say."""
+    custom_ops_entry(library)  # loads it, once per process
+    loaded = _CUSTOM_OPS[str(Path(library).resolve())][0]
+    query = getattr(loaded, "EdgeseqOpsLoops", None)
+    if query is None:
+        return None
+    query.restype, query.argtypes = ctypes.c_char_p, []
+    return query().decode()
+
+
 def _library_path() -> str | None:
     import importlib.util
 

@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 
 # every key of the report, in order (docs/targets.md documents each)
 REPORT_KEYS = (
-    "schema", "source", "runtime", "target", "device", "threads", "batch", "prompt_len", "tokens", "warmup",
+    "schema", "source", "runtime", "target", "device", "threads", "kernels", "batch", "prompt_len", "tokens", "warmup",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "ttft_ms", "ttft_method", "tokens_per_s",
     "peak_mem_bytes", "model_bytes", "state_bytes", "bytes_per_token", "bandwidth_gbs", "bandwidth_source",
     "roofline_ms", "roofline_ratio", "timing", "partial", "error", "measured",
@@ -97,7 +97,8 @@ def profile_runtime(
     report: dict[str, Any] = {key: None for key in REPORT_KEYS}
     report.update(
         schema=SCHEMA_VERSION, source=runtime.source, runtime=runtime.name, target=target.name,
-        device=getattr(runtime, "device_name", runtime.device), threads=runtime.threads, batch=1,
+        device=getattr(runtime, "device_name", runtime.device), threads=runtime.threads,
+        kernels=getattr(runtime, "kernels", None), batch=1,
         prompt_len=prompt_len, tokens=tokens, warmup=warmup, model_bytes=runtime.model_bytes,
         state_bytes=runtime.io.state_bytes, partial=False, measured=[],
         timing="device (time_evaluator)" if hasattr(runtime, "time_steps") else "host wall clock",

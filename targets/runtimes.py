@@ -460,6 +460,20 @@ class OnnxRuntime(ArtifactRuntime):
                                disabled + ["QDQPropagationTransformer"])
 
     @property
+    def kernels(self) -> str | None:
+        """The artifact's own CPU kernels this runtime registers with ONNX Runtime and the ISA pass
+        this CPU runs (``edgeseq.ops, avx2 loops``); None for a graph without them."""
+        if self.providers != ["CPUExecutionProvider"]:
+            return None
+        from targets.ort_capi import custom_ops_library, fused_ops_loops
+
+        library = custom_ops_library(self.artifact.step_file)
+        if library is None:
+            return None
+        loops = fused_ops_loops(library)
+        return "edgeseq.ops" + (f", {loops} loops" if loops else "")
+
+    @property
     def binding(self) -> str:
         """Which ONNX Runtime binding opened the sessions: ``c-api`` (shared weights) or ``python``."""
         return "python" if self.weights is None else "c-api"

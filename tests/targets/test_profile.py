@@ -72,7 +72,15 @@ def test_artifact_runtimes_match_torch_and_profile(request, tiny_model, fixture,
     np.testing.assert_allclose(y, ref_y.numpy(), atol=1e-4)
     for got, want in zip(state, ref_state):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
-    _check_report(profile_runtime(rt, TARGET, prompt_len=6, tokens=6, warmup=1), name)
+    report = profile_runtime(rt, TARGET, prompt_len=6, tokens=6, warmup=1)
+    _check_report(report, name)
+    fused = (folder / f"edgeseq_ops-{__import__('platform').machine()}.so").is_file()
+    if name == "tvm" or not fused:
+        assert report["kernels"] is None
+    else:  # the fused kernels and which of their ISA passes this CPU runs
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+        isa = "avx2" if "avx2" in flags and __import__("platform").machine() == "x86_64" else "baseline"
+        assert report["kernels"] == f"edgeseq.ops, {isa} loops"
 
 
 def test_partial_report_when_a_step_fails(tiny_model):
